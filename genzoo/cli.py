@@ -1,0 +1,170 @@
+"""`genzoo list | train | eval | sample`: argument parsing and error reporting only.
+
+Any `UserError` (and any argument error) becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from genzoo.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + message; the contract is one line
+        raise UserError(message)
+
+
+def _cmd_list(args) -> None:
+    from genzoo import experiment
+
+    rows = [("experiment", "family", "data", "description"), *experiment.list_experiments()]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
+
+
+def _cmd_train(args) -> None:
+    from genzoo import experiment, workdir
+
+    cfg = experiment.load(args.experiment, args.variant, args.set or ())
+    run_dir = Path(args.workdir or Path("runs") / cfg.experiment.name)
+    frozen, data = workdir.prepare_training(cfg, run_dir)
+    from genzoo import metrics
+    from genzoo.trainer import Trainer
+
+    trainer = Trainer(frozen)  # compiles nothing yet, but validates mesh and batch sizes
+    workdir.save_config(frozen, run_dir)
+    trainer.fit(run_dir, data)
+    plot = metrics.plot_curves(run_dir)
+    print(f"checkpoints: {run_dir / 'checkpoints'}")
+    print(f"metrics:     {run_dir / 'metrics.jsonl'} (TensorBoard: {run_dir / 'tensorboard'})")
+    if plot:
+        print(f"pictures:    {plot}")
+
+
+def _cmd_eval(args) -> None:
+    from genzoo import workdir
+
+    run = workdir.open_run(Path(args.workdir))
+    figures = run.trainer.evaluate(run.state.params, run.data, args.split, max_batches=-1)
+    figures = {"step": run.step, "split": args.split or run.cfg.eval.split, **figures}
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        for key, value in figures.items():
+            print(f"{key:>16}: {value:.6g}" if isinstance(value, float) else f"{key:>16}: {value}")
+
+
+def _check_sampling_args(args) -> None:
+    if args.num < 1:
+        raise UserError("--num must be at least 1")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
+    if not 0.0 < args.top_p <= 1.0:
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k < 0:
+        raise UserError(f"--top-k must be >= 0, got {args.top_k}")
+
+
+def _cmd_sample(args) -> None:
+    import jax
+    import numpy as np
+
+    from genzoo import models, workdir
+
+    _check_sampling_args(args)
+    cfg = workdir.load_config(Path(args.workdir))
+    family = models.get(cfg.model.family)
+    if getattr(family, "KIND", None) != "language_model":
+        raise UserError(f"sampling is not available for family {cfg.model.family!r} yet")
+    context = family.context_length(cfg.model)
+    prompt = args.prompt if args.prompt else "\n"
+    if args.max_new_tokens is None:
+        args.max_new_tokens = max(1, min(200, context - len(prompt)))
+    if len(prompt) + args.max_new_tokens > context:
+        # Checked on characters first (cheap); re-checked on tokens once the tokenizer is loaded.
+        raise UserError(f"prompt + --max-new-tokens exceeds the model's context of {context}")
+    run = workdir.open_run(Path(args.workdir))
+    ids = run.data.encode(prompt)
+    if len(ids) + args.max_new_tokens > context:
+        raise UserError(f"prompt + --max-new-tokens exceeds the model's context of {context}")
+    prompt_BxP = np.tile(np.asarray(ids, np.int32)[None], (args.num, 1))
+    new_BxN = family.sample(
+        run.state.params,
+        jax.random.PRNGKey(args.seed),
+        run.cfg.model,
+        prompt_BxP=prompt_BxP,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+    )
+    for i, row in enumerate(np.asarray(new_BxN)):
+        if i:
+            print("-" * 40)
+        print(prompt + run.data.decode(row))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="genzoo", description="A JAX/Flax zoo of generative models.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("list", help="list experiments").set_defaults(fn=_cmd_list)
+
+    t = sub.add_parser("train", help="train (or resume) an experiment")
+    t.add_argument("experiment", help="a name from experiments/ or a path to an experiment file")
+    t.add_argument("--workdir", help="default: runs/<experiment>")
+    t.add_argument("--variant", help="e.g. smoke (CI-sized) or cpu")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    t.set_defaults(fn=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate the latest checkpoint on a whole split")
+    e.add_argument("--workdir", required=True)
+    e.add_argument("--split", help="default: the experiment's eval.split")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(fn=_cmd_eval)
+
+    s = sub.add_parser("sample", help="generate from the latest checkpoint")
+    s.add_argument("--workdir", required=True)
+    s.add_argument("--prompt", default="", help="text to continue (default: a newline)")
+    s.add_argument("--num", type=int, default=1)
+    s.add_argument("--max-new-tokens", type=int, help="default: 200, or what fits the context")
+    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--top-k", type=int, default=0, help="0: off")
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=_cmd_sample)
+    return p
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.INFO if verbose else absl.logging.ERROR)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        _quiet_libraries(args.verbose)
+        args.fn(args)
+    except UserError as e:
+        print(f"genzoo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("genzoo: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

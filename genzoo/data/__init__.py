@@ -1,0 +1,65 @@
+"""Data sets by name. Each loader takes the `data` config section and returns a data object.
+
+A data object offers `train_iterator(batch_size, seed)` (a grain iterator with
+`get_state`/`set_state`), `eval_batches(split, batch_size, max_batches)` (padded
+batches with a `mask`), `model_fields` (config the model takes from the data, such
+as the vocabulary size) and `meta` (what evaluation needs, such as chars per token).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from genzoo.data import shakespeare, sources
+from genzoo.data.text import CharTokenizer, TokenStreamData
+from genzoo.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def prepared_builder(builder_cls, source_sha256: str) -> tfds.core.DatasetBuilder:
+    """Builds (once) the array_record files of a TFDS builder in the genzoo cache.
+
+    A cached build made from a different source file (another `$GENZOO_DATA_DIR`) is
+    rebuilt, so switching the data folder never reads stale records.
+    """
+    tfds.disable_progress_bar()
+    data_dir = str(sources.cache_dir() / "tfds")
+    builder = builder_cls(data_dir=data_dir, file_format="array_record")
+    if builder.is_prepared() and builder.info.metadata.get("source_sha256") != source_sha256:
+        log.info("source changed; rebuilding %s", builder.data_dir)
+        shutil.rmtree(builder.data_dir)
+        builder = builder_cls(data_dir=data_dir, file_format="array_record")
+    if not builder.is_prepared():
+        builder.download_and_prepare()
+        builder = builder_cls(data_dir=data_dir, file_format="array_record")
+    return builder
+
+
+def _concatenated(builder, split: str) -> np.ndarray:
+    source = builder.as_data_source(split=split)
+    records = sorted((source[i] for i in range(len(source))), key=lambda r: int(r["index"]))
+    return np.concatenate([r["ids"] for r in records])
+
+
+def tinyshakespeare_char(cfg) -> TokenStreamData:
+    builder = prepared_builder(
+        shakespeare.TinyShakespeareChar, sources.sha256_of(shakespeare.source_path())
+    )
+    splits = {s: _concatenated(builder, s) for s in ("train", "validation")}
+    tokenizer = CharTokenizer(builder.info.metadata["vocab"])
+    return TokenStreamData(splits, tokenizer, seq_len=cfg.seq_len, chars_per_token=1.0)
+
+
+LOADERS = {"tinyshakespeare_char": tinyshakespeare_char}
+
+
+def load(cfg):
+    """The data object for a `data` config section."""
+    if cfg.name not in LOADERS:
+        raise UserError(f"unknown data set {cfg.name!r} (known: {', '.join(LOADERS)})")
+    return LOADERS[cfg.name](cfg)

@@ -1,0 +1,82 @@
+"""Finding a data set's raw files: `$GENZOO_DATA_DIR`, the canonical URL, or a packaged copy.
+
+Order: an explicit `$GENZOO_DATA_DIR/<data set>/<file>` wins; otherwise the canonical
+file is downloaded once (sha256-checked) into the cache unless `GENZOO_OFFLINE=1`; if
+that fails the copy shipped inside the package is used, when there is one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import lzma
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from genzoo.errors import UserError
+
+log = logging.getLogger(__name__)
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GENZOO_CACHE_DIR", Path.home() / ".cache" / "genzoo"))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_copy(write, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".partial-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            write(out)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _download(url: str, dest: Path, sha256: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=20) as response:
+            _atomic_copy(lambda out: shutil.copyfileobj(response, out), dest)
+    except OSError as e:
+        log.info("download of %s failed (%s); falling back to local copies", url, e)
+        return False
+    if sha256_of(dest) != sha256:
+        dest.unlink()
+        raise UserError(f"checksum mismatch for {url}: the download is corrupt or changed")
+    return True
+
+
+def resolve(dataset: str, filename: str, url: str, sha256: str, packaged: str = "") -> Path:
+    """Local path of `filename` of `dataset`, fetching or unpacking it if needed."""
+    data_dir = os.environ.get("GENZOO_DATA_DIR")
+    if data_dir:
+        path = Path(data_dir) / dataset / filename
+        if not path.is_file():
+            raise UserError(f"{path} not found: put {filename} in $GENZOO_DATA_DIR/{dataset}/")
+        return path
+    cached = cache_dir() / "downloads" / dataset / filename
+    if cached.is_file() and sha256_of(cached) == sha256:
+        return cached
+    if os.environ.get("GENZOO_OFFLINE") != "1" and _download(url, cached, sha256):
+        return cached
+    if packaged and (ASSETS / packaged).is_file():
+        with lzma.open(ASSETS / packaged, "rb") as src:
+            _atomic_copy(lambda out: shutil.copyfileobj(src, out), cached)
+        return cached
+    raise UserError(
+        f"{dataset}/{filename} is not available offline: download {url} and put it in "
+        f"$GENZOO_DATA_DIR/{dataset}/"
+    )

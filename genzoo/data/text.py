@@ -1,0 +1,107 @@
+"""Token streams for language models: a tokenizer, seeded resumable training windows, eval batches.
+
+Training draws windows of `seq_len + 1` tokens starting at every position of the
+split, shuffled by grain with a seed (nanoGPT samples start positions the same way,
+with replacement); the iterator's state is a small dict that checkpoints hold.
+Evaluation walks the whole split once in non-overlapping windows, padded with a
+zero mask so every batch has the same shape.
+"""
+
+from __future__ import annotations
+
+import grain
+import numpy as np
+
+from genzoo.errors import UserError
+
+
+class CharTokenizer:
+    """Characters to ids by position in a fixed vocabulary string."""
+
+    def __init__(self, vocab: str):
+        self.vocab = vocab
+        self._lookup = {ch: i for i, ch in enumerate(vocab)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str) -> list[int]:
+        missing = sorted({ch for ch in text if ch not in self._lookup})
+        if missing:
+            raise UserError(f"characters not in the vocabulary: {''.join(missing)!r}")
+        return [self._lookup[ch] for ch in text]
+
+    def decode(self, ids) -> str:
+        return "".join(self.vocab[int(i)] for i in ids if 0 <= int(i) < len(self.vocab))
+
+
+class _Windows:
+    """Maps a batch of start offsets to {inputs, targets} of shape [B, L] (a grain map)."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int):
+        self.tokens, self.seq_len = tokens, seq_len
+
+    def __call__(self, starts_B: np.ndarray) -> dict:
+        idx_BxL1 = starts_B[:, None] + np.arange(self.seq_len + 1)[None, :]
+        window_BxL1 = self.tokens[idx_BxL1].astype(np.int32)
+        return {
+            "inputs": window_BxL1[:, :-1],
+            "targets": window_BxL1[:, 1:],
+            "mask": np.ones(window_BxL1[:, 1:].shape, np.float32),
+        }
+
+
+class TokenStreamData:
+    """A language-model data set: one token array per split and a tokenizer."""
+
+    def __init__(self, splits: dict[str, np.ndarray], tokenizer, seq_len: int, chars_per_token=1.0):
+        self.splits, self.tokenizer, self.seq_len = splits, tokenizer, seq_len
+        self.chars_per_token = chars_per_token
+        for name, tokens in splits.items():
+            if len(tokens) <= seq_len + 1:
+                raise UserError(f"split {name!r} has {len(tokens)} tokens, fewer than seq_len+2")
+
+    @property
+    def model_fields(self) -> dict:
+        """Config fields the model takes from the data (filled in where the experiment says -1)."""
+        return {"vocab_size": self.tokenizer.vocab_size}
+
+    @property
+    def meta(self) -> dict:
+        return {"chars_per_token": self.chars_per_token}
+
+    def train_iterator(self, batch_size: int, seed: int):
+        tokens = self.splits["train"]
+        starts = grain.MapDataset.range(len(tokens) - self.seq_len - 1)
+        ds = starts.shuffle(seed=seed).repeat(None).batch(batch_size, drop_remainder=True)
+        return iter(ds.map(_Windows(tokens, self.seq_len)).to_iter_dataset())
+
+    def eval_batches(self, split: str, batch_size: int, max_batches: int = -1):
+        if split not in self.splits:
+            raise UserError(f"unknown split {split!r} (have: {', '.join(self.splits)})")
+        tokens = self.splits[split].astype(np.int32)
+        L = self.seq_len
+        num_windows = -(-(len(tokens) - 1) // L)
+        num_batches = -(-num_windows // batch_size)
+        if max_batches > 0:
+            num_batches = min(num_batches, max_batches)
+        for b in range(num_batches):
+            inputs_BxL = np.zeros((batch_size, L), np.int32)
+            targets_BxL = np.zeros((batch_size, L), np.int32)
+            mask_BxL = np.zeros((batch_size, L), np.float32)
+            for row in range(batch_size):
+                start = (b * batch_size + row) * L
+                n = min(L, len(tokens) - 1 - start)
+                if n <= 0:
+                    break
+                inputs_BxL[row, :n] = tokens[start : start + n]
+                targets_BxL[row, :n] = tokens[start + 1 : start + 1 + n]
+                mask_BxL[row, :n] = 1.0
+            yield {"inputs": inputs_BxL, "targets": targets_BxL, "mask": mask_BxL}
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(ids)

@@ -1,0 +1,199 @@
+"""What an experiment is: a Python file with `get_config(variant)`; loading, overrides, resume checks.
+
+Every experiment starts from `base_config()` so that the keys scripts rely on
+(`train.steps`, `train.batch_size`, `train.seed`, `checkpoint.every_steps`,
+`mesh.data|fsdp|tensor`) exist everywhere with the same meaning.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+from pathlib import Path
+from types import ModuleType
+
+import ml_collections
+
+from genzoo.errors import UserError
+
+# Keys that may differ between a run and its resume: run length, mesh layout, logging,
+# evaluation and checkpoint cadence. Everything else (model, data, optimizer) must match.
+RESUMABLE_PREFIXES = ("train.steps", "mesh.", "log.", "eval.", "checkpoint.", "experiment.")
+
+DEFAULT_RULES = (
+    # Parameters: FSDP shards the model width, tensor parallelism the wide dimensions.
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("pos", None),
+    # Activations: batch over every data-parallel axis, features over `tensor`.
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_mlp", "tensor"),
+    ("act_heads", "tensor"),
+    ("act_vocab", "tensor"),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults shared by every experiment; an experiment overrides what it changes."""
+    c = ml_collections.ConfigDict()
+    c.experiment = dict(name="", variant="", description="")
+    c.model = ml_collections.ConfigDict(dict(family=""))
+    c.data = ml_collections.ConfigDict(dict(name=""))
+    c.train = dict(steps=1000, batch_size=32, grad_accum=1, seed=0, peak_flops=0.0, init_from="")
+    c.optim = dict(
+        name="adamw",
+        lr=1e-3,
+        min_lr=1e-4,
+        warmup_steps=100,
+        decay_steps=-1,  # -1: decay over train.steps, fixed at first launch
+        b1=0.9,
+        b2=0.99,
+        eps=1e-8,
+        weight_decay=0.1,
+        clip_norm=1.0,
+    )
+    c.mesh = dict(data=-1, fsdp=1, tensor=1, rules=DEFAULT_RULES)
+    c.eval = dict(every_steps=500, batch_size=0, max_batches=-1, split="validation")
+    c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
+    c.log = dict(every_steps=10, tensorboard=True, progress=True)
+    return c
+
+
+def experiments_dir() -> Path:
+    env = os.environ.get("GENZOO_EXPERIMENTS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "experiments"
+
+
+def _import_file(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"genzoo_experiment_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise UserError(f"{path} is not an experiment: it has no get_config(variant)")
+    return module
+
+
+def find(name_or_path: str) -> Path:
+    """Resolves an experiment name (a file in experiments/) or a path to such a file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".py" or os.sep in name_or_path:
+        if not candidate.is_file():
+            raise UserError(f"no experiment file at {name_or_path}")
+        return candidate
+    path = experiments_dir() / f"{name_or_path}.py"
+    if not path.is_file():
+        known = ", ".join(n for n, *_ in list_experiments()) or "none"
+        raise UserError(f"unknown experiment {name_or_path!r} (known: {known})")
+    return path
+
+
+def list_experiments() -> list[tuple[str, str, str, str]]:
+    """(name, family, data set, one-line description) for every file in experiments/."""
+    rows = []
+    for path in sorted(experiments_dir().glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        module = _import_file(path)
+        cfg = module.get_config(None)
+        doc = (cfg.experiment.description or module.__doc__ or "").strip().splitlines()
+        rows.append((path.stem, cfg.model.family, cfg.data.name, doc[0] if doc else ""))
+    return rows
+
+
+def load(name_or_path: str, variant: str | None = None, overrides=()) -> ml_collections.ConfigDict:
+    """Experiment config with the variant and `key=value` overrides applied (still mutable)."""
+    path = find(name_or_path)
+    module = _import_file(path)
+    variants = tuple(getattr(module, "VARIANTS", ()))
+    if variant and variant not in variants:
+        raise UserError(f"experiment {path.stem} has no variant {variant!r} (has: {variants})")
+    cfg = module.get_config(variant)
+    cfg.experiment.name = path.stem
+    cfg.experiment.variant = variant or ""
+    if not cfg.experiment.description:
+        cfg.experiment.description = (module.__doc__ or "").strip().split("\n")[0]
+    apply_overrides(cfg, overrides)
+    return cfg
+
+
+def _parse_value(text: str, current):
+    if isinstance(current, str):
+        return text
+    if isinstance(current, bool):
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ValueError(f"expected true/false, got {text!r}")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError) as e:
+        raise ValueError(f"cannot parse {text!r}") from e
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if type(value) is not type(current) and current is not None:
+        raise ValueError(f"expected {type(current).__name__}, got {type(value).__name__}")
+    return value
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides) -> None:
+    """Applies `a.b=value` strings; unknown keys and ill-typed values raise UserError."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not of the form key=value")
+        *parents, leaf = key.split(".")
+        node = cfg
+        for part in parents:
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                raise UserError(f"unknown config key {key!r}")
+            node = node[part]
+        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+            raise UserError(f"unknown config key {key!r}")
+        current = node[leaf]
+        if isinstance(current, ml_collections.ConfigDict):
+            raise UserError(f"config key {key!r} is a section; set one of its fields")
+        try:
+            node[leaf] = _parse_value(text, current)
+        except (ValueError, TypeError) as e:
+            raise UserError(f"bad value for {key}: {e}") from None
+
+
+def to_json(cfg: ml_collections.ConfigDict) -> str:
+    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    data = json.loads(text)
+    data["mesh"]["rules"] = tuple(
+        (name, tuple(axis) if isinstance(axis, list) else axis) for name, axis in data["mesh"]["rules"]
+    )
+    return ml_collections.ConfigDict(data)
+
+
+def _flatten(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_conflicts(saved: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:
+    """Keys whose values differ and may not change on resume (model, data, optimizer...)."""
+    a = _flatten(json.loads(to_json(saved)))
+    b = _flatten(json.loads(to_json(new)))
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_PREFIXES)]

@@ -1,0 +1,73 @@
+"""Causal multi-head self-attention with an optional key/value cache for decoding."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from genzoo.layers.basic import Dtype, partitioned
+
+
+class CausalSelfAttention(nn.Module):
+    """Attention where position t sees positions <= t.
+
+    Without a cache the L inputs attend among themselves. With a cache
+    (`kv_cache = {"k": BxTxHxK, "v": BxTxHxK}` and `cache_index` = tokens already
+    cached) the new keys/values are written at `cache_index` and queries attend over
+    all T slots masked by position, so prefill and one-token steps share one code path.
+    """
+
+    num_heads: int
+    head_dim: int
+    dropout_rate: float = 0.0
+    use_bias: bool = True
+    out_std: float = 0.02
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxD, *, kv_cache=None, cache_index=None, deterministic=True):
+        B, L, D = x_BxLxD.shape
+        H, K = self.num_heads, self.head_dim
+        normal = nn.initializers.normal
+        w_Dx3xHxK = self.param(
+            "qkv_kernel", partitioned(normal(0.02), ("embed", None, "heads", "kv")), (D, 3, H, K)
+        )
+        qkv_BxLx3xHxK = jnp.einsum("bld,dthk->blthk", x_BxLxD, w_Dx3xHxK.astype(self.dtype))
+        if self.use_bias:
+            b_3xHxK = self.param(
+                "qkv_bias", partitioned(nn.initializers.zeros, (None, "heads", "kv")), (3, H, K)
+            )
+            qkv_BxLx3xHxK = qkv_BxLx3xHxK + b_3xHxK.astype(self.dtype)
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
+        q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK, ("batch", "length", "act_heads", "kv"))
+
+        if kv_cache is None:
+            k_BxTxHxK, v_BxTxHxK, new_cache = k_BxLxHxK, v_BxLxHxK, None
+            q_pos_L = jnp.arange(L)
+        else:
+            at = (0, cache_index, 0, 0)
+            k_BxTxHxK = lax.dynamic_update_slice(kv_cache["k"], k_BxLxHxK.astype(kv_cache["k"].dtype), at)
+            v_BxTxHxK = lax.dynamic_update_slice(kv_cache["v"], v_BxLxHxK.astype(kv_cache["v"].dtype), at)
+            new_cache = {"k": k_BxTxHxK, "v": v_BxTxHxK}
+            q_pos_L = cache_index + jnp.arange(L)
+        k_pos_T = jnp.arange(k_BxTxHxK.shape[1])
+        causal_LxT = k_pos_T[None, :] <= q_pos_L[:, None]
+
+        scores_BxHxLxT = jnp.einsum("blhk,bthk->bhlt", q_BxLxHxK, k_BxTxHxK.astype(self.dtype))
+        scores_BxHxLxT = scores_BxHxLxT.astype(jnp.float32) / jnp.sqrt(K).astype(jnp.float32)
+        scores_BxHxLxT = jnp.where(causal_LxT, scores_BxHxLxT, jnp.finfo(jnp.float32).min)
+        probs_BxHxLxT = jax.nn.softmax(scores_BxHxLxT, axis=-1).astype(self.dtype)
+        probs_BxHxLxT = nn.Dropout(self.dropout_rate)(probs_BxHxLxT, deterministic=deterministic)
+        out_BxLxHxK = jnp.einsum("bhlt,bthk->blhk", probs_BxHxLxT, v_BxTxHxK.astype(self.dtype))
+
+        w_HxKxD = self.param(
+            "out_kernel", partitioned(normal(self.out_std), ("heads", "kv", "embed")), (H, K, D)
+        )
+        y_BxLxD = jnp.einsum("blhk,hkd->bld", out_BxLxHxK, w_HxKxD.astype(self.dtype))
+        if self.use_bias:
+            b_D = self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (D,))
+            y_BxLxD = y_BxLxD + b_D.astype(self.dtype)
+        y_BxLxD = nn.Dropout(self.dropout_rate)(y_BxLxD, deterministic=deterministic)
+        return y_BxLxD, new_cache

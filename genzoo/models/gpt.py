@@ -1,0 +1,191 @@
+"""GPT: a decoder-only Transformer language model (pre-LayerNorm, learned positions, tied head).
+
+Family protocol (what the trainer and CLI call): `init`, `loss`, `eval_sums`,
+`eval_summary`, `flops_per_example`, `sample`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from genzoo import sampling
+from genzoo.evaluation import lm
+from genzoo.layers import MLP, CausalSelfAttention, Embed, LayerNorm
+
+KIND = "language_model"
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int
+    block_size: int = 256
+    num_layers: int = 6
+    num_heads: int = 6
+    width: int = 384
+    dropout: float = 0.0
+    use_bias: bool = True
+    ln_epsilon: float = 1e-5
+    gelu_approximate: bool = False
+    dtype: str = "float32"  # compute dtype; parameters stay float32
+
+    @classmethod
+    def from_cfg(cls, cfg) -> GPTConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in cfg.items() if k in names})
+
+    @property
+    def padded_vocab(self) -> int:
+        # A multiple of 128 shards evenly over any tensor axis and suits matmul tiles.
+        return -(-self.vocab_size // 128) * 128
+
+
+class Block(nn.Module):
+    cfg: GPTConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD, *, kv_cache=None, cache_index=None, deterministic=True):
+        c = self.cfg
+        dtype = jnp.dtype(c.dtype)
+        # GPT-2's scaled init of residual projections keeps the residual stream's variance flat.
+        out_std = 0.02 / (2 * c.num_layers) ** 0.5
+        h_BxLxD, kv_cache = CausalSelfAttention(
+            num_heads=c.num_heads,
+            head_dim=c.width // c.num_heads,
+            dropout_rate=c.dropout,
+            use_bias=c.use_bias,
+            out_std=out_std,
+            dtype=dtype,
+            name="attn",
+        )(
+            LayerNorm(c.ln_epsilon, c.use_bias, dtype, name="ln_1")(x_BxLxD),
+            kv_cache=kv_cache,
+            cache_index=cache_index,
+            deterministic=deterministic,
+        )
+        x_BxLxD = x_BxLxD + h_BxLxD
+        h_BxLxD = MLP(
+            hidden=4 * c.width,
+            dropout_rate=c.dropout,
+            use_bias=c.use_bias,
+            gelu_approximate=c.gelu_approximate,
+            out_std=out_std,
+            dtype=dtype,
+            name="mlp",
+        )(LayerNorm(c.ln_epsilon, c.use_bias, dtype, name="ln_2")(x_BxLxD), deterministic=deterministic)
+        x_BxLxD = x_BxLxD + h_BxLxD
+        return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "act_embed")), kv_cache
+
+
+class GPT(nn.Module):
+    cfg: GPTConfig
+
+    @nn.compact
+    def __call__(self, tokens_BxL, *, cache=None, deterministic=True):
+        """Logits [B, L, vocab_size] (float32) and the updated cache (None without one)."""
+        c = self.cfg
+        dtype = jnp.dtype(c.dtype)
+        B, L = tokens_BxL.shape
+        start = 0 if cache is None else cache["index"]
+        wte = Embed(c.padded_vocab, c.width, ("vocab", "embed"), dtype, name="wte")
+        wpe = Embed(c.block_size, c.width, ("pos", "embed"), dtype, name="wpe")
+        x_BxLxD = wte(tokens_BxL) + wpe(start + jnp.arange(L))[None]
+        x_BxLxD = nn.Dropout(c.dropout)(x_BxLxD, deterministic=deterministic)
+        x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "act_embed"))
+        new_layers = []
+        for i in range(c.num_layers):
+            x_BxLxD, kv = Block(c, name=f"block_{i}")(
+                x_BxLxD,
+                kv_cache=None if cache is None else cache["layers"][i],
+                cache_index=start,
+                deterministic=deterministic,
+            )
+            new_layers.append(kv)
+        x_BxLxD = LayerNorm(c.ln_epsilon, c.use_bias, dtype, name="ln_f")(x_BxLxD)
+        logits_BxLxV = wte.attend(x_BxLxD)[..., : c.vocab_size].astype(jnp.float32)
+        logits_BxLxV = nn.with_logical_constraint(logits_BxLxV, ("batch", "length", "act_vocab"))
+        new_cache = None if cache is None else {"index": start + L, "layers": new_layers}
+        return logits_BxLxV, new_cache
+
+
+def init_cache(c: GPTConfig, batch: int, length: int):
+    head_dim = c.width // c.num_heads
+    zeros = jnp.zeros((batch, length, c.num_heads, head_dim), jnp.dtype(c.dtype))
+    layer = {"k": zeros, "v": zeros}
+    return {"index": jnp.array(0, jnp.int32), "layers": [layer] * c.num_layers}
+
+
+# ---- family protocol -------------------------------------------------------------------
+
+
+def init(rng, cfg):
+    c = GPTConfig.from_cfg(cfg)
+    return GPT(c).init({"params": rng}, jnp.zeros((1, c.block_size), jnp.int32))["params"]
+
+
+def logits(params, tokens_BxL, cfg):
+    return GPT(GPTConfig.from_cfg(cfg)).apply({"params": params}, tokens_BxL)[0]
+
+
+def loss(params, batch, rng, cfg, *, train: bool = True):
+    """Mean next-token cross-entropy in nats over `batch['mask']`."""
+    logits_BxLxV, _ = GPT(GPTConfig.from_cfg(cfg)).apply(
+        {"params": params}, batch["inputs"], deterministic=not train, rngs={"dropout": rng}
+    )
+    return lm.mean_nll(logits_BxLxV, batch["targets"], batch["mask"])
+
+
+def eval_sums(params, batch, cfg):
+    return lm.nll_sums(logits(params, batch["inputs"], cfg), batch["targets"], batch["mask"])
+
+
+def eval_summary(totals, meta):
+    return lm.summary(totals, meta)
+
+
+def flops_per_example(cfg, seq_len: int) -> float:
+    """Training FLOPs (forward + backward) for one sequence, as in the PaLM paper's appendix."""
+    c = GPTConfig.from_cfg(cfg)
+    matmul_params = 12 * c.num_layers * c.width**2 + c.padded_vocab * c.width
+    attention = 12 * c.num_layers * c.width * seq_len
+    return float((6 * matmul_params + attention) * seq_len)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens"))
+def _generate(params, prompt_BxP, rng, temperature, top_k, top_p, *, cfg, max_new_tokens):
+    c = GPTConfig.from_cfg(cfg)
+    model = GPT(c)
+    step = lambda tokens, cache: model.apply({"params": params}, tokens, cache=cache)
+    cache = init_cache(c, prompt_BxP.shape[0], c.block_size)
+    return sampling.decode(
+        step,
+        cache,
+        prompt_BxP,
+        rng,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+    )
+
+
+def sample(params, rng, cfg, *, prompt_BxP, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0):
+    """Continues each prompt row by `max_new_tokens` tokens; returns [B, max_new_tokens] int32."""
+    return _generate(
+        params,
+        jnp.asarray(prompt_BxP, jnp.int32),
+        rng,
+        jnp.float32(temperature),
+        jnp.int32(top_k),
+        jnp.float32(top_p),
+        cfg=cfg,
+        max_new_tokens=max_new_tokens,
+    )
+
+
+def context_length(cfg) -> int:
+    return int(cfg.block_size)

@@ -1,0 +1,72 @@
+"""One mesh (`data`, `fsdp`, `tensor`) for every family, and logical-axis rules from the config."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from genzoo.errors import UserError
+
+AXES = ("data", "fsdp", "tensor")
+
+
+def make_mesh(mesh_cfg, devices=None) -> Mesh:
+    """Mesh of shape (data, fsdp, tensor); one size may be -1 to take the remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = [int(mesh_cfg[a]) for a in AXES]
+    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise UserError(f"mesh sizes {dict(zip(AXES, sizes))}: use positive sizes and at most one -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise UserError(f"{len(devices)} devices cannot be split into a mesh with {known} per slot")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) > len(devices):
+        raise UserError(f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices, have {len(devices)}")
+    grid = np.array(devices[: math.prod(sizes)]).reshape(sizes)
+    return Mesh(grid, AXES)
+
+
+def rules(mesh_cfg) -> tuple:
+    return tuple((name, tuple(a) if isinstance(a, list) else a) for name, a in mesh_cfg.rules)
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, axis_rules):
+    """Context in which `nn.with_logical_constraint` resolves names against this mesh."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules):
+        yield
+
+
+def logical_shardings(boxed_tree, mesh: Mesh, axis_rules):
+    """NamedShardings for a tree of (abstract) `nn.Partitioned` leaves; plain leaves replicate."""
+    specs = nn.get_partition_spec(boxed_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, axis_rules)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh, axis_rules) -> NamedSharding:
+    """Leading (batch) dimension split over the data-parallel axes the rules name."""
+    return nn.logical_to_mesh_sharding(P("batch"), mesh, axis_rules)
+
+
+def check_batch(batch_size: int, mesh: Mesh, axis_rules) -> None:
+    spec = batch_sharding(mesh, axis_rules).spec[0] or ()
+    axes = (spec,) if isinstance(spec, str) else spec
+    shards = math.prod(mesh.shape[a] for a in axes)
+    if batch_size % shards:
+        raise UserError(f"batch size {batch_size} is not divisible by the {shards} batch shards")
+
+
+def put_batch(batch: dict, sharding: NamedSharding) -> dict:
+    """Host numpy batch -> global jax arrays laid out by `sharding` (multi-process safe)."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)

@@ -1,0 +1,250 @@
+"""THE training loop, for every family.
+
+The trainer knows the family protocol (`genzoo.models`), never a family: it builds
+the train state with shardings derived from the parameters' logical axis names,
+jits one pure `_train_step` with explicit in/out shardings and a donated state, and
+owns the I/O around it: data, checkpoints, metrics, progress, periodic evaluation.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from genzoo import metrics as metrics_lib
+from genzoo import models, optim, sharding
+from genzoo.checkpoint import Checkpointer
+
+log = logging.getLogger(__name__)
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key: checkpoints store it like any array
+
+
+def _init_state(rng, *, family, model_cfg, tx, boxed: bool):
+    init_rng, state_rng = jax.random.split(rng)
+    params = family.init(init_rng, model_cfg)
+    if boxed:  # only shapes and logical names are wanted (under eval_shape)
+        return params
+    params = nn.unbox(params)
+    return TrainState(jnp.array(0, jnp.int32), params, tx.init(params), state_rng)
+
+
+def _loss_and_grads(family, model_cfg, params, batch, rng):
+    """Loss, gradients and metrics; a dict of losses trains each parameter group on its own."""
+    f = lambda p: family.loss(p, batch, rng, model_cfg, train=True)
+    losses, vjp, aux = jax.vjp(f, params, has_aux=True)
+    if not isinstance(losses, dict):
+        return losses, vjp(jnp.ones_like(losses))[0], dict(aux)
+    # One forward pass; one pull-back per group with a one-hot cotangent over the losses,
+    # keeping only that group's slice, so group g moves along d loss_g / d params_g only.
+    grads = {}
+    for group in params:
+        if group in losses:
+            onehot = {g: jnp.full_like(v, g == group) for g, v in losses.items()}
+            grads[group] = vjp(onehot)[0][group]
+        else:
+            grads[group] = jax.tree.map(jnp.zeros_like, params[group])
+    total = sum(losses.values())
+    return total, grads, {**aux, **{f"loss_{g}": v for g, v in losses.items()}}
+
+
+def _train_step(state: TrainState, batch, *, family, model_cfg, tx, lr_schedule, grad_accum: int):
+    """One optimizer step over `batch` (split into `grad_accum` micro-batches)."""
+    rng = jax.random.fold_in(state.rng, state.step)
+    if grad_accum == 1:
+        loss, grads, aux = _loss_and_grads(family, model_cfg, state.params, batch, rng)
+    else:
+        # Strided micro-batches (rows i, i+A, ...) so each one stays spread over all devices.
+        micro = jax.tree.map(
+            lambda x: x.reshape(x.shape[0] // grad_accum, grad_accum, *x.shape[1:]).swapaxes(0, 1),
+            batch,
+        )
+
+        def accumulate(carry, i):
+            mb = jax.tree.map(lambda x: x[i], micro)
+            out = _loss_and_grads(family, model_cfg, state.params, mb, jax.random.fold_in(rng, i))
+            return jax.tree.map(jnp.add, carry, out), None
+
+        zeros = jax.tree.map(
+            lambda s: jnp.zeros(s.shape, s.dtype),
+            jax.eval_shape(
+                lambda: _loss_and_grads(
+                    family, model_cfg, state.params, jax.tree.map(lambda x: x[0], micro), rng
+                )
+            ),
+        )
+        summed, _ = jax.lax.scan(accumulate, zeros, jnp.arange(grad_accum))
+        loss, grads, aux = jax.tree.map(lambda x: x / grad_accum, summed)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    out_metrics = {
+        "loss": loss,
+        "grad_norm": optax.global_norm(grads),
+        "lr": lr_schedule(state.step),
+        **aux,
+    }
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, out_metrics
+
+
+def _eval_step(params, batch, *, family, model_cfg):
+    return family.eval_sums(params, batch, model_cfg)
+
+
+class Trainer:
+    """Compiled init/train/eval functions for one resolved config on one mesh."""
+
+    def __init__(self, cfg, devices=None):
+        self.cfg = cfg
+        self.family = models.get(cfg.model.family)
+        self.model_cfg = cfg.model  # a FrozenConfigDict: hashable, so a static jit argument
+        self.mesh = sharding.make_mesh(cfg.mesh, devices)
+        self.rules = sharding.rules(cfg.mesh)
+        sharding.check_batch(cfg.train.batch_size // cfg.train.grad_accum, self.mesh, self.rules)
+        self.tx = optim.build(cfg.optim)
+        statics = dict(family=self.family, model_cfg=self.model_cfg, tx=self.tx)
+
+        boxed = jax.eval_shape(
+            functools.partial(_init_state, **statics, boxed=True), jax.random.PRNGKey(0)
+        )
+        self.abstract_state = jax.eval_shape(
+            functools.partial(_init_state, **statics, boxed=False), jax.random.PRNGKey(0)
+        )
+        repl = sharding.replicated(self.mesh)
+        param_shardings = sharding.logical_shardings(boxed, self.mesh, self.rules)
+        opt_shardings = optax.tree_map_params(
+            self.tx,
+            lambda _, s: s,
+            self.abstract_state.opt_state,
+            param_shardings,
+            transform_non_params=lambda _: repl,
+        )
+        self.state_shardings = TrainState(repl, param_shardings, opt_shardings, repl)
+        self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
+
+        self._init = jax.jit(
+            functools.partial(_init_state, **statics, boxed=False),
+            out_shardings=self.state_shardings,
+        )
+        self.train_step = jax.jit(
+            functools.partial(
+                _train_step,
+                **statics,
+                lr_schedule=optim.schedule(cfg.optim),
+                grad_accum=cfg.train.grad_accum,
+            ),
+            in_shardings=(self.state_shardings, self.batch_sharding),
+            out_shardings=(self.state_shardings, repl),
+            donate_argnums=(0,),
+        )
+        self.eval_step = jax.jit(
+            functools.partial(_eval_step, family=self.family, model_cfg=self.model_cfg),
+            in_shardings=(param_shardings, self.batch_sharding),
+            out_shardings=repl,
+        )
+
+    def init_state(self) -> TrainState:
+        with sharding.activate(self.mesh, self.rules):
+            return self._init(jax.random.PRNGKey(self.cfg.train.seed))
+
+    def restore(self, checkpointer: Checkpointer, step: int):
+        return checkpointer.restore(step, self.abstract_state, self.state_shardings)
+
+    def step(self, state: TrainState, batch: dict):
+        with sharding.activate(self.mesh, self.rules):
+            return self.train_step(state, sharding.put_batch(batch, self.batch_sharding))
+
+    def evaluate(self, params, data, split: str | None = None, max_batches: int | None = None):
+        """Whole-split figures (or the first `max_batches` batches) from the family's summary."""
+        e = self.cfg.eval
+        split = split or e.split
+        max_batches = e.max_batches if max_batches is None else max_batches
+        totals: dict[str, float] = {}
+        with sharding.activate(self.mesh, self.rules):
+            for batch in data.eval_batches(split, e.batch_size, max_batches):
+                sums = self.eval_step(params, sharding.put_batch(batch, self.batch_sharding))
+                for k, v in jax.device_get(sums).items():
+                    totals[k] = totals.get(k, 0.0) + np.float64(v)  # host float64: no drift
+        return self.family.eval_summary(totals, data.meta)
+
+    def fit(self, workdir: Path, data) -> TrainState:
+        """Trains to `train.steps`, resuming from the latest checkpoint in `workdir`."""
+        cfg = self.cfg
+        ckpt = Checkpointer(Path(workdir) / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.async_save)
+        train_iter = data.train_iterator(cfg.train.batch_size, cfg.train.seed)
+        latest = ckpt.latest_step()
+        if latest is None:
+            state = self.init_state()
+        else:
+            state, data_state = self.restore(ckpt, latest)
+            train_iter.set_state(data_state)
+            log.info("resumed from step %d", latest)
+        step = int(state.step)
+        writer = metrics_lib.MetricsWriter(Path(workdir), cfg.log.tensorboard)
+        seq_len = getattr(data, "seq_len", None)
+        flops = getattr(self.family, "flops_per_example", None)
+        flops_per_example = flops(self.model_cfg, seq_len) if flops else None
+        peak = metrics_lib.peak_flops(cfg.train.peak_flops) if flops_per_example else None
+        bar = tqdm(
+            total=cfg.train.steps, initial=step, disable=not cfg.log.progress, unit="step", dynamic_ncols=True
+        )
+        window_start, window_steps = time.perf_counter(), 0
+        try:
+            while step < cfg.train.steps:
+                batch = next(train_iter)
+                t0 = time.perf_counter()
+                state, step_metrics = self.step(state, batch)
+                step += 1
+                window_steps += 1
+                if window_steps == 1 and step == int(latest or 0) + 1:
+                    jax.block_until_ready(step_metrics)
+                    writer.write(step, {"perf/first_step_seconds": time.perf_counter() - t0})
+                    window_start, window_steps = time.perf_counter(), 0
+                bar.update(1)
+                if step % cfg.log.every_steps == 0 or step == cfg.train.steps:
+                    scalars = metrics_lib.host_scalars(step_metrics)
+                    elapsed = time.perf_counter() - window_start
+                    row = {f"train/{k}": v for k, v in scalars.items()}
+                    if window_steps:
+                        examples_per_s = window_steps * cfg.train.batch_size / elapsed
+                        row["perf/step_seconds"] = elapsed / window_steps
+                        row["perf/examples_per_second"] = examples_per_s
+                        if seq_len:
+                            row["perf/tokens_per_second"] = examples_per_s * seq_len
+                        if flops_per_example:
+                            row["perf/flops_per_second"] = examples_per_s * flops_per_example
+                            row["perf/mfu"] = row["perf/flops_per_second"] / peak
+                    writer.write(step, row)
+                    bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
+                    window_start, window_steps = time.perf_counter(), 0
+                if cfg.eval.every_steps > 0 and (
+                    step % cfg.eval.every_steps == 0 or step == cfg.train.steps
+                ):
+                    figures = self.evaluate(state.params, data)
+                    writer.write(step, {f"val/{k}": v for k, v in figures.items()})
+                    bar.write(f"step {step}: val loss {figures['loss']:.4f}")
+                    window_start, window_steps = time.perf_counter(), 0
+                if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.steps:
+                    ckpt.save(step, state, train_iter.get_state())
+        finally:
+            bar.close()
+            ckpt.close()
+            writer.close()
+        return state

@@ -1,0 +1,112 @@
+"""A workdir: `config.json` (the resolved config), `checkpoints/`, `metrics.jsonl`, `plots/`.
+
+`prepare_training` validates everything a user can get wrong before the workdir is
+touched; `open_run` loads a trained run for `eval` and `sample`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+
+import ml_collections
+
+from genzoo import data as data_lib
+from genzoo import experiment
+from genzoo.checkpoint import Checkpointer
+from genzoo.errors import UserError
+
+CONFIG = "config.json"
+
+
+def resolve(cfg: ml_collections.ConfigDict, data) -> ml_collections.FrozenConfigDict:
+    """Fills the fields left to the data or to other fields (marked -1 or 0) and freezes."""
+    for key, value in data.model_fields.items():
+        if cfg.model.get(key, None) == -1:
+            cfg.model[key] = value
+    if cfg.optim.decay_steps == -1:
+        cfg.optim.decay_steps = cfg.train.steps
+    if cfg.eval.batch_size == 0:
+        cfg.eval.batch_size = cfg.train.batch_size // cfg.train.grad_accum
+    if cfg.train.batch_size % cfg.train.grad_accum:
+        raise UserError("train.batch_size must be a multiple of train.grad_accum")
+    return ml_collections.FrozenConfigDict(cfg)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def load_config(workdir: Path) -> ml_collections.ConfigDict:
+    path = Path(workdir) / CONFIG
+    if not path.is_file():
+        raise UserError(f"{workdir} is not a genzoo workdir (no {CONFIG}); train into it first")
+    try:
+        return experiment.from_json(path.read_text())
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is corrupt: {e}") from None
+
+
+def prepare_training(cfg: ml_collections.ConfigDict, workdir: Path):
+    """Resolved frozen config and data; refuses a resume whose settings conflict."""
+    data = data_lib.load(cfg.data)
+    saved = load_config(workdir) if (Path(workdir) / CONFIG).is_file() else None
+    if saved is not None and cfg.optim.decay_steps == -1:
+        # The schedule was fixed at first launch; a longer run keeps it (as nanoGPT does).
+        cfg.optim.decay_steps = saved.optim.decay_steps
+    frozen = resolve(cfg, data)
+    if saved is not None:
+        conflicts = experiment.resume_conflicts(saved, ml_collections.ConfigDict(frozen))
+        if conflicts:
+            raise UserError(
+                f"cannot resume {workdir}: these settings differ from the saved run: "
+                + ", ".join(conflicts)
+            )
+    return frozen, data
+
+
+def save_config(cfg, workdir: Path) -> None:
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    write_atomic(Path(workdir) / CONFIG, experiment.to_json(ml_collections.ConfigDict(cfg)))
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained run loaded from its workdir: config, data, trainer and restored state."""
+
+    cfg: ml_collections.FrozenConfigDict
+    data: object
+    trainer: object
+    state: object
+    step: int
+
+
+def open_run(workdir: Path) -> Run:
+    from genzoo.trainer import Trainer  # jax-heavy; keep `genzoo list` fast
+
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise UserError(f"workdir {workdir} does not exist")
+    cfg = load_config(workdir)
+    checkpoints = workdir / "checkpoints"
+    if not checkpoints.is_dir():
+        raise UserError(f"no checkpoint in {workdir}: train it first")
+    ckpt = Checkpointer(checkpoints, keep=cfg.checkpoint.keep, async_save=False)
+    step = ckpt.latest_step()
+    if step is None:
+        raise UserError(f"no checkpoint in {workdir}: train it first")
+    data = data_lib.load(cfg.data)
+    frozen = ml_collections.FrozenConfigDict(cfg)
+    trainer = Trainer(frozen)
+    try:
+        state, _ = trainer.restore(ckpt, step)
+    except (ValueError, KeyError, OSError) as e:
+        raise UserError(f"checkpoint {step} in {workdir} cannot be read: {e}") from None
+    finally:
+        ckpt.close()
+    return Run(frozen, data, trainer, state, step)
