@@ -31,7 +31,9 @@ class Checkpointer:
     def restore(self, step: int, abstract_state, shardings):
         """State placed with `shardings`, and the saved data-iterator state."""
         target = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract_state,
+            shardings,
         )
         out = self.manager.restore(
             step,

@@ -25,7 +25,7 @@ def _cmd_list(args) -> None:
     rows = [("experiment", "family", "data", "description"), *experiment.list_experiments()]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
+        print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3])
 
 
 def _cmd_train(args) -> None:

@@ -1,4 +1,4 @@
-"""What an experiment is: a Python file with `get_config(variant)`; loading, overrides, resume checks.
+"""What an experiment is: a file with `get_config(variant)`; loading, overrides, resume checks.
 
 Every experiment starts from `base_config()` so that the keys scripts rely on
 (`train.steps`, `train.batch_size`, `train.seed`, `checkpoint.every_steps`,
@@ -176,7 +176,8 @@ def to_json(cfg: ml_collections.ConfigDict) -> str:
 def from_json(text: str) -> ml_collections.ConfigDict:
     data = json.loads(text)
     data["mesh"]["rules"] = tuple(
-        (name, tuple(axis) if isinstance(axis, list) else axis) for name, axis in data["mesh"]["rules"]
+        (name, tuple(axis) if isinstance(axis, list) else axis)
+        for name, axis in data["mesh"]["rules"]
     )
     return ml_collections.ConfigDict(data)
 

@@ -59,7 +59,11 @@ def plot_curves(workdir: Path) -> Path | None:
     for key, label in (("train/loss", "train"), ("val/loss", "validation")):
         points = [(r["step"], r[key]) for r in rows if key in r]
         if points:
-            ax.plot(*zip(*sorted(points)), label=label, marker="o" if label == "validation" else None)
+            ax.plot(
+                *zip(*sorted(points), strict=True),
+                label=label,
+                marker="o" if label == "validation" else None,
+            )
     if not ax.lines:
         plt.close(fig)
         return None

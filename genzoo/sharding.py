@@ -20,16 +20,23 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
     """Mesh of shape (data, fsdp, tensor); one size may be -1 to take the remaining devices."""
     devices = list(jax.devices() if devices is None else devices)
     sizes = [int(mesh_cfg[a]) for a in AXES]
+    shown = dict(zip(AXES, sizes, strict=True))
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-        raise UserError(f"mesh sizes {dict(zip(AXES, sizes))}: use positive sizes and at most one -1")
+        raise UserError(f"mesh sizes {shown}: use positive sizes and at most one -1")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if len(devices) % known:
-            raise UserError(f"{len(devices)} devices cannot be split into a mesh with {known} per slot")
+            raise UserError(
+                f"{len(devices)} devices cannot be split into a mesh with {known} per slot"
+            )
         sizes[sizes.index(-1)] = len(devices) // known
-    if math.prod(sizes) > len(devices):
-        raise UserError(f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices, have {len(devices)}")
-    grid = np.array(devices[: math.prod(sizes)]).reshape(sizes)
+    if math.prod(sizes) != len(devices):
+        # A mesh that leaves devices idle is almost always a typo; say so rather than waste them.
+        raise UserError(
+            f"mesh {dict(zip(AXES, sizes, strict=True))} uses {math.prod(sizes)} devices, "
+            f"have {len(devices)}"
+        )
+    grid = np.array(devices).reshape(sizes)
     return Mesh(grid, AXES)
 
 

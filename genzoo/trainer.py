@@ -187,7 +187,9 @@ class Trainer:
     def fit(self, workdir: Path, data) -> TrainState:
         """Trains to `train.steps`, resuming from the latest checkpoint in `workdir`."""
         cfg = self.cfg
-        ckpt = Checkpointer(Path(workdir) / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.async_save)
+        ckpt = Checkpointer(
+            Path(workdir) / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.async_save
+        )
         train_iter = data.train_iterator(cfg.train.batch_size, cfg.train.seed)
         latest = ckpt.latest_step()
         if latest is None:
@@ -203,7 +205,11 @@ class Trainer:
         flops_per_example = flops(self.model_cfg, seq_len) if flops else None
         peak = metrics_lib.peak_flops(cfg.train.peak_flops) if flops_per_example else None
         bar = tqdm(
-            total=cfg.train.steps, initial=step, disable=not cfg.log.progress, unit="step", dynamic_ncols=True
+            total=cfg.train.steps,
+            initial=step,
+            disable=not cfg.log.progress,
+            unit="step",
+            dynamic_ncols=True,
         )
         window_start, window_steps = time.perf_counter(), 0
         try:

@@ -69,7 +69,12 @@ def test_greedy_decode_equals_argmax_of_recomputation(setup):
     cfg, params, batch = setup
     prompt_BxP = batch["inputs"][:3, :4]
     new_BxN = gpt.sample(
-        params, jax.random.PRNGKey(0), cfg.model, prompt_BxP=prompt_BxP, max_new_tokens=8, temperature=0.0
+        params,
+        jax.random.PRNGKey(0),
+        cfg.model,
+        prompt_BxP=prompt_BxP,
+        max_new_tokens=8,
+        temperature=0.0,
     )
     tokens = np.asarray(prompt_BxP)
     for _ in range(8):
@@ -82,7 +87,9 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy(setup):
     cfg, params, batch = setup
     prompt = batch["inputs"][:4, :3]
     draw = lambda seed, **kw: np.asarray(
-        gpt.sample(params, jax.random.PRNGKey(seed), cfg.model, prompt_BxP=prompt, max_new_tokens=12, **kw)
+        gpt.sample(
+            params, jax.random.PRNGKey(seed), cfg.model, prompt_BxP=prompt, max_new_tokens=12, **kw
+        )
     )
     np.testing.assert_array_equal(draw(7), draw(7))
     assert not np.array_equal(draw(7), draw(8))

@@ -38,7 +38,9 @@ def test_step_compiles_once(single_device, char_data):
 
 
 def test_overfits_one_batch(make_config, char_data):
-    cfg = make_config("optim.lr=0.01", "optim.warmup_steps=0", "optim.min_lr=0.01", "train.steps=80")
+    cfg = make_config(
+        "optim.lr=0.01", "optim.warmup_steps=0", "optim.min_lr=0.01", "train.steps=80"
+    )
     t = Trainer(cfg, devices=jax.devices()[:1])
     batch = next(char_data.train_iterator(8, seed=0))
     state = t.init_state()
@@ -62,7 +64,9 @@ def test_eight_devices_match_one(make_config, char_data):
 
 def test_grad_accumulation_matches_full_batch(make_config, char_data):
     _, a = _run_steps(Trainer(make_config(), devices=jax.devices()[:1]), char_data, 3)
-    _, b = _run_steps(Trainer(make_config("train.grad_accum=2"), devices=jax.devices()[:1]), char_data, 3)
+    _, b = _run_steps(
+        Trainer(make_config("train.grad_accum=2"), devices=jax.devices()[:1]), char_data, 3
+    )
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 
 
@@ -70,12 +74,16 @@ def test_resume_is_bit_identical(make_config, char_data, tmp_path):
     overrides = ("model.dropout=0.1", "checkpoint.every_steps=3", "eval.every_steps=0")
     straight = Trainer(make_config(*overrides, "train.steps=6"), devices=jax.devices()[:1])
     a = straight.fit(tmp_path / "a", char_data)
-    Trainer(make_config(*overrides, "train.steps=3"), devices=jax.devices()[:1]).fit(tmp_path / "b", char_data)
-    b = Trainer(make_config(*overrides, "train.steps=6"), devices=jax.devices()[:1]).fit(tmp_path / "b", char_data)
+    Trainer(make_config(*overrides, "train.steps=3"), devices=jax.devices()[:1]).fit(
+        tmp_path / "b", char_data
+    )
+    b = Trainer(make_config(*overrides, "train.steps=6"), devices=jax.devices()[:1]).fit(
+        tmp_path / "b", char_data
+    )
     assert int(a.step) == int(b.step) == 6
-    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    for x, y in zip(jax.tree.leaves(a.opt_state), jax.tree.leaves(b.opt_state)):
+    for x, y in zip(jax.tree.leaves(a.opt_state), jax.tree.leaves(b.opt_state), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 

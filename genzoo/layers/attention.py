@@ -48,8 +48,12 @@ class CausalSelfAttention(nn.Module):
             q_pos_L = jnp.arange(L)
         else:
             at = (0, cache_index, 0, 0)
-            k_BxTxHxK = lax.dynamic_update_slice(kv_cache["k"], k_BxLxHxK.astype(kv_cache["k"].dtype), at)
-            v_BxTxHxK = lax.dynamic_update_slice(kv_cache["v"], v_BxLxHxK.astype(kv_cache["v"].dtype), at)
+            k_BxTxHxK = lax.dynamic_update_slice(
+                kv_cache["k"], k_BxLxHxK.astype(kv_cache["k"].dtype), at
+            )
+            v_BxTxHxK = lax.dynamic_update_slice(
+                kv_cache["v"], v_BxLxHxK.astype(kv_cache["v"].dtype), at
+            )
             new_cache = {"k": k_BxTxHxK, "v": v_BxTxHxK}
             q_pos_L = cache_index + jnp.arange(L)
         k_pos_T = jnp.arange(k_BxTxHxK.shape[1])

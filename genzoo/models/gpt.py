@@ -76,7 +76,10 @@ class Block(nn.Module):
             out_std=out_std,
             dtype=dtype,
             name="mlp",
-        )(LayerNorm(c.ln_epsilon, c.use_bias, dtype, name="ln_2")(x_BxLxD), deterministic=deterministic)
+        )(
+            LayerNorm(c.ln_epsilon, c.use_bias, dtype, name="ln_2")(x_BxLxD),
+            deterministic=deterministic,
+        )
         x_BxLxD = x_BxLxD + h_BxLxD
         return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "act_embed")), kv_cache
 

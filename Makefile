@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` and `make test`. Each sets up .venv first.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+GENZOO := $(VENV)/bin/genzoo
+DEMO_DIR := runs/demo
+
+.PHONY: demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml
+	@echo "setting up $(VENV) (first run only)..."
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e ".[dev]"
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+demo: $(STAMP)
+	$(GENZOO) train gpt_shakespeare_char --variant cpu --workdir $(DEMO_DIR)
+	$(GENZOO) eval --workdir $(DEMO_DIR)
+	$(GENZOO) sample --workdir $(DEMO_DIR) --prompt "ROMEO:" --num 2 --max-new-tokens 120 --seed 0
+	@echo ""
+	@echo "checkpoint: $(DEMO_DIR)/checkpoints   metrics: $(DEMO_DIR)/metrics.jsonl"
+	@echo "pictures:   $(DEMO_DIR)/plots/loss.png   TensorBoard events: $(DEMO_DIR)/tensorboard"
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+test-slow: $(STAMP)
+	$(VENV)/bin/python -m pytest -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,119 @@
+"""The command line: every experiment's smoke variant end to end, and the error contract."""
+
+import json
+import math
+
+import pytest
+
+from genzoo import cli, experiment
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run") / "smoke"
+    assert (
+        cli.main(["train", "gpt_shakespeare_char", "--variant", "smoke", "--workdir", str(workdir)])
+        == 0
+    )
+    return workdir
+
+
+@pytest.mark.parametrize("name", [row[0] for row in experiment.list_experiments()])
+def test_every_experiment_smoke_trains_and_evaluates(name, tmp_path, capsys):
+    code, out, _ = run(
+        capsys, "train", name, "--variant", "smoke", "--workdir", str(tmp_path / name)
+    )
+    assert code == 0 and "checkpoints:" in out
+    code, out, _ = run(capsys, "eval", "--workdir", str(tmp_path / name), "--json")
+    figures = json.loads(out)
+    assert code == 0 and math.isfinite(figures["loss"])
+
+
+def test_list_names_every_experiment(capsys):
+    code, out, _ = run(capsys, "list")
+    assert code == 0
+    assert "gpt_shakespeare_char" in out and "tinyshakespeare_char" in out
+
+
+def test_train_writes_config_metrics_and_plot(trained):
+    saved = json.loads((trained / "config.json").read_text())
+    assert saved["model"]["vocab_size"] > 0 and saved["train"]["steps"] == 20
+    rows = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/loss" in r for r in rows)
+    assert any("perf/tokens_per_second" in r and "perf/mfu" in r for r in rows)
+    assert (trained / "plots" / "loss.png").stat().st_size > 1000
+
+
+def test_eval_json_reports_language_model_figures(trained, text, capsys):
+    code, out, _ = run(capsys, "eval", "--workdir", str(trained), "--json")
+    f = json.loads(out)
+    assert code == 0 and f["step"] == 20
+    assert f["num_tokens"] == len(text) - int(0.9 * len(text)) - 1  # the whole split
+    assert f["perplexity"] == pytest.approx(math.exp(f["loss"]))
+    assert f["bits_per_char"] == pytest.approx(f["loss"] / math.log(2))
+    assert f["loss"] < math.log(len(set(text)))  # it learned something in 20 steps
+
+
+def test_sample_is_seeded_and_greedy_is_deterministic(trained, capsys):
+    base = ("sample", "--workdir", str(trained), "--prompt", "KING:", "--max-new-tokens", "20")
+    _, a, _ = run(capsys, *base, "--seed", "1", "--num", "2")
+    _, b, _ = run(capsys, *base, "--seed", "1", "--num", "2")
+    _, c, _ = run(capsys, *base, "--seed", "2", "--num", "2")
+    assert a == b and a != c and a.startswith("KING:")
+    _, g1, _ = run(capsys, *base, "--temperature", "0", "--seed", "1")
+    _, g2, _ = run(capsys, *base, "--temperature", "0", "--seed", "9")
+    assert g1 == g2 and g1.startswith("KING:")
+
+
+def test_resume_with_longer_run_and_refusal_of_model_change(trained, capsys):
+    code, _, err = run(
+        capsys,
+        "train",
+        "gpt_shakespeare_char",
+        "--variant",
+        "smoke",
+        "--workdir",
+        str(trained),
+        "--set",
+        "model.width=64",
+        "--set",
+        "optim.lr=0.1",
+    )
+    assert code == 2 and "model.width" in err and "optim.lr" in err
+    before = (trained / "config.json").read_text()
+    assert json.loads(before)["model"]["width"] == 32  # nothing rewritten by the refusal
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("train", "no_such_experiment"),
+        ("train", "gpt_shakespeare_char", "--set", "train.nope=1"),
+        ("train", "gpt_shakespeare_char", "--set", "train.steps=ten"),
+        ("train", "gpt_shakespeare_char", "--set", "train.steps"),
+        ("train", "gpt_shakespeare_char", "--variant", "huge"),
+        ("train", "gpt_shakespeare_char", "--bogus-flag"),
+        ("eval", "--workdir", "{tmp}/missing"),
+        ("eval", "--workdir", "{tmp}/empty"),
+        ("sample", "--workdir", "{run}", "--prompt", "\u00e9t\u00e9"),
+        ("sample", "--workdir", "{run}", "--max-new-tokens", "5000"),
+        ("sample", "--workdir", "{run}", "--top-p", "0"),
+        ("sample", "--workdir", "{run}", "--top-p", "1.5"),
+        ("sample", "--workdir", "{run}", "--temperature", "-1"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(argv, trained, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(tmp=tmp_path, run=trained) for a in argv]
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("genzoo: error:"), err
+    assert "Traceback" not in err and out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing  # nothing half-written

@@ -1,0 +1,69 @@
+"""Experiment configs: typed overrides, resume rules, mesh construction."""
+
+import jax
+import pytest
+
+from genzoo import experiment, sharding
+from genzoo.errors import UserError
+
+
+def cfg():
+    return experiment.load("gpt_shakespeare_char", "smoke")
+
+
+def test_every_experiment_has_the_keys_scripts_rely_on():
+    for name, *_ in experiment.list_experiments():
+        c = experiment.load(name, "smoke")
+        for key in (
+            "train.steps",
+            "train.batch_size",
+            "train.seed",
+            "checkpoint.every_steps",
+            "mesh.data",
+            "mesh.fsdp",
+            "mesh.tensor",
+        ):
+            section, field = key.split(".")
+            assert field in c[section], (name, key)
+
+
+def test_overrides_are_typed():
+    c = cfg()
+    experiment.apply_overrides(
+        c, ["train.steps=7", "optim.lr=1", "log.progress=false", "data.name=x"]
+    )
+    assert (c.train.steps, c.optim.lr, c.log.progress, c.data.name) == (7, 1.0, False, "x")
+    assert isinstance(c.optim.lr, float)
+    for bad in ("train.steps=1.5", "train.steps=x", "optim.lr=fast", "log.progress=maybe"):
+        with pytest.raises(UserError, match="bad value"):
+            experiment.apply_overrides(cfg(), [bad])
+    for bad in ("train.stepz=1", "nope.x=1", "train=1"):
+        with pytest.raises(UserError, match="unknown config key|section"):
+            experiment.apply_overrides(cfg(), [bad])
+
+
+def test_resume_conflicts_ignore_run_length_mesh_and_logging():
+    a, b = cfg(), cfg()
+    experiment.apply_overrides(
+        b, ["train.steps=99", "mesh.data=2", "log.every_steps=3", "eval.every_steps=4"]
+    )
+    assert experiment.resume_conflicts(a, b) == []
+    experiment.apply_overrides(b, ["model.num_layers=3", "train.batch_size=4", "optim.b2=0.9"])
+    assert experiment.resume_conflicts(a, b) == ["model.num_layers", "optim.b2", "train.batch_size"]
+
+
+def test_config_json_round_trip():
+    c = cfg()
+    assert experiment.resume_conflicts(c, experiment.from_json(experiment.to_json(c))) == []
+
+
+def test_mesh_fills_minus_one_and_rejects_bad_shapes():
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 2, "tensor": 2})
+    assert dict(mesh.shape) == {"data": len(jax.devices()) // 4, "fsdp": 2, "tensor": 2}
+    for bad in (
+        {"data": -1, "fsdp": -1, "tensor": 1},
+        {"data": 3, "fsdp": 1, "tensor": 1},
+        {"data": 16, "fsdp": 1, "tensor": 1},
+    ):
+        with pytest.raises(UserError):
+            sharding.make_mesh(bad)

@@ -1,0 +1,75 @@
+"""Data: the TFDS builder's split and vocabulary, resumable iterators, whole-split eval, sources."""
+
+import hashlib
+import lzma
+
+import numpy as np
+import pytest
+
+from genzoo.data import shakespeare, sources
+from genzoo.errors import UserError
+
+
+def test_split_is_ninety_ten_with_sorted_vocabulary(char_data, text):
+    vocab = "".join(sorted(set(text)))
+    assert char_data.tokenizer.vocab == vocab
+    cut = int(0.9 * len(text))
+    assert char_data.decode(char_data.splits["train"]) == text[:cut]
+    assert char_data.decode(char_data.splits["validation"]) == text[cut:]
+
+
+def test_windows_are_shifted_by_one(char_data):
+    batch = next(char_data.train_iterator(4, seed=3))
+    assert batch["inputs"].shape == batch["targets"].shape == (4, 32)
+    np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
+
+
+def test_iterator_state_resumes_exactly(char_data):
+    it = char_data.train_iterator(4, seed=5)
+    for _ in range(3):
+        next(it)
+    state = it.get_state()
+    expected = [next(it)["inputs"] for _ in range(2)]
+    resumed = char_data.train_iterator(4, seed=5)
+    resumed.set_state(state)
+    for want in expected:
+        np.testing.assert_array_equal(next(resumed)["inputs"], want)
+    other = next(char_data.train_iterator(4, seed=6))["inputs"]
+    assert not np.array_equal(other, next(char_data.train_iterator(4, seed=5))["inputs"])
+
+
+def test_eval_batches_cover_the_split_once(char_data):
+    tokens = char_data.splits["validation"]
+    batches = list(char_data.eval_batches("validation", 8))
+    assert {b["inputs"].shape for b in batches} == {(8, 32)}
+    mask = np.concatenate([b["mask"].reshape(-1) for b in batches])
+    targets = np.concatenate([b["targets"].reshape(-1) for b in batches])
+    assert mask.sum() == len(tokens) - 1
+    np.testing.assert_array_equal(targets[mask == 1], tokens[1:])
+
+
+def test_unknown_split_and_out_of_vocabulary_are_user_errors(char_data):
+    with pytest.raises(UserError, match="unknown split"):
+        list(char_data.eval_batches("test", 8))
+    with pytest.raises(UserError, match="not in the vocabulary"):
+        char_data.encode("caf\u00e9")
+
+
+def test_missing_file_in_data_dir_says_where_to_put_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("GENZOO_DATA_DIR", str(tmp_path))
+    with pytest.raises(UserError, match=r"GENZOO_DATA_DIR/tinyshakespeare/"):
+        shakespeare.source_path()
+
+
+def test_packaged_copy_is_the_canonical_file():
+    with lzma.open(sources.ASSETS / "tinyshakespeare_input.txt.xz") as f:
+        data = f.read()
+    assert len(data) == 1_115_394
+    assert hashlib.sha256(data).hexdigest() == shakespeare.SHA256
+
+
+def test_offline_without_data_dir_unpacks_the_packaged_copy(monkeypatch, tmp_path):
+    monkeypatch.delenv("GENZOO_DATA_DIR")
+    monkeypatch.setenv("GENZOO_CACHE_DIR", str(tmp_path))
+    path = shakespeare.source_path()
+    assert path.is_relative_to(tmp_path) and sources.sha256_of(path) == shakespeare.SHA256
