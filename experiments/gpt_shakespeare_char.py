@@ -4,7 +4,8 @@
     genzoo train gpt_shakespeare_char --variant cpu     # the README demo, 2 CPU cores
 
 Expect: val loss 1.4697 after 5000 steps on one A100 (published by nanoGPT);
-the `cpu` variant reaches val loss CPU_LOSS in CPU_MIN min on 2 CPU cores (measured).
+the `cpu` variant reaches val loss 1.693 (2.44 bits/char) in 2000 steps,
+~5 min on 2 CPU cores (measured: 13.3k tokens/s, MFU 24% of the XLA matmul peak).
 """
 
 from genzoo.experiment import base_config
