@@ -58,9 +58,20 @@ def base_config() -> ml_collections.ConfigDict:
         eps=1e-8,
         weight_decay=0.1,
         clip_norm=1.0,
+        # Per parameter group overrides of the fields above, e.g. {"generator": {"lr": 2e-4}}:
+        # each top-level group of the params gets its own optimizer (a GAN's two players).
+        groups=ml_collections.ConfigDict(),
     )
     c.mesh = dict(data=-1, fsdp=1, tensor=1, rules=DEFAULT_RULES)
-    c.eval = dict(every_steps=500, batch_size=0, max_batches=-1, split="validation")
+    c.eval = dict(
+        every_steps=500,
+        batch_size=0,
+        max_batches=-1,
+        split="validation",
+        seed=0,
+        classifier_workdir="",  # image generators: a trained classifier_* run for fid
+        num_samples=1000,  # images drawn for sample-quality scores
+    )
     c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
     c.log = dict(every_steps=10, tensorboard=True, progress=True)
     return c

@@ -1,11 +1,14 @@
-"""Optax builders: warmup + cosine schedule, clipping, AdamW with a weight-decay mask."""
+"""Optax builders: warmup + cosine schedule, clipping, AdamW with a weight-decay mask, groups."""
 
 from __future__ import annotations
 
 import jax
+import ml_collections
 import optax
 
 from genzoo.errors import UserError
+
+GROUP_FIELDS = ("lr", "min_lr", "warmup_steps", "b1", "b2", "eps", "weight_decay", "clip_norm")
 
 
 def schedule(o) -> optax.Schedule:
@@ -24,7 +27,7 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def build(o) -> optax.GradientTransformation:
+def _single(o) -> optax.GradientTransformation:
     if o.name != "adamw":
         raise UserError(f"unknown optimizer {o.name!r} (known: adamw)")
     return optax.chain(
@@ -33,3 +36,29 @@ def build(o) -> optax.GradientTransformation:
             schedule(o), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask
         ),
     )
+
+
+def group_config(o, group: str):
+    """The optimizer fields for one parameter group: the shared ones with its overrides."""
+    merged = ml_collections.ConfigDict({k: v for k, v in o.items() if k != "groups"})
+    for key, value in o.groups[group].items():
+        if key not in GROUP_FIELDS:
+            raise UserError(f"optim.groups.{group}.{key} is not a per-group field ({GROUP_FIELDS})")
+        merged[key] = value
+    return merged
+
+
+def build(o) -> optax.GradientTransformation:
+    """AdamW, or with `o.groups` one AdamW per top-level parameter group."""
+    if not o.groups:
+        return _single(o)
+    groups = tuple(o.groups.keys())
+    transforms = {g: _single(group_config(o, g)) for g in groups}
+
+    def labels(params):
+        missing = set(params) - set(groups)
+        if missing:
+            raise UserError(f"parameter groups {sorted(missing)} have no entry in optim.groups")
+        return {g: jax.tree.map(lambda _, g=g: g, sub) for g, sub in params.items()}
+
+    return optax.multi_transform(transforms, labels)

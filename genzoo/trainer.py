@@ -46,9 +46,9 @@ def _init_state(rng, *, family, model_cfg, tx, boxed: bool):
     return TrainState(jnp.array(0, jnp.int32), params, tx.init(params), state_rng)
 
 
-def _loss_and_grads(family, model_cfg, params, batch, rng):
+def _loss_and_grads(family, model_cfg, params, batch, rng, step):
     """Loss, gradients and metrics; a dict of losses trains each parameter group on its own."""
-    f = lambda p: family.loss(p, batch, rng, model_cfg, train=True)
+    f = lambda p: family.loss(p, batch, rng, model_cfg, train=True, step=step)
     losses, vjp, aux = jax.vjp(f, params, has_aux=True)
     if not isinstance(losses, dict):
         return losses, vjp(jnp.ones_like(losses))[0], dict(aux)
@@ -69,7 +69,7 @@ def _train_step(state: TrainState, batch, *, family, model_cfg, tx, lr_schedule,
     """One optimizer step over `batch` (split into `grad_accum` micro-batches)."""
     rng = jax.random.fold_in(state.rng, state.step)
     if grad_accum == 1:
-        loss, grads, aux = _loss_and_grads(family, model_cfg, state.params, batch, rng)
+        loss, grads, aux = _loss_and_grads(family, model_cfg, state.params, batch, rng, state.step)
     else:
         # Strided micro-batches (rows i, i+A, ...) so each one stays spread over all devices.
         micro = jax.tree.map(
@@ -79,14 +79,21 @@ def _train_step(state: TrainState, batch, *, family, model_cfg, tx, lr_schedule,
 
         def accumulate(carry, i):
             mb = jax.tree.map(lambda x: x[i], micro)
-            out = _loss_and_grads(family, model_cfg, state.params, mb, jax.random.fold_in(rng, i))
+            out = _loss_and_grads(
+                family, model_cfg, state.params, mb, jax.random.fold_in(rng, i), state.step
+            )
             return jax.tree.map(jnp.add, carry, out), None
 
         zeros = jax.tree.map(
             lambda s: jnp.zeros(s.shape, s.dtype),
             jax.eval_shape(
                 lambda: _loss_and_grads(
-                    family, model_cfg, state.params, jax.tree.map(lambda x: x[0], micro), rng
+                    family,
+                    model_cfg,
+                    state.params,
+                    jax.tree.map(lambda x: x[0], micro),
+                    rng,
+                    state.step,
                 )
             ),
         )
@@ -104,8 +111,8 @@ def _train_step(state: TrainState, batch, *, family, model_cfg, tx, lr_schedule,
     return new_state, out_metrics
 
 
-def _eval_step(params, batch, *, family, model_cfg):
-    return family.eval_sums(params, batch, model_cfg)
+def _eval_step(params, batch, rng, *, family, model_cfg):
+    return family.eval_sums(params, batch, rng, model_cfg)
 
 
 class Trainer:
@@ -156,7 +163,7 @@ class Trainer:
         )
         self.eval_step = jax.jit(
             functools.partial(_eval_step, family=self.family, model_cfg=self.model_cfg),
-            in_shardings=(param_shardings, self.batch_sharding),
+            in_shardings=(param_shardings, self.batch_sharding, repl),
             out_shardings=repl,
         )
 
@@ -178,8 +185,9 @@ class Trainer:
         max_batches = e.max_batches if max_batches is None else max_batches
         totals: dict[str, float] = {}
         with sharding.activate(self.mesh, self.rules):
-            for batch in data.eval_batches(split, e.batch_size, max_batches):
-                sums = self.eval_step(params, sharding.put_batch(batch, self.batch_sharding))
+            for i, batch in enumerate(data.eval_batches(split, e.batch_size, max_batches)):
+                rng = jax.random.fold_in(jax.random.PRNGKey(e.seed), i)  # same figures every call
+                sums = self.eval_step(params, sharding.put_batch(batch, self.batch_sharding), rng)
                 for k, v in jax.device_get(sums).items():
                     totals[k] = totals.get(k, 0.0) + np.float64(v)  # host float64: no drift
         return self.family.eval_summary(totals, data.meta)
@@ -245,7 +253,8 @@ class Trainer:
                 ):
                     figures = self.evaluate(state.params, data)
                     writer.write(step, {f"val/{k}": v for k, v in figures.items()})
-                    bar.write(f"step {step}: val loss {figures['loss']:.4f}")
+                    name, value = next(iter(figures.items()))  # the family's headline figure
+                    bar.write(f"step {step}: {cfg.eval.split} {name} {value:.4f}")
                     window_start, window_steps = time.perf_counter(), 0
                 if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.steps:
                     ckpt.save(step, state, train_iter.get_state())

@@ -91,7 +91,7 @@ class _TwoPlayer:
     """A toy family whose two parameter groups each minimise their own loss."""
 
     @staticmethod
-    def loss(params, batch, rng, cfg, *, train):
+    def loss(params, batch, rng, cfg, *, train, step):
         a, b = params["a"]["w"], params["b"]["w"]
         return {"a": jnp.sum(a * b * batch), "b": jnp.sum((a + 2 * b) ** 2)}, {}
 
@@ -99,7 +99,7 @@ class _TwoPlayer:
 def test_dict_losses_train_each_group_on_its_own_loss():
     params = {"a": {"w": jnp.array([1.0, 2.0])}, "b": {"w": jnp.array([3.0, -1.0])}}
     batch = jnp.array([0.5, 4.0])
-    total, grads, aux = trainer_lib._loss_and_grads(_TwoPlayer, None, params, batch, None)
+    total, grads, aux = trainer_lib._loss_and_grads(_TwoPlayer, None, params, batch, None, 0)
     a, b = params["a"]["w"], params["b"]["w"]
     np.testing.assert_allclose(grads["a"]["w"], b * batch)  # d loss_a / d a only
     np.testing.assert_allclose(grads["b"]["w"], 4 * (a + 2 * b))  # d loss_b / d b only

@@ -2,11 +2,11 @@
 
 Required:
     init(rng, cfg) -> params                       (boxed with logical axis names)
-    loss(params, batch, rng, cfg, *, train) -> (loss, metrics)
+    loss(params, batch, rng, cfg, *, train, step) -> (loss, metrics)
         `loss` is a scalar, or a dict {group: scalar} when the parameters are a dict of
         groups each trained on its own objective (a GAN's generator and discriminator):
         the trainer differentiates each group's loss with respect to that group only.
-    eval_sums(params, batch, cfg) -> dict of arrays that add up across batches
+    eval_sums(params, batch, rng, cfg) -> dict of arrays that add up across batches
     eval_summary(totals, meta) -> dict of whole-split figures
 Optional:
     flops_per_example(cfg, seq_len) -> float       (enables MFU reporting)

@@ -134,7 +134,7 @@ def logits(params, tokens_BxL, cfg):
     return GPT(GPTConfig.from_cfg(cfg)).apply({"params": params}, tokens_BxL)[0]
 
 
-def loss(params, batch, rng, cfg, *, train: bool = True):
+def loss(params, batch, rng, cfg, *, train: bool = True, step=0):
     """Mean next-token cross-entropy in nats over `batch['mask']`."""
     logits_BxLxV, _ = GPT(GPTConfig.from_cfg(cfg)).apply(
         {"params": params}, batch["inputs"], deterministic=not train, rngs={"dropout": rng}
@@ -142,7 +142,7 @@ def loss(params, batch, rng, cfg, *, train: bool = True):
     return lm.mean_nll(logits_BxLxV, batch["targets"], batch["mask"])
 
 
-def eval_sums(params, batch, cfg):
+def eval_sums(params, batch, rng, cfg):
     return lm.nll_sums(logits(params, batch["inputs"], cfg), batch["targets"], batch["mask"])
 
 
