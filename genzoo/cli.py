@@ -50,9 +50,26 @@ def _cmd_train(args) -> None:
 def _cmd_eval(args) -> None:
     from genzoo import workdir
 
-    run = workdir.open_run(Path(args.workdir))
-    figures = run.trainer.evaluate(run.state.params, run.data, args.split, max_batches=-1)
-    figures = {"step": run.step, "split": args.split or run.cfg.eval.split, **figures}
+    overrides = args.set or ()
+    if any(not item.startswith("eval.") for item in overrides):
+        raise UserError("eval --set only changes eval.* settings")
+    run = workdir.open_run(Path(args.workdir), overrides)
+    split = args.split or run.cfg.eval.split
+    figures = run.trainer.evaluate(run.state.params, run.data, split, max_batches=-1)
+    figures = {"step": run.step, "split": split, **figures}
+    if run.cfg.eval.classifier_workdir:
+        import jax
+
+        from genzoo import models
+        from genzoo.evaluation import sample_quality
+
+        family = models.get(run.cfg.model.family)
+        num = run.cfg.eval.num_samples
+        fake = family.sample(
+            run.state.params, jax.random.PRNGKey(run.cfg.eval.seed), run.cfg.model, num=num
+        )
+        real = run.data.real_images(split, num)
+        figures.update(sample_quality.score(fake, real, Path(run.cfg.eval.classifier_workdir)))
     if args.json:
         print(json.dumps(figures))
     else:
@@ -61,7 +78,7 @@ def _cmd_eval(args) -> None:
 
 
 def _check_sampling_args(args) -> None:
-    if args.num < 1:
+    if args.num is not None and args.num < 1:
         raise UserError("--num must be at least 1")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
@@ -73,17 +90,12 @@ def _check_sampling_args(args) -> None:
         raise UserError(f"--top-k must be >= 0, got {args.top_k}")
 
 
-def _cmd_sample(args) -> None:
+def _sample_text(args, cfg, family) -> None:
     import jax
     import numpy as np
 
-    from genzoo import models, workdir
+    from genzoo import workdir
 
-    _check_sampling_args(args)
-    cfg = workdir.load_config(Path(args.workdir))
-    family = models.get(cfg.model.family)
-    if getattr(family, "KIND", None) != "language_model":
-        raise UserError(f"sampling is not available for family {cfg.model.family!r} yet")
     context = family.context_length(cfg.model)
     prompt = args.prompt if args.prompt else "\n"
     if args.max_new_tokens is None:
@@ -95,7 +107,7 @@ def _cmd_sample(args) -> None:
     ids = run.data.encode(prompt)
     if len(ids) + args.max_new_tokens > context:
         raise UserError(f"prompt + --max-new-tokens exceeds the model's context of {context}")
-    prompt_BxP = np.tile(np.asarray(ids, np.int32)[None], (args.num, 1))
+    prompt_BxP = np.tile(np.asarray(ids, np.int32)[None], (args.num or 1, 1))
     new_BxN = family.sample(
         run.state.params,
         jax.random.PRNGKey(args.seed),
@@ -110,6 +122,50 @@ def _cmd_sample(args) -> None:
         if i:
             print("-" * 40)
         print(prompt + run.data.decode(row))
+
+
+def _sample_images(args, cfg, family) -> None:
+    import jax
+    import numpy as np
+
+    from genzoo import metrics, workdir
+
+    if args.reconstruct and not hasattr(family, "reconstruct"):
+        raise UserError(f"family {cfg.model.family!r} cannot reconstruct")
+    name = "reconstructions.png" if args.reconstruct else "samples.png"
+    out = Path(args.out) if args.out else Path(args.workdir) / name
+    if not out.parent.is_dir():
+        raise UserError(f"folder {out.parent} does not exist")
+    run = workdir.open_run(Path(args.workdir))
+    num = args.num or 64
+    if args.reconstruct:
+        rng = np.random.default_rng(args.seed)
+        real = run.data.real_images(run.cfg.eval.split, len(run.data.splits[run.cfg.eval.split][0]))
+        real = real[rng.choice(len(real), num, replace=False)]
+        recon = np.asarray(family.reconstruct(run.state.params, real, run.cfg.model))
+        images = np.stack([real, recon], axis=1).reshape(-1, *real.shape[1:])  # pairs side by side
+        metrics.save_image_grid(images, out, columns=2 * max(1, int(np.sqrt(num))))
+    else:
+        images = family.sample(
+            run.state.params, jax.random.PRNGKey(args.seed), run.cfg.model, num=num
+        )
+        metrics.save_image_grid(np.asarray(images), out)
+    print(out)
+
+
+def _cmd_sample(args) -> None:
+    from genzoo import models, workdir
+
+    _check_sampling_args(args)
+    cfg = workdir.load_config(Path(args.workdir))
+    family = models.get(cfg.model.family)
+    kind = getattr(family, "KIND", None)
+    if kind == "language_model":
+        _sample_text(args, cfg, family)
+    elif kind == "image_generator":
+        _sample_images(args, cfg, family)
+    else:
+        raise UserError(f"family {cfg.model.family!r} does not generate samples")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,17 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workdir", required=True)
     e.add_argument("--split", help="default: the experiment's eval.split")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--set", action="append", metavar="eval.KEY=VALUE", help="override eval.*")
     e.set_defaults(fn=_cmd_eval)
 
     s = sub.add_parser("sample", help="generate from the latest checkpoint")
     s.add_argument("--workdir", required=True)
     s.add_argument("--prompt", default="", help="text to continue (default: a newline)")
-    s.add_argument("--num", type=int, default=1)
+    s.add_argument("--num", type=int, help="how many (default: 1 text, 64 images)")
     s.add_argument("--max-new-tokens", type=int, help="default: 200, or what fits the context")
     s.add_argument("--temperature", type=float, default=0.8)
     s.add_argument("--top-k", type=int, default=0, help="0: off")
     s.add_argument("--top-p", type=float, default=1.0)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="image families: PNG path (default: WORKDIR/samples.png)")
+    s.add_argument("--reconstruct", action="store_true", help="VAE: inputs beside reconstructions")
     s.set_defaults(fn=_cmd_sample)
     return p
 

@@ -30,6 +30,7 @@ DEFAULT_RULES = (
     ("kv", None),
     ("vocab", "tensor"),
     ("pos", None),
+    ("states", None),
     # Activations: batch over every data-parallel axis, features over `tensor`.
     ("batch", ("data", "fsdp")),
     ("length", None),

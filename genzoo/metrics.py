@@ -48,7 +48,7 @@ def read(path: Path) -> list[dict]:
 
 
 def plot_curves(workdir: Path) -> Path | None:
-    """Draws train/validation loss against step into workdir/plots/loss.png."""
+    """Draws the train loss and the headline validation figure against step (plots/loss.png)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,19 +56,21 @@ def plot_curves(workdir: Path) -> Path | None:
 
     rows = read(Path(workdir) / "metrics.jsonl")
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("train/loss", "train"), ("val/loss", "validation")):
+    val_keys = [k for r in rows for k in r if k.startswith("val/")]
+    val_key = val_keys[0] if val_keys else "val/loss"  # the family's headline figure
+    for key, label in (("train/loss", "train loss"), (val_key, f"validation {val_key[4:]}")):
         points = [(r["step"], r[key]) for r in rows if key in r]
         if points:
             ax.plot(
                 *zip(*sorted(points), strict=True),
                 label=label,
-                marker="o" if label == "validation" else None,
+                marker="o" if key == val_key else None,
             )
     if not ax.lines:
         plt.close(fig)
         return None
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats)")
+    ax.set_ylabel("nats")
     ax.legend()
     ax.grid(alpha=0.3)
     out = Path(workdir) / "plots" / "loss.png"
@@ -77,6 +79,28 @@ def plot_curves(workdir: Path) -> Path | None:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def save_image_grid(images_NxHxWxC: np.ndarray, path: Path, columns: int = 0) -> Path:
+    """Writes images in [0, 1] as one PNG grid (2-pixel gaps), atomically."""
+    from PIL import Image
+
+    n, h, w, c = images_NxHxWxC.shape
+    cols = columns or max(1, int(np.ceil(np.sqrt(n))))
+    rows = -(-n // cols)
+    grid = np.ones((rows * (h + 2) + 2, cols * (w + 2) + 2, c), np.float32)
+    for i, image in enumerate(images_NxHxWxC):
+        r, col = divmod(i, cols)
+        grid[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + col * (w + 2) : 2 + col * (w + 2) + w] = (
+            image
+        )
+    pixels = (np.clip(grid, 0, 1) * 255).round().astype(np.uint8)
+    pil = Image.fromarray(pixels[..., 0] if c == 1 else pixels)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    pil.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
 
 
 def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:

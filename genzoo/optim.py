@@ -48,17 +48,14 @@ def group_config(o, group: str):
     return merged
 
 
-def build(o) -> optax.GradientTransformation:
-    """AdamW, or with `o.groups` one AdamW per top-level parameter group."""
+def build(o, params) -> optax.GradientTransformation:
+    """AdamW, or with `o.groups` one AdamW per top-level group of `params` (arrays or shapes)."""
     if not o.groups:
         return _single(o)
     groups = tuple(o.groups.keys())
+    if not isinstance(params, dict) or set(params) != set(groups):
+        top = sorted(params) if isinstance(params, dict) else "not a dict"
+        raise UserError(f"optim.groups {sorted(groups)} must name the parameter groups ({top})")
     transforms = {g: _single(group_config(o, g)) for g in groups}
-
-    def labels(params):
-        missing = set(params) - set(groups)
-        if missing:
-            raise UserError(f"parameter groups {sorted(missing)} have no entry in optim.groups")
-        return {g: jax.tree.map(lambda _, g=g: g, sub) for g, sub in params.items()}
-
+    labels = {g: jax.tree.map(lambda _, g=g: g, sub) for g, sub in params.items()}
     return optax.multi_transform(transforms, labels)

@@ -57,6 +57,34 @@ def logical_shardings(boxed_tree, mesh: Mesh, axis_rules):
     return nn.logical_to_mesh_sharding(specs, mesh, axis_rules)
 
 
+def _path_keys(path) -> tuple:
+    return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path)
+
+
+def like_params(abstract_tree, abstract_params, param_shardings, default: NamedSharding):
+    """Shardings for a tree that holds copies of the parameters (an optimizer state).
+
+    A leaf whose key path ends with a parameter's path and has its shape takes that
+    parameter's sharding (Adam's mu/nu, also inside `multi_transform`'s masked states);
+    everything else (step counts) takes `default`.
+    """
+    shapes = {
+        _path_keys(p): leaf.shape
+        for p, leaf in jax.tree_util.tree_leaves_with_path(abstract_params)
+    }
+    by_path = {_path_keys(p): s for p, s in jax.tree_util.tree_leaves_with_path(param_shardings)}
+
+    def pick(path, leaf):
+        keys = _path_keys(path)
+        for start in range(len(keys)):
+            suffix = keys[start:]
+            if suffix in by_path and shapes[suffix] == leaf.shape:
+                return by_path[suffix]
+        return default
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_tree)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -37,12 +37,9 @@ class TrainState:
     rng: jax.Array  # raw uint32 key: checkpoints store it like any array
 
 
-def _init_state(rng, *, family, model_cfg, tx, boxed: bool):
+def _init_state(rng, *, family, model_cfg, tx):
     init_rng, state_rng = jax.random.split(rng)
-    params = family.init(init_rng, model_cfg)
-    if boxed:  # only shapes and logical names are wanted (under eval_shape)
-        return params
-    params = nn.unbox(params)
+    params = nn.unbox(family.init(init_rng, model_cfg))
     return TrainState(jnp.array(0, jnp.int32), params, tx.init(params), state_rng)
 
 
@@ -125,29 +122,23 @@ class Trainer:
         self.mesh = sharding.make_mesh(cfg.mesh, devices)
         self.rules = sharding.rules(cfg.mesh)
         sharding.check_batch(cfg.train.batch_size // cfg.train.grad_accum, self.mesh, self.rules)
-        self.tx = optim.build(cfg.optim)
+        # Shapes and logical axis names of the parameters, without allocating them.
+        boxed = jax.eval_shape(lambda r: self.family.init(r, self.model_cfg), jax.random.PRNGKey(0))
+        self.tx = optim.build(cfg.optim, nn.unbox(boxed))
         statics = dict(family=self.family, model_cfg=self.model_cfg, tx=self.tx)
-
-        boxed = jax.eval_shape(
-            functools.partial(_init_state, **statics, boxed=True), jax.random.PRNGKey(0)
-        )
         self.abstract_state = jax.eval_shape(
-            functools.partial(_init_state, **statics, boxed=False), jax.random.PRNGKey(0)
+            functools.partial(_init_state, **statics), jax.random.PRNGKey(0)
         )
         repl = sharding.replicated(self.mesh)
         param_shardings = sharding.logical_shardings(boxed, self.mesh, self.rules)
-        opt_shardings = optax.tree_map_params(
-            self.tx,
-            lambda _, s: s,
-            self.abstract_state.opt_state,
-            param_shardings,
-            transform_non_params=lambda _: repl,
+        opt_shardings = sharding.like_params(
+            self.abstract_state.opt_state, self.abstract_state.params, param_shardings, repl
         )
         self.state_shardings = TrainState(repl, param_shardings, opt_shardings, repl)
         self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
 
         self._init = jax.jit(
-            functools.partial(_init_state, **statics, boxed=False),
+            functools.partial(_init_state, **statics),
             out_shardings=self.state_shardings,
         )
         self.train_step = jax.jit(

@@ -22,10 +22,17 @@ CONFIG = "config.json"
 
 
 def resolve(cfg: ml_collections.ConfigDict, data) -> ml_collections.FrozenConfigDict:
-    """Fills the fields left to the data or to other fields (marked -1 or 0) and freezes."""
+    """Fills the fields left to the data or to other fields (marked -1 or 0) and freezes.
+
+    Shape-like fields (tuples) cannot be left as -1 (ml_collections keeps field types), so
+    experiments spell them out and this checks them against the data instead.
+    """
     for key, value in data.model_fields.items():
-        if cfg.model.get(key, None) == -1:
+        current = cfg.model.get(key, None)
+        if current == -1:
             cfg.model[key] = value
+        elif isinstance(current, (list, tuple)) and tuple(current) != tuple(value):
+            raise UserError(f"model.{key}={tuple(current)} does not match the data ({value})")
     if cfg.optim.decay_steps == -1:
         cfg.optim.decay_steps = cfg.train.steps
     if cfg.eval.batch_size == 0:
@@ -86,13 +93,14 @@ class Run:
     step: int
 
 
-def open_run(workdir: Path) -> Run:
+def open_run(workdir: Path, overrides=()) -> Run:
     from genzoo.trainer import Trainer  # jax-heavy; keep `genzoo list` fast
 
     workdir = Path(workdir)
     if not workdir.is_dir():
         raise UserError(f"workdir {workdir} does not exist")
     cfg = load_config(workdir)
+    experiment.apply_overrides(cfg, overrides)
     checkpoints = workdir / "checkpoints"
     if not checkpoints.is_dir():
         raise UserError(f"no checkpoint in {workdir}: train it first")

@@ -14,7 +14,8 @@ import shutil
 import numpy as np
 import tensorflow_datasets as tfds
 
-from genzoo.data import shakespeare, sources
+from genzoo.data import fashion_mnist, shakespeare, sources
+from genzoo.data.images import ImageData
 from genzoo.data.text import CharTokenizer, TokenStreamData
 from genzoo.errors import UserError
 
@@ -55,7 +56,20 @@ def tinyshakespeare_char(cfg) -> TokenStreamData:
     return TokenStreamData(splits, tokenizer, seq_len=cfg.seq_len, chars_per_token=1.0)
 
 
-LOADERS = {"tinyshakespeare_char": tinyshakespeare_char}
+def _all_examples(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+    source = builder.as_data_source(split=split)
+    records = source.__getitems__(range(len(source)))
+    return np.stack([r["image"] for r in records]), np.array([r["label"] for r in records])
+
+
+def fashion_mnist_images(cfg) -> ImageData:
+    digest = fashion_mnist.sources_digest(fashion_mnist.source_paths())
+    builder = prepared_builder(fashion_mnist.FashionMnist, digest)
+    splits = {s: _all_examples(builder, s) for s in ("train", "test")}
+    return ImageData(splits, builder.info.metadata["class_names"])
+
+
+LOADERS = {"tinyshakespeare_char": tinyshakespeare_char, "fashion_mnist": fashion_mnist_images}
 
 
 def load(cfg):

@@ -1,8 +1,9 @@
-"""Finding a data set's raw files: `$GENZOO_DATA_DIR`, the canonical URL, or a packaged copy.
+"""Finding a data set's raw files: `$GENZOO_DATA_DIR`, the canonical URL, or a local copy.
 
 Order: an explicit `$GENZOO_DATA_DIR/<data set>/<file>` wins; otherwise the canonical
 file is downloaded once (sha256-checked) into the cache unless `GENZOO_OFFLINE=1`; if
-that fails the copy shipped inside the package is used, when there is one.
+that fails, the copy shipped inside the package, then system folders (e.g. Debian's
+`dataset-fashion-mnist`), are used when they have the file.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def _download(url: str, dest: Path, sha256: str) -> bool:
     return True
 
 
-def resolve(dataset: str, filename: str, url: str, sha256: str, packaged: str = "") -> Path:
+def resolve(
+    dataset: str, filename: str, url: str, sha256: str, packaged: str = "", system_dirs=()
+) -> Path:
     """Local path of `filename` of `dataset`, fetching or unpacking it if needed."""
     data_dir = os.environ.get("GENZOO_DATA_DIR")
     if data_dir:
@@ -76,6 +79,9 @@ def resolve(dataset: str, filename: str, url: str, sha256: str, packaged: str = 
         with lzma.open(ASSETS / packaged, "rb") as src:
             _atomic_copy(lambda out: shutil.copyfileobj(src, out), cached)
         return cached
+    for folder in system_dirs:
+        if (Path(folder) / filename).is_file():
+            return Path(folder) / filename
     raise UserError(
         f"{dataset}/{filename} is not available offline: download {url} and put it in "
         f"$GENZOO_DATA_DIR/{dataset}/"

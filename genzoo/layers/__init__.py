@@ -2,5 +2,14 @@
 
 from genzoo.layers.attention import CausalSelfAttention
 from genzoo.layers.basic import MLP, Embed, LayerNorm, partitioned
+from genzoo.layers.conv import ConvDecoder, ConvEncoder
 
-__all__ = ["MLP", "CausalSelfAttention", "Embed", "LayerNorm", "partitioned"]
+__all__ = [
+    "MLP",
+    "CausalSelfAttention",
+    "ConvDecoder",
+    "ConvEncoder",
+    "Embed",
+    "LayerNorm",
+    "partitioned",
+]

@@ -12,6 +12,10 @@ Optional:
     flops_per_example(cfg, seq_len) -> float       (enables MFU reporting)
     sample(params, rng, cfg, **kwargs)             (what `genzoo sample` calls)
     KIND: str                                      (how the CLI renders samples)
+        "language_model": sample(params, rng, cfg, *, prompt_BxP, max_new_tokens, temperature,
+                                 top_k, top_p) -> new tokens [B, N]; context_length(cfg)
+        "image_generator": sample(params, rng, cfg, *, num) -> images [N, H, W, C] in [0, 1];
+                           optionally reconstruct(params, images, cfg)
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ from types import ModuleType
 
 from genzoo.errors import UserError
 
-FAMILIES = {"gpt": "genzoo.models.gpt"}
+FAMILIES = {
+    "gpt": "genzoo.models.gpt",
+    "vae": "genzoo.models.vae",
+    "gan": "genzoo.models.gan",
+    "hmm": "genzoo.models.hmm",
+    "classifier": "genzoo.models.classifier",
+}
 
 
 def get(name: str) -> ModuleType:

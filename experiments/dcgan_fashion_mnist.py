@@ -1,0 +1,38 @@
+"""DCGAN-style GAN on Fashion-MNIST: non-saturating loss, one Adam per player.
+
+    genzoo train dcgan_fashion_mnist
+    genzoo eval --workdir runs/dcgan_fashion_mnist --json   # fid, classifier_score
+    genzoo sample --workdir runs/dcgan_fashion_mnist --num 64 --seed 0
+
+Expect: an FID-style distance on the in-tree classifier's features (not Inception FID,
+so not comparable with published numbers); measured figures in the README's table.
+"""
+
+from genzoo.experiment import base_config
+
+VARIANTS = ("smoke",)
+
+
+def get_config(variant=None):
+    c = base_config()
+    c.model = dict(
+        family="gan", latent=64, widths=(64, 128), loss="non_saturating", image_shape=(28, 28, 1)
+    )
+    c.data = dict(name="fashion_mnist")
+    c.train.update(steps=5000, batch_size=64, seed=0)
+    # DCGAN's Adam (lr 2e-4, beta1 0.5), constant rate, no decay or clipping, for both players.
+    c.optim.update(lr=2e-4, min_lr=2e-4, warmup_steps=0, b1=0.5, b2=0.999, weight_decay=0.0)
+    c.optim.clip_norm = 0.0
+    c.optim.groups = dict(generator=dict(lr=2e-4), discriminator=dict(lr=2e-4))
+    c.eval.update(split="test", every_steps=1000, batch_size=500)
+    c.eval.classifier_workdir = "runs/classifier_fashion_mnist"
+    c.checkpoint.update(every_steps=1000, keep=2)
+    c.log.every_steps = 50
+    if variant == "smoke":
+        c.model.update(latent=8, widths=(8, 16))
+        c.train.update(steps=10, batch_size=16)
+        c.eval.update(every_steps=10, batch_size=16, max_batches=2, classifier_workdir="")
+        c.eval.num_samples = 64
+        c.checkpoint.update(every_steps=10)
+        c.log.every_steps = 5
+    return c

@@ -1,0 +1,67 @@
+"""Image data sets held in memory: seeded resumable training batches and padded eval batches.
+
+Batches are `{"image": float32 [B, H, W, C] in [0, 1], "label": int32 [B], "mask": float32 [B],
+"index": int32 [B]}`; `index` is the example's position in its split, so families can
+spend expensive figures (an importance-weighted bound) on a fixed subset.
+"""
+
+from __future__ import annotations
+
+import grain
+import numpy as np
+
+from genzoo.errors import UserError
+
+
+class _Gather:
+    """Maps a batch of example ids to a batch dict (a grain map)."""
+
+    def __init__(self, images_NxHxWxC: np.ndarray, labels_N: np.ndarray):
+        self.images, self.labels = images_NxHxWxC, labels_N
+
+    def __call__(self, ids_B: np.ndarray) -> dict:
+        return {
+            "image": self.images[ids_B].astype(np.float32) / 255.0,
+            "label": self.labels[ids_B].astype(np.int32),
+            "mask": np.ones(len(ids_B), np.float32),
+            "index": ids_B.astype(np.int32),
+        }
+
+
+class ImageData:
+    def __init__(self, splits: dict[str, tuple[np.ndarray, np.ndarray]], class_names):
+        self.splits, self.class_names = splits, list(class_names)
+        self.image_shape = tuple(next(iter(splits.values()))[0].shape[1:])
+
+    @property
+    def model_fields(self) -> dict:
+        return {"image_shape": self.image_shape, "num_classes": len(self.class_names)}
+
+    @property
+    def meta(self) -> dict:
+        return {"class_names": self.class_names}
+
+    def train_iterator(self, batch_size: int, seed: int):
+        images, labels = self.splits["train"]
+        ids = grain.MapDataset.range(len(images)).shuffle(seed=seed).repeat(None)
+        ds = ids.batch(batch_size, drop_remainder=True).map(_Gather(images, labels))
+        return iter(ds.to_iter_dataset())
+
+    def eval_batches(self, split: str, batch_size: int, max_batches: int = -1):
+        if split not in self.splits:
+            raise UserError(f"unknown split {split!r} (have: {', '.join(self.splits)})")
+        images, labels = self.splits[split]
+        gather = _Gather(images, labels)
+        num_batches = -(-len(images) // batch_size)
+        if max_batches > 0:
+            num_batches = min(num_batches, max_batches)
+        for b in range(num_batches):
+            ids = np.arange(b * batch_size, (b + 1) * batch_size)
+            batch = gather(np.minimum(ids, len(images) - 1))
+            batch["mask"] = (ids < len(images)).astype(np.float32)
+            yield batch
+
+    def real_images(self, split: str, num: int) -> np.ndarray:
+        """The first `num` images of a split, float32 in [0, 1]."""
+        images = self.splits[split][0][:num]
+        return images.astype(np.float32) / 255.0

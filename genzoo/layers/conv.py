@@ -1,0 +1,98 @@
+"""Convolutional encoder/decoder for 28x28 images, shared by the VAE, the GAN and the classifier.
+
+Image models are small: their parameters replicate (no logical names that shard) and
+the batch is split over the data-parallel axes.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from genzoo.layers.basic import Dtype, partitioned
+
+
+def _replicated(init, ndim: int):
+    return partitioned(init, (None,) * ndim)
+
+
+class ConvEncoder(nn.Module):
+    """[B, 28, 28, C] -> [B, features]: two stride-2 4x4 convolutions, then a dense layer."""
+
+    features: int
+    widths: tuple = (32, 64)
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC):
+        h = x_BxHxWxC.astype(self.dtype)
+        for i, width in enumerate(self.widths):
+            h = nn.Conv(
+                width,
+                (4, 4),
+                strides=(2, 2),
+                dtype=self.dtype,
+                kernel_init=_replicated(nn.initializers.lecun_normal(), 4),
+                bias_init=_replicated(nn.initializers.zeros, 1),
+                name=f"conv_{i}",
+            )(h)
+            h = jax.nn.leaky_relu(h, 0.2)
+        h_BxF = h.reshape(h.shape[0], -1)
+        h_BxF = nn.with_logical_constraint(h_BxF, ("batch", None))
+        return nn.Dense(
+            self.features,
+            dtype=self.dtype,
+            kernel_init=_replicated(nn.initializers.lecun_normal(), 2),
+            bias_init=_replicated(nn.initializers.zeros, 1),
+            name="out",
+        )(h_BxF)
+
+
+class ConvDecoder(nn.Module):
+    """[B, Z] -> [B, 28, 28, C] logits: dense to 7x7, then two stride-2 transposed convolutions.
+
+    `normalize` adds LayerNorm over channels after each hidden layer (the GAN generator's
+    stand-in for DCGAN's BatchNorm, which would need mutable batch statistics).
+    """
+
+    out_channels: int = 1
+    widths: tuple = (64, 32)
+    normalize: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, z_BxZ):
+        def norm(h, name):
+            if not self.normalize:
+                return h
+            return nn.LayerNorm(
+                dtype=self.dtype,
+                scale_init=_replicated(nn.initializers.ones, 1),
+                bias_init=_replicated(nn.initializers.zeros, 1),
+                name=name,
+            )(h)
+
+        h = nn.Dense(
+            7 * 7 * self.widths[0],
+            dtype=self.dtype,
+            kernel_init=_replicated(nn.initializers.lecun_normal(), 2),
+            bias_init=_replicated(nn.initializers.zeros, 1),
+            name="in",
+        )(z_BxZ.astype(self.dtype))
+        h_Bx7x7xC = jax.nn.relu(norm(h.reshape(-1, 7, 7, self.widths[0]), "norm_in"))
+        h = h_Bx7x7xC
+        widths = (*self.widths[1:], self.out_channels)
+        for i, width in enumerate(widths):
+            h = nn.ConvTranspose(
+                width,
+                (4, 4),
+                strides=(2, 2),
+                dtype=self.dtype,
+                kernel_init=_replicated(nn.initializers.lecun_normal(), 4),
+                bias_init=_replicated(nn.initializers.zeros, 1),
+                name=f"deconv_{i}",
+            )(h)
+            if i < len(widths) - 1:
+                h = jax.nn.relu(norm(h, f"norm_{i}"))
+        return h.astype(jnp.float32)

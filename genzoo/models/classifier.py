@@ -1,0 +1,89 @@
+"""A small conv classifier; its penultimate features are the embedding for sample-quality scores."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from genzoo.layers import ConvEncoder, partitioned
+
+KIND = "classifier"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+    num_classes: int = 10
+    features: int = 128
+    widths: tuple = (32, 64)
+    image_shape: tuple = (28, 28, 1)
+    dtype: str = "float32"
+
+    @classmethod
+    def from_cfg(cls, cfg) -> ClassifierConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in names}
+        return cls(**kw)
+
+
+class Classifier(nn.Module):
+    cfg: ClassifierConfig
+
+    @nn.compact
+    def __call__(self, image_BxHxWxC):
+        """(class logits [B, classes], features [B, F])."""
+        c = self.cfg
+        f_BxF = jax.nn.gelu(ConvEncoder(c.features, c.widths, jnp.dtype(c.dtype))(image_BxHxWxC))
+        logits_BxK = nn.Dense(
+            c.num_classes,
+            kernel_init=partitioned(nn.initializers.lecun_normal(), (None, None)),
+            bias_init=partitioned(nn.initializers.zeros, (None,)),
+            name="head",
+        )(f_BxF)
+        return logits_BxK.astype(jnp.float32), f_BxF.astype(jnp.float32)
+
+
+def _apply(params, images, cfg):
+    return Classifier(ClassifierConfig.from_cfg(cfg)).apply({"params": params}, images)
+
+
+def init(rng, cfg):
+    c = ClassifierConfig.from_cfg(cfg)
+    return Classifier(c).init(rng, jnp.zeros((1, *c.image_shape)))["params"]
+
+
+def loss(params, batch, rng, cfg, *, train: bool = True, step=0):
+    logits_BxK, _ = _apply(params, batch["image"], cfg)
+    nll_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxK, batch["label"])
+    mask_B = batch["mask"]
+    n = jnp.maximum(mask_B.sum(), 1.0)
+    accuracy = jnp.sum((jnp.argmax(logits_BxK, -1) == batch["label"]) * mask_B) / n
+    return jnp.sum(nll_B * mask_B) / n, {"accuracy": accuracy}
+
+
+def eval_sums(params, batch, rng, cfg):
+    logits_BxK, _ = _apply(params, batch["image"], cfg)
+    nll_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxK, batch["label"])
+    mask_B = batch["mask"]
+    correct_B = jnp.argmax(logits_BxK, -1) == batch["label"]
+    return {
+        "nll": jnp.sum(nll_B * mask_B),
+        "correct": jnp.sum(correct_B * mask_B),
+        "n": mask_B.sum(),
+    }
+
+
+def eval_summary(totals, meta):
+    n = max(float(totals["n"]), 1.0)
+    return {"loss": float(totals["nll"]) / n, "accuracy": float(totals["correct"]) / n}
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def predict(params, images_BxHxWxC, cfg):
+    """(class probabilities [B, K], penultimate features [B, F])."""
+    logits_BxK, f_BxF = _apply(params, images_BxHxWxC, cfg)
+    return jax.nn.softmax(logits_BxK, -1), f_BxF
