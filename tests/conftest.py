@@ -3,6 +3,7 @@
 The environment is set at import time, before anything imports jax.
 """
 
+import gzip
 import os
 import random
 import tempfile
@@ -40,9 +41,34 @@ def make_text(num_chars: int = 30_000, seed: int = 0) -> str:
     return "".join(parts)[:num_chars]
 
 
+def make_images(num: int, seed: int):
+    """28x28 images whose class (0-9) sets where a bright 8x8 square sits, plus noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, num).astype(np.uint8)
+    images = rng.integers(0, 60, (num, 28, 28)).astype(np.uint8)
+    for image, label in zip(images, labels, strict=True):
+        r, c = divmod(int(label), 5)
+        image[2 + 12 * r : 10 + 12 * r, 1 + 5 * c : 9 + 5 * c] = 230
+    return images, labels
+
+
+def write_idx(path: Path, array) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
 TEXT = make_text()
 (_ROOT / "data" / "tinyshakespeare").mkdir(parents=True)
 (_ROOT / "data" / "tinyshakespeare" / "input.txt").write_text(TEXT)
+_FM = _ROOT / "data" / "fashion-mnist"
+_FM.mkdir(parents=True)
+for _prefix, _num, _seed in (("train", 256, 0), ("t10k", 64, 1)):
+    _images, _labels = make_images(_num, _seed)
+    write_idx(_FM / f"{_prefix}-images-idx3-ubyte.gz", _images)
+    write_idx(_FM / f"{_prefix}-labels-idx1-ubyte.gz", _labels)
 
 
 @pytest.fixture(scope="session")
@@ -60,11 +86,21 @@ def char_data():
     return data.load(ml_collections.ConfigDict({"name": "tinyshakespeare_char", "seq_len": 32}))
 
 
-def tiny_config(*overrides: str, variant: str = "smoke"):
-    """The GPT smoke config, resolved against the generated data, with overrides."""
+@pytest.fixture(scope="session")
+def image_data():
+    """Fashion-MNIST built from the generated idx files (256 train, 64 test images)."""
+    import ml_collections
+
+    from genzoo import data
+
+    return data.load(ml_collections.ConfigDict({"name": "fashion_mnist"}))
+
+
+def tiny_config(*overrides: str, variant: str = "smoke", name: str = "gpt_shakespeare_char"):
+    """An experiment's smoke config, resolved against the generated data, with overrides."""
     from genzoo import data, experiment, workdir
 
-    cfg = experiment.load("gpt_shakespeare_char", variant, overrides)
+    cfg = experiment.load(name, variant, overrides)
     return workdir.resolve(cfg, data.load(cfg.data))
 
 

@@ -73,3 +73,32 @@ def test_offline_without_data_dir_unpacks_the_packaged_copy(monkeypatch, tmp_pat
     monkeypatch.setenv("GENZOO_CACHE_DIR", str(tmp_path))
     path = shakespeare.source_path()
     assert path.is_relative_to(tmp_path) and sources.sha256_of(path) == shakespeare.SHA256
+
+
+def test_fashion_mnist_builder_reads_idx_files(image_data):
+    from conftest import make_images
+
+    images, labels = image_data.splits["test"]
+    want_images, want_labels = make_images(64, 1)
+    assert images.shape == (64, 28, 28, 1) and image_data.class_names[0] == "T-shirt/top"
+    order = np.lexsort((labels, images.reshape(64, -1).sum(1)))  # TFDS stores in hash order
+    want = np.lexsort((want_labels, want_images.reshape(64, -1).sum(1)))
+    np.testing.assert_array_equal(images[order, :, :, 0], want_images[want])
+    np.testing.assert_array_equal(labels[order], want_labels[want])
+
+
+def test_image_eval_batches_pad_with_mask_and_index(image_data):
+    batches = list(image_data.eval_batches("test", 48))
+    assert len(batches) == 2 and batches[1]["image"].shape == (48, 28, 28, 1)
+    assert sum(b["mask"].sum() for b in batches) == 64
+    np.testing.assert_array_equal(np.concatenate([b["index"] for b in batches])[:64], np.arange(64))
+
+
+def test_missing_fashion_mnist_offline_says_where_to_put_files(monkeypatch, tmp_path):
+    from genzoo.data import fashion_mnist
+
+    monkeypatch.delenv("GENZOO_DATA_DIR")
+    monkeypatch.setenv("GENZOO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match=r"GENZOO_DATA_DIR/fashion-mnist/"):
+        fashion_mnist.source_paths()

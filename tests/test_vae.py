@@ -1,0 +1,77 @@
+"""VAE: shapes, the ELBO against an independent Monte-Carlo estimate, the IW bound, sampling."""
+
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_config
+from scipy import stats
+
+from genzoo.models import vae
+
+
+@pytest.fixture(scope="module")
+def setup(image_data):
+    cfg = tiny_config(name="vae_fashion_mnist")
+    params = nn.unbox(vae.init(jax.random.PRNGKey(0), cfg.model))
+    images = image_data.real_images("test", 4)
+    return cfg, params, images
+
+
+def test_sample_and_reconstruct_shapes(setup):
+    cfg, params, images = setup
+    samples = np.asarray(vae.sample(params, jax.random.PRNGKey(1), cfg.model, num=5))
+    assert samples.shape == (5, 28, 28, 1) and 0 <= samples.min() and samples.max() <= 1
+    recon = np.asarray(vae.reconstruct(params, images, cfg.model))
+    assert recon.shape == images.shape and np.all(np.isfinite(recon))
+
+
+def test_elbo_matches_an_independent_monte_carlo_estimate(setup):
+    """-ELBO = E_q[-log p(x|z) - log p(z) + log q(z|x)], estimated here with scipy densities."""
+    cfg, params, images = setup
+    c = vae.VAEConfig.from_cfg(cfg.model)
+    model = vae.VAE(c)
+    x = np.asarray(vae.binarize(images[:1]))
+    mean, logvar = (
+        np.asarray(a)[0] for a in model.apply({"params": params}, x, method=vae.VAE.encode)
+    )
+    std = np.exp(0.5 * logvar)
+    z = np.random.default_rng(0).normal(mean, std, (20000, c.latent))
+    logits = np.asarray(model.apply({"params": params}, z, method=vae.VAE.decode)).reshape(
+        len(z), -1
+    )
+    logits = logits.astype(np.float64)
+    log_lik = np.sum(x.reshape(1, -1) * logits - np.logaddexp(0.0, logits), axis=1)
+    log_prior = stats.norm.logpdf(z).sum(1)
+    log_q = stats.norm.logpdf(z, mean, std).sum(1)
+    mc_neg_elbo = -np.mean(log_lik + log_prior - log_q)
+    mc_stderr = np.std(log_lik + log_prior - log_q) / math.sqrt(len(z))
+
+    keys = jax.random.split(jax.random.PRNGKey(3), 4000)
+    recon, kl = jax.vmap(lambda k: vae.elbo_terms(params, x, k, cfg.model))(keys)
+    model_samples = np.asarray(recon + kl, np.float64)[:, 0]
+    model_stderr = np.std(model_samples) / math.sqrt(len(model_samples))
+    # Both sides are Monte-Carlo estimates of the same number: compare within 4 joint sigmas.
+    assert abs(model_samples.mean() - mc_neg_elbo) < 4 * math.hypot(mc_stderr, model_stderr)
+    assert float(np.mean(kl)) == pytest.approx(np.mean(log_q - log_prior), abs=6 * mc_stderr + 0.05)
+
+
+def test_importance_weighted_bound_is_tighter_than_the_elbo(setup):
+    cfg, params, images = setup
+    x = vae.binarize(images)
+    recon, kl = vae.elbo_terms(params, x, jax.random.PRNGKey(0), cfg.model)
+    nll_k1 = vae.nll_importance_weighted(params, x, jax.random.PRNGKey(5), cfg.model, 1)
+    nll_k64 = vae.nll_importance_weighted(params, x, jax.random.PRNGKey(5), cfg.model, 64)
+    assert np.all(np.isfinite(nll_k64))
+    assert float(nll_k64.mean()) <= float(nll_k1.mean()) + 1e-3
+    assert float(nll_k64.mean()) <= float((recon + kl).mean()) + 0.5
+
+
+def test_bernoulli_log_prob_and_kl_hand_values():
+    logits = np.zeros((1, 2, 1, 1), np.float32)
+    x = np.array([[[[1.0]], [[0.0]]]], np.float32)
+    assert float(vae.bernoulli_log_prob(logits, x)[0]) == pytest.approx(2 * math.log(0.5))
+    kl = vae.gaussian_kl(np.array([[1.0, 0.0]]), np.array([[0.0, math.log(4.0)]]))
+    assert float(kl[0]) == pytest.approx(0.5 * (1.0 + (4.0 - 1.0 - math.log(4.0))))
