@@ -38,6 +38,11 @@ def next_token(rng, logits_BxV, temperature, top_k, top_p):
     return jnp.where(temperature > 0, sampled_B, greedy_B).astype(jnp.int32)
 
 
+def knobs(temperature, top_k, top_p):
+    """The sampling settings as traced arrays, so changing them never recompiles."""
+    return jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p)
+
+
 def decode(
     step: Callable,
     cache,

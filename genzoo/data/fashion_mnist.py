@@ -52,17 +52,11 @@ class FashionMnist(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
-                    "label": tfds.features.Tensor(shape=(), dtype=np.int32),
-                }
-            ),
-            metadata=tfds.core.MetadataDict(),
-            homepage="https://github.com/zalandoresearch/fashion-mnist",
+        return sources.tensor_dataset_info(
+            self,
+            __doc__,
+            "https://github.com/zalandoresearch/fashion-mnist",
+            {"image": ((28, 28, 1), np.uint8), "label": ((), np.int32)},
         )
 
     def _split_generators(self, dl_manager):

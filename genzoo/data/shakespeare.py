@@ -29,17 +29,11 @@ class TinyShakespeareChar(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "ids": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
-                    "index": tfds.features.Tensor(shape=(), dtype=np.int32),
-                }
-            ),
-            metadata=tfds.core.MetadataDict(),
-            homepage="https://github.com/karpathy/char-rnn",
+        return sources.tensor_dataset_info(
+            self,
+            __doc__,
+            "https://github.com/karpathy/char-rnn",
+            {"ids": ((None,), np.uint8), "index": ((), np.int32)},
         )
 
     def _split_generators(self, dl_manager):

@@ -60,6 +60,24 @@ def _download(url: str, dest: Path, sha256: str) -> bool:
     return True
 
 
+def tensor_dataset_info(builder, description: str, homepage: str, features: dict):
+    """DatasetInfo with plain tensor features ({name: (shape, numpy dtype)}): no TensorFlow."""
+    import tensorflow_datasets as tfds
+
+    return tfds.core.DatasetInfo(
+        builder=builder,
+        description=description,
+        features=tfds.features.FeaturesDict(
+            {
+                k: tfds.features.Tensor(shape=shape, dtype=dtype)
+                for k, (shape, dtype) in features.items()
+            }
+        ),
+        metadata=tfds.core.MetadataDict(),
+        homepage=homepage,
+    )
+
+
 def resolve(
     dataset: str, filename: str, url: str, sha256: str, packaged: str = "", system_dirs=()
 ) -> Path:

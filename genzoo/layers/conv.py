@@ -17,6 +17,29 @@ def _replicated(init, ndim: int):
     return partitioned(init, (None,) * ndim)
 
 
+def _stride2(layer_cls, width: int, dtype, name: str):
+    """A 4x4, stride-2 (transposed) convolution: halves (doubles) height and width."""
+    return layer_cls(
+        width,
+        (4, 4),
+        strides=(2, 2),
+        dtype=dtype,
+        kernel_init=_replicated(nn.initializers.lecun_normal(), 4),
+        bias_init=_replicated(nn.initializers.zeros, 1),
+        name=name,
+    )
+
+
+def _dense(features: int, dtype, name: str):
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        kernel_init=_replicated(nn.initializers.lecun_normal(), 2),
+        bias_init=_replicated(nn.initializers.zeros, 1),
+        name=name,
+    )
+
+
 class ConvEncoder(nn.Module):
     """[B, 28, 28, C] -> [B, features]: two stride-2 4x4 convolutions, then a dense layer."""
 
@@ -28,25 +51,11 @@ class ConvEncoder(nn.Module):
     def __call__(self, x_BxHxWxC):
         h = x_BxHxWxC.astype(self.dtype)
         for i, width in enumerate(self.widths):
-            h = nn.Conv(
-                width,
-                (4, 4),
-                strides=(2, 2),
-                dtype=self.dtype,
-                kernel_init=_replicated(nn.initializers.lecun_normal(), 4),
-                bias_init=_replicated(nn.initializers.zeros, 1),
-                name=f"conv_{i}",
-            )(h)
+            h = _stride2(nn.Conv, width, self.dtype, f"conv_{i}")(h)
             h = jax.nn.leaky_relu(h, 0.2)
         h_BxF = h.reshape(h.shape[0], -1)
         h_BxF = nn.with_logical_constraint(h_BxF, ("batch", None))
-        return nn.Dense(
-            self.features,
-            dtype=self.dtype,
-            kernel_init=_replicated(nn.initializers.lecun_normal(), 2),
-            bias_init=_replicated(nn.initializers.zeros, 1),
-            name="out",
-        )(h_BxF)
+        return _dense(self.features, self.dtype, "out")(h_BxF)
 
 
 class ConvDecoder(nn.Module):
@@ -73,26 +82,12 @@ class ConvDecoder(nn.Module):
                 name=name,
             )(h)
 
-        h = nn.Dense(
-            7 * 7 * self.widths[0],
-            dtype=self.dtype,
-            kernel_init=_replicated(nn.initializers.lecun_normal(), 2),
-            bias_init=_replicated(nn.initializers.zeros, 1),
-            name="in",
-        )(z_BxZ.astype(self.dtype))
+        h = _dense(7 * 7 * self.widths[0], self.dtype, "in")(z_BxZ.astype(self.dtype))
         h_Bx7x7xC = jax.nn.relu(norm(h.reshape(-1, 7, 7, self.widths[0]), "norm_in"))
         h = h_Bx7x7xC
         widths = (*self.widths[1:], self.out_channels)
         for i, width in enumerate(widths):
-            h = nn.ConvTranspose(
-                width,
-                (4, 4),
-                strides=(2, 2),
-                dtype=self.dtype,
-                kernel_init=_replicated(nn.initializers.lecun_normal(), 4),
-                bias_init=_replicated(nn.initializers.zeros, 1),
-                name=f"deconv_{i}",
-            )(h)
+            h = _stride2(nn.ConvTranspose, width, self.dtype, f"deconv_{i}")(h)
             if i < len(widths) - 1:
                 h = jax.nn.relu(norm(h, f"norm_{i}"))
         return h.astype(jnp.float32)

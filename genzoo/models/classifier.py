@@ -11,23 +11,18 @@ import jax.numpy as jnp
 import optax
 
 from genzoo.layers import ConvEncoder, partitioned
+from genzoo.models.base import FromConfig
 
 KIND = "classifier"
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(FromConfig):
     num_classes: int = 10
     features: int = 128
     widths: tuple = (32, 64)
     image_shape: tuple = (28, 28, 1)
     dtype: str = "float32"
-
-    @classmethod
-    def from_cfg(cls, cfg) -> ClassifierConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in names}
-        return cls(**kw)
 
 
 class Classifier(nn.Module):

@@ -16,23 +16,18 @@ import jax
 import jax.numpy as jnp
 
 from genzoo.layers import ConvDecoder, ConvEncoder
+from genzoo.models.base import FromConfig
 
 KIND = "image_generator"
 
 
 @dataclasses.dataclass(frozen=True)
-class GANConfig:
+class GANConfig(FromConfig):
     latent: int = 64
     widths: tuple = (32, 64)
     loss: str = "non_saturating"  # or "hinge"
     image_shape: tuple = (28, 28, 1)
     dtype: str = "float32"
-
-    @classmethod
-    def from_cfg(cls, cfg) -> GANConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in names}
-        return cls(**kw)
 
 
 class Generator(nn.Module):

@@ -16,12 +16,13 @@ import jax.numpy as jnp
 from genzoo import sampling
 from genzoo.evaluation import lm
 from genzoo.layers import MLP, CausalSelfAttention, Embed, LayerNorm
+from genzoo.models.base import FromConfig
 
 KIND = "language_model"
 
 
 @dataclasses.dataclass(frozen=True)
-class GPTConfig:
+class GPTConfig(FromConfig):
     vocab_size: int
     block_size: int = 256
     num_layers: int = 6
@@ -32,11 +33,6 @@ class GPTConfig:
     ln_epsilon: float = 1e-5
     gelu_approximate: bool = False
     dtype: str = "float32"  # compute dtype; parameters stay float32
-
-    @classmethod
-    def from_cfg(cls, cfg) -> GPTConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in cfg.items() if k in names})
 
     @property
     def padded_vocab(self) -> int:
@@ -182,9 +178,7 @@ def sample(params, rng, cfg, *, prompt_BxP, max_new_tokens, temperature=1.0, top
         params,
         jnp.asarray(prompt_BxP, jnp.int32),
         rng,
-        jnp.float32(temperature),
-        jnp.int32(top_k),
-        jnp.float32(top_p),
+        *sampling.knobs(temperature, top_k, top_p),
         cfg=cfg,
         max_new_tokens=max_new_tokens,
     )

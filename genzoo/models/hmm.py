@@ -18,20 +18,16 @@ import jax.numpy as jnp
 from genzoo import sampling
 from genzoo.evaluation import lm
 from genzoo.layers import partitioned
+from genzoo.models.base import FromConfig
 
 KIND = "language_model"
 
 
 @dataclasses.dataclass(frozen=True)
-class HMMConfig:
+class HMMConfig(FromConfig):
     vocab_size: int
     num_states: int = 128
     init_scale: float = 1.0  # std of the initial logits: breaks the symmetry between states
-
-    @classmethod
-    def from_cfg(cls, cfg) -> HMMConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in cfg.items() if k in names})
 
 
 def log_probs(params):
@@ -147,8 +143,6 @@ def sample(params, rng, cfg, *, prompt_BxP, max_new_tokens, temperature=1.0, top
         params,
         jnp.asarray(prompt_BxP, jnp.int32),
         rng,
-        jnp.float32(temperature),
-        jnp.int32(top_k),
-        jnp.float32(top_p),
+        *sampling.knobs(temperature, top_k, top_p),
         max_new_tokens=max_new_tokens,
     )

@@ -17,12 +17,13 @@ import jax
 import jax.numpy as jnp
 
 from genzoo.layers import ConvDecoder, ConvEncoder
+from genzoo.models.base import FromConfig
 
 KIND = "image_generator"
 
 
 @dataclasses.dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(FromConfig):
     latent: int = 32
     widths: tuple = (32, 64)
     beta: float = 1.0
@@ -31,12 +32,6 @@ class VAEConfig:
     iw_examples: int = 1000  # ...computed on the first this-many examples of the split
     image_shape: tuple = (28, 28, 1)
     dtype: str = "float32"
-
-    @classmethod
-    def from_cfg(cls, cfg) -> VAEConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in names}
-        return cls(**kw)
 
 
 class VAE(nn.Module):
