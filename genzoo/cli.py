@@ -31,15 +31,22 @@ def _cmd_list(args) -> None:
 def _cmd_train(args) -> None:
     from genzoo import experiment, workdir
 
-    cfg = experiment.load(args.experiment, args.variant, args.set or ())
+    overrides = list(args.set or ())
+    if args.init_from:
+        overrides.append(f"train.init_from={args.init_from}")
+    cfg = experiment.load(args.experiment, args.variant, overrides)
     run_dir = Path(args.workdir or Path("runs") / cfg.experiment.name)
     frozen, data = workdir.prepare_training(cfg, run_dir)
     from genzoo import metrics
     from genzoo.trainer import Trainer
 
     trainer = Trainer(frozen)  # compiles nothing yet, but validates mesh and batch sizes
+    init_params = None
+    if frozen.train.init_from and not (run_dir / "checkpoints").is_dir():
+        init_params = workdir.open_run(Path(frozen.train.init_from)).state.params
+        trainer.check_params(init_params)  # before the workdir exists
     workdir.save_config(frozen, run_dir)
-    trainer.fit(run_dir, data)
+    trainer.fit(run_dir, data, init_params)
     plot = metrics.plot_curves(run_dir)
     print(f"checkpoints: {run_dir / 'checkpoints'}")
     print(f"metrics:     {run_dir / 'metrics.jsonl'} (TensorBoard: {run_dir / 'tensorboard'})")
@@ -180,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workdir", help="default: runs/<experiment>")
     t.add_argument("--variant", help="e.g. smoke (CI-sized) or cpu")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    t.add_argument("--init-from", metavar="WORKDIR", help="start from this run's parameters")
     t.set_defaults(fn=_cmd_train)
 
     e = sub.add_parser("eval", help="evaluate the latest checkpoint on a whole split")

@@ -47,7 +47,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.experiment = dict(name="", variant="", description="")
     c.model = ml_collections.ConfigDict(dict(family=""))
     c.data = ml_collections.ConfigDict(dict(name=""))
-    c.train = dict(steps=1000, batch_size=32, grad_accum=1, seed=0, peak_flops=0.0, init_from="")
+    c.train = dict(
+        steps=1000,
+        batch_size=32,
+        grad_accum=1,
+        seed=0,
+        peak_flops=0.0,
+        init_from="",  # a workdir (trained or imported) whose latest params start this run
+        trainable="",  # comma-separated globs over parameter paths; "" trains everything
+    )
     c.optim = dict(
         name="adamw",
         lr=1e-3,

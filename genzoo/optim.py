@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+
 import jax
 import ml_collections
 import optax
@@ -48,14 +50,42 @@ def group_config(o, group: str):
     return merged
 
 
-def build(o, params) -> optax.GradientTransformation:
-    """AdamW, or with `o.groups` one AdamW per top-level group of `params` (arrays or shapes)."""
-    if not o.groups:
-        return _single(o)
-    groups = tuple(o.groups.keys())
-    if not isinstance(params, dict) or set(params) != set(groups):
-        top = sorted(params) if isinstance(params, dict) else "not a dict"
-        raise UserError(f"optim.groups {sorted(groups)} must name the parameter groups ({top})")
-    transforms = {g: _single(group_config(o, g)) for g in groups}
-    labels = {g: jax.tree.map(lambda _, g=g: g, sub) for g, sub in params.items()}
-    return optax.multi_transform(transforms, labels)
+def param_path(path) -> str:
+    """'block_5/attn/qkv_kernel' for a parameter's key path."""
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def trainable_mask(params, trainable: str):
+    """True for parameters whose path matches one of the comma-separated globs ("" = all)."""
+    patterns = [p.strip() for p in trainable.split(",") if p.strip()]
+    if not patterns:
+        return jax.tree.map(lambda _: True, params)
+    mask = jax.tree_util.tree_map_with_path(
+        lambda path, _: any(fnmatch.fnmatchcase(param_path(path), p) for p in patterns), params
+    )
+    if not any(jax.tree.leaves(mask)):
+        raise UserError(f"train.trainable={trainable!r} matches no parameter")
+    return mask
+
+
+def build(o, params, trainable: str = "") -> optax.GradientTransformation:
+    """AdamW (one per top-level group of `params` with `o.groups`); frozen parameters get none.
+
+    `params` may be arrays or shapes. Frozen parameters (outside `trainable`) go through
+    `optax.set_to_zero`, so they keep no optimizer state and never move.
+    """
+    if o.groups:
+        groups = tuple(o.groups.keys())
+        if not isinstance(params, dict) or set(params) != set(groups):
+            top = sorted(params) if isinstance(params, dict) else "not a dict"
+            raise UserError(f"optim.groups {sorted(groups)} must name the parameter groups ({top})")
+        transforms = {g: _single(group_config(o, g)) for g in groups}
+        labels = {g: jax.tree.map(lambda _, g=g: g, sub) for g, sub in params.items()}
+    else:
+        transforms = {"trainable": _single(o)}
+        labels = jax.tree.map(lambda _: "trainable", params)
+    if not trainable:
+        return _single(o) if not o.groups else optax.multi_transform(transforms, labels)
+    mask = trainable_mask(params, trainable)
+    labels = jax.tree.map(lambda label, keep: label if keep else "frozen", labels, mask)
+    return optax.multi_transform({**transforms, "frozen": optax.set_to_zero()}, labels)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from genzoo import metrics as metrics_lib
 from genzoo import models, optim, sharding
 from genzoo.checkpoint import Checkpointer
+from genzoo.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,20 @@ def _eval_step(params, batch, rng, *, family, model_cfg):
     return family.eval_sums(params, batch, rng, model_cfg)
 
 
+def _check_same_structure(params, abstract_params) -> None:
+    got = {optim.param_path(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(params)}
+    want = {
+        optim.param_path(p): x.shape
+        for p, x in jax.tree_util.tree_leaves_with_path(abstract_params)
+    }
+    for key in sorted(set(got) | set(want)):
+        if got.get(key) != want.get(key):
+            raise UserError(
+                f"init_from parameters do not fit this model: {key} is {got.get(key)}, "
+                f"the model needs {want.get(key)}"
+            )
+
+
 class Trainer:
     """Compiled init/train/eval functions for one resolved config on one mesh."""
 
@@ -124,7 +139,7 @@ class Trainer:
         sharding.check_batch(cfg.train.batch_size // cfg.train.grad_accum, self.mesh, self.rules)
         # Shapes and logical axis names of the parameters, without allocating them.
         boxed = jax.eval_shape(lambda r: self.family.init(r, self.model_cfg), jax.random.PRNGKey(0))
-        self.tx = optim.build(cfg.optim, nn.unbox(boxed))
+        self.tx = optim.build(cfg.optim, nn.unbox(boxed), cfg.train.trainable)
         statics = dict(family=self.family, model_cfg=self.model_cfg, tx=self.tx)
         self.abstract_state = jax.eval_shape(
             functools.partial(_init_state, **statics), jax.random.PRNGKey(0)
@@ -158,9 +173,20 @@ class Trainer:
             out_shardings=repl,
         )
 
-    def init_state(self) -> TrainState:
+    def check_params(self, params) -> None:
+        """UserError unless `params` have exactly this model's parameter paths and shapes."""
+        _check_same_structure(params, self.abstract_state.params)
+
+    def init_state(self, init_params=None) -> TrainState:
+        """A fresh state; `init_params` (from another run) replace the random parameters."""
         with sharding.activate(self.mesh, self.rules):
-            return self._init(jax.random.PRNGKey(self.cfg.train.seed))
+            state = self._init(jax.random.PRNGKey(self.cfg.train.seed))
+            if init_params is None:
+                return state
+            self.check_params(init_params)
+            params = jax.device_put(init_params, self.state_shardings.params)
+            opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)
+            return state.replace(params=params, opt_state=opt_state)
 
     def restore(self, checkpointer: Checkpointer, step: int):
         return checkpointer.restore(step, self.abstract_state, self.state_shardings)
@@ -183,8 +209,11 @@ class Trainer:
                     totals[k] = totals.get(k, 0.0) + np.float64(v)  # host float64: no drift
         return self.family.eval_summary(totals, data.meta)
 
-    def fit(self, workdir: Path, data) -> TrainState:
-        """Trains to `train.steps`, resuming from the latest checkpoint in `workdir`."""
+    def fit(self, workdir: Path, data, init_params=None) -> TrainState:
+        """Trains to `train.steps`, resuming from the latest checkpoint in `workdir`.
+
+        A fresh run starts from `init_params` when given (fine-tuning), with a fresh optimizer.
+        """
         cfg = self.cfg
         ckpt = Checkpointer(
             Path(workdir) / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.async_save
@@ -192,7 +221,7 @@ class Trainer:
         train_iter = data.train_iterator(cfg.train.batch_size, cfg.train.seed)
         latest = ckpt.latest_step()
         if latest is None:
-            state = self.init_state()
+            state = self.init_state(init_params)
         else:
             state, data_state = self.restore(ckpt, latest)
             train_iter.set_state(data_state)

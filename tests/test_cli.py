@@ -92,6 +92,18 @@ def test_resume_with_longer_run_and_refusal_of_model_change(trained, capsys):
     assert json.loads(before)["model"]["width"] == 32  # nothing rewritten by the refusal
 
 
+def test_init_from_starts_where_the_source_run_ended(trained, tmp_path, capsys):
+    _, out, _ = run(capsys, "eval", "--workdir", str(trained), "--json")
+    source_loss = json.loads(out)["loss"]
+    new = tmp_path / "finetuned"
+    argv = ("train", "gpt_shakespeare_char", "--variant", "smoke", "--workdir", str(new))
+    code, _, _ = run(capsys, *argv, "--init-from", str(trained), "--set", "train.steps=1")
+    assert code == 0
+    assert json.loads((new / "config.json").read_text())["train"]["init_from"] == str(trained)
+    _, out, _ = run(capsys, "eval", "--workdir", str(new), "--json")
+    assert abs(json.loads(out)["loss"] - source_loss) < 0.05  # one small step from the source
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -102,6 +114,19 @@ def test_resume_with_longer_run_and_refusal_of_model_change(trained, capsys):
         ("train", "gpt_shakespeare_char", "--variant", "huge"),
         ("train", "gpt_shakespeare_char", "--bogus-flag"),
         ("eval", "--workdir", "{tmp}/missing"),
+        ("train", "gpt_shakespeare_char", "--init-from", "{tmp}/missing", "--workdir", "{tmp}/new"),
+        (
+            "train",
+            "gpt_shakespeare_char",
+            "--variant",
+            "smoke",
+            "--init-from",
+            "{run}",
+            "--set",
+            "model.width=64",
+            "--workdir",
+            "{tmp}/new",
+        ),
         ("eval", "--workdir", "{tmp}/empty"),
         ("sample", "--workdir", "{run}", "--prompt", "\u00e9t\u00e9"),
         ("sample", "--workdir", "{run}", "--max-new-tokens", "5000"),

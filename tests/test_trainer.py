@@ -11,6 +11,7 @@ from conftest import tiny_config
 from genzoo import data as data_lib
 from genzoo import experiment
 from genzoo import trainer as trainer_lib
+from genzoo.errors import UserError
 from genzoo.trainer import Trainer
 
 # Loss before and after one step of the smoke GPT (seed 1337) on the first generated batch.
@@ -148,3 +149,41 @@ def test_dict_losses_train_each_group_on_its_own_loss():
     np.testing.assert_allclose(grads["a"]["w"], b * batch)  # d loss_a / d a only
     np.testing.assert_allclose(grads["b"]["w"], 4 * (a + 2 * b))  # d loss_b / d b only
     np.testing.assert_allclose(total, aux["loss_a"] + aux["loss_b"])
+
+
+def test_frozen_parameters_do_not_move_and_have_no_optimizer_state(make_config, char_data):
+    cfg = make_config("train.trainable=block_1/*,ln_f/*")
+    t = Trainer(cfg, devices=jax.devices()[:1])
+    state = t.init_state()
+    before = jax.device_get(state.params)
+    it = char_data.train_iterator(8, 0)
+    for _ in range(3):
+        state, _ = t.step(state, next(it))
+    after = jax.device_get(state.params)
+    flat = lambda tree: {
+        "/".join(str(k.key) for k in p): v for p, v in jax.tree_util.tree_leaves_with_path(tree)
+    }
+    b, a = flat(before), flat(after)
+    trainable = [k for k in b if k.startswith(("block_1/", "ln_f/"))]
+    assert trainable and len(trainable) < len(b)
+    for key in b:
+        if key in trainable:
+            assert not np.array_equal(a[key], b[key]), key
+        else:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # Adam keeps two moments per trainable parameter and nothing for frozen ones.
+    moments = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim > 0)
+    assert moments == 2 * sum(b[k].size for k in trainable)
+
+
+def test_init_from_copies_parameters_and_rejects_other_shapes(make_config, char_data):
+    source = Trainer(make_config("train.seed=5"), devices=jax.devices()[:1]).init_state()
+    t = Trainer(make_config(), devices=jax.devices()[:1])
+    state = t.init_state(jax.device_get(source.params))
+    for x, y in zip(jax.tree.leaves(state.params), jax.tree.leaves(source.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert int(state.step) == 0
+    assert all(float(jnp.abs(m).max()) == 0 for m in jax.tree.leaves(state.opt_state) if m.ndim)
+    wider = Trainer(make_config("model.width=64"), devices=jax.devices()[:1])
+    with pytest.raises(UserError, match="do not fit this model"):
+        wider.init_state(jax.device_get(source.params))
