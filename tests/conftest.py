@@ -63,6 +63,16 @@ def write_idx(path: Path, array) -> None:
 TEXT = make_text()
 (_ROOT / "data" / "tinyshakespeare").mkdir(parents=True)
 (_ROOT / "data" / "tinyshakespeare" / "input.txt").write_text(TEXT)
+_BIBLE = _ROOT / "data" / "bible-es-en"
+_BIBLE.mkdir(parents=True)
+for _split, _num in (("train", 300), ("validation", 40)):
+    _rng = random.Random(_num)
+    _lines = [
+        f"Book {i}:1\t{' '.join(_rng.choice(WORDS) for _ in range(8))}\t"
+        f"“{' '.join(_rng.choice(WORDS) for _ in range(8)).capitalize()}” (and) rest.\n"
+        for i in range(_num)
+    ]
+    (_BIBLE / f"{_split}.tsv").write_text("".join(_lines), encoding="utf-8")
 _FM = _ROOT / "data" / "fashion-mnist"
 _FM.mkdir(parents=True)
 for _prefix, _num, _seed in (("train", 256, 0), ("t10k", 64, 1)):

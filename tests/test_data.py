@@ -102,3 +102,15 @@ def test_missing_fashion_mnist_offline_says_where_to_put_files(monkeypatch, tmp_
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(UserError, match=r"GENZOO_DATA_DIR/fashion-mnist/"):
         fashion_mnist.source_paths()
+
+
+def test_bible_english_uses_the_shakespeare_vocabulary(char_data):
+    import ml_collections
+
+    from genzoo import data
+
+    bible = data.load(ml_collections.ConfigDict({"name": "bible_en_char", "seq_len": 16}))
+    assert bible.tokenizer.vocab == char_data.tokenizer.vocab
+    text = bible.decode(bible.splits["validation"])
+    assert text.count("\n") == 40  # one line per verse
+    assert text.startswith("  ") is False and "Rest." not in text and " rest.\n" in text

@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import tensorflow_datasets as tfds
 
-from genzoo.data import fashion_mnist, shakespeare, sources
+from genzoo.data import bible, fashion_mnist, shakespeare, sources
 from genzoo.data.images import ImageData
 from genzoo.data.text import CharTokenizer, TokenStreamData
 from genzoo.errors import UserError
@@ -56,6 +56,28 @@ def tinyshakespeare_char(cfg) -> TokenStreamData:
     return TokenStreamData(splits, tokenizer, seq_len=cfg.seq_len, chars_per_token=1.0)
 
 
+# Characters of the Bible's English that tiny Shakespeare lacks, mapped to ones it has, so a
+# Shakespeare character model can be fine-tuned on it; anything else becomes a space.
+_TO_SHAKESPEARE = str.maketrans(
+    {"‘": "'", "’": "'", "“": "'", "”": "'", "—": "-", "(": ",", ")": ","}
+)
+
+
+def bible_en_char(cfg) -> TokenStreamData:
+    """The Bible's English side, one verse per line, in tiny Shakespeare's characters."""
+    vocab = tinyshakespeare_char(cfg).tokenizer.vocab
+    builder = prepared_builder(bible.BibleEsEn, bible.sources_digest(bible.source_paths()))
+    tokenizer = CharTokenizer(vocab)
+    splits = {}
+    for split in ("train", "validation"):
+        source = builder.as_data_source(split=split)
+        records = sorted(source.__getitems__(range(len(source))), key=lambda r: int(r["index"]))
+        text = "\n".join(bytes(r["en"]).decode("utf-8") for r in records) + "\n"
+        text = "".join(ch if ch in vocab else " " for ch in text.translate(_TO_SHAKESPEARE))
+        splits[split] = np.asarray(tokenizer.encode(text), np.uint8)
+    return TokenStreamData(splits, tokenizer, seq_len=cfg.seq_len, chars_per_token=1.0)
+
+
 def _all_examples(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
     source = builder.as_data_source(split=split)
     records = source.__getitems__(range(len(source)))
@@ -69,7 +91,11 @@ def fashion_mnist_images(cfg) -> ImageData:
     return ImageData(splits, builder.info.metadata["class_names"])
 
 
-LOADERS = {"tinyshakespeare_char": tinyshakespeare_char, "fashion_mnist": fashion_mnist_images}
+LOADERS = {
+    "tinyshakespeare_char": tinyshakespeare_char,
+    "fashion_mnist": fashion_mnist_images,
+    "bible_en_char": bible_en_char,
+}
 
 
 def load(cfg):

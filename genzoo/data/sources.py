@@ -91,7 +91,7 @@ def resolve(
     cached = cache_dir() / "downloads" / dataset / filename
     if cached.is_file() and sha256_of(cached) == sha256:
         return cached
-    if os.environ.get("GENZOO_OFFLINE") != "1" and _download(url, cached, sha256):
+    if url and os.environ.get("GENZOO_OFFLINE") != "1" and _download(url, cached, sha256):
         return cached
     if packaged and (ASSETS / packaged).is_file():
         with lzma.open(ASSETS / packaged, "rb") as src:
@@ -100,7 +100,7 @@ def resolve(
     for folder in system_dirs:
         if (Path(folder) / filename).is_file():
             return Path(folder) / filename
+    where = f"download {url} and put it" if url else "put it"
     raise UserError(
-        f"{dataset}/{filename} is not available offline: download {url} and put it in "
-        f"$GENZOO_DATA_DIR/{dataset}/"
+        f"{dataset}/{filename} is not available: {where} in $GENZOO_DATA_DIR/{dataset}/"
     )
