@@ -45,7 +45,7 @@ def _cmd_train(args) -> None:
     if frozen.train.init_from and not (run_dir / "checkpoints").is_dir():
         init_params = workdir.open_run(Path(frozen.train.init_from)).state.params
         trainer.check_params(init_params)  # before the workdir exists
-    workdir.save_config(frozen, run_dir)
+    workdir.save_config(frozen, run_dir, data)
     trainer.fit(run_dir, data, init_params)
     plot = metrics.plot_curves(run_dir)
     print(f"checkpoints: {run_dir / 'checkpoints'}")

@@ -207,7 +207,7 @@ class Trainer:
                 sums = self.eval_step(params, sharding.put_batch(batch, self.batch_sharding), rng)
                 for k, v in jax.device_get(sums).items():
                     totals[k] = totals.get(k, 0.0) + np.float64(v)  # host float64: no drift
-        return self.family.eval_summary(totals, data.meta)
+        return self.family.eval_summary(totals, data.meta(split))
 
     def fit(self, workdir: Path, data, init_params=None) -> TrainState:
         """Trains to `train.steps`, resuming from the latest checkpoint in `workdir`.

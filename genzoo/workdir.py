@@ -42,10 +42,10 @@ def resolve(cfg: ml_collections.ConfigDict, data) -> ml_collections.FrozenConfig
     return ml_collections.FrozenConfigDict(cfg)
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, content: str | bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as f:
+        f.write(content)
     os.replace(tmp, path)
 
 
@@ -61,7 +61,7 @@ def load_config(workdir: Path) -> ml_collections.ConfigDict:
 
 def prepare_training(cfg: ml_collections.ConfigDict, workdir: Path):
     """Resolved frozen config and data; refuses a resume whose settings conflict."""
-    data = data_lib.load(cfg.data)
+    data = data_lib.load(cfg.data, workdir)
     saved = load_config(workdir) if (Path(workdir) / CONFIG).is_file() else None
     if saved is not None and cfg.optim.decay_steps == -1:
         # The schedule was fixed at first launch; a longer run keeps it (as nanoGPT does).
@@ -77,8 +77,12 @@ def prepare_training(cfg: ml_collections.ConfigDict, workdir: Path):
     return frozen, data
 
 
-def save_config(cfg, workdir: Path) -> None:
+def save_config(cfg, workdir: Path, data=None) -> None:
+    """Writes config.json and the data's artifacts (a trained tokenizer) into the workdir."""
     Path(workdir).mkdir(parents=True, exist_ok=True)
+    for name, payload in getattr(data, "artifacts", {}).items():
+        if not (Path(workdir) / name).is_file():  # never replaced: a resume keeps its tokenizer
+            write_atomic(Path(workdir) / name, payload)
     write_atomic(Path(workdir) / CONFIG, experiment.to_json(ml_collections.ConfigDict(cfg)))
 
 
@@ -108,7 +112,7 @@ def open_run(workdir: Path, overrides=()) -> Run:
     step = ckpt.latest_step()
     if step is None:
         raise UserError(f"no checkpoint in {workdir}: train it first")
-    data = data_lib.load(cfg.data)
+    data = data_lib.load(cfg.data, workdir)
     frozen = ml_collections.FrozenConfigDict(cfg)
     trainer = Trainer(frozen)
     try:

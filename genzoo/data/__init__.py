@@ -3,18 +3,21 @@
 A data object offers `train_iterator(batch_size, seed)` (a grain iterator with
 `get_state`/`set_state`), `eval_batches(split, batch_size, max_batches)` (padded
 batches with a `mask`), `model_fields` (config the model takes from the data, such
-as the vocabulary size) and `meta` (what evaluation needs, such as chars per token).
+as the vocabulary size), `meta(split)` (what evaluation needs, such as chars per token)
+and `artifacts` ({file name: bytes} kept in the workdir, such as a trained tokenizer).
+Loaders take the `data` config section and the workdir (None before one exists).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from genzoo.data import bible, fashion_mnist, shakespeare, sources
+from genzoo.data import bible, fashion_mnist, shakespeare, sources, tokenizers
 from genzoo.data.images import ImageData
 from genzoo.data.text import CharTokenizer, TokenStreamData
 from genzoo.errors import UserError
@@ -47,13 +50,33 @@ def _concatenated(builder, split: str) -> np.ndarray:
     return np.concatenate([r["ids"] for r in records])
 
 
-def tinyshakespeare_char(cfg) -> TokenStreamData:
+def _shakespeare():
     builder = prepared_builder(
         shakespeare.TinyShakespeareChar, sources.sha256_of(shakespeare.source_path())
     )
     splits = {s: _concatenated(builder, s) for s in ("train", "validation")}
-    tokenizer = CharTokenizer(builder.info.metadata["vocab"])
-    return TokenStreamData(splits, tokenizer, seq_len=cfg.seq_len, chars_per_token=1.0)
+    return splits, CharTokenizer(builder.info.metadata["vocab"])
+
+
+def tinyshakespeare_char(cfg, workdir=None) -> TokenStreamData:
+    splits, tokenizer = _shakespeare()
+    return TokenStreamData(splits, tokenizer, seq_len=cfg.seq_len)
+
+
+def tinyshakespeare_bpe(cfg, workdir=None) -> TokenStreamData:
+    """Tiny Shakespeare in sentencepiece pieces; the tokenizer is fit on the train split once
+    and then always read back from the workdir."""
+    char_splits, chars = _shakespeare()
+    texts = {s: chars.decode(ids) for s, ids in char_splits.items()}
+    saved = Path(workdir) / tokenizers.FILENAME if workdir else None
+    if saved is not None and saved.is_file():
+        tokenizer = tokenizers.SentencePieceTokenizer(saved.read_bytes())
+    else:
+        tokenizer = tokenizers.train_sentencepiece(texts["train"], cfg.vocab_size, cfg.model_type)
+    splits = {s: np.asarray(tokenizer.encode(t), np.int32) for s, t in texts.items()}
+    chars_per_token = {s: len(texts[s]) / len(splits[s]) for s in splits}
+    artifacts = {tokenizers.FILENAME: tokenizer.model_proto}
+    return TokenStreamData(splits, tokenizer, cfg.seq_len, chars_per_token, artifacts)
 
 
 # Characters of the Bible's English that tiny Shakespeare lacks, mapped to ones it has, so a
@@ -63,7 +86,7 @@ _TO_SHAKESPEARE = str.maketrans(
 )
 
 
-def bible_en_char(cfg) -> TokenStreamData:
+def bible_en_char(cfg, workdir=None) -> TokenStreamData:
     """The Bible's English side, one verse per line, in tiny Shakespeare's characters."""
     vocab = tinyshakespeare_char(cfg).tokenizer.vocab
     builder = prepared_builder(bible.BibleEsEn, bible.sources_digest(bible.source_paths()))
@@ -75,7 +98,7 @@ def bible_en_char(cfg) -> TokenStreamData:
         text = "\n".join(bytes(r["en"]).decode("utf-8") for r in records) + "\n"
         text = "".join(ch if ch in vocab else " " for ch in text.translate(_TO_SHAKESPEARE))
         splits[split] = np.asarray(tokenizer.encode(text), np.uint8)
-    return TokenStreamData(splits, tokenizer, seq_len=cfg.seq_len, chars_per_token=1.0)
+    return TokenStreamData(splits, tokenizer, seq_len=cfg.seq_len)
 
 
 def _all_examples(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +107,7 @@ def _all_examples(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([r["image"] for r in records]), np.array([r["label"] for r in records])
 
 
-def fashion_mnist_images(cfg) -> ImageData:
+def fashion_mnist_images(cfg, workdir=None) -> ImageData:
     digest = fashion_mnist.sources_digest(fashion_mnist.source_paths())
     builder = prepared_builder(fashion_mnist.FashionMnist, digest)
     splits = {s: _all_examples(builder, s) for s in ("train", "test")}
@@ -95,11 +118,12 @@ LOADERS = {
     "tinyshakespeare_char": tinyshakespeare_char,
     "fashion_mnist": fashion_mnist_images,
     "bible_en_char": bible_en_char,
+    "tinyshakespeare_bpe": tinyshakespeare_bpe,
 }
 
 
-def load(cfg):
-    """The data object for a `data` config section."""
+def load(cfg, workdir=None):
+    """The data object for a `data` config section (and the run's workdir, if it has one)."""
     if cfg.name not in LOADERS:
         raise UserError(f"unknown data set {cfg.name!r} (known: {', '.join(LOADERS)})")
-    return LOADERS[cfg.name](cfg)
+    return LOADERS[cfg.name](cfg, workdir)

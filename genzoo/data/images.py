@@ -37,8 +37,9 @@ class ImageData:
     def model_fields(self) -> dict:
         return {"image_shape": self.image_shape, "num_classes": len(self.class_names)}
 
-    @property
-    def meta(self) -> dict:
+    artifacts: dict = {}
+
+    def meta(self, split: str) -> dict:
         return {"class_names": self.class_names}
 
     def train_iterator(self, batch_size: int, seed: int):

@@ -55,9 +55,11 @@ class _Windows:
 class TokenStreamData:
     """A language-model data set: one token array per split and a tokenizer."""
 
-    def __init__(self, splits: dict[str, np.ndarray], tokenizer, seq_len: int, chars_per_token=1.0):
+    def __init__(self, splits, tokenizer, seq_len: int, chars_per_token=None, artifacts=None):
         self.splits, self.tokenizer, self.seq_len = splits, tokenizer, seq_len
-        self.chars_per_token = chars_per_token
+        # Characters per token of each split (1 for characters): turns bits/token into bits/char.
+        self.chars_per_token = chars_per_token or {s: 1.0 for s in splits}
+        self.artifacts = artifacts or {}
         for name, tokens in splits.items():
             if len(tokens) <= seq_len + 1:
                 raise UserError(f"split {name!r} has {len(tokens)} tokens, fewer than seq_len+2")
@@ -67,9 +69,8 @@ class TokenStreamData:
         """Config fields the model takes from the data (filled in where the experiment says -1)."""
         return {"vocab_size": self.tokenizer.vocab_size}
 
-    @property
-    def meta(self) -> dict:
-        return {"chars_per_token": self.chars_per_token}
+    def meta(self, split: str) -> dict:
+        return {"chars_per_token": self.chars_per_token[split]}
 
     def train_iterator(self, batch_size: int, seed: int):
         tokens = self.splits["train"]

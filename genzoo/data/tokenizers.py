@@ -1,0 +1,64 @@
+"""Subword tokenizers: sentencepiece (BPE or unigram) trained in-tree, byte fallback on.
+
+Settings keep text exactly: no normalisation, no dummy prefix, whitespace and newlines
+kept as pieces, and bytes for anything unseen, so `decode(encode(s)) == s` for any `s`.
+"""
+
+from __future__ import annotations
+
+import io
+
+import sentencepiece as spm
+
+from genzoo.errors import UserError
+
+FILENAME = "tokenizer.model"
+
+
+class SentencePieceTokenizer:
+    def __init__(self, model_proto: bytes):
+        self.model_proto = model_proto
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        except (RuntimeError, OSError) as e:
+            raise UserError(f"{FILENAME} is corrupt: {e}") from None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self._sp.encode(text)
+
+    def decode(self, ids) -> str:
+        return self._sp.decode([int(i) for i in ids])
+
+
+def train_sentencepiece(text: str, vocab_size: int, model_type: str) -> SentencePieceTokenizer:
+    """A tokenizer fit on `text` (fed in chunks, since sentencepiece trains on "sentences")."""
+    if model_type not in ("bpe", "unigram"):
+        raise UserError(f"tokenizer model_type must be bpe or unigram, got {model_type!r}")
+    chunks = (text[i : i + 2000] for i in range(0, len(text), 2000))
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=chunks,
+        model_writer=buffer,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        byte_fallback=True,
+        character_coverage=1.0,
+        user_defined_symbols=["\n"],
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        allow_whitespace_only_pieces=True,
+        split_digits=True,
+        max_sentence_length=1 << 16,
+        num_threads=2,
+        minloglevel=2,
+        bos_id=-1,
+        eos_id=-1,
+        pad_id=-1,
+        unk_id=0,
+    )
+    return SentencePieceTokenizer(buffer.getvalue())
