@@ -84,6 +84,13 @@ def _cmd_eval(args) -> None:
             print(f"{key:>16}: {value:.6g}" if isinstance(value, float) else f"{key:>16}: {value}")
 
 
+def _cmd_import(args) -> None:
+    from genzoo import imports
+
+    run_dir = imports.import_gpt2(Path(args.path), Path(args.workdir))
+    print(f"imported {args.path} into {run_dir} (genzoo eval/sample --workdir {run_dir})")
+
+
 def _check_sampling_args(args) -> None:
     if args.num is not None and args.num < 1:
         raise UserError("--num must be at least 1")
@@ -196,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--set", action="append", metavar="eval.KEY=VALUE", help="override eval.*")
     e.set_defaults(fn=_cmd_eval)
+
+    i = sub.add_parser("import", help="import published weights into a workdir")
+    i.add_argument("format", choices=["gpt2"], help="gpt2: a Hugging Face GPT-2 directory")
+    i.add_argument(
+        "path", help="folder with config.json, model.safetensors, vocab.json, merges.txt"
+    )
+    i.add_argument("--workdir", required=True)
+    i.set_defaults(fn=_cmd_import)
 
     s = sub.add_parser("sample", help="generate from the latest checkpoint")
     s.add_argument("--workdir", required=True)

@@ -63,20 +63,41 @@ def tinyshakespeare_char(cfg, workdir=None) -> TokenStreamData:
     return TokenStreamData(splits, tokenizer, seq_len=cfg.seq_len)
 
 
+def _in_pieces(tokenizer, seq_len: int, artifacts: dict) -> TokenStreamData:
+    char_splits, chars = _shakespeare()
+    texts = {s: chars.decode(ids) for s, ids in char_splits.items()}
+    splits = {s: np.asarray(tokenizer.encode(t), np.int32) for s, t in texts.items()}
+    chars_per_token = {s: len(texts[s]) / len(splits[s]) for s in splits}
+    return TokenStreamData(splits, tokenizer, seq_len, chars_per_token, artifacts)
+
+
 def tinyshakespeare_bpe(cfg, workdir=None) -> TokenStreamData:
     """Tiny Shakespeare in sentencepiece pieces; the tokenizer is fit on the train split once
     and then always read back from the workdir."""
-    char_splits, chars = _shakespeare()
-    texts = {s: chars.decode(ids) for s, ids in char_splits.items()}
     saved = Path(workdir) / tokenizers.FILENAME if workdir else None
     if saved is not None and saved.is_file():
         tokenizer = tokenizers.SentencePieceTokenizer(saved.read_bytes())
     else:
-        tokenizer = tokenizers.train_sentencepiece(texts["train"], cfg.vocab_size, cfg.model_type)
-    splits = {s: np.asarray(tokenizer.encode(t), np.int32) for s, t in texts.items()}
-    chars_per_token = {s: len(texts[s]) / len(splits[s]) for s in splits}
-    artifacts = {tokenizers.FILENAME: tokenizer.model_proto}
-    return TokenStreamData(splits, tokenizer, cfg.seq_len, chars_per_token, artifacts)
+        splits, chars = _shakespeare()
+        train_text = chars.decode(splits["train"])
+        tokenizer = tokenizers.train_sentencepiece(train_text, cfg.vocab_size, cfg.model_type)
+    return _in_pieces(tokenizer, cfg.seq_len, {tokenizers.FILENAME: tokenizer.model_proto})
+
+
+def tinyshakespeare_gpt2(cfg, workdir=None) -> TokenStreamData:
+    """Tiny Shakespeare in GPT-2 byte-level BPE pieces, for imported GPT-2 weights.
+
+    The tokenizer files come from the workdir, else from `cfg.tokenizer_dir` (the run it was
+    imported into or fine-tuned from), and are copied into every workdir that uses them.
+    """
+    folders = [Path(d) for d in (workdir, cfg.tokenizer_dir) if d]
+    for folder in folders:
+        if all((folder / name).is_file() for name in tokenizers.GPT2_FILES):
+            files = {name: (folder / name).read_bytes() for name in tokenizers.GPT2_FILES}
+            return _in_pieces(tokenizers.GPT2Tokenizer(files), cfg.seq_len, files)
+    raise UserError(
+        f"no GPT-2 tokenizer (vocab.json, merges.txt) in {', '.join(map(str, folders))}"
+    )
 
 
 # Characters of the Bible's English that tiny Shakespeare lacks, mapped to ones it has, so a
@@ -119,6 +140,7 @@ LOADERS = {
     "fashion_mnist": fashion_mnist_images,
     "bible_en_char": bible_en_char,
     "tinyshakespeare_bpe": tinyshakespeare_bpe,
+    "tinyshakespeare_gpt2": tinyshakespeare_gpt2,
 }
 
 

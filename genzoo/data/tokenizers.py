@@ -13,6 +13,7 @@ import sentencepiece as spm
 from genzoo.errors import UserError
 
 FILENAME = "tokenizer.model"
+GPT2_FILES = ("vocab.json", "merges.txt")
 
 
 class SentencePieceTokenizer:
@@ -62,3 +63,33 @@ def train_sentencepiece(text: str, vocab_size: int, model_type: str) -> Sentence
         unk_id=0,
     )
     return SentencePieceTokenizer(buffer.getvalue())
+
+
+class GPT2Tokenizer:
+    """GPT-2's byte-level BPE from `vocab.json` + `merges.txt` (Hugging Face `tokenizers`)."""
+
+    def __init__(self, files: dict[str, bytes]):
+        import json
+
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        self.files = files
+        try:
+            vocab = json.loads(files["vocab.json"])
+            lines = files["merges.txt"].decode("utf-8").splitlines()
+            merges = [tuple(m.split(" ")) for m in lines if m and not m.startswith("#version")]
+            self._tok = Tokenizer(models.BPE(vocab, merges))
+        except (ValueError, KeyError, TypeError, Exception) as e:  # the Rust side raises Exception
+            raise UserError(f"GPT-2 tokenizer files are corrupt: {e}") from None
+        self._tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        self._tok.decoder = decoders.ByteLevel()
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text).ids
+
+    def decode(self, ids) -> str:
+        return self._tok.decode([int(i) for i in ids])

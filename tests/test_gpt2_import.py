@@ -1,0 +1,96 @@
+"""GPT-2 import: logits and greedy decoding match Hugging Face's PyTorch GPT-2 exactly."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="parity needs PyTorch (pip install torch==2.13.0)")
+transformers = pytest.importorskip("transformers", reason="parity needs transformers")
+
+from genzoo import cli  # noqa: E402
+from genzoo.models import gpt  # noqa: E402
+
+MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("Ġ", "a"), ("i", "n"), ("o", "u")]
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters (from its paper's code)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A random 2-layer GPT-2 saved as config.json + model.safetensors + vocab.json + merges.txt."""
+    folder = tmp_path_factory.mktemp("gpt2")
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
+    for a, b in MERGES:
+        vocab[a + b] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in MERGES))
+    config = transformers.GPT2Config(
+        vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        initializer_range=0.2,  # larger than GPT-2's 0.02 so greedy choices are not near-ties
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder, model
+
+
+@pytest.fixture(scope="module")
+def imported(hf_dir):
+    fields, params = gpt.from_hf(hf_dir[0])
+    return fields, params
+
+
+def test_logits_match_pytorch(hf_dir, imported):
+    _, model = hf_dir
+    fields, params = imported
+    ids = np.random.default_rng(0).integers(0, 300, (3, 40))
+    with torch.no_grad():
+        want = model(torch.tensor(ids)).logits.numpy()
+    got = np.asarray(gpt.logits(params, ids.astype(np.int32), fields))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_greedy_generation_matches_pytorch(hf_dir, imported):
+    _, model = hf_dir
+    fields, params = imported
+    prompt = np.random.default_rng(1).integers(0, 300, (2, 5))
+    with torch.no_grad():
+        want = model.generate(
+            torch.tensor(prompt), max_new_tokens=30, do_sample=False, pad_token_id=0
+        ).numpy()[:, 5:]
+    import jax
+
+    got = gpt.sample(params, jax.random.PRNGKey(0), fields, prompt_BxP=prompt, max_new_tokens=30,
+                     temperature=0.0)  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_imported_workdir_evaluates_and_samples(hf_dir, tmp_path, capsys):
+    wd = tmp_path / "gpt2"
+    assert cli.main(["import", "gpt2", str(hf_dir[0]), "--workdir", str(wd)]) == 0
+    assert (wd / "vocab.json").is_file() and (wd / "merges.txt").is_file()
+    capsys.readouterr()
+    assert cli.main(["eval", "--workdir", str(wd), "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["step"] == 0 and np.isfinite(figures["bits_per_char"])
+    argv = ["sample", "--workdir", str(wd), "--prompt", "the king", "--temperature", "0",
+            "--max-new-tokens", "8"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("the king") and len(out) > len("the king")
+    # Importing over an existing run is refused.
+    assert cli.main(["import", "gpt2", str(hf_dir[0]), "--workdir", str(wd)]) == 2
