@@ -102,40 +102,35 @@ def _check_sampling_args(args) -> None:
         raise UserError(f"--temperature must be >= 0, got {args.temperature}")
     if args.top_k < 0:
         raise UserError(f"--top-k must be >= 0, got {args.top_k}")
+    if args.beams < 1 or args.repetition_penalty <= 0:
+        raise UserError("--beams must be >= 1 and --repetition-penalty > 0")
 
 
 def _sample_text(args, cfg, family) -> None:
-    import jax
-    import numpy as np
+    from genzoo import api, workdir
 
-    from genzoo import workdir
-
-    context = family.context_length(cfg.model)
     prompt = args.prompt if args.prompt else "\n"
+    context = family.context_length(cfg.model)
+    lm = api.LanguageModel(workdir.open_run(Path(args.workdir)))
     if args.max_new_tokens is None:
-        args.max_new_tokens = max(1, min(200, context - len(prompt)))
-    if len(prompt) + args.max_new_tokens > context:
-        # Checked on characters first (cheap); re-checked on tokens once the tokenizer is loaded.
-        raise UserError(f"prompt + --max-new-tokens exceeds the model's context of {context}")
-    run = workdir.open_run(Path(args.workdir))
-    ids = run.data.encode(prompt)
-    if len(ids) + args.max_new_tokens > context:
-        raise UserError(f"prompt + --max-new-tokens exceeds the model's context of {context}")
-    prompt_BxP = np.tile(np.asarray(ids, np.int32)[None], (args.num or 1, 1))
-    new_BxN = family.sample(
-        run.state.params,
-        jax.random.PRNGKey(args.seed),
-        run.cfg.model,
-        prompt_BxP=prompt_BxP,
+        args.max_new_tokens = max(1, min(200, context - len(lm.encode(prompt))))
+    texts = lm.generate(
+        [prompt] * (args.num or 1),
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
+        seed=args.seed,
+        num_beams=args.beams,
+        length_penalty=args.length_penalty,
+        repetition_penalty=args.repetition_penalty,
+        eos=args.eos,
+        stop=args.stop or (),
     )
-    for i, row in enumerate(np.asarray(new_BxN)):
+    for i, text in enumerate(texts):
         if i:
             print("-" * 40)
-        print(prompt + run.data.decode(row))
+        print(prompt + text)
 
 
 def _sample_images(args, cfg, family) -> None:
@@ -221,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=0, help="0: off")
     s.add_argument("--top-p", type=float, default=1.0)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--beams", type=int, default=1, help="beam search width (1: sample)")
+    s.add_argument("--length-penalty", type=float, default=1.0, help="beams: score / len**this")
+    s.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL-style; 1: off")
+    s.add_argument("--eos", help="a token that ends a continuation")
+    s.add_argument("--stop", action="append", help="cut the text at this string (repeatable)")
     s.add_argument("--out", help="image families: PNG path (default: WORKDIR/samples.png)")
     s.add_argument("--reconstruct", action="store_true", help="VAE: inputs beside reconstructions")
     s.set_defaults(fn=_cmd_sample)

@@ -194,12 +194,20 @@ def to_json(cfg: ml_collections.ConfigDict) -> str:
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:
+    """A saved config, laid over today's defaults so workdirs from older versions still load
+    (settings added since then take their default values)."""
     data = json.loads(text)
     data["mesh"]["rules"] = tuple(
         (name, tuple(axis) if isinstance(axis, list) else axis)
         for name, axis in data["mesh"]["rules"]
     )
-    return ml_collections.ConfigDict(data)
+    merged = base_config().to_dict()
+    for section, values in data.items():
+        if section in ("model", "data") or not isinstance(merged.get(section), dict):
+            merged[section] = values  # free-form per experiment: taken whole
+        else:
+            merged[section].update(values)
+    return ml_collections.ConfigDict(merged)
 
 
 def _flatten(tree, prefix=""):

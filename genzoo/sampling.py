@@ -43,6 +43,17 @@ def knobs(temperature, top_k, top_p):
     return jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p)
 
 
+def penalize_repeats(logits_BxV, seen_BxV, penalty):
+    """CTRL's repetition penalty: seen tokens' logits are divided (if > 0) or multiplied by it."""
+    penalized_BxV = jnp.where(logits_BxV > 0, logits_BxV / penalty, logits_BxV * penalty)
+    return jnp.where(seen_BxV, penalized_BxV, logits_BxV)
+
+
+def _mark(seen_BxV, tokens_BxL, valid_BxL):
+    rows_BxL = jnp.broadcast_to(jnp.arange(seen_BxV.shape[0])[:, None], tokens_BxL.shape)
+    return seen_BxV.at[rows_BxL, tokens_BxL].max(valid_BxL)
+
+
 def decode(
     step: Callable,
     cache,
@@ -53,22 +64,83 @@ def decode(
     temperature,
     top_k,
     top_p,
+    repetition_penalty=1.0,
+    eos_id=-1,
+    prompt_valid_BxP=None,
 ):
     """Runs `step(tokens_BxL, cache) -> (logits_BxLxV, cache)` over the prompt, then token by token.
 
-    Returns the new tokens, [B, max_new_tokens] int32.
+    Returns the new tokens, [B, max_new_tokens] int32. After a row emits `eos_id` (-1: none)
+    it keeps emitting `eos_id`. `prompt_valid_BxP` marks real (not padding) prompt tokens for
+    the repetition penalty.
     """
     logits_BxPxV, cache = step(prompt_BxP, cache)
+    valid_BxP = jnp.ones(prompt_BxP.shape, bool) if prompt_valid_BxP is None else prompt_valid_BxP
+    seen_BxV = _mark(jnp.zeros(logits_BxPxV[:, -1].shape, bool), prompt_BxP, valid_BxP)
     rng, first_rng = jax.random.split(rng)
-    token_B = next_token(first_rng, logits_BxPxV[:, -1], temperature, top_k, top_p)
+    logits_BxV = penalize_repeats(logits_BxPxV[:, -1], seen_BxV, repetition_penalty)
+    token_B = next_token(first_rng, logits_BxV, temperature, top_k, top_p)
+    done_B = token_B == eos_id
 
     def body(carry, step_rng):
-        token_B, cache = carry
+        token_B, cache, seen_BxV, done_B = carry
         logits_Bx1xV, cache = step(token_B[:, None], cache)
-        new_B = next_token(step_rng, logits_Bx1xV[:, -1], temperature, top_k, top_p)
-        return (new_B, cache), token_B
+        seen_BxV = _mark(seen_BxV, token_B[:, None], jnp.ones((token_B.shape[0], 1), bool))
+        logits_BxV = penalize_repeats(logits_Bx1xV[:, -1], seen_BxV, repetition_penalty)
+        new_B = next_token(step_rng, logits_BxV, temperature, top_k, top_p)
+        new_B = jnp.where(done_B, eos_id, new_B)
+        return (new_B, cache, seen_BxV, done_B | (new_B == eos_id)), token_B
 
-    (last_B, _), tokens_NxB = jax.lax.scan(
-        body, (token_B, cache), jax.random.split(rng, max_new_tokens - 1)
+    (last_B, *_), tokens_NxB = jax.lax.scan(
+        body, (token_B, cache, seen_BxV, done_B), jax.random.split(rng, max_new_tokens - 1)
     )
     return jnp.concatenate([tokens_NxB.T, last_B[:, None]], axis=1)
+
+
+def beam_search(
+    step: Callable, cache, prompt_BxP, *, beam_size: int, max_new_tokens: int, length_penalty,
+    eos_id=-1,
+):  # fmt: skip
+    """The `beam_size` most likely continuations per row; returns the best, [B, N] int32.
+
+    Beams are ranked by total log-probability / (generated length ** length_penalty). A beam
+    that emits `eos_id` is finished: it can only be extended by `eos_id` at no cost, so its
+    score and length stay fixed while the others grow.
+    """
+    B, W = prompt_BxP.shape[0], beam_size
+    logits_BxPxV, cache = step(prompt_BxP, cache)
+    logp_BxV = jax.nn.log_softmax(logits_BxPxV[:, -1].astype(jnp.float32))
+    V = logp_BxV.shape[-1]
+    scores_BxW, tokens_BxW = jax.lax.top_k(logp_BxV, W)  # W distinct first tokens per row
+    # Every per-row array of the cache (keys, values, padding) gets one copy per beam.
+    per_row = lambda f: lambda x: f(x) if x.ndim and x.shape[0] in (B, B * W) else x
+    cache = jax.tree.map(per_row(lambda x: jnp.repeat(x, W, axis=0)), cache)
+    seqs_BxWxN = jnp.zeros((B, W, max_new_tokens), jnp.int32).at[:, :, 0].set(tokens_BxW)
+    finished_BxW = tokens_BxW == eos_id
+    lengths_BxW = jnp.ones((B, W), jnp.float32)
+
+    def body(carry, t):
+        seqs_BxWxN, scores_BxW, finished_BxW, lengths_BxW, cache = carry
+        last_BW = seqs_BxWxN[:, :, t - 1].reshape(B * W)
+        logits_BWx1xV, cache = step(last_BW[:, None], cache)
+        logp_BxWxV = jax.nn.log_softmax(logits_BWx1xV[:, -1].astype(jnp.float32)).reshape(B, W, V)
+        eos_only_V = jnp.where(jnp.arange(V) == eos_id, 0.0, -jnp.inf)
+        logp_BxWxV = jnp.where(finished_BxW[:, :, None], eos_only_V, logp_BxWxV)
+        total_BxWV = (scores_BxW[:, :, None] + logp_BxWxV).reshape(B, W * V)
+        scores_BxW, flat_BxW = jax.lax.top_k(total_BxWV, W)
+        parent_BxW, token_BxW = flat_BxW // V, (flat_BxW % V).astype(jnp.int32)
+        take = lambda x: jnp.take_along_axis(x, parent_BxW.reshape(B, W, *[1] * (x.ndim - 2)), 1)
+        seqs_BxWxN = take(seqs_BxWxN).at[:, :, t].set(token_BxW)
+        was_finished_BxW = take(finished_BxW)
+        lengths_BxW = jnp.where(was_finished_BxW, take(lengths_BxW), take(lengths_BxW) + 1)
+        finished_BxW = was_finished_BxW | (token_BxW == eos_id)
+        rows_BW = (jnp.arange(B)[:, None] * W + parent_BxW).reshape(B * W)
+        cache = jax.tree.map(per_row(lambda x: x[rows_BW]), cache)
+        return (seqs_BxWxN, scores_BxW, finished_BxW, lengths_BxW, cache), None
+
+    carry = (seqs_BxWxN, scores_BxW, finished_BxW, lengths_BxW, cache)
+    (seqs_BxWxN, scores_BxW, _, lengths_BxW, _), _ = jax.lax.scan(
+        body, carry, jnp.arange(1, max_new_tokens)
+    )
+    best_B = jnp.argmax(scores_BxW / lengths_BxW**length_penalty, axis=-1)
+    return jnp.take_along_axis(seqs_BxWxN, best_B[:, None, None], axis=1)[:, 0]

@@ -67,3 +67,14 @@ def test_mesh_fills_minus_one_and_rejects_bad_shapes():
     ):
         with pytest.raises(UserError):
             sharding.make_mesh(bad)
+
+
+def test_configs_saved_by_older_versions_gain_new_defaults():
+    import json
+
+    saved = json.loads(experiment.to_json(cfg()))
+    del saved["train"]["trainable"], saved["eval"]["seed"]  # keys added after a run was saved
+    loaded = experiment.from_json(json.dumps(saved))
+    assert loaded.train.trainable == "" and loaded.eval.seed == 0
+    assert loaded.model.width == cfg().model.width
+    assert experiment.resume_conflicts(loaded, cfg()) == []

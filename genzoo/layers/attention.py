@@ -14,9 +14,10 @@ class CausalSelfAttention(nn.Module):
     """Attention where position t sees positions <= t.
 
     Without a cache the L inputs attend among themselves. With a cache
-    (`kv_cache = {"k": BxTxHxK, "v": BxTxHxK}` and `cache_index` = tokens already
-    cached) the new keys/values are written at `cache_index` and queries attend over
+    (`kv_cache = {"k": BxTxHxK, "v": BxTxHxK}` and `cache_index` = slots already
+    filled) the new keys/values are written at `cache_index` and queries attend over
     all T slots masked by position, so prefill and one-token steps share one code path.
+    `pad_B` left-padding slots per row are never attended to (ragged prompt batches).
     """
 
     num_heads: int
@@ -27,7 +28,7 @@ class CausalSelfAttention(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x_BxLxD, *, kv_cache=None, cache_index=None, deterministic=True):
+    def __call__(self, x_BxLxD, *, kv_cache=None, cache_index=None, pad_B=None, deterministic=True):
         B, L, D = x_BxLxD.shape
         H, K = self.num_heads, self.head_dim
         normal = nn.initializers.normal
@@ -57,11 +58,15 @@ class CausalSelfAttention(nn.Module):
             new_cache = {"k": k_BxTxHxK, "v": v_BxTxHxK}
             q_pos_L = cache_index + jnp.arange(L)
         k_pos_T = jnp.arange(k_BxTxHxK.shape[1])
-        causal_LxT = k_pos_T[None, :] <= q_pos_L[:, None]
+        causal_1xLxT = (k_pos_T[None, :] <= q_pos_L[:, None])[None]
+        if pad_B is not None:
+            causal_1xLxT = causal_1xLxT & (k_pos_T[None, None, :] >= pad_B[:, None, None])
 
         scores_BxHxLxT = jnp.einsum("blhk,bthk->bhlt", q_BxLxHxK, k_BxTxHxK.astype(self.dtype))
         scores_BxHxLxT = scores_BxHxLxT.astype(jnp.float32) / jnp.sqrt(K).astype(jnp.float32)
-        scores_BxHxLxT = jnp.where(causal_LxT, scores_BxHxLxT, jnp.finfo(jnp.float32).min)
+        scores_BxHxLxT = jnp.where(
+            causal_1xLxT[:, None], scores_BxHxLxT, jnp.finfo(jnp.float32).min
+        )
         probs_BxHxLxT = jax.nn.softmax(scores_BxHxLxT, axis=-1).astype(self.dtype)
         probs_BxHxLxT = nn.Dropout(self.dropout_rate)(probs_BxHxLxT, deterministic=deterministic)
         out_BxLxHxK = jnp.einsum("bhlt,bthk->blhk", probs_BxHxLxT, v_BxTxHxK.astype(self.dtype))

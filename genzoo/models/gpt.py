@@ -48,7 +48,7 @@ class Block(nn.Module):
     cfg: GPTConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD, *, kv_cache=None, cache_index=None, deterministic=True):
+    def __call__(self, x_BxLxD, *, kv_cache=None, cache_index=None, pad_B=None, deterministic=True):
         c = self.cfg
         dtype = jnp.dtype(c.dtype)
         # GPT-2's scaled init of residual projections keeps the residual stream's variance flat.
@@ -65,6 +65,7 @@ class Block(nn.Module):
             LayerNorm(c.ln_epsilon, c.use_bias, dtype, name="ln_1")(x_BxLxD),
             kv_cache=kv_cache,
             cache_index=cache_index,
+            pad_B=pad_B,
             deterministic=deterministic,
         )
         x_BxLxD = x_BxLxD + h_BxLxD
@@ -89,14 +90,22 @@ class GPT(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BxL, *, cache=None, deterministic=True):
-        """Logits [B, L, vocab_size] (float32) and the updated cache (None without one)."""
+        """Logits [B, L, vocab_size] (float32) and the updated cache (None without one).
+
+        A cache's `pad` [B] counts left-padding slots per row: positions start after them,
+        so a left-padded prompt gives the same logits as the same prompt alone.
+        """
         c = self.cfg
         dtype = jnp.dtype(c.dtype)
         B, L = tokens_BxL.shape
         start = 0 if cache is None else cache["index"]
+        pad_B = None if cache is None else cache["pad"]
+        positions_BxL = jnp.broadcast_to(start + jnp.arange(L), (B, L))
+        if pad_B is not None:
+            positions_BxL = jnp.maximum(positions_BxL - pad_B[:, None], 0)
         wte = Embed(c.padded_vocab, c.width, ("vocab", "embed"), dtype, name="wte")
         wpe = Embed(c.block_size, c.width, ("pos", "embed"), dtype, name="wpe")
-        x_BxLxD = wte(tokens_BxL) + wpe(start + jnp.arange(L))[None]
+        x_BxLxD = wte(tokens_BxL) + wpe(positions_BxL)
         x_BxLxD = nn.Dropout(c.dropout)(x_BxLxD, deterministic=deterministic)
         x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "act_embed"))
         new_layers = []
@@ -105,21 +114,24 @@ class GPT(nn.Module):
                 x_BxLxD,
                 kv_cache=None if cache is None else cache["layers"][i],
                 cache_index=start,
+                pad_B=pad_B,
                 deterministic=deterministic,
             )
             new_layers.append(kv)
         x_BxLxD = LayerNorm(c.ln_epsilon, c.use_bias, dtype, name="ln_f")(x_BxLxD)
         logits_BxLxV = wte.attend(x_BxLxD)[..., : c.vocab_size].astype(jnp.float32)
         logits_BxLxV = nn.with_logical_constraint(logits_BxLxV, ("batch", "length", "act_vocab"))
-        new_cache = None if cache is None else {"index": start + L, "layers": new_layers}
+        new_cache = None if cache is None else {**cache, "index": start + L, "layers": new_layers}
         return logits_BxLxV, new_cache
 
 
-def init_cache(c: GPTConfig, batch: int, length: int):
+def init_cache(c: GPTConfig, batch: int, length: int, pad_B=None):
+    """An empty cache of `length` slots; `pad_B` left-padding slots per row (default none)."""
     head_dim = c.width // c.num_heads
     zeros = jnp.zeros((batch, length, c.num_heads, head_dim), jnp.dtype(c.dtype))
     layer = {"k": zeros, "v": zeros}
-    return {"index": jnp.array(0, jnp.int32), "layers": [layer] * c.num_layers}
+    pad_B = jnp.zeros((batch,), jnp.int32) if pad_B is None else jnp.asarray(pad_B, jnp.int32)
+    return {"index": jnp.array(0, jnp.int32), "pad": pad_B, "layers": [layer] * c.num_layers}
 
 
 # ---- family protocol -------------------------------------------------------------------
@@ -158,11 +170,18 @@ def flops_per_example(cfg, seq_len: int) -> float:
     return float((6 * matmul_params + attention) * seq_len)
 
 
-@functools.partial(jax.jit, static_argnames=("c", "max_new_tokens"))
-def _generate(params, prompt_BxP, rng, temperature, top_k, top_p, *, c: GPTConfig, max_new_tokens):
+@functools.partial(jax.jit, static_argnames=("c", "max_new_tokens", "num_beams"))
+def _generate(params, prompt_BxP, pad_B, rng, knobs, *, c: GPTConfig, max_new_tokens, num_beams):
     model = GPT(c)
     step = lambda tokens, cache: model.apply({"params": params}, tokens, cache=cache)
-    cache = init_cache(c, prompt_BxP.shape[0], c.block_size)
+    temperature, top_k, top_p, repetition_penalty, length_penalty, eos_id = knobs
+    cache = init_cache(c, prompt_BxP.shape[0], c.block_size, pad_B)
+    if num_beams > 1:  # the search copies the cache per beam
+        return sampling.beam_search(
+            step, cache, prompt_BxP, beam_size=num_beams, max_new_tokens=max_new_tokens,
+            length_penalty=length_penalty, eos_id=eos_id,
+        )  # fmt: skip
+    valid_BxP = jnp.arange(prompt_BxP.shape[1])[None] >= pad_B[:, None]
     return sampling.decode(
         step,
         cache,
@@ -172,19 +191,65 @@ def _generate(params, prompt_BxP, rng, temperature, top_k, top_p, *, c: GPTConfi
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        eos_id=eos_id,
+        prompt_valid_BxP=valid_BxP,
     )
 
 
-def sample(params, rng, cfg, *, prompt_BxP, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0):
-    """Continues each prompt row by `max_new_tokens` tokens; returns [B, max_new_tokens] int32."""
+def sample(
+    params,
+    rng,
+    cfg,
+    *,
+    prompt_BxP,
+    max_new_tokens,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    repetition_penalty=1.0,
+    eos_id=-1,
+    pad_B=None,
+    num_beams=1,
+    length_penalty=1.0,
+):
+    """Continues each prompt row by `max_new_tokens` tokens; returns [B, max_new_tokens] int32.
+
+    Rows of different lengths are left-padded, with `pad_B` giving each row's padding.
+    `num_beams > 1` runs beam search (deterministic; sampling knobs are ignored).
+    """
+    prompt_BxP = jnp.asarray(prompt_BxP, jnp.int32)
+    pad_B = jnp.zeros(prompt_BxP.shape[0], jnp.int32) if pad_B is None else jnp.asarray(pad_B)
+    knobs = (
+        *sampling.knobs(temperature, top_k, top_p),
+        jnp.float32(repetition_penalty),
+        jnp.float32(length_penalty),
+        jnp.int32(eos_id),
+    )
     return _generate(
         params,
-        jnp.asarray(prompt_BxP, jnp.int32),
+        prompt_BxP,
+        pad_B.astype(jnp.int32),
         rng,
-        *sampling.knobs(temperature, top_k, top_p),
+        knobs,
         c=GPTConfig.from_cfg(cfg),  # a frozen dataclass: hashable whatever mapping cfg is
         max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
     )
+
+
+@functools.partial(jax.jit, static_argnames=("c",))
+def _token_log_probs(params, tokens_BxT, *, c: GPTConfig):
+    logits_BxTxV = GPT(c).apply({"params": params}, tokens_BxT)[0]
+    return -lm.token_nll(logits_BxTxV[:, :-1], tokens_BxT[:, 1:])
+
+
+def token_log_probs(params, tokens_BxT, cfg):
+    """log p(x_t | x_<t) for t = 1..T-1, [B, T-1] nats; right padding affects only its slots."""
+    return _token_log_probs(params, jnp.asarray(tokens_BxT, jnp.int32), c=GPTConfig.from_cfg(cfg))
+
+
+RAGGED_PROMPTS = True  # `sample` takes left-padded prompt batches (pad_B)
 
 
 def context_length(cfg) -> int:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from genzoo import sampling
+from genzoo.errors import UserError
 from genzoo.evaluation import lm
 from genzoo.layers import partitioned
 from genzoo.models.base import FromConfig
@@ -115,6 +116,12 @@ def eval_summary(totals, meta):
     return lm.summary(totals, meta)
 
 
+def token_log_probs(params, tokens_BxT, cfg):
+    """log p(x_t | x_<t) for t = 1..T-1, [B, T-1] nats."""
+    c_BxT, _ = forward(params, jnp.asarray(tokens_BxT, jnp.int32))
+    return c_BxT[:, 1:]
+
+
 def context_length(cfg) -> int:
     return 1 << 30  # a Markov chain has no context limit
 
@@ -136,9 +143,14 @@ def _generate(params, prompt_BxP, rng, temperature, top_k, top_p, *, max_new_tok
     return tokens_NxB.T
 
 
-def sample(params, rng, cfg, *, prompt_BxP, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0):
+def sample(
+    params, rng, cfg, *, prompt_BxP, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0,
+    num_beams=1, repetition_penalty=1.0,
+):  # fmt: skip
     """Continues each prompt: the hidden state is drawn from its filtered posterior, then the
     chain runs forward; temperature/top-k/top-p shape each emission."""
+    if num_beams != 1 or repetition_penalty != 1.0:
+        raise UserError("the HMM samples ancestrally: beams and repetition penalty do not apply")
     return _generate(
         params,
         jnp.asarray(prompt_BxP, jnp.int32),
