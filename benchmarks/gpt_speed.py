@@ -1,0 +1,264 @@
+"""genzoo's GPT against a PyTorch eager reference of the same model, measured in one run.
+
+    .venv/bin/python benchmarks/gpt_speed.py [--train-steps 5] [--new-tokens 256]
+
+Same model (nanoGPT's baby GPT: 6 layers, 6 heads, width 384, context 256, vocab 65),
+same batch (16), float32, on this CPU. Reports the fp32 matmul peak each library reaches,
+training tokens/s and MFU against the best peak, first-step (compile) time, and batch-1
+decode tokens/s with and without a KV cache. Prints a table; writes
+benchmarks/results/gpt_speed.json. Needs torch (`pip install torch==2.13.0`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flax.linen import unbox
+from torch import nn
+
+from genzoo import experiment, metrics
+from genzoo.models import gpt
+from genzoo.trainer import Trainer
+
+L, D, H, N_LAYER, V, B = 256, 384, 6, 6, 65, 16
+
+
+# ---- the PyTorch reference (nanoGPT's architecture, eager) --------------------------------
+
+
+class TorchBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.qkv, self.proj = nn.Linear(D, 3 * D), nn.Linear(D, D)
+        self.fc, self.out = nn.Linear(D, 4 * D), nn.Linear(4 * D, D)
+
+    def forward(self, x, cache=None):
+        Bx, T, _ = x.shape
+        q, k, v = self.qkv(self.ln_1(x)).split(D, dim=2)
+        q, k, v = (t.view(Bx, T, H, D // H).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:  # decode: append this step's keys/values
+            if cache:
+                k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+            cache[:] = [k, v]
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None or T > 1)
+        x = x + self.proj(y.transpose(1, 2).reshape(Bx, T, D))
+        return x + self.out(F.gelu(self.fc(self.ln_2(x))))
+
+
+class TorchGPT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(V, D), nn.Embedding(L, D)
+        self.blocks = nn.ModuleList(TorchBlock() for _ in range(N_LAYER))
+        self.ln_f = nn.LayerNorm(D)
+
+    def forward(self, idx, caches=None, start=0):
+        x = self.wte(idx) + self.wpe(torch.arange(start, start + idx.shape[1]))
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if caches is None else caches[i])
+        return self.ln_f(x) @ self.wte.weight.T  # tied head
+
+
+def torch_train(steps: int) -> dict:
+    torch.manual_seed(0)
+    model = TorchGPT()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randint(0, V, (B, L))
+    y = torch.randint(0, V, (B, L))
+
+    def step():
+        loss = F.cross_entropy(model(x).view(-1, V), y.view(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return {"first_step_s": first, "step_s": (time.perf_counter() - t0) / steps}
+
+
+@torch.no_grad()
+def torch_decode(new_tokens: int, cached: bool) -> float:
+    torch.manual_seed(0)
+    model = TorchGPT().eval()
+    idx = torch.zeros((1, 1), dtype=torch.long)
+    t0 = time.perf_counter()
+    if cached:
+        caches = [[] for _ in range(N_LAYER)]
+        logits = model(idx, caches, 0)
+        for t in range(new_tokens):
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            logits = model(nxt, caches, t + 1)
+    else:
+        for _ in range(new_tokens):
+            nxt = model(idx)[:, -1].argmax(-1, keepdim=True)
+            idx = torch.cat([idx, nxt], 1)
+    return new_tokens / (time.perf_counter() - t0)
+
+
+# ---- genzoo ---------------------------------------------------------------------------------
+
+
+def baby_config():
+    cfg = experiment.load(
+        "gpt_shakespeare_char", None, [f"train.batch_size={B}", "model.dropout=0.0"]
+    )
+    cfg.model.vocab_size = V
+    cfg.optim.decay_steps = cfg.train.steps
+    cfg.eval.batch_size = B
+    return ml_collections.FrozenConfigDict(cfg)
+
+
+def genzoo_train(steps: int) -> dict:
+    trainer = Trainer(baby_config(), devices=jax.devices()[:1])
+    rng = np.random.default_rng(0)
+    batch = {
+        "inputs": rng.integers(0, V, (B, L), dtype=np.int32),
+        "targets": rng.integers(0, V, (B, L), dtype=np.int32),
+        "mask": np.ones((B, L), np.float32),
+    }
+    state = trainer.init_state()
+    t0 = time.perf_counter()
+    state, m = trainer.step(state, batch)
+    jax.block_until_ready(m)
+    first = time.perf_counter() - t0
+    state, m = trainer.step(state, batch)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, m = trainer.step(state, batch)
+    jax.block_until_ready(m)
+    return {"first_step_s": first, "step_s": (time.perf_counter() - t0) / steps}
+
+
+@jax.jit
+def _uncached_decode(params, buffer_1xT, start):
+    """Greedy decode recomputing the whole (causal, fixed-size) buffer for every token."""
+    cfg = baby_config().model
+
+    def body(t, buf):
+        logits = gpt.logits(params, buf, cfg)
+        return buf.at[0, t + 1].set(jnp.argmax(logits[0, t]).astype(jnp.int32))
+
+    return jax.lax.fori_loop(start, buffer_1xT.shape[1] - 1, body, buffer_1xT)
+
+
+def genzoo_decode(new_tokens: int, cached: bool) -> float:
+    cfg = baby_config().model
+    params = jax.jit(lambda r: unbox(gpt.init(r, cfg)))(jax.random.PRNGKey(0))
+    prompt = np.zeros((1, 1), np.int32)
+    if cached:
+        run = lambda: gpt.sample(params, jax.random.PRNGKey(0), cfg, prompt_BxP=prompt,
+                                 max_new_tokens=new_tokens, temperature=0.0)  # fmt: skip
+    else:
+        buffer = jnp.zeros((1, new_tokens + 1), jnp.int32)
+        run = lambda: _uncached_decode(params, buffer, 0)
+    jax.block_until_ready(run())  # compile
+    t0 = time.perf_counter()
+    jax.block_until_ready(run())
+    return new_tokens / (time.perf_counter() - t0)
+
+
+def matmul_peaks(n: int = 2048) -> dict:
+    a = np.ones((n, n), np.float32)
+    ta = torch.from_numpy(a)
+    best = {"xla": metrics.measure_matmul_peak(n)}
+    for name, f in (("torch", lambda: ta @ ta), ("numpy", lambda: a @ a)):
+        f()
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        best[name] = 2 * n**3 / min(times)
+    return best
+
+
+def cpu_info() -> dict:
+    info = {
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        info["model"] = next(
+            x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")
+        )
+        flags = next(x.split(":", 1)[1].split() for x in lines if x.startswith("flags"))
+        info["flags"] = sorted(f for f in flags if f.startswith(("avx", "fma", "amx")))
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--train-steps", type=int, default=5)
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--out", default="benchmarks/results/gpt_speed.json")
+    args = p.parse_args()
+    peaks = matmul_peaks()
+    best_peak = max(peaks.values())
+    flops_per_step = gpt.flops_per_example(baby_config().model, L) * B
+    rows = {}
+    for name, train, decode in (
+        ("genzoo", genzoo_train, genzoo_decode),
+        ("pytorch", torch_train, torch_decode),
+    ):
+        t = train(args.train_steps)
+        rows[name] = {
+            **t,
+            "train_tokens_per_s": B * L / t["step_s"],
+            "mfu_vs_best_peak": flops_per_step / t["step_s"] / best_peak,
+            "decode_cached_tokens_per_s": decode(args.new_tokens, True),
+            "decode_uncached_tokens_per_s": decode(args.new_tokens, False),
+        }
+    g, t = rows["genzoo"], rows["pytorch"]
+    ratios = {
+        "train_speedup_vs_pytorch": g["train_tokens_per_s"] / t["train_tokens_per_s"],
+        "cached_decode_speedup_vs_pytorch": g["decode_cached_tokens_per_s"]
+        / t["decode_cached_tokens_per_s"],
+        "genzoo_cache_speedup": g["decode_cached_tokens_per_s"] / g["decode_uncached_tokens_per_s"],
+        "pytorch_cache_speedup": t["decode_cached_tokens_per_s"]
+        / t["decode_uncached_tokens_per_s"],
+    }
+    print(
+        "fp32 matmul peak (GFLOP/s): " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items())
+    )
+    print(
+        f"{'':8} {'train tok/s':>11} {'MFU':>6} {'1st step s':>10} {'decode+cache':>12} {'decode no cache':>15}"
+    )
+    for name, r in rows.items():
+        print(
+            f"{name:8} {r['train_tokens_per_s']:>11.0f} {r['mfu_vs_best_peak']:>6.1%} {r['first_step_s']:>10.2f} "
+            f"{r['decode_cached_tokens_per_s']:>12.0f} {r['decode_uncached_tokens_per_s']:>15.0f}"
+        )
+    for k, v in ratios.items():
+        print(f"{k}: {v:.2f}x")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"cpu": cpu_info(), "matmul_peaks": peaks, "rows": rows, "ratios": ratios,
+                               "batch": B, "seq_len": L, "new_tokens": args.new_tokens}, indent=2))  # fmt: skip
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
