@@ -243,20 +243,19 @@ def main() -> None:
     print(
         "fp32 matmul peak (GFLOP/s): " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items())
     )
-    print(
-        f"{'':8} {'train tok/s':>11} {'MFU':>6} {'1st step s':>10} {'decode+cache':>12} {'decode no cache':>15}"
-    )
+    header = ("", "train tok/s", "MFU", "1st step s", "decode+cache", "decode no cache")
+    print("{:8} {:>11} {:>6} {:>10} {:>12} {:>15}".format(*header))
     for name, r in rows.items():
-        print(
-            f"{name:8} {r['train_tokens_per_s']:>11.0f} {r['mfu_vs_best_peak']:>6.1%} {r['first_step_s']:>10.2f} "
-            f"{r['decode_cached_tokens_per_s']:>12.0f} {r['decode_uncached_tokens_per_s']:>15.0f}"
-        )
+        cells = (name, r["train_tokens_per_s"], r["mfu_vs_best_peak"], r["first_step_s"])
+        cells += (r["decode_cached_tokens_per_s"], r["decode_uncached_tokens_per_s"])
+        print("{:8} {:>11.0f} {:>6.1%} {:>10.2f} {:>12.0f} {:>15.0f}".format(*cells))
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"cpu": cpu_info(), "matmul_peaks": peaks, "rows": rows, "ratios": ratios,
-                               "batch": B, "seq_len": L, "new_tokens": args.new_tokens}, indent=2))  # fmt: skip
+    report = {"cpu": cpu_info(), "matmul_peaks": peaks, "rows": rows, "ratios": ratios}
+    report.update(batch=B, seq_len=L, new_tokens=args.new_tokens)
+    out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
 
 
