@@ -232,6 +232,14 @@ class Trainer:
         flops = getattr(self.family, "flops_per_example", None)
         flops_per_example = flops(self.model_cfg, seq_len) if flops else None
         peak = metrics_lib.peak_flops(cfg.train.peak_flops) if flops_per_example else None
+        if latest is None and init_params is not None and cfg.eval.every_steps > 0:
+            # A fine-tune's starting point on its new data: the "before" of before/after.
+            figures = self.evaluate(state.params, data)
+            writer.write(0, {f"val/{k}": v for k, v in figures.items()})
+            name, value = next(iter(figures.items()))
+            log.warning(
+                "step 0 (from %s): %s %s %.4f", cfg.train.init_from, cfg.eval.split, name, value
+            )
         bar = tqdm(
             total=cfg.train.steps,
             initial=step,

@@ -102,6 +102,12 @@ def test_init_from_starts_where_the_source_run_ended(trained, tmp_path, capsys):
     assert json.loads((new / "config.json").read_text())["train"]["init_from"] == str(trained)
     _, out, _ = run(capsys, "eval", "--workdir", str(new), "--json")
     assert abs(json.loads(out)["loss"] - source_loss) < 0.05  # one small step from the source
+    # The fine-tune logs its starting point (step 0) on the same eval batches the source run
+    # used at its last step, so the two figures are the same number.
+    read = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    source_last = [r["val/loss"] for r in read(trained) if r["step"] == 20 and "val/loss" in r]
+    first = read(new)[0]
+    assert first["step"] == 0 and first["val/loss"] == pytest.approx(source_last[0], abs=1e-6)
 
 
 @pytest.mark.parametrize(
