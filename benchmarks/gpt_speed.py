@@ -13,23 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import char_gpt_config, cpu_info, time_train_steps
 from flax.linen import unbox
 from torch import nn
 
-from genzoo import experiment, metrics
+from genzoo import metrics
 from genzoo.models import gpt
-from genzoo.trainer import Trainer
 
 L, D, H, N_LAYER, V, B = 256, 384, 6, 6, 65, 16
 
@@ -117,35 +114,11 @@ def torch_decode(new_tokens: int, cached: bool) -> float:
 
 
 def baby_config():
-    cfg = experiment.load(
-        "gpt_shakespeare_char", None, [f"train.batch_size={B}", "model.dropout=0.0"]
-    )
-    cfg.model.vocab_size = V
-    cfg.optim.decay_steps = cfg.train.steps
-    cfg.eval.batch_size = B
-    return ml_collections.FrozenConfigDict(cfg)
+    return char_gpt_config(None, [f"train.batch_size={B}", "model.dropout=0.0"])
 
 
 def genzoo_train(steps: int) -> dict:
-    trainer = Trainer(baby_config(), devices=jax.devices()[:1])
-    rng = np.random.default_rng(0)
-    batch = {
-        "inputs": rng.integers(0, V, (B, L), dtype=np.int32),
-        "targets": rng.integers(0, V, (B, L), dtype=np.int32),
-        "mask": np.ones((B, L), np.float32),
-    }
-    state = trainer.init_state()
-    t0 = time.perf_counter()
-    state, m = trainer.step(state, batch)
-    jax.block_until_ready(m)
-    first = time.perf_counter() - t0
-    state, m = trainer.step(state, batch)
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, m = trainer.step(state, batch)
-    jax.block_until_ready(m)
-    return {"first_step_s": first, "step_s": (time.perf_counter() - t0) / steps}
+    return time_train_steps(baby_config(), steps)
 
 
 @jax.jit
@@ -189,24 +162,6 @@ def matmul_peaks(n: int = 2048) -> dict:
             times.append(time.perf_counter() - t0)
         best[name] = 2 * n**3 / min(times)
     return best
-
-
-def cpu_info() -> dict:
-    info = {
-        "machine": platform.machine(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        info["model"] = next(
-            x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")
-        )
-        flags = next(x.split(":", 1)[1].split() for x in lines if x.startswith("flags"))
-        info["flags"] = sorted(f for f in flags if f.startswith(("avx", "fma", "amx")))
-    except (OSError, StopIteration):
-        pass
-    return info
 
 
 def main() -> None:
@@ -253,7 +208,12 @@ def main() -> None:
         print(f"{k}: {v:.2f}x")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"cpu": cpu_info(), "matmul_peaks": peaks, "rows": rows, "ratios": ratios}
+    report = {
+        "cpu": {**cpu_info(), "torch_threads": torch.get_num_threads()},
+        "matmul_peaks": peaks,
+        "rows": rows,
+        "ratios": ratios,
+    }
     report.update(batch=B, seq_len=L, new_tokens=args.new_tokens)
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import time
 from pathlib import Path
 
 import jax
-import ml_collections
-import numpy as np
+from common import char_gpt_config, cpu_info, time_train_steps
 
-from genzoo import experiment, metrics
+from genzoo import metrics
 from genzoo.models import gpt
-from genzoo.trainer import Trainer
 
 SIZES = {  # name: (experiment variant, overrides)
     "smoke": ("smoke", ()),
@@ -32,51 +28,17 @@ SIZES = {  # name: (experiment variant, overrides)
 
 def measure(name: str, steps: int) -> dict:
     variant, overrides = SIZES[name]
-    cfg = experiment.load("gpt_shakespeare_char", variant, overrides)
-    cfg.model.vocab_size = 65
-    cfg.optim.decay_steps = cfg.train.steps
-    cfg.eval.batch_size = cfg.train.batch_size
-    trainer = Trainer(ml_collections.FrozenConfigDict(cfg), devices=jax.devices()[:1])
+    cfg = char_gpt_config(variant, overrides)
     B, L = cfg.train.batch_size, cfg.data.seq_len
-    rng = np.random.default_rng(0)
-    batch = {
-        "inputs": rng.integers(0, 65, (B, L), dtype=np.int32),
-        "targets": rng.integers(0, 65, (B, L), dtype=np.int32),
-        "mask": np.ones((B, L), np.float32),
-    }
-    state = trainer.init_state()
-    t0 = time.perf_counter()
-    state, m = trainer.step(state, batch)
-    jax.block_until_ready(m)
-    compile_s = time.perf_counter() - t0
-    for _ in range(3):  # warm-up
-        state, m = trainer.step(state, batch)
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, m = trainer.step(state, batch)
-    jax.block_until_ready(m)
-    step_s = (time.perf_counter() - t0) / steps
-    flops = gpt.flops_per_example(cfg.model, L) * B / step_s
+    timing = time_train_steps(cfg, steps, warmup=3)
     return {
         "size": name,
         "batch": B,
         "seq_len": L,
-        "first_step_s": compile_s,
-        "step_s": step_s,
-        "tokens_per_s": B * L / step_s,
-        "model_flops_per_s": flops,
+        **timing,
+        "tokens_per_s": B * L / timing["step_s"],
+        "model_flops_per_s": gpt.flops_per_example(cfg.model, L) * B / timing["step_s"],
     }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> None:
@@ -103,7 +65,7 @@ def main() -> None:
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"cpu": _cpu_model(), "arch": platform.machine(), "devices": len(jax.devices())}
+    machine = {**cpu_info(), "devices": len(jax.devices())}
     out.write_text(
         json.dumps({"machine": machine, "matmul_peak_flops": peak, "rows": rows}, indent=2)
     )

@@ -1,0 +1,70 @@
+"""What the benchmarks share: the character GPT's config and timing of its train step."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from genzoo import experiment
+from genzoo.trainer import Trainer
+
+VOCAB = 65  # tiny Shakespeare's characters
+
+
+def char_gpt_config(variant: str | None, overrides=()) -> ml_collections.FrozenConfigDict:
+    """`gpt_shakespeare_char` resolved without loading data (the benchmarks use random tokens)."""
+    cfg = experiment.load("gpt_shakespeare_char", variant, overrides)
+    cfg.model.vocab_size = VOCAB
+    cfg.optim.decay_steps = cfg.train.steps
+    cfg.eval.batch_size = cfg.train.batch_size
+    return ml_collections.FrozenConfigDict(cfg)
+
+
+def time_train_steps(cfg, steps: int, warmup: int = 2) -> dict:
+    """Seconds of the first (compiling) step and the mean of `steps` later ones, one device."""
+    trainer = Trainer(cfg, devices=jax.devices()[:1])
+    B, L = cfg.train.batch_size, cfg.data.seq_len
+    rng = np.random.default_rng(0)
+    batch = {
+        "inputs": rng.integers(0, VOCAB, (B, L), dtype=np.int32),
+        "targets": rng.integers(0, VOCAB, (B, L), dtype=np.int32),
+        "mask": np.ones((B, L), np.float32),
+    }
+    state = trainer.init_state()
+    t0 = time.perf_counter()
+    state, m = trainer.step(state, batch)
+    jax.block_until_ready(m)
+    first = time.perf_counter() - t0
+    for _ in range(warmup):
+        state, m = trainer.step(state, batch)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, m = trainer.step(state, batch)
+    jax.block_until_ready(m)
+    return {"first_step_s": first, "step_s": (time.perf_counter() - t0) / steps}
+
+
+def cpu_info() -> dict:
+    """The CPU model, core count and vector-instruction flags (they decide who wins)."""
+    info = {
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        info["model"] = next(
+            x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")
+        )
+        flags = next(x.split(":", 1)[1].split() for x in lines if x.startswith("flags"))
+        info["flags"] = sorted(f for f in flags if f.startswith(("avx", "fma", "amx")))
+    except (OSError, StopIteration):
+        pass
+    return info
