@@ -56,7 +56,6 @@ def cpu_info() -> dict:
     info = {
         "machine": platform.machine(),
         "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
     }
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
