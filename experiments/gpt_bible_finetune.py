@@ -7,8 +7,9 @@
 
 Needs $GENZOO_DATA_DIR/bible-es-en/ (see ../shared/data). Bible characters missing from
 Shakespeare's vocabulary are mapped to close ones (curly quotes to ', dashes to -).
-Expect (cpu variant, measured): Bible validation loss BEFORE_LOSS before fine-tuning,
-AFTER_ALL after 500 steps of all layers, AFTER_LAST with only the last block trained.
+Expect (cpu variant from `make demo`'s run, measured): Bible validation loss 1.986 before
+fine-tuning; 1.389 after 500 steps of all layers; 1.556 training only the last block and
+final norm (~1.5 min each on 2 CPU cores).
 """
 
 from genzoo import experiment
