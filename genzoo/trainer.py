@@ -127,6 +127,18 @@ def _check_same_structure(params, abstract_params) -> None:
             )
 
 
+def _throughput(step_seconds, batch_size, seq_len, flops_per_example, peak) -> dict:
+    """perf/* metrics for a mean step time; tokens and MFU where the data and model tell."""
+    examples_per_s = batch_size / step_seconds
+    row = {"perf/step_seconds": step_seconds, "perf/examples_per_second": examples_per_s}
+    if seq_len:
+        row["perf/tokens_per_second"] = examples_per_s * seq_len
+    if flops_per_example:
+        row["perf/flops_per_second"] = examples_per_s * flops_per_example
+        row["perf/mfu"] = row["perf/flops_per_second"] / peak
+    return row
+
+
 class Trainer:
     """Compiled init/train/eval functions for one resolved config on one mesh."""
 
@@ -209,6 +221,13 @@ class Trainer:
                     totals[k] = totals.get(k, 0.0) + np.float64(v)  # host float64: no drift
         return self.family.eval_summary(totals, data.meta(split))
 
+    def _evaluate_into(self, writer, params, data, step: int) -> str:
+        """Evaluates, writes `val/*` metrics at `step`, and returns a line for the user."""
+        figures = self.evaluate(params, data)
+        writer.write(step, {f"val/{k}": v for k, v in figures.items()})
+        name, value = next(iter(figures.items()))  # the family's headline figure
+        return f"step {step}: {self.cfg.eval.split} {name} {value:.4f}"
+
     def fit(self, workdir: Path, data, init_params=None) -> TrainState:
         """Trains to `train.steps`, resuming from the latest checkpoint in `workdir`.
 
@@ -229,17 +248,9 @@ class Trainer:
         step = int(state.step)
         writer = metrics_lib.MetricsWriter(Path(workdir), cfg.log.tensorboard)
         seq_len = getattr(data, "seq_len", None)
-        flops = getattr(self.family, "flops_per_example", None)
-        flops_per_example = flops(self.model_cfg, seq_len) if flops else None
-        peak = metrics_lib.peak_flops(cfg.train.peak_flops) if flops_per_example else None
-        if latest is None and init_params is not None and cfg.eval.every_steps > 0:
-            # A fine-tune's starting point on its new data: the "before" of before/after.
-            figures = self.evaluate(state.params, data)
-            writer.write(0, {f"val/{k}": v for k, v in figures.items()})
-            name, value = next(iter(figures.items()))
-            log.warning(
-                "step 0 (from %s): %s %s %.4f", cfg.train.init_from, cfg.eval.split, name, value
-            )
+        flops_fn = getattr(self.family, "flops_per_example", None)
+        flops = flops_fn(self.model_cfg, seq_len) if flops_fn else None
+        peak = metrics_lib.peak_flops(cfg.train.peak_flops) if flops else None
         bar = tqdm(
             total=cfg.train.steps,
             initial=step,
@@ -247,6 +258,9 @@ class Trainer:
             unit="step",
             dynamic_ncols=True,
         )
+        if latest is None and init_params is not None and cfg.eval.every_steps > 0:
+            # A fine-tune's starting point on its new data: the "before" of before/after.
+            bar.write(self._evaluate_into(writer, state.params, data, 0))
         window_start, window_steps = time.perf_counter(), 0
         try:
             while step < cfg.train.steps:
@@ -262,27 +276,17 @@ class Trainer:
                 bar.update(1)
                 if step % cfg.log.every_steps == 0 or step == cfg.train.steps:
                     scalars = metrics_lib.host_scalars(step_metrics)
-                    elapsed = time.perf_counter() - window_start
                     row = {f"train/{k}": v for k, v in scalars.items()}
                     if window_steps:
-                        examples_per_s = window_steps * cfg.train.batch_size / elapsed
-                        row["perf/step_seconds"] = elapsed / window_steps
-                        row["perf/examples_per_second"] = examples_per_s
-                        if seq_len:
-                            row["perf/tokens_per_second"] = examples_per_s * seq_len
-                        if flops_per_example:
-                            row["perf/flops_per_second"] = examples_per_s * flops_per_example
-                            row["perf/mfu"] = row["perf/flops_per_second"] / peak
+                        seconds = (time.perf_counter() - window_start) / window_steps
+                        row.update(_throughput(seconds, cfg.train.batch_size, seq_len, flops, peak))
                     writer.write(step, row)
                     bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
                     window_start, window_steps = time.perf_counter(), 0
                 if cfg.eval.every_steps > 0 and (
                     step % cfg.eval.every_steps == 0 or step == cfg.train.steps
                 ):
-                    figures = self.evaluate(state.params, data)
-                    writer.write(step, {f"val/{k}": v for k, v in figures.items()})
-                    name, value = next(iter(figures.items()))  # the family's headline figure
-                    bar.write(f"step {step}: {cfg.eval.split} {name} {value:.4f}")
+                    bar.write(self._evaluate_into(writer, state.params, data, step))
                     window_start, window_steps = time.perf_counter(), 0
                 if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.steps:
                     ckpt.save(step, state, train_iter.get_state())
