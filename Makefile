@@ -28,6 +28,12 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -m slow
 
+# Speed against PyTorch and XLA's matmul peak, then bits/char of whatever LM runs exist.
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/gpt_speed.py
+	$(VENV)/bin/python benchmarks/gpt_train_throughput.py
+	$(VENV)/bin/python benchmarks/bits_per_char.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
