@@ -5,7 +5,8 @@
     genzoo sample --workdir runs/dcgan_fashion_mnist --num 64 --seed 0
 
 Expect: an FID-style distance on the in-tree classifier's features (not Inception FID,
-so not comparable with published numbers); measured figures in the README's table.
+so not comparable with published numbers). Measured after 5000 steps: fid 121.2,
+classifier_score 4.52 (real test images: 8.68; the VAE: 81.8 and 5.70).
 """
 
 from genzoo.experiment import base_config
