@@ -94,3 +94,25 @@ def test_imported_workdir_evaluates_and_samples(hf_dir, tmp_path, capsys):
     assert out.startswith("the king") and len(out) > len("the king")
     # Importing over an existing run is refused.
     assert cli.main(["import", "gpt2", str(hf_dir[0]), "--workdir", str(wd)]) == 2
+
+
+def test_init_from_an_imported_workdir(hf_dir, imported, tmp_path, capsys):
+    src = tmp_path / "gpt2"
+    assert cli.main(["import", "gpt2", str(hf_dir[0]), "--workdir", str(src)]) == 0
+    fields, _ = imported
+    experiment_file = tmp_path / "gpt2_tiny_finetune.py"
+    experiment_file.write_text(
+        "from genzoo.imports import gpt2_config\n"
+        f"def get_config(variant=None):\n"
+        f"    c = gpt2_config({fields!r}, {str(src)!r})\n"
+        "    c.train.update(steps=2, batch_size=8)\n"
+        "    c.data.seq_len = 32\n"
+        "    c.eval.update(every_steps=2, batch_size=8, max_batches=1)\n"
+        "    return c\n"
+    )
+    new = tmp_path / "tuned"
+    argv = ["train", str(experiment_file), "--workdir", str(new), "--init-from", str(src)]
+    assert cli.main([*argv, "--set", "log.progress=false"]) == 0
+    assert (new / "vocab.json").read_bytes() == (src / "vocab.json").read_bytes()
+    rows = [json.loads(x) for x in (new / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and np.isfinite(rows[0]["val/loss"])  # started from GPT-2
