@@ -1,6 +1,6 @@
 """genzoo's GPT against a PyTorch eager reference of the same model, measured in one run.
 
-    .venv/bin/python benchmarks/gpt_speed.py [--train-steps 5] [--new-tokens 256]
+    .venv/bin/python benchmarks/gpt_speed.py [--train-steps 5] [--new-tokens 255]
 
 Same model (nanoGPT's baby GPT: 6 layers, 6 heads, width 384, context 256, vocab 65),
 same batch (16), float32, on this CPU. Reports the fp32 matmul peak each library reaches,
@@ -167,7 +167,7 @@ def matmul_peaks(n: int = 2048) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--train-steps", type=int, default=5)
-    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--new-tokens", type=int, default=L - 1, help="after a 1-token prompt")
     p.add_argument("--out", default="benchmarks/results/gpt_speed.json")
     args = p.parse_args()
     peaks = matmul_peaks()

@@ -50,13 +50,21 @@ class CausalSelfAttention(nn.Module):
         w_Dx3xHxK = self.param(
             "qkv_kernel", partitioned(normal(0.02), ("embed", None, "heads", "kv")), (D, 3, H, K)
         )
-        qkv_BxLx3xHxK = jnp.einsum("bld,dthk->blthk", x_BxLxD, w_Dx3xHxK.astype(self.dtype))
+        # Plain 2-D matmuls per projection: XLA:CPU's backward of a dot over [B, L, D] or a
+        # 4-D kernel is ~2x slower than over [B*L, D]; heads stay the major part of H*K so a
+        # `tensor`-sharded heads axis survives the reshape.
+        x_NxD = x_BxLxD.reshape(B * L, D)
+        w_Dx3xHxK = w_Dx3xHxK.astype(self.dtype)
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
+            (x_NxD @ w_Dx3xHxK[:, i].reshape(D, H * K)).reshape(B, L, H, K) for i in range(3)
+        )
         if self.use_bias:
             b_3xHxK = self.param(
                 "qkv_bias", partitioned(nn.initializers.zeros, (None, "heads", "kv")), (3, H, K)
+            ).astype(self.dtype)
+            q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
+                t + b_3xHxK[i] for i, t in enumerate((q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
             )
-            qkv_BxLx3xHxK = qkv_BxLx3xHxK + b_3xHxK.astype(self.dtype)
-        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
         q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK, ("batch", "length", "act_heads", "kv"))
 
         if kv_cache is None:
@@ -103,7 +111,8 @@ class CausalSelfAttention(nn.Module):
         w_HxKxD = self.param(
             "out_kernel", partitioned(normal(self.out_std), ("heads", "kv", "embed")), (H, K, D)
         )
-        y_BxLxD = jnp.einsum("blhk,hkd->bld", out_BxLxHxK, w_HxKxD.astype(self.dtype))
+        out_NxHK = out_BxLxHxK.reshape(B * L, H * K)
+        y_BxLxD = (out_NxHK @ w_HxKxD.astype(self.dtype).reshape(H * K, D)).reshape(B, L, D)
         if self.use_bias:
             b_D = self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (D,))
             y_BxLxD = y_BxLxD + b_D.astype(self.dtype)
