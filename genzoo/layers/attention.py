@@ -53,11 +53,16 @@ class CausalSelfAttention(nn.Module):
         # Plain 2-D matmuls per projection: XLA:CPU's backward of a dot over [B, L, D] or a
         # 4-D kernel is ~2x slower than over [B*L, D]; heads stay the major part of H*K so a
         # `tensor`-sharded heads axis survives the reshape.
-        x_NxD = x_BxLxD.reshape(B * L, D)
+        # One-token decode steps are bound by per-op overhead instead: one fused projection.
         w_Dx3xHxK = w_Dx3xHxK.astype(self.dtype)
-        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
-            (x_NxD @ w_Dx3xHxK[:, i].reshape(D, H * K)).reshape(B, L, H, K) for i in range(3)
-        )
+        if L == 1:
+            qkv_Bx1x3xHxK = jnp.einsum("bld,dthk->blthk", x_BxLxD, w_Dx3xHxK)
+            q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_Bx1x3xHxK[:, :, i] for i in range(3))
+        else:
+            x_NxD = x_BxLxD.reshape(B * L, D)
+            q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
+                (x_NxD @ w_Dx3xHxK[:, i].reshape(D, H * K)).reshape(B, L, H, K) for i in range(3)
+            )
         if self.use_bias:
             b_3xHxK = self.param(
                 "qkv_bias", partitioned(nn.initializers.zeros, (None, "heads", "kv")), (3, H, K)
