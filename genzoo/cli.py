@@ -42,7 +42,10 @@ def _cmd_train(args) -> None:
 
     trainer = Trainer(frozen)  # compiles nothing yet, but validates mesh and batch sizes
     init_params = None
-    if frozen.train.init_from and not (run_dir / "checkpoints").is_dir():
+    # Orbax names step folders by number; an empty checkpoints/ (a run that died before its
+    # first save) must still start from init_from.
+    has_step = any(p.name.isdigit() for p in (run_dir / "checkpoints").glob("*"))
+    if frozen.train.init_from and not has_step:
         init_params = workdir.open_run(Path(frozen.train.init_from)).state.params
         trainer.check_params(init_params)  # before the workdir exists
     workdir.save_config(frozen, run_dir, data)
