@@ -96,11 +96,8 @@ def save_image_grid(images_NxHxWxC: np.ndarray, path: Path, columns: int = 0) ->
         )
     pixels = (np.clip(grid, 0, 1) * 255).round().astype(np.uint8)
     pil = Image.fromarray(pixels[..., 0] if c == 1 else pixels)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    pil.save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
+    sources.write_atomic(Path(path), lambda f: pil.save(f, format="PNG"))
+    return Path(path)
 
 
 def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:

@@ -7,8 +7,6 @@ touched; `open_run` loads a trained run for `eval` and `sample`.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 
 import ml_collections
@@ -16,6 +14,7 @@ import ml_collections
 from genzoo import data as data_lib
 from genzoo import experiment
 from genzoo.checkpoint import Checkpointer
+from genzoo.data import sources
 from genzoo.errors import UserError
 
 CONFIG = "config.json"
@@ -43,10 +42,8 @@ def resolve(cfg: ml_collections.ConfigDict, data) -> ml_collections.FrozenConfig
 
 
 def write_atomic(path: Path, content: str | bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as f:
-        f.write(content)
-    os.replace(tmp, path)
+    payload = content.encode("utf-8") if isinstance(content, str) else content
+    sources.write_atomic(path, lambda f: f.write(payload))
 
 
 def load_config(workdir: Path) -> ml_collections.ConfigDict:

@@ -35,7 +35,10 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_copy(write, dest: Path) -> None:
+def write_atomic(dest: Path, write) -> None:
+    """Creates `dest` via `write(binary_file)` in a temp file renamed into place: a failure
+    (or a crash) never leaves a half-written `dest` behind."""
+    dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".partial-")
     try:
@@ -50,7 +53,7 @@ def _atomic_copy(write, dest: Path) -> None:
 def _download(url: str, dest: Path, sha256: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=20) as response:
-            _atomic_copy(lambda out: shutil.copyfileobj(response, out), dest)
+            write_atomic(dest, lambda out: shutil.copyfileobj(response, out))
     except OSError as e:
         log.info("download of %s failed (%s); falling back to local copies", url, e)
         return False
@@ -95,7 +98,7 @@ def resolve(
         return cached
     if packaged and (ASSETS / packaged).is_file():
         with lzma.open(ASSETS / packaged, "rb") as src:
-            _atomic_copy(lambda out: shutil.copyfileobj(src, out), cached)
+            write_atomic(cached, lambda out: shutil.copyfileobj(src, out))
         return cached
     for folder in system_dirs:
         if (Path(folder) / filename).is_file():
