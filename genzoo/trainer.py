@@ -191,14 +191,20 @@ class Trainer:
 
     def init_state(self, init_params=None) -> TrainState:
         """A fresh state; `init_params` (from another run) replace the random parameters."""
+        key = jax.random.PRNGKey(self.cfg.train.seed)
         with sharding.activate(self.mesh, self.rules):
-            state = self._init(jax.random.PRNGKey(self.cfg.train.seed))
             if init_params is None:
-                return state
+                return self._init(key)
+            # No random init to throw away (it would briefly double memory for a large model).
             self.check_params(init_params)
             params = jax.device_put(init_params, self.state_shardings.params)
             opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)
-            return state.replace(params=params, opt_state=opt_state)
+            _, state_rng = jax.random.split(key)  # as _init_state derives it
+            step, state_rng = jax.device_put(
+                (jnp.array(0, jnp.int32), state_rng),
+                (self.state_shardings.step, self.state_shardings.rng),
+            )
+            return TrainState(step, params, opt_state, state_rng)
 
     def restore(self, checkpointer: Checkpointer, step: int):
         return checkpointer.restore(step, self.abstract_state, self.state_shardings)
