@@ -1,15 +1,19 @@
-"""Layers shared by every model family: attention, MLP, norms, embeddings."""
+"""Layers shared by every model family: attention, Transformer blocks, MLP, norms, embeddings."""
 
-from genzoo.layers.attention import CausalSelfAttention
-from genzoo.layers.basic import MLP, Embed, LayerNorm, partitioned
+from genzoo.layers.attention import Attention, cross_kv
+from genzoo.layers.basic import MLP, Embed, LayerNorm, partitioned, sinusoidal_positions
 from genzoo.layers.conv import ConvDecoder, ConvEncoder
+from genzoo.layers.transformer import TransformerBlock
 
 __all__ = [
     "MLP",
-    "CausalSelfAttention",
+    "Attention",
     "ConvDecoder",
     "ConvEncoder",
     "Embed",
     "LayerNorm",
+    "TransformerBlock",
+    "cross_kv",
     "partitioned",
+    "sinusoidal_positions",
 ]

@@ -1,4 +1,16 @@
-"""Causal multi-head self-attention with an optional key/value cache for decoding."""
+"""Multi-head attention for every Transformer family: causal, bidirectional and cross.
+
+One module, three modes:
+- `causal`: position t sees positions <= t (GPT, a translation decoder). With a cache
+  (`kv_cache = {"k": BxTxHxK, "v": BxTxHxK}`, `cache_index` = slots already filled) the
+  new keys/values are written at `cache_index` and queries attend over all T slots masked
+  by position, so prefill and one-token steps share one code path.
+- `bidirectional`: every position sees every valid position (an encoder, BERT).
+- `cross`: queries from `x`, keys/values from `memory` (the encoder's output). While
+  decoding, `kv_cache` holds the source's keys/values, computed once per source with
+  `cross_kv` from the layer's parameters, and `memory` is not needed.
+`key_valid_BxT` (True = may be attended to) masks padding in every mode.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +19,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from genzoo.layers.basic import Dtype, partitioned
+
+MODES = ("causal", "bidirectional", "cross")
 
 
 def _attend(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, allowed_BxLxT, dropout):
@@ -25,99 +39,146 @@ def _attend(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, allowed_BxLxT, dropout):
     return out_BxHxLxK.astype(v_BxHxTxK.dtype)
 
 
-class CausalSelfAttention(nn.Module):
-    """Attention where position t sees positions <= t.
+def _project(x_BxLxD, w_DxNxHxK, dtype):
+    """N projections of x, each [B, L, H, K], as plain 2-D matmuls.
 
-    Without a cache the L inputs attend among themselves. With a cache
-    (`kv_cache = {"k": BxTxHxK, "v": BxTxHxK}` and `cache_index` = slots already
-    filled) the new keys/values are written at `cache_index` and queries attend over
-    all T slots masked by position, so prefill and one-token steps share one code path.
-    `pad_B` left-padding slots per row are never attended to (ragged prompt batches).
+    XLA:CPU's backward of a dot over [B, L, D] or a 4-D kernel is ~2x slower than over
+    [B*L, D]; heads stay the major part of H*K so a `tensor`-sharded heads axis survives
+    the reshape. One-token decode steps are bound by per-op overhead instead: one einsum.
     """
+    B, L, D = x_BxLxD.shape
+    _, N, H, K = w_DxNxHxK.shape
+    w_DxNxHxK = w_DxNxHxK.astype(dtype)
+    if L == 1:
+        out_Bx1xNxHxK = jnp.einsum("bld,dnhk->blnhk", x_BxLxD, w_DxNxHxK)
+        return [out_Bx1xNxHxK[:, :, i] for i in range(N)]
+    x_MxD = x_BxLxD.reshape(B * L, D)
+    return [(x_MxD @ w_DxNxHxK[:, i].reshape(D, H * K)).reshape(B, L, H, K) for i in range(N)]
+
+
+def cross_kv(attn_params, memory_BxSxD, dtype=jnp.float32) -> dict:
+    """Keys and values of a `cross` Attention's parameters over a source, once per source."""
+    k_BxSxHxK, v_BxSxHxK = _project(memory_BxSxD.astype(dtype), attn_params["kv_kernel"], dtype)
+    if "kv_bias" in attn_params:
+        b_2xHxK = attn_params["kv_bias"].astype(dtype)
+        k_BxSxHxK, v_BxSxHxK = k_BxSxHxK + b_2xHxK[0], v_BxSxHxK + b_2xHxK[1]
+    return {"k": k_BxSxHxK, "v": v_BxSxHxK}
+
+
+class Attention(nn.Module):
+    """Multi-head attention; see the module docstring for the modes and the cache."""
 
     num_heads: int
     head_dim: int
+    mode: str = "causal"
     dropout_rate: float = 0.0
     use_bias: bool = True
     out_std: float = 0.02
     dtype: Dtype = jnp.float32
 
+    def _kernel(self, name, n, D):
+        shape, axes = (D, n, self.num_heads, self.head_dim), ("embed", None, "heads", "kv")
+        w = self.param(name, partitioned(nn.initializers.normal(0.02), axes), shape)
+        return w
+
+    def _bias(self, name, n):
+        axes = (None, "heads", "kv")
+        b = self.param(name, partitioned(nn.initializers.zeros, axes), (n, self.num_heads, self.head_dim))
+        return b.astype(self.dtype)
+
     @nn.compact
-    def __call__(self, x_BxLxD, *, kv_cache=None, cache_index=None, pad_B=None, deterministic=True):
+    def __call__(
+        self,
+        x_BxLxD,
+        *,
+        memory_BxSxD=None,
+        key_valid_BxT=None,
+        kv_cache=None,
+        cache_index=None,
+        deterministic=True,
+    ):
+        """Output [B, L, D] and the updated cache (None without one)."""
+        if self.mode not in MODES:
+            raise ValueError(f"attention mode {self.mode!r} not in {MODES}")
         B, L, D = x_BxLxD.shape
         H, K = self.num_heads, self.head_dim
-        normal = nn.initializers.normal
-        w_Dx3xHxK = self.param(
-            "qkv_kernel", partitioned(normal(0.02), ("embed", None, "heads", "kv")), (D, 3, H, K)
-        )
-        # Plain 2-D matmuls per projection: XLA:CPU's backward of a dot over [B, L, D] or a
-        # 4-D kernel is ~2x slower than over [B*L, D]; heads stay the major part of H*K so a
-        # `tensor`-sharded heads axis survives the reshape.
-        # One-token decode steps are bound by per-op overhead instead: one fused projection.
-        w_Dx3xHxK = w_Dx3xHxK.astype(self.dtype)
-        if L == 1:
-            qkv_Bx1x3xHxK = jnp.einsum("bld,dthk->blthk", x_BxLxD, w_Dx3xHxK)
-            q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_Bx1x3xHxK[:, :, i] for i in range(3))
+        new_cache = None
+        if self.mode == "cross":
+            (q_BxLxHxK,) = _project(x_BxLxD, self._kernel("q_kernel", 1, D), self.dtype)
+            if self.use_bias:
+                q_BxLxHxK = q_BxLxHxK + self._bias("q_bias", 1)[0]
+            if kv_cache is None:
+                kv = cross_kv(
+                    {"kv_kernel": self._kernel("kv_kernel", 2, D)}
+                    | ({"kv_bias": self._bias("kv_bias", 2)} if self.use_bias else {}),
+                    memory_BxSxD,
+                    self.dtype,
+                )
+            else:  # precomputed by `cross_kv`; the parameters still exist for `init`
+                self._kernel("kv_kernel", 2, D)
+                if self.use_bias:
+                    self._bias("kv_bias", 2)
+                kv, new_cache = kv_cache, kv_cache
+            k_BxTxHxK, v_BxTxHxK = kv["k"], kv["v"]
         else:
-            x_NxD = x_BxLxD.reshape(B * L, D)
-            q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
-                (x_NxD @ w_Dx3xHxK[:, i].reshape(D, H * K)).reshape(B, L, H, K) for i in range(3)
+            q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = _project(
+                x_BxLxD, self._kernel("qkv_kernel", 3, D), self.dtype
             )
-        if self.use_bias:
-            b_3xHxK = self.param(
-                "qkv_bias", partitioned(nn.initializers.zeros, (None, "heads", "kv")), (3, H, K)
-            ).astype(self.dtype)
-            q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
-                t + b_3xHxK[i] for i, t in enumerate((q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
-            )
+            if self.use_bias:
+                b_3xHxK = self._bias("qkv_bias", 3)
+                q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
+                    t + b_3xHxK[i] for i, t in enumerate((q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
+                )
+            if kv_cache is None:
+                k_BxTxHxK, v_BxTxHxK = k_BxLxHxK, v_BxLxHxK
+            else:
+                at = (0, cache_index, 0, 0)
+                put = lambda old, new: lax.dynamic_update_slice(old, new.astype(old.dtype), at)
+                k_BxTxHxK = put(kv_cache["k"], k_BxLxHxK)
+                v_BxTxHxK = put(kv_cache["v"], v_BxLxHxK)
+                new_cache = {"k": k_BxTxHxK, "v": v_BxTxHxK}
         q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK, ("batch", "length", "act_heads", "kv"))
 
-        if kv_cache is None:
-            k_BxTxHxK, v_BxTxHxK, new_cache = k_BxLxHxK, v_BxLxHxK, None
-            q_pos_L = jnp.arange(L)
-        else:
-            at = (0, cache_index, 0, 0)
-            k_BxTxHxK = lax.dynamic_update_slice(
-                kv_cache["k"], k_BxLxHxK.astype(kv_cache["k"].dtype), at
-            )
-            v_BxTxHxK = lax.dynamic_update_slice(
-                kv_cache["v"], v_BxLxHxK.astype(kv_cache["v"].dtype), at
-            )
-            new_cache = {"k": k_BxTxHxK, "v": v_BxTxHxK}
-            q_pos_L = cache_index + jnp.arange(L)
-        k_pos_T = jnp.arange(k_BxTxHxK.shape[1])
+        T = k_BxTxHxK.shape[1]
+        causal = self.mode == "causal"
+        q_pos_L = (0 if kv_cache is None or not causal else cache_index) + jnp.arange(L)
+        k_pos_T = jnp.arange(T)
         # [B, H, length, K] layout: the score and value products become plain batched matmuls.
         q_BxHxLxK = q_BxLxHxK.transpose(0, 2, 1, 3) / jnp.sqrt(K).astype(self.dtype)
         k_BxHxTxK = k_BxTxHxK.transpose(0, 2, 1, 3).astype(self.dtype)
         v_BxHxTxK = v_BxTxHxK.transpose(0, 2, 1, 3).astype(self.dtype)
         dropout = nn.Dropout(self.dropout_rate)
-        # Without a cache, query block i only needs keys up to its own end: splitting the
-        # queries in 4 skips the fully masked upper blocks (~40% of attention work at L=256).
-        blocks = 4 if kv_cache is None and L % 4 == 0 and L >= 64 else 1
+        # Causal without a cache: query block i only needs keys up to its own end, so 4 query
+        # blocks skip the fully masked upper blocks (~40% of attention work at L=256).
+        blocks = 4 if causal and kv_cache is None and L % 4 == 0 and L >= 64 else 1
         size = L // blocks
         outs = []
         for i in range(blocks):
             rows = slice(i * size, (i + 1) * size)
-            keys = slice(0, (i + 1) * size if kv_cache is None else k_pos_T.shape[0])
-            allowed_1xLxT = (k_pos_T[None, keys] <= q_pos_L[rows, None])[None]
-            if pad_B is not None:
-                allowed_1xLxT = allowed_1xLxT & (k_pos_T[None, None, keys] >= pad_B[:, None, None])
+            keys = slice(0, (i + 1) * size if blocks > 1 else T)
+            allowed_BxLxT = jnp.ones((1, size, k_pos_T[keys].shape[0]), bool)
+            if causal:
+                allowed_BxLxT = (k_pos_T[None, keys] <= q_pos_L[rows, None])[None]
+            if key_valid_BxT is not None:
+                allowed_BxLxT = allowed_BxLxT & key_valid_BxT[:, None, keys]
             outs.append(
                 _attend(
                     q_BxHxLxK[:, :, rows],
                     k_BxHxTxK[:, :, keys],
                     v_BxHxTxK[:, :, keys],
-                    allowed_1xLxT,
+                    allowed_BxLxT,
                     lambda p: dropout(p, deterministic=deterministic),
                 )
             )
         out_BxLxHxK = jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3)
 
         w_HxKxD = self.param(
-            "out_kernel", partitioned(normal(self.out_std), ("heads", "kv", "embed")), (H, K, D)
+            "out_kernel",
+            partitioned(nn.initializers.normal(self.out_std), ("heads", "kv", "embed")),
+            (H, K, D),
         )
-        out_NxHK = out_BxLxHxK.reshape(B * L, H * K)
-        y_BxLxD = (out_NxHK @ w_HxKxD.astype(self.dtype).reshape(H * K, D)).reshape(B, L, D)
+        out_MxHK = out_BxLxHxK.reshape(B * L, H * K)
+        y_BxLxD = (out_MxHK @ w_HxKxD.astype(self.dtype).reshape(H * K, D)).reshape(B, L, D)
         if self.use_bias:
             b_D = self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (D,))
             y_BxLxD = y_BxLxD + b_D.astype(self.dtype)

@@ -34,13 +34,20 @@ class LayerNorm(nn.Module):
         )(x_BxLxD)
 
 
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # GPT-2's "gelu_new"
+    "relu": jax.nn.relu,  # the 2017 Transformer
+}
+
+
 class MLP(nn.Module):
-    """Width D -> hidden F -> D with GELU; `out_std` lets residual projections init smaller."""
+    """Width D -> hidden F -> D; `out_std` lets residual projections init smaller."""
 
     hidden: int
     dropout_rate: float = 0.0
     use_bias: bool = True
-    gelu_approximate: bool = False
+    activation: str = "gelu"
     out_std: float = 0.02
     dtype: Dtype = jnp.float32
 
@@ -56,7 +63,7 @@ class MLP(nn.Module):
             bias_init=partitioned(nn.initializers.zeros, ("mlp",)),
             name="fc",
         )(x_BxLxD.reshape(B * L, D))
-        h_NxF = jax.nn.gelu(h_NxF, approximate=self.gelu_approximate)
+        h_NxF = ACTIVATIONS[self.activation](h_NxF)
         h_NxF = nn.with_logical_constraint(h_NxF, ("batch", "act_mlp"))
         y_NxD = nn.Dense(
             D,
@@ -92,3 +99,18 @@ class Embed(nn.Module):
         B, L, D = x_BxLxD.shape
         x_MxD = x_BxLxD.reshape(B * L, D)  # 2-D: see MLP
         return (x_MxD @ self.table_NxD.astype(self.dtype).T).reshape(B, L, -1)
+
+
+def sinusoidal_positions(positions_BxL, width: int, dtype=jnp.float32):
+    """Fixed position encodings of "Attention is all you need", [B, L, width].
+
+    Sines in the first half of the features and cosines in the second (tensor2tensor's
+    layout; a fixed permutation of the paper's interleaving), wavelengths 2π .. 10000·2π.
+    """
+    half = width // 2
+    inv_freq_H = jnp.exp(-jnp.log(10000.0) * jnp.arange(half) / max(half - 1, 1))
+    angle_BxLxH = positions_BxL[..., None].astype(jnp.float32) * inv_freq_H
+    enc_BxLxD = jnp.concatenate([jnp.sin(angle_BxLxH), jnp.cos(angle_BxLxH)], axis=-1)
+    if width % 2:
+        enc_BxLxD = jnp.pad(enc_BxLxD, ((0, 0), (0, 0), (0, 1)))
+    return enc_BxLxD.astype(dtype)

@@ -19,7 +19,7 @@ import numpy as np
 from genzoo import sampling
 from genzoo.errors import UserError
 from genzoo.evaluation import lm
-from genzoo.layers import MLP, CausalSelfAttention, Embed, LayerNorm
+from genzoo.layers import Embed, LayerNorm, TransformerBlock
 from genzoo.models.base import FromConfig
 
 KIND = "language_model"
@@ -42,47 +42,6 @@ class GPTConfig(FromConfig):
     def padded_vocab(self) -> int:
         # A multiple of 128 shards evenly over any tensor axis and suits matmul tiles.
         return -(-self.vocab_size // 128) * 128
-
-
-class Block(nn.Module):
-    cfg: GPTConfig
-
-    @nn.compact
-    def __call__(self, x_BxLxD, *, kv_cache=None, cache_index=None, pad_B=None, deterministic=True):
-        c = self.cfg
-        dtype = jnp.dtype(c.dtype)
-        # GPT-2's scaled init of residual projections keeps the residual stream's variance flat.
-        out_std = 0.02 / (2 * c.num_layers) ** 0.5
-        h_BxLxD, kv_cache = CausalSelfAttention(
-            num_heads=c.num_heads,
-            head_dim=c.width // c.num_heads,
-            dropout_rate=c.dropout,
-            use_bias=c.use_bias,
-            out_std=out_std,
-            dtype=dtype,
-            name="attn",
-        )(
-            LayerNorm(c.ln_epsilon, c.use_bias, dtype, name="ln_1")(x_BxLxD),
-            kv_cache=kv_cache,
-            cache_index=cache_index,
-            pad_B=pad_B,
-            deterministic=deterministic,
-        )
-        x_BxLxD = x_BxLxD + h_BxLxD
-        h_BxLxD = MLP(
-            hidden=4 * c.width,
-            dropout_rate=c.dropout,
-            use_bias=c.use_bias,
-            gelu_approximate=c.gelu_approximate,
-            out_std=out_std,
-            dtype=dtype,
-            name="mlp",
-        )(
-            LayerNorm(c.ln_epsilon, c.use_bias, dtype, name="ln_2")(x_BxLxD),
-            deterministic=deterministic,
-        )
-        x_BxLxD = x_BxLxD + h_BxLxD
-        return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "act_embed")), kv_cache
 
 
 class GPT(nn.Module):
@@ -108,16 +67,32 @@ class GPT(nn.Module):
         x_BxLxD = wte(tokens_BxL) + wpe(positions_BxL)
         x_BxLxD = nn.Dropout(c.dropout)(x_BxLxD, deterministic=deterministic)
         x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "act_embed"))
+        # Left padding (ragged prompt batches) is never attended to.
+        key_valid_BxT = None
+        if cache is not None:
+            key_valid_BxT = jnp.arange(cache["layers"][0]["self"]["k"].shape[1]) >= pad_B[:, None]
         new_layers = []
         for i in range(c.num_layers):
-            x_BxLxD, kv = Block(c, name=f"block_{i}")(
+            x_BxLxD, layer_cache = TransformerBlock(
+                num_heads=c.num_heads,
+                mlp_hidden=4 * c.width,
+                mode="causal",
+                dropout_rate=c.dropout,
+                use_bias=c.use_bias,
+                ln_epsilon=c.ln_epsilon,
+                activation="gelu_tanh" if c.gelu_approximate else "gelu",
+                # GPT-2's scaled init of residual projections keeps the stream's variance flat.
+                out_std=0.02 / (2 * c.num_layers) ** 0.5,
+                dtype=dtype,
+                name=f"block_{i}",
+            )(
                 x_BxLxD,
-                kv_cache=None if cache is None else cache["layers"][i],
+                key_valid_BxL=key_valid_BxT,
+                cache=None if cache is None else cache["layers"][i],
                 cache_index=start,
-                pad_B=pad_B,
                 deterministic=deterministic,
             )
-            new_layers.append(kv)
+            new_layers.append(layer_cache)
         x_BxLxD = LayerNorm(c.ln_epsilon, c.use_bias, dtype, name="ln_f")(x_BxLxD)
         logits_BxLxV = wte.attend(x_BxLxD)[..., : c.vocab_size].astype(jnp.float32)
         logits_BxLxV = nn.with_logical_constraint(logits_BxLxV, ("batch", "length", "act_vocab"))
@@ -129,7 +104,7 @@ def init_cache(c: GPTConfig, batch: int, length: int, pad_B=None):
     """An empty cache of `length` slots; `pad_B` left-padding slots per row (default none)."""
     head_dim = c.width // c.num_heads
     zeros = jnp.zeros((batch, length, c.num_heads, head_dim), jnp.dtype(c.dtype))
-    layer = {"k": zeros, "v": zeros}
+    layer = {"self": {"k": zeros, "v": zeros}}
     pad_B = jnp.zeros((batch,), jnp.int32) if pad_B is None else jnp.asarray(pad_B, jnp.int32)
     return {"index": jnp.array(0, jnp.int32), "pad": pad_B, "layers": [layer] * c.num_layers}
 

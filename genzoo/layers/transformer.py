@@ -1,0 +1,107 @@
+"""The Transformer block every Transformer family builds from (GPT, encoder-decoder, BERT).
+
+Pre-LayerNorm (GPT-2) or post-LayerNorm (the 2017 paper, BERT) residual sub-layers:
+self-attention, optional cross-attention over an encoder's output, and the MLP.
+Parameter names (`ln_1`, `attn`, `ln_cross`, `cross_attn`, `ln_2`, `mlp`) are stable,
+so imported checkpoints map onto them once.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from genzoo.layers.attention import Attention
+from genzoo.layers.basic import MLP, Dtype, LayerNorm
+
+
+class TransformerBlock(nn.Module):
+    num_heads: int
+    mlp_hidden: int
+    mode: str = "causal"  # self-attention: "causal" or "bidirectional"
+    cross_attention: bool = False
+    post_ln: bool = False
+    dropout_rate: float = 0.0
+    use_bias: bool = True
+    ln_epsilon: float = 1e-5
+    activation: str = "gelu"
+    out_std: float = 0.02  # init std of the residual projections (GPT-2 scales it by depth)
+    dtype: Dtype = jnp.float32
+
+    def _residual(self, x_BxLxD, name: str, sublayer):
+        """x + f(LN(x)) (pre-LN) or LN(x + f(x)) (post-LN); returns (x, whatever f adds)."""
+        norm = LayerNorm(self.ln_epsilon, self.use_bias, self.dtype, name=name)
+        if self.post_ln:
+            h_BxLxD, extra = sublayer(x_BxLxD)
+            return norm(x_BxLxD + h_BxLxD), extra
+        h_BxLxD, extra = sublayer(norm(x_BxLxD))
+        return x_BxLxD + h_BxLxD, extra
+
+    @nn.compact
+    def __call__(
+        self,
+        x_BxLxD,
+        *,
+        key_valid_BxL=None,
+        memory_BxSxD=None,
+        memory_valid_BxS=None,
+        cache=None,
+        cache_index=None,
+        deterministic=True,
+    ):
+        """Output [B, L, D] and the updated cache: {"self": {k, v}, "cross": {k, v}} or None.
+
+        `key_valid_BxL` masks padded keys of the self-attention (with a cache: of the cache's
+        slots); `memory_valid_BxS` those of the source.
+        """
+        D = x_BxLxD.shape[-1]
+        attn = lambda mode, name: Attention(
+            num_heads=self.num_heads,
+            head_dim=D // self.num_heads,
+            mode=mode,
+            dropout_rate=self.dropout_rate,
+            use_bias=self.use_bias,
+            out_std=self.out_std,
+            dtype=self.dtype,
+            name=name,
+        )
+        cache = cache or {}
+        x_BxLxD, self_cache = self._residual(
+            x_BxLxD,
+            "ln_1",
+            lambda h: attn(self.mode, "attn")(
+                h,
+                key_valid_BxT=key_valid_BxL,
+                kv_cache=cache.get("self"),
+                cache_index=cache_index,
+                deterministic=deterministic,
+            ),
+        )
+        new_cache = {"self": self_cache}
+        if self.cross_attention:
+            x_BxLxD, cross_cache = self._residual(
+                x_BxLxD,
+                "ln_cross",
+                lambda h: attn("cross", "cross_attn")(
+                    h,
+                    memory_BxSxD=memory_BxSxD,
+                    key_valid_BxT=memory_valid_BxS,
+                    kv_cache=cache.get("cross"),
+                    deterministic=deterministic,
+                ),
+            )
+            new_cache["cross"] = cross_cache
+        mlp = MLP(
+            hidden=self.mlp_hidden,
+            dropout_rate=self.dropout_rate,
+            use_bias=self.use_bias,
+            activation=self.activation,
+            out_std=self.out_std,
+            dtype=self.dtype,
+            name="mlp",
+        )
+        x_BxLxD, _ = self._residual(
+            x_BxLxD, "ln_2", lambda h: (mlp(h, deterministic=deterministic), None)
+        )
+        x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "act_embed"))
+        return x_BxLxD, (new_cache if cache else None)
