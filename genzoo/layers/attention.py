@@ -78,13 +78,11 @@ class Attention(nn.Module):
 
     def _kernel(self, name, n, D):
         shape, axes = (D, n, self.num_heads, self.head_dim), ("embed", None, "heads", "kv")
-        w = self.param(name, partitioned(nn.initializers.normal(0.02), axes), shape)
-        return w
+        return self.param(name, partitioned(nn.initializers.normal(0.02), axes), shape)
 
     def _bias(self, name, n):
-        axes = (None, "heads", "kv")
-        b = self.param(name, partitioned(nn.initializers.zeros, axes), (n, self.num_heads, self.head_dim))
-        return b.astype(self.dtype)
+        shape, axes = (n, self.num_heads, self.head_dim), (None, "heads", "kv")
+        return self.param(name, partitioned(nn.initializers.zeros, axes), shape).astype(self.dtype)
 
     @nn.compact
     def __call__(
