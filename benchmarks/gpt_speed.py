@@ -172,7 +172,7 @@ def main() -> None:
     args = p.parse_args()
     peaks = matmul_peaks()
     best_peak = max(peaks.values())
-    flops_per_step = gpt.flops_per_example(baby_config().model, L) * B
+    flops_per_step = gpt.flops_per_example(baby_config().model, {"inputs": (L,)}) * B
     rows = {}
     for name, train, decode in (
         ("genzoo", genzoo_train, genzoo_decode),

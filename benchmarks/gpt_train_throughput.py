@@ -37,7 +37,9 @@ def measure(name: str, steps: int) -> dict:
         "seq_len": L,
         **timing,
         "tokens_per_s": B * L / timing["step_s"],
-        "model_flops_per_s": gpt.flops_per_example(cfg.model, L) * B / timing["step_s"],
+        "model_flops_per_s": gpt.flops_per_example(cfg.model, {"inputs": (L,)})
+        * B
+        / timing["step_s"],
     }
 
 

@@ -2,7 +2,7 @@
 
     genzoo train classifier_fashion_mnist        # writes runs/classifier_fashion_mnist
 
-The VAE and GAN experiments read it from `eval.classifier_workdir`
+The VAE and GAN experiments read it from `eval.evaluators.sample_quality.classifier_workdir`
 (default runs/classifier_fashion_mnist, relative to where genzoo runs).
 Expect: small CNNs on Fashion-MNIST reach 90-92% test accuracy; measured 91.8% after
 3000 steps (73 s on 2 CPU cores).

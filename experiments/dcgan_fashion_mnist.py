@@ -26,14 +26,16 @@ def get_config(variant=None):
     c.optim.clip_norm = 0.0
     c.optim.groups = dict(generator=dict(lr=2e-4), discriminator=dict(lr=2e-4))
     c.eval.update(split="test", every_steps=1000, batch_size=500)
-    c.eval.classifier_workdir = "runs/classifier_fashion_mnist"
+    if variant != "smoke":  # sample quality needs a trained classifier run
+        c.eval.evaluators.sample_quality = dict(
+            classifier_workdir="runs/classifier_fashion_mnist", num_samples=1000
+        )
     c.checkpoint.update(every_steps=1000, keep=2)
     c.log.every_steps = 50
     if variant == "smoke":
         c.model.update(latent=8, widths=(8, 16))
         c.train.update(steps=10, batch_size=16)
-        c.eval.update(every_steps=10, batch_size=16, max_batches=2, classifier_workdir="")
-        c.eval.num_samples = 64
+        c.eval.update(every_steps=10, batch_size=16, max_batches=2)
         c.checkpoint.update(every_steps=10)
         c.log.every_steps = 5
     return c

@@ -32,14 +32,17 @@ def get_config(variant=None):
     c.train.update(steps=6000, batch_size=128, seed=0)
     c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=200, weight_decay=0.0, clip_norm=0.0)
     c.eval.update(split="test", every_steps=2000, batch_size=500)
-    c.eval.classifier_workdir = "runs/classifier_fashion_mnist"
+    if variant != "smoke":  # sample quality needs a trained classifier run
+        c.eval.evaluators.sample_quality = dict(
+            classifier_workdir="runs/classifier_fashion_mnist", num_samples=1000
+        )
     c.checkpoint.update(every_steps=2000, keep=2)
     c.log.every_steps = 50
     if variant == "smoke":
         c.model.update(latent=4, widths=(8, 16), kl_warmup_steps=5, iw_samples=4, iw_examples=16)
         c.train.update(steps=10, batch_size=16)
         c.optim.update(warmup_steps=2)
-        c.eval.update(every_steps=10, batch_size=16, max_batches=2, classifier_workdir="")
+        c.eval.update(every_steps=10, batch_size=16, max_batches=2)
         c.checkpoint.update(every_steps=10)
         c.log.every_steps = 5
     return c

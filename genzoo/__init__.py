@@ -10,7 +10,8 @@ __version__ = "0.1.0"
 
 
 def load(workdir):
-    """A trained language-model run (see `genzoo.api.LanguageModel`)."""
+    """A trained run as its kind's API object (a language model's `.generate`, a translator's
+    `.translate`, ...; see `genzoo.kinds`)."""
     from genzoo.api import load as _load  # jax is imported only when needed
 
     return _load(workdir)

@@ -67,24 +67,14 @@ def _cmd_eval(args) -> None:
     split = args.split or run.cfg.eval.split
     figures = run.trainer.evaluate(run.state.params, run.data, split, max_batches=-1)
     figures = {"step": run.step, "split": split, **figures}
-    if run.cfg.eval.classifier_workdir:
-        import jax
+    from genzoo.evaluation import evaluators
 
-        from genzoo import models
-        from genzoo.evaluation import sample_quality
-
-        family = models.get(run.cfg.model.family)
-        num = run.cfg.eval.num_samples
-        fake = family.sample(
-            run.state.params, jax.random.PRNGKey(run.cfg.eval.seed), run.cfg.model, num=num
-        )
-        real = run.data.real_images(split, num)
-        figures.update(sample_quality.score(fake, real, Path(run.cfg.eval.classifier_workdir)))
+    figures.update(evaluators.run_all(run, split))
     if args.json:
         print(json.dumps(figures))
     else:
         for key, value in figures.items():
-            print(f"{key:>16}: {value:.6g}" if isinstance(value, float) else f"{key:>16}: {value}")
+            print(f"{key:>20}: {value:.6g}" if isinstance(value, float) else f"{key:>20}: {value}")
 
 
 def _cmd_import(args) -> None:
@@ -95,89 +85,51 @@ def _cmd_import(args) -> None:
 
 
 def _check_sampling_args(args) -> None:
-    if args.num is not None and args.num < 1:
-        raise UserError("--num must be at least 1")
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be at least 1")
-    if not 0.0 < args.top_p <= 1.0:
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.top_k < 0:
-        raise UserError(f"--top-k must be >= 0, got {args.top_k}")
-    if args.beams < 1 or args.repetition_penalty <= 0:
-        raise UserError("--beams must be >= 1 and --repetition-penalty > 0")
-
-
-def _sample_text(args, cfg, family) -> None:
-    from genzoo import api, workdir
-
-    prompt = args.prompt if args.prompt else "\n"
-    context = family.context_length(cfg.model)
-    lm = api.LanguageModel(workdir.open_run(Path(args.workdir)))
-    if args.max_new_tokens is None:
-        args.max_new_tokens = max(1, min(200, context - len(lm.encode(prompt))))
-    texts = lm.generate(
-        [prompt] * (args.num or 1),
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        num_beams=args.beams,
-        length_penalty=args.length_penalty,
-        repetition_penalty=args.repetition_penalty,
-        eos=args.eos,
-        stop=args.stop or (),
-    )
-    for i, text in enumerate(texts):
-        if i:
-            print("-" * 40)
-        print(prompt + text)
-
-
-def _sample_images(args, cfg, family) -> None:
-    import jax
-    import numpy as np
-
-    from genzoo import metrics, workdir
-
-    if args.reconstruct and not hasattr(family, "reconstruct"):
-        raise UserError(f"family {cfg.model.family!r} cannot reconstruct")
-    name = "reconstructions.png" if args.reconstruct else "samples.png"
-    out = Path(args.out) if args.out else Path(args.workdir) / name
-    if not out.parent.is_dir():
-        raise UserError(f"folder {out.parent} does not exist")
-    run = workdir.open_run(Path(args.workdir))
-    num = args.num or 64
-    if args.reconstruct:
-        rng = np.random.default_rng(args.seed)
-        real = run.data.real_images(run.cfg.eval.split, len(run.data.splits[run.cfg.eval.split][0]))
-        real = real[rng.choice(len(real), num, replace=False)]
-        recon = np.asarray(family.reconstruct(run.state.params, real, run.cfg.model))
-        images = np.stack([real, recon], axis=1).reshape(-1, *real.shape[1:])  # pairs side by side
-        metrics.save_image_grid(images, out, columns=2 * max(1, int(np.sqrt(num))))
-    else:
-        images = family.sample(
-            run.state.params, jax.random.PRNGKey(args.seed), run.cfg.model, num=num
-        )
-        metrics.save_image_grid(np.asarray(images), out)
-    print(out)
+    """Range checks of the flags that were given (each kind fills its own defaults)."""
+    given = vars(args)
+    checks = {
+        "num": (lambda v: v >= 1, "--num must be at least 1"),
+        "max_new_tokens": (lambda v: v >= 1, "--max-new-tokens must be at least 1"),
+        "top_p": (lambda v: 0.0 < v <= 1.0, "--top-p must be in (0, 1]"),
+        "temperature": (lambda v: v >= 0, "--temperature must be >= 0"),
+        "top_k": (lambda v: v >= 0, "--top-k must be >= 0"),
+        "beams": (lambda v: v >= 1, "--beams must be >= 1"),
+        "repetition_penalty": (lambda v: v > 0, "--repetition-penalty must be > 0"),
+    }
+    for dest, (ok, message) in checks.items():
+        value = given.get(dest)
+        if value is not None and (value != value or not ok(value)):  # NaN fails every check
+            raise UserError(f"{message}, got {value}")
 
 
 def _cmd_sample(args) -> None:
-    from genzoo import models, workdir
+    from genzoo import kinds, models, workdir
 
     _check_sampling_args(args)
     cfg = workdir.load_config(Path(args.workdir))
-    family = models.get(cfg.model.family)
-    kind = getattr(family, "KIND", None)
-    if kind == "language_model":
-        _sample_text(args, cfg, family)
-    elif kind == "image_generator":
-        _sample_images(args, cfg, family)
-    else:
-        raise UserError(f"family {cfg.model.family!r} does not generate samples")
+    kind = kinds.of_family(models.get(cfg.model.family))
+    if kind.sample is None:
+        raise UserError(f"family {cfg.model.family!r} ({kind.name}) does not generate samples")
+    mine = {o.dest for o in kind.options}
+    for option in _all_sample_options():
+        given = hasattr(args, option.dest)
+        if given and option.dest not in mine:
+            raise UserError(f"{option.flag} does not apply to a {kind.name.replace('_', ' ')}")
+    for option in kind.options:
+        if not hasattr(args, option.dest):
+            setattr(args, option.dest, option.default)
+    kind.sample(kind.api(workdir.open_run(Path(args.workdir))), args)
+
+
+def _all_sample_options():
+    """Every kind's `sample` flags, each once (kinds share some, such as --prompt)."""
+    from genzoo import kinds
+
+    seen = {}
+    for kind in kinds.all_kinds().values():
+        for option in kind.options:
+            seen.setdefault(option.dest, option)
+    return list(seen.values())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,20 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="generate from the latest checkpoint")
     s.add_argument("--workdir", required=True)
-    s.add_argument("--prompt", default="", help="text to continue (default: a newline)")
     s.add_argument("--num", type=int, help="how many (default: 1 text, 64 images)")
-    s.add_argument("--max-new-tokens", type=int, help="default: 200, or what fits the context")
-    s.add_argument("--temperature", type=float, default=0.8)
-    s.add_argument("--top-k", type=int, default=0, help="0: off")
-    s.add_argument("--top-p", type=float, default=1.0)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--beams", type=int, default=1, help="beam search width (1: sample)")
-    s.add_argument("--length-penalty", type=float, default=1.0, help="beams: score / len**this")
-    s.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL-style; 1: off")
-    s.add_argument("--eos", help="a token that ends a continuation")
-    s.add_argument("--stop", action="append", help="cut the text at this string (repeatable)")
-    s.add_argument("--out", help="image families: PNG path (default: WORKDIR/samples.png)")
-    s.add_argument("--reconstruct", action="store_true", help="VAE: inputs beside reconstructions")
+    for option in _all_sample_options():  # given flags only: the run's kind sets defaults
+        s.add_argument(option.flag, default=argparse.SUPPRESS, **option.kwargs)
     s.set_defaults(fn=_cmd_sample)
     return p
 

@@ -55,9 +55,11 @@ def base_config() -> ml_collections.ConfigDict:
         peak_flops=0.0,
         init_from="",  # a workdir (trained or imported) whose latest params start this run
         trainable="",  # comma-separated globs over parameter paths; "" trains everything
+        init_fresh="",  # globs of parameters init_from does not provide (a new head)
     )
     c.optim = dict(
         name="adamw",
+        schedule="cosine",  # or "inverse_sqrt" (the 2017 Transformer's)
         lr=1e-3,
         min_lr=1e-4,
         warmup_steps=100,
@@ -78,8 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
         max_batches=-1,
         split="validation",
         seed=0,
-        classifier_workdir="",  # image generators: a trained classifier_* run for fid
-        num_samples=1000,  # images drawn for sample-quality scores
+        # Host-side evaluators by name with their options (genzoo.evaluation.evaluators).
+        evaluators=ml_collections.ConfigDict(),
     )
     c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
     c.log = dict(every_steps=10, tensorboard=True, progress=True)
@@ -202,12 +204,24 @@ def from_json(text: str) -> ml_collections.ConfigDict:
         for name, axis in data["mesh"]["rules"]
     )
     merged = base_config().to_dict()
+    _upgrade(data)
     for section, values in data.items():
         if section in ("model", "data") or not isinstance(merged.get(section), dict):
             merged[section] = values  # free-form per experiment: taken whole
         else:
             merged[section].update(values)
     return ml_collections.ConfigDict(merged)
+
+
+def _upgrade(data: dict) -> None:
+    """Saved configs from before host-side evaluators name their classifier run directly."""
+    ev = data.get("eval", {})
+    if "classifier_workdir" in ev:
+        classifier, num = ev.pop("classifier_workdir"), ev.pop("num_samples", 1000)
+        if classifier and "evaluators" not in ev:
+            ev["evaluators"] = {
+                "sample_quality": {"classifier_workdir": classifier, "num_samples": num}
+            }
 
 
 def _flatten(tree, prefix=""):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -13,8 +14,25 @@ from genzoo.errors import UserError
 GROUP_FIELDS = ("lr", "min_lr", "warmup_steps", "b1", "b2", "eps", "weight_decay", "clip_norm")
 
 
+def inverse_sqrt_schedule(peak: float, warmup_steps: int) -> optax.Schedule:
+    """ "Attention is all you need": linear warmup to `peak`, then peak * sqrt(warmup / step)
+    (the paper's d^-0.5 * min(step^-0.5, step * warmup^-1.5), with `peak` its value at warmup)."""
+    warmup = max(warmup_steps, 1)
+
+    def fn(step):
+        step = jnp.maximum(step, 1).astype(jnp.float32)
+        return peak * jnp.minimum(step / warmup, jnp.sqrt(warmup / step))
+
+    return fn
+
+
 def schedule(o) -> optax.Schedule:
-    """Linear warmup to `lr`, cosine decay to `min_lr` at `decay_steps`, then flat."""
+    """`o.schedule`: "cosine" (linear warmup to `lr`, cosine decay to `min_lr` at
+    `decay_steps`, then flat) or "inverse_sqrt" (the 2017 Transformer's)."""
+    if o.get("schedule", "cosine") == "inverse_sqrt":
+        return inverse_sqrt_schedule(o.lr, o.warmup_steps)
+    if o.get("schedule", "cosine") != "cosine":
+        raise UserError(f"optim.schedule must be cosine or inverse_sqrt, got {o.schedule!r}")
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=o.lr,
@@ -53,6 +71,12 @@ def group_config(o, group: str):
 def param_path(path) -> str:
     """'block_5/attn/qkv_kernel' for a parameter's key path."""
     return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def matcher(globs: str):
+    """A predicate over parameter paths: matches one of the comma-separated globs."""
+    patterns = [p.strip() for p in globs.split(",") if p.strip()]
+    return lambda path: any(fnmatch.fnmatchcase(path, p) for p in patterns)
 
 
 def trainable_mask(params, trainable: str):

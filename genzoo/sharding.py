@@ -85,6 +85,21 @@ def like_params(abstract_tree, abstract_params, param_shardings, default: NamedS
     return jax.tree_util.tree_map_with_path(pick, abstract_tree)
 
 
+def check_divisible(abstract_params, shardings, path_name) -> None:
+    """UserError naming the first parameter whose dimension does not divide its mesh axes."""
+    leaves = jax.tree_util.tree_leaves_with_path(abstract_params)
+    for (path, leaf), s in zip(leaves, jax.tree.leaves(shardings), strict=True):
+        for dim, axes in zip(leaf.shape, s.spec, strict=False):
+            axes = (axes,) if isinstance(axes, str) else (axes or ())
+            shards = math.prod(s.mesh.shape[a] for a in axes)
+            if dim % shards:
+                raise UserError(
+                    f"parameter {path_name(path)} {tuple(leaf.shape)}: dimension {dim} does not "
+                    f"divide over mesh axes {'x'.join(axes)} ({shards} shards); change the "
+                    "model size or the mesh"
+                )
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

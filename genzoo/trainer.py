@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from genzoo import metrics as metrics_lib
 from genzoo import models, optim, sharding
 from genzoo.checkpoint import Checkpointer
 from genzoo.errors import UserError
+from genzoo.models.protocols import CountsFlops
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +115,18 @@ def _eval_step(params, batch, rng, *, family, model_cfg):
     return family.eval_sums(params, batch, rng, model_cfg)
 
 
-def _check_same_structure(params, abstract_params) -> None:
+def _check_same_structure(params, abstract_params, fresh: str = "") -> None:
+    """Every parameter the model needs, except the `fresh` globs, with its shape; with
+    `fresh` given, parameters of the source the model lacks (an old head) are dropped."""
     got = {optim.param_path(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(params)}
     want = {
         optim.param_path(p): x.shape
         for p, x in jax.tree_util.tree_leaves_with_path(abstract_params)
     }
+    if fresh:
+        is_fresh = optim.matcher(fresh)
+        want = {k: v for k, v in want.items() if not is_fresh(k)}
+        got = {k: v for k, v in got.items() if k in want}
     for key in sorted(set(got) | set(want)):
         if got.get(key) != want.get(key):
             raise UserError(
@@ -127,12 +135,12 @@ def _check_same_structure(params, abstract_params) -> None:
             )
 
 
-def _throughput(step_seconds, batch_size, seq_len, flops_per_example, peak) -> dict:
+def _throughput(step_seconds, batch_size, tokens_per_example, flops_per_example, peak) -> dict:
     """perf/* metrics for a mean step time; tokens and MFU where the data and model tell."""
     examples_per_s = batch_size / step_seconds
     row = {"perf/step_seconds": step_seconds, "perf/examples_per_second": examples_per_s}
-    if seq_len:
-        row["perf/tokens_per_second"] = examples_per_s * seq_len
+    if tokens_per_example:
+        row["perf/tokens_per_second"] = examples_per_s * tokens_per_example
     if flops_per_example:
         row["perf/flops_per_second"] = examples_per_s * flops_per_example
         row["perf/mfu"] = row["perf/flops_per_second"] / peak
@@ -158,6 +166,7 @@ class Trainer:
         )
         repl = sharding.replicated(self.mesh)
         param_shardings = sharding.logical_shardings(boxed, self.mesh, self.rules)
+        sharding.check_divisible(nn.unbox(boxed), param_shardings, optim.param_path)
         opt_shardings = sharding.like_params(
             self.abstract_state.opt_state, self.abstract_state.params, param_shardings, repl
         )
@@ -187,7 +196,7 @@ class Trainer:
 
     def check_params(self, params) -> None:
         """UserError unless `params` have exactly this model's parameter paths and shapes."""
-        _check_same_structure(params, self.abstract_state.params)
+        _check_same_structure(params, self.abstract_state.params, self.cfg.train.init_fresh)
 
     def init_state(self, init_params=None) -> TrainState:
         """A fresh state; `init_params` (from another run) replace the random parameters."""
@@ -195,8 +204,19 @@ class Trainer:
         with sharding.activate(self.mesh, self.rules):
             if init_params is None:
                 return self._init(key)
-            # No random init to throw away (it would briefly double memory for a large model).
             self.check_params(init_params)
+            if self.cfg.train.init_fresh:  # new parameters (a head) keep their random init
+                is_fresh = optim.matcher(self.cfg.train.init_fresh)
+                fresh = self._init(key).params
+                source = {optim.param_path(p): x
+                          for p, x in jax.tree_util.tree_leaves_with_path(init_params)}  # fmt: skip
+                init_params = jax.tree_util.tree_map_with_path(
+                    lambda p, x: (
+                        x if is_fresh(optim.param_path(p)) else source[optim.param_path(p)]
+                    ),
+                    fresh,
+                )
+            # Otherwise no random init to throw away (it would briefly double memory).
             params = jax.device_put(init_params, self.state_shardings.params)
             opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)
             _, state_rng = jax.random.split(key)  # as _init_state derives it
@@ -229,7 +249,13 @@ class Trainer:
 
     def _evaluate_into(self, writer, params, data, step: int) -> str:
         """Evaluates, writes `val/*` metrics at `step`, and returns a line for the user."""
+        from genzoo import workdir
+        from genzoo.evaluation import evaluators
+
         figures = self.evaluate(params, data)
+        run = workdir.Run(self.cfg, data, self, types.SimpleNamespace(params=params), step)
+        host = evaluators.run_all(run, self.cfg.eval.split, step=step)  # those due now
+        figures.update({k: v for k, v in host.items() if isinstance(v, (int, float))})
         writer.write(step, {f"val/{k}": v for k, v in figures.items()})
         name, value = next(iter(figures.items()))  # the family's headline figure
         return f"step {step}: {self.cfg.eval.split} {name} {value:.4f}"
@@ -253,9 +279,11 @@ class Trainer:
             log.info("resumed from step %d", latest)
         step = int(state.step)
         writer = metrics_lib.MetricsWriter(Path(workdir), cfg.log.tensorboard)
-        seq_len = getattr(data, "seq_len", None)
-        flops_fn = getattr(self.family, "flops_per_example", None)
-        flops = flops_fn(self.model_cfg, seq_len) if flops_fn else None
+        # What one example looks like (per-field shapes) decides its cost, for every family.
+        tokens = getattr(data, "tokens_per_example", None)
+        flops = None
+        if isinstance(self.family, CountsFlops):
+            flops = self.family.flops_per_example(self.model_cfg, data.example_shapes)
         peak = metrics_lib.peak_flops(cfg.train.peak_flops) if flops else None
         bar = tqdm(
             total=cfg.train.steps,
@@ -285,7 +313,7 @@ class Trainer:
                     row = {f"train/{k}": v for k, v in scalars.items()}
                     if window_steps:
                         seconds = (time.perf_counter() - window_start) / window_steps
-                        row.update(_throughput(seconds, cfg.train.batch_size, seq_len, flops, peak))
+                        row.update(_throughput(seconds, cfg.train.batch_size, tokens, flops, peak))
                     writer.write(step, row)
                     bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
                     window_start, window_steps = time.perf_counter(), 0

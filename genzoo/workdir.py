@@ -58,6 +58,9 @@ def load_config(workdir: Path) -> ml_collections.ConfigDict:
 
 def prepare_training(cfg: ml_collections.ConfigDict, workdir: Path):
     """Resolved frozen config and data; refuses a resume whose settings conflict."""
+    from genzoo.evaluation import evaluators
+
+    evaluators.check(cfg.eval.evaluators)
     data = data_lib.load(cfg.data, workdir)
     saved = load_config(workdir) if (Path(workdir) / CONFIG).is_file() else None
     if saved is not None and cfg.optim.decay_steps == -1:

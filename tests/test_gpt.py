@@ -110,4 +110,4 @@ def test_flops_per_example_counts_matmuls():
     cfg = {"vocab_size": 65, "block_size": 256, "num_layers": 6, "num_heads": 6, "width": 384}
     # 6 N T + 12 layers D T^2 with N = 12 layers D^2 + padded vocab D (nanoGPT's estimate_mfu).
     expected = (6 * (12 * 6 * 384**2 + 128 * 384) + 12 * 6 * 384 * 256) * 256
-    assert gpt.flops_per_example(cfg, 256) == expected
+    assert gpt.flops_per_example(cfg, {"inputs": (256,)}) == expected

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from genzoo.data import bible, fashion_mnist, shakespeare, sources, tokenizers
+from genzoo.data import bible, fashion_mnist, sentences, shakespeare, sources, tokenizers
+from genzoo.data.examples import ExampleData
 from genzoo.data.images import ImageData
 from genzoo.data.text import CharTokenizer, TokenStreamData
 from genzoo.errors import UserError
@@ -50,7 +51,7 @@ def _concatenated(builder, split: str) -> np.ndarray:
     return np.concatenate([r["ids"] for r in records])
 
 
-def _shakespeare():
+def shakespeare_splits():
     builder = prepared_builder(
         shakespeare.TinyShakespeareChar, sources.sha256_of(shakespeare.source_path())
     )
@@ -59,12 +60,12 @@ def _shakespeare():
 
 
 def tinyshakespeare_char(cfg, workdir=None) -> TokenStreamData:
-    splits, tokenizer = _shakespeare()
+    splits, tokenizer = shakespeare_splits()
     return TokenStreamData(splits, tokenizer, seq_len=cfg.seq_len)
 
 
 def _in_pieces(tokenizer, seq_len: int, artifacts: dict) -> TokenStreamData:
-    char_splits, chars = _shakespeare()
+    char_splits, chars = shakespeare_splits()
     texts = {s: chars.decode(ids) for s, ids in char_splits.items()}
     splits = {s: np.asarray(tokenizer.encode(t), np.int32) for s, t in texts.items()}
     chars_per_token = {s: len(texts[s]) / len(splits[s]) for s in splits}
@@ -78,7 +79,7 @@ def tinyshakespeare_bpe(cfg, workdir=None) -> TokenStreamData:
     if saved is not None and saved.is_file():
         tokenizer = tokenizers.SentencePieceTokenizer(saved.read_bytes())
     else:
-        splits, chars = _shakespeare()
+        splits, chars = shakespeare_splits()
         train_text = chars.decode(splits["train"])
         tokenizer = tokenizers.train_sentencepiece(train_text, cfg.vocab_size, cfg.model_type)
     return _in_pieces(tokenizer, cfg.seq_len, {tokenizers.FILENAME: tokenizer.model_proto})
@@ -107,19 +108,72 @@ _TO_SHAKESPEARE = str.maketrans(
 )
 
 
+def bible_verses() -> dict[str, list[tuple[str, str, str]]]:
+    """(reference, Spanish, English) per verse in corpus order, for every split present."""
+    builder = prepared_builder(bible.BibleEsEn, bible.sources_digest(bible.source_paths()))
+    verses = {}
+    for split in builder.info.splits:
+        source = builder.as_data_source(split=split)
+        records = sorted(source.__getitems__(range(len(source))), key=lambda r: int(r["index"]))
+        text = lambda r, key: bytes(r[key]).decode("utf-8")
+        verses[split] = [(text(r, "ref"), text(r, "es"), text(r, "en")) for r in records]
+    return verses
+
+
 def bible_en_char(cfg, workdir=None) -> TokenStreamData:
     """The Bible's English side, one verse per line, in tiny Shakespeare's characters."""
     vocab = tinyshakespeare_char(cfg).tokenizer.vocab
-    builder = prepared_builder(bible.BibleEsEn, bible.sources_digest(bible.source_paths()))
     tokenizer = CharTokenizer(vocab)
     splits = {}
-    for split in ("train", "validation"):
-        source = builder.as_data_source(split=split)
-        records = sorted(source.__getitems__(range(len(source))), key=lambda r: int(r["index"]))
-        text = "\n".join(bytes(r["en"]).decode("utf-8") for r in records) + "\n"
+    for split, verses in bible_verses().items():
+        if split == "test":
+            continue  # the char model's splits are a token stream's train and validation
+        text = "\n".join(en for _, _, en in verses) + "\n"
         text = "".join(ch if ch in vocab else " " for ch in text.translate(_TO_SHAKESPEARE))
         splits[split] = np.asarray(tokenizer.encode(text), np.uint8)
     return TokenStreamData(splits, tokenizer, seq_len=cfg.seq_len)
+
+
+def _workdir_tokenizer(workdir, name: str, train) -> tokenizers.SentencePieceTokenizer:
+    """The tokenizer saved in the workdir, else `train()` (saved by the trainer as artifact)."""
+    saved = Path(workdir) / name if workdir else None
+    if saved is not None and saved.is_file():
+        return tokenizers.SentencePieceTokenizer(saved.read_bytes())
+    return train()
+
+
+def bible_es_en(cfg, workdir=None) -> ExampleData:
+    """Spanish -> English verse pairs: `src` = Spanish + EOS, `tgt` = BOS + English + EOS.
+
+    `cfg.tokenizer`: "joint" (one sentencepiece model for both languages, so embeddings can
+    be shared) or "separate" (one per language); fit on the train split, kept in the workdir.
+    """
+    verses = bible_verses()
+    train = verses["train"]
+    if cfg.tokenizer not in ("joint", "separate"):
+        raise UserError(f"data.tokenizer must be joint or separate, got {cfg.tokenizer!r}")
+    fit = lambda texts: lambda: tokenizers.train_sentence_pieces(texts, cfg.vocab_size)
+    if cfg.tokenizer == "joint":
+        both = [s for _, es, en in train for s in (es, en)]
+        src_tok = tgt_tok = _workdir_tokenizer(workdir, tokenizers.FILENAME, fit(both))
+        artifacts = {tokenizers.FILENAME: src_tok.model_proto}
+    else:
+        src_tok = _workdir_tokenizer(workdir, "tokenizer_src.model", fit([v[1] for v in train]))
+        tgt_tok = _workdir_tokenizer(workdir, "tokenizer_tgt.model", fit([v[2] for v in train]))
+        artifacts = {"tokenizer_src.model": src_tok.model_proto,
+                     "tokenizer_tgt.model": tgt_tok.model_proto}  # fmt: skip
+    bos, eos = [tokenizers.BOS], [tokenizers.EOS]
+    splits, texts = {}, {}
+    for split, rows in verses.items():
+        src = [np.asarray(src_tok.encode(es) + eos, np.int32) for _, es, _ in rows]
+        tgt = [np.asarray(bos + tgt_tok.encode(en) + eos, np.int32) for _, _, en in rows]
+        splits[split] = {"src": src, "tgt": tgt}
+        texts[split] = {"src": [r[1] for r in rows], "tgt": [r[2] for r in rows],
+                        "ref": [r[0] for r in rows]}  # fmt: skip
+    lengths = {"src": cfg.max_src_len, "tgt": cfg.max_tgt_len}
+    fields = {"src_vocab_size": src_tok.vocab_size, "tgt_vocab_size": tgt_tok.vocab_size}
+    tokens = {"src": src_tok, "tgt": tgt_tok}
+    return ExampleData(splits, lengths, texts, tokens, fields, artifacts)
 
 
 def _all_examples(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -141,6 +195,9 @@ LOADERS = {
     "bible_en_char": bible_en_char,
     "tinyshakespeare_bpe": tinyshakespeare_bpe,
     "tinyshakespeare_gpt2": tinyshakespeare_gpt2,
+    "bible_es_en": bible_es_en,
+    "english_mlm": sentences.english_mlm,
+    "bible_genre": sentences.bible_genre,
 }
 
 

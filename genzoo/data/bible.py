@@ -19,35 +19,47 @@ FILES = {
 
 
 def source_paths() -> dict:
-    return {name: sources.resolve("bible-es-en", name, "", sha) for name, sha in FILES.items()}
+    """train.tsv and validation.tsv, and test.tsv where the user provides one beside them."""
+    paths = {name: sources.resolve("bible-es-en", name, "", sha) for name, sha in FILES.items()}
+    test = paths["validation.tsv"].parent / "test.tsv"
+    if test.is_file():
+        paths["test.tsv"] = test
+    return paths
 
 
 def sources_digest(paths: dict) -> str:
-    return sources.sha256_of(paths["train.tsv"]) + sources.sha256_of(paths["validation.tsv"])
+    return "".join(sources.sha256_of(paths[name]) for name in sorted(paths))
 
 
 class BibleEsEn(tfds.core.GeneratorBasedBuilder):
     """Spanish-English verse pairs: 28,465 train and 1,234 validation."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")  # 1.1: the verse reference; an optional test split
 
     def _info(self) -> tfds.core.DatasetInfo:
         return sources.tensor_dataset_info(
             self,
             __doc__,
             "https://ebible.org/",
-            {"es": ((None,), np.uint8), "en": ((None,), np.uint8), "index": ((), np.int32)},
+            {
+                "es": ((None,), np.uint8),
+                "en": ((None,), np.uint8),
+                "ref": ((None,), np.uint8),
+                "index": ((), np.int32),
+            },  # fmt: skip
         )
 
     def _split_generators(self, dl_manager):
         del dl_manager
         paths = source_paths()
         self.info.metadata["source_sha256"] = sources_digest(paths)
-        return {s: self._generate_examples(paths[f"{s}.tsv"]) for s in ("train", "validation")}
+        splits = [name.removesuffix(".tsv") for name in sorted(paths)]
+        return {s: self._generate_examples(paths[f"{s}.tsv"]) for s in splits}
 
     def _generate_examples(self, path):
         with open(path, encoding="utf-8") as f:
             for index, line in enumerate(f):
-                _, es, en = line.rstrip("\n").split("\t")
+                ref, es, en = line.rstrip("\n").split("\t")
                 as_bytes = lambda s: np.frombuffer(s.encode("utf-8"), np.uint8)
-                yield index, {"es": as_bytes(es), "en": as_bytes(en), "index": np.int32(index)}
+                yield index, {"es": as_bytes(es), "en": as_bytes(en), "ref": as_bytes(ref),
+                              "index": np.int32(index)}  # fmt: skip

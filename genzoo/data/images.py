@@ -39,6 +39,10 @@ class ImageData:
 
     artifacts: dict = {}
 
+    @property
+    def example_shapes(self) -> dict:
+        return {"image": self.image_shape, "label": (), "mask": (), "index": ()}
+
     def meta(self, split: str) -> dict:
         return {"class_names": self.class_names}
 

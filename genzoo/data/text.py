@@ -69,6 +69,14 @@ class TokenStreamData:
         """Config fields the model takes from the data (filled in where the experiment says -1)."""
         return {"vocab_size": self.tokenizer.vocab_size}
 
+    @property
+    def example_shapes(self) -> dict:
+        return {"inputs": (self.seq_len,), "targets": (self.seq_len,), "mask": (self.seq_len,)}
+
+    @property
+    def tokens_per_example(self) -> int:
+        return self.seq_len
+
     def meta(self, split: str) -> dict:
         return {"chars_per_token": self.chars_per_token[split]}
 

@@ -34,35 +34,64 @@ class SentencePieceTokenizer:
     def decode(self, ids) -> str:
         return self._sp.decode([int(i) for i in ids])
 
+    def piece_id(self, piece: str) -> int:
+        return self._sp.piece_to_id(piece)
+
+    def id_piece(self, i: int) -> str:
+        return self._sp.id_to_piece(int(i))
+
+
+# Ids of the special pieces in sentence tokenizers (`train_sentence_pieces`).
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+
 
 def train_sentencepiece(text: str, vocab_size: int, model_type: str) -> SentencePieceTokenizer:
-    """A tokenizer fit on `text` (fed in chunks, since sentencepiece trains on "sentences")."""
+    """A tokenizer that keeps `text` exactly, fit on it in 2,000-character chunks (a stream
+    of text has no sentences)."""
+    chunks = (text[i : i + 2000] for i in range(0, len(text), 2000))
+    return _train(
+        chunks, vocab_size, model_type,
+        user_defined_symbols=["\n"], add_dummy_prefix=False, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", allow_whitespace_only_pieces=True,
+        bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0,
+    )  # fmt: skip
+
+
+def train_sentence_pieces(sentences, vocab_size: int, model_type="bpe", symbols=()):
+    """A tokenizer for sentences (translation, BERT): NFKC-normalised, whitespace folded, a
+    word-start prefix, the special ids PAD, UNK, BOS, EOS = 0, 1, 2, 3, then `symbols`
+    (such as "[MASK]") as single pieces with the next ids."""
+    return _train(
+        iter(sentences), vocab_size, model_type, normalization_rule_name="nmt_nfkc",
+        pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, user_defined_symbols=list(symbols),
+    )  # fmt: skip
+
+
+def _train(sentences, vocab_size: int, model_type: str, **options) -> SentencePieceTokenizer:
     if model_type not in ("bpe", "unigram"):
         raise UserError(f"tokenizer model_type must be bpe or unigram, got {model_type!r}")
-    chunks = (text[i : i + 2000] for i in range(0, len(text), 2000))
     buffer = io.BytesIO()
+    try:
+        _train_into(buffer, sentences, vocab_size, model_type, **options)
+    except RuntimeError as e:  # sentencepiece reports bad settings (a vocabulary too small)
+        raise UserError(f"cannot train the tokenizer: {str(e).split('] ')[-1]}") from None
+    return SentencePieceTokenizer(buffer.getvalue())
+
+
+def _train_into(buffer, sentences, vocab_size: int, model_type: str, **options) -> None:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=chunks,
+        sentence_iterator=sentences,
         model_writer=buffer,
         vocab_size=vocab_size,
         model_type=model_type,
         byte_fallback=True,
         character_coverage=1.0,
-        user_defined_symbols=["\n"],
-        add_dummy_prefix=False,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        allow_whitespace_only_pieces=True,
         split_digits=True,
         max_sentence_length=1 << 16,
         num_threads=2,
         minloglevel=2,
-        bos_id=-1,
-        eos_id=-1,
-        pad_id=-1,
-        unk_id=0,
+        **options,
     )
-    return SentencePieceTokenizer(buffer.getvalue())
 
 
 class GPT2Tokenizer:

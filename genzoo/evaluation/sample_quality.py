@@ -63,3 +63,16 @@ def score(images_NxHxWxC: np.ndarray, real_NxHxWxC: np.ndarray, classifier_workd
         "classifier_score_real": classifier_score(real_probs),
         "num_samples": len(images_NxHxWxC),
     }
+
+
+def evaluate(run, split: str, *, classifier_workdir: str, num_samples: int = 1000) -> dict:
+    """The `sample_quality` evaluator: `num_samples` generated images against as many real
+    test images, scored by the classifier run in `classifier_workdir`."""
+    from genzoo import kinds, models
+
+    if not classifier_workdir:
+        return {}
+    generator = kinds.of_family(models.get(run.cfg.model.family)).api(run)
+    fake = generator.sample(num_samples, seed=int(run.cfg.eval.seed))
+    real = run.data.real_images(split, num_samples)
+    return score(fake, real, Path(classifier_workdir))

@@ -84,11 +84,12 @@ class Embed(nn.Module):
     features: int
     axes: tuple = ("vocab", "embed")
     dtype: Dtype = jnp.float32
+    init_std: float = 0.02
 
     def setup(self):
         self.table_NxD = self.param(
             "embedding",
-            partitioned(nn.initializers.normal(0.02), self.axes),
+            partitioned(nn.initializers.normal(self.init_std), self.axes),
             (self.num_embeddings, self.features),
         )
 

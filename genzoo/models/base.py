@@ -4,12 +4,37 @@ from __future__ import annotations
 
 import dataclasses
 
+from genzoo.errors import UserError
+
+# Keys of a `model` section that belong to the spine, not to the family's dataclass.
+SPINE_KEYS = ("family",)
+
 
 class FromConfig:
-    """Mixin for a frozen dataclass: `from_cfg` keeps the fields it knows (lists become tuples)."""
+    """Mixin for a frozen dataclass config.
+
+    `from_cfg` refuses keys the family does not know (a typo must not silently train the
+    default) and runs `validate`, so impossible shapes fail before anything is written.
+    """
 
     @classmethod
     def from_cfg(cls, cfg):
         names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in cfg.keys() if k not in names and k not in SPINE_KEYS)
+        if unknown:
+            raise UserError(
+                f"model keys not known to {cls.__name__}: {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(names))})"
+            )
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in names}
-        return cls(**kw)
+        config = cls(**kw)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise UserError for settings no model can have; families extend this."""
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)

@@ -20,7 +20,7 @@ from genzoo import sampling
 from genzoo.errors import UserError
 from genzoo.evaluation import lm
 from genzoo.layers import Embed, LayerNorm, TransformerBlock
-from genzoo.models.base import FromConfig
+from genzoo.models.base import FromConfig, require
 
 KIND = "language_model"
 
@@ -37,6 +37,16 @@ class GPTConfig(FromConfig):
     ln_epsilon: float = 1e-5
     gelu_approximate: bool = False
     dtype: str = "float32"  # compute dtype; parameters stay float32
+
+    def validate(self) -> None:
+        require(self.vocab_size > 0, f"model.vocab_size must be positive, got {self.vocab_size}")
+        sizes = (self.num_layers, self.num_heads, self.width, self.block_size)
+        require(min(sizes) > 0, "model.num_layers, num_heads, width, block_size must be positive")
+        require(
+            self.width % self.num_heads == 0,
+            f"model.width={self.width} is not divisible by num_heads={self.num_heads}",
+        )
+        require(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def padded_vocab(self) -> int:
@@ -137,9 +147,10 @@ def eval_summary(totals, meta):
     return lm.summary(totals, meta)
 
 
-def flops_per_example(cfg, seq_len: int) -> float:
+def flops_per_example(cfg, shapes) -> float:
     """Training FLOPs (forward + backward) for one sequence, as in the PaLM paper's appendix."""
     c = GPTConfig.from_cfg(cfg)
+    (seq_len,) = shapes["inputs"]
     matmul_params = 12 * c.num_layers * c.width**2 + c.padded_vocab * c.width
     attention = 12 * c.num_layers * c.width * seq_len
     return float((6 * matmul_params + attention) * seq_len)

@@ -1,0 +1,51 @@
+"""BERT masked-LM (+ next-sentence) pretraining on English: Bible (WEB) verses and Shakespeare.
+
+    genzoo train bert_mlm_english --variant cpu
+    genzoo eval --workdir runs/bert_mlm_english --json     # mlm_loss, mlm_accuracy, nsp_accuracy
+    genzoo sample --workdir runs/bert_mlm_english --prompt "in the beginning god [MASK] the heavens"
+
+Needs $GENZOO_DATA_DIR/bible-es-en/. Expect: see the README's table (measured figures).
+"""
+
+from genzoo.experiment import base_config
+
+VARIANTS = ("smoke", "cpu")
+
+
+def get_config(variant=None):
+    c = base_config()
+    c.model = dict(
+        family="bert",
+        vocab_size=-1,
+        max_len=128,
+        num_layers=6,
+        num_heads=8,
+        width=512,
+        mlp_hidden=2048,
+        dropout=0.1,
+        nsp=True,
+        dtype="float32",
+    )
+    c.data = dict(name="english_mlm", vocab_size=8000, max_len=128, seed=0, tokenizer_dir="")
+    c.train.update(steps=20000, batch_size=128)
+    c.optim.update(lr=5e-4, min_lr=5e-5, warmup_steps=1000, b2=0.999, eps=1e-6,
+                   weight_decay=0.01)  # fmt: skip
+    c.eval.update(every_steps=1000, batch_size=64)
+    c.checkpoint.update(every_steps=1000, keep=2)
+    c.log.every_steps = 50
+    if variant == "cpu":
+        c.model.update(max_len=64, num_layers=4, num_heads=4, width=256, mlp_hidden=1024)
+        c.data.update(vocab_size=6000, max_len=64)
+        c.train.update(steps=3000, batch_size=64)
+        c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=300)
+        c.eval.update(every_steps=1000)
+        c.checkpoint.update(every_steps=500)
+    elif variant == "smoke":
+        c.model.update(max_len=32, num_layers=1, num_heads=2, width=32, mlp_hidden=64)
+        c.data.update(vocab_size=512, max_len=32)
+        c.train.update(steps=10, batch_size=8)
+        c.optim.update(warmup_steps=2)
+        c.eval.update(every_steps=10, max_batches=2, batch_size=8)
+        c.checkpoint.update(every_steps=10)
+        c.log.every_steps = 5
+    return c

@@ -1,0 +1,109 @@
+"""Examples with named token fields (`src`, `tgt`, ...): padded batches, seeded and resumable.
+
+Unlike a token stream, each example is a record of variable-length id sequences, one per
+field. Batches pad every field to its fixed length (so shapes, and compiles, never change)
+and carry a mask per field plus a row mask:
+
+    {"src": int32 [B, S], "src_mask": float32 [B, S], "tgt": int32 [B, T],
+     "tgt_mask": float32 [B, T], "mask": float32 [B], "index": int32 [B]}
+
+Sequences longer than their field's length are cut, keeping their last id (an EOS).
+Training batches come from a grain pipeline (shuffle with the seed, repeat, batch) whose
+iterator state the checkpoints hold; evaluation walks a split once in order, the last
+batch padded with rows whose masks are zero.
+"""
+
+from __future__ import annotations
+
+import grain
+import numpy as np
+
+from genzoo.errors import UserError
+
+
+def _fit(ids: np.ndarray, length: int) -> np.ndarray:
+    return ids if len(ids) <= length else np.concatenate([ids[: length - 1], ids[-1:]])
+
+
+class _Pad:
+    """Maps a batch of example ids to the padded batch dict (a grain map)."""
+
+    def __init__(self, fields: dict[str, list[np.ndarray]], lengths: dict[str, int], labels=None):
+        self.fields, self.lengths, self.labels = fields, lengths, labels or {}
+
+    def __call__(self, ids_B: np.ndarray, valid_B: np.ndarray | None = None) -> dict:
+        valid_B = np.ones(len(ids_B), bool) if valid_B is None else valid_B
+        batch = {"mask": valid_B.astype(np.float32), "index": ids_B.astype(np.int32)}
+        for name, values_N in self.labels.items():
+            batch[name] = values_N[ids_B].astype(np.int32)
+        for name, sequences in self.fields.items():
+            L = self.lengths[name]
+            ids_BxL = np.zeros((len(ids_B), L), np.int32)
+            mask_BxL = np.zeros((len(ids_B), L), np.float32)
+            for row, (i, valid) in enumerate(zip(ids_B, valid_B, strict=True)):
+                if valid:
+                    seq = _fit(sequences[int(i)], L)
+                    ids_BxL[row, : len(seq)] = seq
+                    mask_BxL[row, : len(seq)] = 1.0
+            batch[name], batch[f"{name}_mask"] = ids_BxL, mask_BxL
+        return batch
+
+
+class ExampleData:
+    """A data set of token-field examples.
+
+    `splits`: {split: {field: [int array per example]}}; `lengths`: {field: padded length};
+    `texts`: {split: {field: [str per example]}} (what host-side evaluators score against);
+    `tokenizers`: {field: tokenizer}; `model_fields`: config the model takes from the data;
+    `labels`: {split: {name: int array [N]}}, per-example integers batched as [B].
+    """
+
+    def __init__(self, splits, lengths, texts, tokenizers, model_fields, artifacts=None,
+                 labels=None):  # fmt: skip
+        self.splits, self.lengths, self.texts = splits, dict(lengths), texts
+        self.labels = labels or {s: {} for s in splits}
+        self.tokenizers, self.model_fields = tokenizers, dict(model_fields)
+        self.artifacts = artifacts or {}
+        for split, fields in splits.items():
+            sizes = {len(v) for v in fields.values()}
+            if len(sizes) != 1 or not sizes.pop():
+                raise UserError(f"split {split!r} is empty or its fields differ in length")
+
+    def num_examples(self, split: str) -> int:
+        return len(next(iter(self.splits[split].values())))
+
+    @property
+    def example_shapes(self) -> dict:
+        shapes = {"mask": (), "index": (), **{name: () for name in self.labels["train"]}}
+        for name, length in self.lengths.items():
+            shapes[name] = shapes[f"{name}_mask"] = (length,)
+        return shapes
+
+    @property
+    def tokens_per_example(self) -> float:
+        """Mean real (unpadded) tokens of a training example, over all fields."""
+        fields = self.splits["train"].values()
+        return float(sum(np.mean([min(len(s), self.lengths[f]) for s in seqs])
+                         for f, seqs in zip(self.lengths, fields, strict=True)))  # fmt: skip
+
+    def meta(self, split: str) -> dict:
+        return {"num_examples": self.num_examples(split)}
+
+    def train_iterator(self, batch_size: int, seed: int):
+        ids = grain.MapDataset.range(self.num_examples("train")).shuffle(seed=seed).repeat(None)
+        ds = ids.batch(batch_size, drop_remainder=True)
+        return iter(
+            ds.map(_Pad(self.splits["train"], self.lengths, self.labels["train"])).to_iter_dataset()
+        )
+
+    def eval_batches(self, split: str, batch_size: int, max_batches: int = -1):
+        if split not in self.splits:
+            raise UserError(f"unknown split {split!r} (have: {', '.join(self.splits)})")
+        pad = _Pad(self.splits[split], self.lengths, self.labels[split])
+        n = self.num_examples(split)
+        num_batches = -(-n // batch_size)
+        if max_batches > 0:
+            num_batches = min(num_batches, max_batches)
+        for b in range(num_batches):
+            ids_B = np.arange(b * batch_size, (b + 1) * batch_size)
+            yield pad(np.minimum(ids_B, n - 1), ids_B < n)

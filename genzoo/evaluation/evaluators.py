@@ -1,0 +1,48 @@
+"""Host-side evaluators, declared in an experiment's config (big_vision's `config.evals`).
+
+    c.eval.evaluators = {"translation": dict(beams=4, every_steps=0, max_examples=-1)}
+
+Each name maps to a function `(run, split, **options) -> {figure: value}` that computes
+its figures from decoded outputs over a whole split on the host: sampled images scored by
+a classifier, translations scored against references. `genzoo eval` runs every declared
+evaluator; the trainer also runs those with `every_steps > 0` on that cadence (their
+figures logged as `val/*`). `run` is a `genzoo.workdir.Run` (config, data, parameters).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from genzoo.errors import UserError
+
+# name -> "module:function", imported on use (each pulls its own libraries).
+EVALUATORS = {
+    "sample_quality": "genzoo.evaluation.sample_quality:evaluate",
+    "translation": "genzoo.evaluation.translation:evaluate",
+}
+RUNNER_OPTIONS = ("every_steps",)  # handled here, not passed to the evaluator
+
+
+def get(name: str):
+    if name not in EVALUATORS:
+        raise UserError(f"unknown evaluator {name!r} (known: {', '.join(EVALUATORS)})")
+    module, fn = EVALUATORS[name].split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def check(evaluators_cfg) -> None:
+    """UserError for an unknown evaluator name, before anything is written."""
+    for name in evaluators_cfg or {}:
+        get(name)
+
+
+def run_all(run, split: str, step: int | None = None) -> dict:
+    """Figures of every declared evaluator; with `step`, only those due at that step."""
+    figures = {}
+    for name, options in (run.cfg.eval.get("evaluators") or {}).items():
+        options = dict(options)
+        every = options.pop("every_steps", 0)
+        if step is not None and not (every > 0 and step % every == 0):
+            continue
+        figures.update(get(name)(run, split, **options))
+    return figures

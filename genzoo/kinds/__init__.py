@@ -1,0 +1,73 @@
+"""Kinds of model: what a trained run can do, how `genzoo sample` drives it, its Python API.
+
+Each kind (language model, translator, masked LM, image generator, classifier) is one
+module here that registers a `Kind`: the `typing.Protocol` its families satisfy (beyond
+the training protocol in `genzoo.models.protocols`), its `sample` command-line options
+and the API class that `genzoo.load(workdir)` returns. The CLI and `load` dispatch
+through this registry, so a new kind never adds a branch elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+from genzoo.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One `genzoo sample` flag: argparse keywords, without `default` (the kind's is used)."""
+
+    flag: str
+    default: object
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    name: str
+    protocol: type  # what a family of this kind offers beyond training
+    api: type  # built from a `workdir.Run`
+    options: tuple[Option, ...] = ()
+    sample: Callable | None = None  # sample(api, args) -> None, prints/writes the samples
+
+
+_MODULES = ("language_model", "translator", "masked_lm", "image_generator", "classifier")
+REGISTRY: dict[str, Kind] = {}
+
+
+def register(kind: Kind) -> Kind:
+    REGISTRY[kind.name] = kind
+    return kind
+
+
+def all_kinds() -> dict[str, Kind]:
+    for name in _MODULES:
+        importlib.import_module(f"genzoo.kinds.{name}")
+    return REGISTRY
+
+
+def get(name: str) -> Kind:
+    kinds = all_kinds()
+    if name not in kinds:
+        raise UserError(f"unknown model kind {name!r} (known: {', '.join(kinds)})")
+    return kinds[name]
+
+
+def of_family(family) -> Kind:
+    return get(getattr(family, "KIND", ""))
+
+
+def load(run_dir: str | Path):
+    """The API object of a trained (or imported) run: its kind decides the class."""
+    from genzoo import models, workdir
+
+    run = workdir.open_run(Path(run_dir))
+    return of_family(models.get(run.cfg.model.family)).api(run)

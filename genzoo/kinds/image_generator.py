@@ -1,0 +1,71 @@
+"""Image generators (VAE, GAN): sample image grids; reconstruct where the family can."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import jax
+import numpy as np
+
+from genzoo import models
+from genzoo.errors import UserError
+from genzoo.kinds import Kind, Option, register
+
+
+@runtime_checkable
+class ImageGeneratorFamily(Protocol):
+    def sample(self, params, rng, cfg, *, num: int):
+        """`num` images [N, H, W, C] in [0, 1]; each image has its own randomness."""
+
+
+class ImageGenerator:
+    def __init__(self, run):
+        self.run, self.family = run, models.get(run.cfg.model.family)
+
+    def sample(self, num: int = 64, seed: int = 0) -> np.ndarray:
+        images = self.family.sample(
+            self.run.state.params, jax.random.PRNGKey(seed), self.run.cfg.model, num=num
+        )
+        return np.asarray(images)
+
+    def reconstruct(self, images_BxHxWxC) -> np.ndarray:
+        if not hasattr(self.family, "reconstruct"):
+            raise UserError(f"family {self.run.cfg.model.family!r} cannot reconstruct")
+        out = self.family.reconstruct(self.run.state.params, images_BxHxWxC, self.run.cfg.model)
+        return np.asarray(out)
+
+
+def _sample(gen: ImageGenerator, args) -> None:
+    from genzoo import metrics
+
+    run = gen.run
+    name = "reconstructions.png" if args.reconstruct else "samples.png"
+    out = Path(args.out) if args.out else Path(args.workdir) / name
+    if not out.parent.is_dir():
+        raise UserError(f"folder {out.parent} does not exist")
+    num = args.num or 64
+    if args.reconstruct:
+        split = run.cfg.eval.split
+        real = run.data.real_images(split, len(run.data.splits[split][0]))
+        real = real[np.random.default_rng(args.seed).choice(len(real), num, replace=False)]
+        recon = gen.reconstruct(real)
+        images = np.stack([real, recon], axis=1).reshape(-1, *real.shape[1:])  # pairs side by side
+        metrics.save_image_grid(images, out, columns=2 * max(1, int(np.sqrt(num))))
+    else:
+        metrics.save_image_grid(gen.sample(num, args.seed), out)
+    print(out)
+
+
+register(
+    Kind(
+        "image_generator",
+        ImageGeneratorFamily,
+        ImageGenerator,
+        options=(
+            Option("--out", None, dict(help="PNG path (default: WORKDIR/samples.png)")),
+            Option("--reconstruct", False, dict(action="store_true", help="inputs beside outputs")),
+        ),
+        sample=_sample,
+    )
+)

@@ -1,0 +1,193 @@
+"""Language models (GPT, HMM): continue prompts, score texts; `genzoo.load(...).generate`."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import jax
+import numpy as np
+
+from genzoo import models
+from genzoo.errors import UserError
+from genzoo.kinds import Kind, Option, register
+
+
+@runtime_checkable
+class LanguageModelFamily(Protocol):
+    """What a language-model family offers beyond training.
+
+    `RAGGED_PROMPTS`: `sample` accepts left-padded prompt batches (`pad_B`); families
+    without it are called once per prompt. Sampling keywords a family cannot honour
+    (beams for an HMM) raise `UserError`.
+    """
+
+    RAGGED_PROMPTS: bool
+
+    def sample(
+        self, params, rng, cfg, *, prompt_BxP, max_new_tokens: int, temperature=1.0, top_k=0,
+        top_p=1.0, num_beams=1, repetition_penalty=1.0,
+    ):  # fmt: skip
+        """New tokens [B, max_new_tokens] int32 after each prompt row; rows sample
+        independently. Optional keywords: `length_penalty`, `eos_id`, `pad_B`."""
+
+    def token_log_probs(self, params, tokens_BxT, cfg):
+        """log p(x_t | x_<t) for t = 1..T-1, [B, T-1] nats."""
+
+    def context_length(self, cfg) -> int:
+        """The most tokens (prompt + new) one row may hold."""
+
+
+class LanguageModel:
+    """A trained (or imported) language-model run: its parameters, tokenizer and family."""
+
+    def __init__(self, run):
+        self.run, self.family = run, models.get(run.cfg.model.family)
+        self.params, self.tokenizer = run.state.params, run.data.tokenizer
+        self.context = self.family.context_length(run.cfg.model)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(ids)
+
+    def generate(
+        self,
+        prompts: str | list[str],
+        *,
+        max_new_tokens: int = 100,
+        temperature: float = 0.8,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
+        repetition_penalty: float = 1.0,
+        eos: str | None = None,
+        stop: tuple[str, ...] | list[str] = (),
+    ) -> list[str]:
+        """One continuation per prompt (the prompt not included).
+
+        Prompts of different lengths are batched with left padding where the family supports
+        it (the GPT), and one by one otherwise; both give the same text. `eos` names a token
+        that ends a row; `stop` strings cut the returned text at their first occurrence.
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        encoded = [self.encode(p if p else "\n") for p in prompts]
+        longest = max(len(ids) for ids in encoded)
+        if longest + max_new_tokens > self.context:
+            raise UserError(
+                f"prompt + max_new_tokens exceeds the model's context of {self.context}"
+            )
+        eos_id = -1
+        if eos is not None:
+            eos_ids = self.encode(eos)
+            if len(eos_ids) != 1:
+                raise UserError(f"eos {eos!r} is not a single token")
+            eos_id = eos_ids[0]
+        options = dict(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            num_beams=num_beams,
+            repetition_penalty=repetition_penalty,
+        )
+        if num_beams > 1 or eos_id >= 0:
+            options.update(length_penalty=length_penalty, eos_id=eos_id)
+        rng = jax.random.PRNGKey(seed)
+        if getattr(self.family, "RAGGED_PROMPTS", False):
+            pad_B = np.array([longest - len(ids) for ids in encoded], np.int32)
+            prompt_BxP = np.zeros((len(encoded), longest), np.int32)
+            for row, ids in enumerate(encoded):
+                prompt_BxP[row, pad_B[row] :] = ids
+            new_BxN = self.family.sample(
+                self.params, rng, self.run.cfg.model, prompt_BxP=prompt_BxP, pad_B=pad_B, **options
+            )
+            rows = list(np.asarray(new_BxN))
+        else:
+            # One call per prompt; each row its own key, so equal prompts give different texts.
+            rows = [
+                np.asarray(self.family.sample(self.params, jax.random.fold_in(rng, row),
+                                              self.run.cfg.model, prompt_BxP=np.asarray([ids]),
+                                              **options))[0]
+                for row, ids in enumerate(encoded)
+            ]  # fmt: skip
+        return [self._finish(row, eos_id, stop) for row in rows]
+
+    def _finish(self, row, eos_id: int, stop) -> str:
+        ids = list(row)
+        if eos_id >= 0 and eos_id in ids:
+            ids = ids[: ids.index(eos_id)]
+        text = self.decode(ids)
+        cuts = [text.index(s) for s in stop if s and s in text]
+        return text[: min(cuts)] if cuts else text
+
+    def score(self, texts: str | list[str]) -> list[float]:
+        """Total log-likelihood of each text in nats: sum over tokens i >= 1 of
+        log p(token_i | tokens before i) (the first token is conditioned on, not scored)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        encoded = [self.encode(t) for t in texts]
+        if any(len(ids) > self.context for ids in encoded):
+            raise UserError(f"a text is longer than the model's context of {self.context} tokens")
+        longest = max(len(ids) for ids in encoded)
+        tokens_BxT = np.zeros((len(encoded), max(longest, 2)), np.int32)
+        valid_BxT = np.zeros(tokens_BxT.shape, bool)
+        for row, ids in enumerate(encoded):
+            tokens_BxT[row, : len(ids)] = ids
+            valid_BxT[row, : len(ids)] = True
+        log_p = np.asarray(self.family.token_log_probs(self.params, tokens_BxT, self.run.cfg.model))
+        return [float(v) for v in np.where(valid_BxT[:, 1:], log_p, 0.0).sum(axis=1)]
+
+
+def _sample(lm: LanguageModel, args) -> None:
+    prompt = args.prompt if args.prompt else "\n"
+    if args.max_new_tokens is None:
+        args.max_new_tokens = max(1, min(200, lm.context - len(lm.encode(prompt))))
+    texts = lm.generate(
+        [prompt] * (args.num or 1),
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        num_beams=args.beams,
+        length_penalty=args.length_penalty,
+        repetition_penalty=args.repetition_penalty,
+        eos=args.eos,
+        stop=args.stop or (),
+    )
+    for i, text in enumerate(texts):
+        if i:
+            print("-" * 40)
+        print(prompt + text)
+
+
+SAMPLING_OPTIONS = (
+    Option("--temperature", 0.8, dict(type=float, help="0: greedy")),
+    Option("--top-k", 0, dict(type=int, help="0: off (masked LM: fillers shown)")),
+    Option("--top-p", 1.0, dict(type=float, help="nucleus mass, in (0, 1]")),
+    Option("--repetition-penalty", 1.0, dict(type=float, help="CTRL-style; 1: off")),
+)
+BEAM_OPTIONS = (
+    Option("--beams", 1, dict(type=int, help="beam search width (1: sample)")),
+    Option("--length-penalty", 1.0, dict(type=float, help="beams: score / len**this")),
+    Option("--max-new-tokens", None, dict(type=int, help="default: what fits, at most 200")),
+)
+PROMPT = Option("--prompt", "", dict(help="text to continue / translate / fill"))
+
+register(
+    Kind(
+        "language_model",
+        LanguageModelFamily,
+        LanguageModel,
+        options=(
+            PROMPT,
+            *SAMPLING_OPTIONS,
+            *BEAM_OPTIONS,
+            Option("--eos", None, dict(help="a token that ends a continuation")),
+            Option("--stop", None, dict(action="append", help="cut the text here (repeatable)")),
+        ),
+        sample=_sample,
+    )
+)

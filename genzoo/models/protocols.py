@@ -1,0 +1,38 @@
+"""The family protocol as types: what the trainer and CLI call on every model family.
+
+A family is a module; `typing.Protocol`s describe modules as well as classes, and the
+conformance test checks every family in `genzoo.models.FAMILIES` against `Family` and
+against its kind's protocol (`genzoo.kinds`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Family(Protocol):
+    KIND: str  # a name in genzoo.kinds: what a trained run can do
+
+    def init(self, rng, cfg):
+        """Parameters, boxed with logical axis names (`genzoo.layers.partitioned`)."""
+
+    def loss(self, params, batch, rng, cfg, *, train: bool, step):
+        """(loss, metrics): `loss` a scalar, or {group: scalar} when the parameters are a
+        dict of groups each trained on its own objective (a GAN); `metrics` a dict of
+        scalars to log. `rng` differs at every step; `step` is the optimizer step."""
+
+    def eval_sums(self, params, batch, rng, cfg):
+        """Arrays that add up across batches (sums, counts) over the batch's valid rows."""
+
+    def eval_summary(self, totals, meta):
+        """Whole-split figures from the summed `eval_sums`; the first is the headline."""
+
+
+@runtime_checkable
+class CountsFlops(Protocol):
+    """Optional: enables MFU reporting."""
+
+    def flops_per_example(self, cfg, shapes) -> float:
+        """Training FLOPs (forward + backward) of one example, given the per-example shapes
+        of the batch's fields (`{"inputs": (L,), ...}`)."""
