@@ -28,8 +28,9 @@ def get_config(variant=None):
     c.train.steps = {"smoke": 10}.get(variant, 1000)
     c.optim.update(lr=1e-4, min_lr=1e-5, warmup_steps=100, weight_decay=0.01)
     c.eval.update(every_steps=250)
+    c.eval.evaluators.classifier_baselines = dict(bow=True, scratch=True)
     if variant == "smoke":  # random init: CI has no pretrained run
         c.optim.warmup_steps = 2
         c.eval.update(every_steps=10)
-        c.eval.evaluators = {}
+        c.eval.evaluators.classifier_baselines.scratch = False
     return c

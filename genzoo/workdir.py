@@ -95,6 +95,7 @@ class Run:
     trainer: object
     state: object
     step: int
+    path: Path | None = None  # the workdir (None for a run still in training)
 
 
 def open_run(workdir: Path, overrides=()) -> Run:
@@ -121,4 +122,4 @@ def open_run(workdir: Path, overrides=()) -> Run:
         raise UserError(f"checkpoint {step} in {workdir} cannot be read: {e}") from None
     finally:
         ckpt.close()
-    return Run(frozen, data, trainer, state, step)
+    return Run(frozen, data, trainer, state, step, workdir)

@@ -63,12 +63,13 @@ def write_idx(path: Path, array) -> None:
 TEXT = make_text()
 (_ROOT / "data" / "tinyshakespeare").mkdir(parents=True)
 (_ROOT / "data" / "tinyshakespeare" / "input.txt").write_text(TEXT)
+_BOOKS = ["Genesis", "I Samuel", "Psalms", "Isaiah", "Mark", "II Timothy", "Revelation of John"]
 _BIBLE = _ROOT / "data" / "bible-es-en"
 _BIBLE.mkdir(parents=True)
 for _split, _num in (("train", 300), ("validation", 40)):
     _rng = random.Random(_num)
     _lines = [
-        f"Book {i}:1\t{' '.join(_rng.choice(WORDS) for _ in range(8))}\t"
+        f"{_BOOKS[i % len(_BOOKS)]} {i}:1\t{' '.join(_rng.choice(WORDS) for _ in range(8))}\t"
         f"“{' '.join(_rng.choice(WORDS) for _ in range(8)).capitalize()}” (and) rest.\n"
         for i in range(_num)
     ]

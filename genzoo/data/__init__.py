@@ -176,6 +176,42 @@ def bible_es_en(cfg, workdir=None) -> ExampleData:
     return ExampleData(splits, lengths, texts, tokens, fields, artifacts)
 
 
+def wmt14_en_de(cfg, workdir=None) -> ExampleData:
+    """WMT 2014 English -> German from TFDS (`wmt14_translate/de-en`, built once by the user),
+    or `cfg.synthetic_examples` random id pairs (tests: the model builds and steps)."""
+    if cfg.synthetic_examples:
+        rng = np.random.default_rng(0)
+        ids = lambda n: [rng.integers(7, cfg.vocab_size, rng.integers(3, n)).astype(np.int32)
+                         for _ in range(cfg.synthetic_examples)]  # fmt: skip
+        splits = {s: {"src": ids(cfg.max_src_len), "tgt": ids(cfg.max_tgt_len)}
+                  for s in ("train", "validation")}  # fmt: skip
+        texts = {s: {"src": [""] * cfg.synthetic_examples, "tgt": [""] * cfg.synthetic_examples}
+                 for s in splits}  # fmt: skip
+        fields = {"src_vocab_size": cfg.vocab_size, "tgt_vocab_size": cfg.vocab_size}
+        lengths = {"src": cfg.max_src_len, "tgt": cfg.max_tgt_len}
+        return ExampleData(splits, lengths, texts, {}, fields)
+    try:
+        sources_ = {s: tfds.data_source("wmt14_translate/de-en", split=s)
+                    for s in ("train", "validation", "test")}  # fmt: skip
+    except Exception as e:  # TFDS raises several kinds when a data set is not built
+        raise UserError(f"TFDS wmt14_translate/de-en is not available: {e}") from None
+    pairs = {s: [(bytes(r["en"]).decode(), bytes(r["de"]).decode()) for r in src]
+             for s, src in sources_.items()}  # fmt: skip
+    sample = [t for pair in pairs["train"][: cfg.tokenizer_sentences // 2] for t in pair]
+    fit = lambda: tokenizers.train_sentence_pieces(sample, cfg.vocab_size)
+    tok = _workdir_tokenizer(workdir, tokenizers.FILENAME, fit)
+    bos, eos = [tokenizers.BOS], [tokenizers.EOS]
+    splits = {s: {"src": [np.asarray(tok.encode(en) + eos, np.int32) for en, _ in rows],
+                  "tgt": [np.asarray(bos + tok.encode(de) + eos, np.int32) for _, de in rows]}
+              for s, rows in pairs.items()}  # fmt: skip
+    texts = {s: {"src": [en for en, _ in rows], "tgt": [de for _, de in rows]}
+             for s, rows in pairs.items()}  # fmt: skip
+    fields = {"src_vocab_size": tok.vocab_size, "tgt_vocab_size": tok.vocab_size}
+    lengths = {"src": cfg.max_src_len, "tgt": cfg.max_tgt_len}
+    return ExampleData(splits, lengths, texts, {"src": tok, "tgt": tok}, fields,
+                       {tokenizers.FILENAME: tok.model_proto})  # fmt: skip
+
+
 def _all_examples(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
     source = builder.as_data_source(split=split)
     records = source.__getitems__(range(len(source)))
@@ -196,6 +232,7 @@ LOADERS = {
     "tinyshakespeare_bpe": tinyshakespeare_bpe,
     "tinyshakespeare_gpt2": tinyshakespeare_gpt2,
     "bible_es_en": bible_es_en,
+    "wmt14_en_de": wmt14_en_de,
     "english_mlm": sentences.english_mlm,
     "bible_genre": sentences.bible_genre,
 }

@@ -19,6 +19,7 @@ from genzoo.errors import UserError
 EVALUATORS = {
     "sample_quality": "genzoo.evaluation.sample_quality:evaluate",
     "translation": "genzoo.evaluation.translation:evaluate",
+    "classifier_baselines": "genzoo.evaluation.baselines_text:evaluate",
 }
 RUNNER_OPTIONS = ("every_steps",)  # handled here, not passed to the evaluator
 

@@ -84,15 +84,19 @@ def scores(hypotheses: list[str], references: list[str]) -> dict:
     return out
 
 
-def corpus_bleu_chrf(hypotheses: list[str], references: list[str]) -> dict:
-    """sacreBLEU's corpus BLEU (default 13a tokenisation) with its signature, and chrF."""
+def corpus_bleu_chrf(hypotheses: list[str], references) -> dict:
+    """sacreBLEU's corpus BLEU (default 13a tokenisation) with its signature, and chrF.
+
+    `references`: one reference per hypothesis, or a list of such reference streams.
+    """
     import sacrebleu
 
+    streams = [references] if isinstance(references[0], str) else list(references)
     bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
     return {
-        "bleu": float(bleu.corpus_score(hypotheses, [references]).score),
+        "bleu": float(bleu.corpus_score(hypotheses, streams).score),
         "bleu_signature": str(bleu.get_signature()),
-        "chrf": float(chrf.corpus_score(hypotheses, [references]).score),
+        "chrf": float(chrf.corpus_score(hypotheses, streams).score),
     }
 
 

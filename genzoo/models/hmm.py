@@ -22,6 +22,7 @@ from genzoo.layers import partitioned
 from genzoo.models.base import FromConfig
 
 KIND = "language_model"
+RAGGED_PROMPTS = False  # one prompt length per call: rows are sampled one by one
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,59 @@
+"""The shared attention layer: masks really mask, causality, cross-attention reads its source."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from genzoo.layers import Attention, TransformerBlock
+
+B, L, S, D, H = 2, 6, 5, 16, 4
+
+
+def _apply(module, *args, **kw):
+    params = module.init(jax.random.PRNGKey(0), *args, **kw)
+    return lambda *a, **k: module.apply(params, *a, **k)[0]
+
+
+@pytest.mark.parametrize("post_ln", [False, True])
+def test_padding_really_masks(post_ln):
+    block = TransformerBlock(num_heads=H, mlp_hidden=32, mode="bidirectional", post_ln=post_ln)
+    x = jax.random.normal(jax.random.PRNGKey(1), (B, L, D))
+    valid = jnp.arange(L)[None] < jnp.array([[4], [6]])
+    f = _apply(block, x, key_valid_BxL=valid)
+    noisy = x.at[0, 4:].set(100.0)  # change row 0's padded positions only
+    out, out_noisy = f(x, key_valid_BxL=valid), f(noisy, key_valid_BxL=valid)
+    np.testing.assert_allclose(out[0, :4], out_noisy[0, :4], atol=1e-5)
+    assert not np.allclose(f(x)[0, :4], out[0, :4])  # without the mask, padding matters
+
+
+def test_causal_self_attention_by_gradients():
+    attn = Attention(num_heads=H, head_dim=D // H, mode="causal")
+    x = jax.random.normal(jax.random.PRNGKey(2), (1, L, D))
+    f = _apply(attn, x)
+    jac = jax.jacobian(lambda x: f(x)[0].sum(-1))(x)[:, 0]  # d out[t] / d x[t'], [L, L, D]
+    influence = np.abs(np.asarray(jac)).sum(-1)
+    assert np.all(influence[np.triu_indices(L, 1)] == 0)  # no future position matters
+    assert np.all(influence[np.tril_indices(L)] > 0)
+
+
+def test_bidirectional_attention_sees_the_future():
+    attn = Attention(num_heads=H, head_dim=D // H, mode="bidirectional")
+    x = jax.random.normal(jax.random.PRNGKey(3), (1, L, D))
+    f = _apply(attn, x)
+    jac = jax.jacobian(lambda x: f(x)[0, 0].sum())(x)  # output at t=0
+    assert np.abs(np.asarray(jac)[0, -1]).sum() > 0
+
+
+def test_cross_attention_reads_the_source_and_its_mask():
+    attn = Attention(num_heads=H, head_dim=D // H, mode="cross")
+    x = jax.random.normal(jax.random.PRNGKey(4), (B, L, D))
+    memory = jax.random.normal(jax.random.PRNGKey(5), (B, S, D))
+    valid = jnp.arange(S)[None] < 3
+    f = _apply(attn, x, memory_BxSxD=memory)
+    out = f(x, memory_BxSxD=memory, key_valid_BxT=valid)
+    changed = memory.at[:, 0].add(1.0)
+    assert not np.allclose(out, f(x, memory_BxSxD=changed, key_valid_BxT=valid))
+    padded_changed = memory.at[:, 3:].add(50.0)
+    np.testing.assert_allclose(out, f(x, memory_BxSxD=padded_changed, key_valid_BxT=valid),
+                               atol=1e-5)  # fmt: skip

@@ -1,0 +1,149 @@
+"""The encoder-decoder Transformer: loss at init, learning, cached decoding, beams."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from genzoo.data.tokenizers import BOS, EOS
+from genzoo.models import transformer
+
+CFG = dict(
+    src_vocab_size=50,
+    tgt_vocab_size=50,
+    num_layers=2,
+    num_heads=2,
+    width=32,
+    mlp_hidden=64,
+    dropout=0.0,
+    label_smoothing=0.0,
+    max_decode_len=12,
+)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return jax.tree.map(
+        lambda x: x.value if hasattr(x, "value") else x,
+        transformer.init(jax.random.PRNGKey(0), CFG),
+        is_leaf=lambda x: hasattr(x, "value"),
+    )
+
+
+def _batch(seed=0, B=4, S=7, T=6):
+    rng = np.random.default_rng(seed)
+    src = rng.integers(7, 50, (B, S)).astype(np.int32)
+    tgt = rng.integers(7, 50, (B, T)).astype(np.int32)
+    tgt[:, 0] = BOS
+    src_mask = (np.arange(S)[None] < np.array([[S], [S - 2], [3], [S]])[:B]).astype(np.float32)
+    return {
+        "src": src * src_mask.astype(np.int32),
+        "src_mask": src_mask,
+        "tgt": tgt,
+        "tgt_mask": np.ones((B, T), np.float32),
+        "mask": np.ones(B, np.float32),
+    }
+
+
+def test_initial_loss_is_near_log_vocab(params):
+    # Unit-variance token vectors (std D^-1/2 x sqrt(D)) and a tied output table give logits
+    # of variance ~1 at init, plus a larger logit for the input token itself (it is in the
+    # residual stream): the loss starts a little above log V, never near 0 or far above.
+    batch = _batch()
+    c = transformer.TransformerConfig.from_cfg(CFG)
+    logits, _, _ = transformer._forward(params, batch, jax.random.PRNGKey(0), c, False)
+    s2 = float(jnp.var(logits, axis=-1).mean())
+    loss, _ = transformer.loss(params, batch, jax.random.PRNGKey(0), CFG, train=False)
+    assert 0.3 < s2 < 4.0
+    assert math.log(50) < float(loss) < math.log(50) + 2.0
+
+
+def test_changing_the_source_changes_the_logits_padding_does_not(params):
+    batch = _batch()
+    f = lambda b: transformer._forward(
+        params, b, jax.random.PRNGKey(0), transformer.TransformerConfig.from_cfg(CFG), False
+    )[0]
+    base = f(batch)
+    other = dict(batch, src=batch["src"].copy())
+    other["src"][0, 0] = (other["src"][0, 0] + 1 - 7) % 43 + 7
+    assert not np.allclose(base[0], f(other)[0])
+    padded = dict(batch, src=batch["src"].copy())
+    padded["src"][2, 3:] = 9  # row 2 is valid for 3 positions only
+    np.testing.assert_allclose(base, f(padded), atol=1e-5)
+
+
+def test_cached_decoding_equals_full_recomputation(params):
+    c = transformer.TransformerConfig.from_cfg(CFG)
+    model = transformer.EncoderDecoder(c)
+    batch = _batch()
+    src, valid = jnp.asarray(batch["src"]), jnp.asarray(batch["src_mask"] > 0)
+    tgt = jnp.asarray(batch["tgt"])
+    full = model.apply({"params": params}, src, valid, tgt)
+    memory = model.apply({"params": params}, src, valid, method="encode")
+    cache = transformer.init_cache(params, c, memory, valid, tgt.shape[1])
+    steps = []
+    for t in range(tgt.shape[1]):  # one token at a time, then compare every position
+        logits, cache = model.apply(
+            {"params": params}, tgt[:, t : t + 1], None, None, cache, method="decode"
+        )
+        steps.append(logits[:, 0])
+    np.testing.assert_allclose(full, jnp.stack(steps, 1), atol=2e-4)
+
+
+def test_beam_of_one_equals_greedy(params):
+    batch = _batch(1)
+    greedy = transformer.translate(
+        params, CFG, batch["src"], batch["src_mask"] > 0, max_new_tokens=8, num_beams=1
+    )
+    beam1 = transformer.translate(
+        params, CFG, batch["src"], batch["src_mask"] > 0, max_new_tokens=8, num_beams=2 - 1
+    )
+    from genzoo import sampling
+
+    c = transformer.TransformerConfig.from_cfg(CFG)
+    model = transformer.EncoderDecoder(c)
+    src, valid = jnp.asarray(batch["src"]), jnp.asarray(batch["src_mask"] > 0)
+    memory = model.apply({"params": params}, src, valid, method="encode")
+    cache = transformer.init_cache(params, c, memory, valid, 9)
+    step = lambda t, cache: model.apply({"params": params}, t, None, None, cache, method="decode")
+    bos = jnp.full((src.shape[0], 1), BOS, jnp.int32)
+    searched = sampling.beam_search(
+        step, cache, bos, beam_size=1, max_new_tokens=8, length_penalty=1.0, eos_id=EOS
+    )
+    np.testing.assert_array_equal(greedy, searched)
+    np.testing.assert_array_equal(greedy, beam1)
+
+
+def test_overfits_one_batch():
+    import optax
+
+    p = transformer.init(jax.random.PRNGKey(1), CFG)
+    p = jax.tree.map(
+        lambda x: x.value if hasattr(x, "value") else x, p, is_leaf=lambda x: hasattr(x, "value")
+    )
+    batch = _batch(2)
+    tx = optax.adam(3e-3)
+    opt = tx.init(p)
+
+    @jax.jit
+    def step(p, opt):
+        (loss, _), g = jax.value_and_grad(
+            lambda p: transformer.loss(p, batch, jax.random.PRNGKey(0), CFG), has_aux=True
+        )(p)
+        updates, opt = tx.update(g, opt, p)
+        return optax.apply_updates(p, updates), opt, loss
+
+    for _ in range(60):
+        p, opt, loss = step(p, opt)
+    assert float(loss) < 0.3
+
+
+def test_impossible_shapes_are_refused():
+    from genzoo.errors import UserError
+
+    with pytest.raises(UserError, match="divisible"):
+        transformer.TransformerConfig.from_cfg({**CFG, "num_heads": 3})
+    with pytest.raises(UserError, match="not known"):
+        transformer.TransformerConfig.from_cfg({**CFG, "widht": 32})
