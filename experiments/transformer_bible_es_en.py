@@ -33,7 +33,7 @@ def get_config(variant=None):
         max_decode_len=128,
         dtype="float32",
     )
-    c.data = dict(name="bible_es_en", tokenizer="joint", vocab_size=8000, max_src_len=96,
+    c.data = dict(name="bible_es_en", tokenizer="joint", vocab_size=8000, pack=True, max_src_len=96,
                   max_tgt_len=96)  # fmt: skip
     c.train.update(steps=20000, batch_size=128, seed=0)
     c.optim.update(schedule="inverse_sqrt", lr=7e-4, warmup_steps=4000, b1=0.9, b2=0.98,
@@ -42,15 +42,17 @@ def get_config(variant=None):
     c.eval.evaluators.translation = dict(beams=4, length_penalty=0.6, every_steps=0)
     c.checkpoint.update(every_steps=1000, keep=2)
     c.log.every_steps = 50
-    if variant == "cpu":  # a small Transformer: ~2.4M non-embedding parameters
-        c.model.update(num_layers=3, num_heads=4, width=256, mlp_hidden=1024, dropout=0.1)
-        c.data.update(vocab_size=6000, max_src_len=64, max_tgt_len=64)
-        c.train.update(steps=3000, batch_size=64)
-        c.optim.update(lr=1.5e-3, warmup_steps=600)
-        c.eval.update(every_steps=500)
-        c.checkpoint.update(every_steps=500)
-        # BLEU curve on the first 300 verses while training; the whole split at `eval`.
-        c.eval.evaluators.translation.update(every_steps=1000, max_examples=300)
+    if variant == "cpu":  # ~4 epochs of a small Transformer in 60 minutes on 2 CPU cores
+        # Packed rows of 128 tokens (~3.4 verses each, 90% real tokens); no dropout: the
+        # budget ends long before overfitting starts (measured 2.6 s/step, 2,570 tokens/s).
+        c.model.update(num_layers=3, num_heads=4, width=256, mlp_hidden=1024, dropout=0.0)
+        c.data.update(vocab_size=6000, max_src_len=128, max_tgt_len=128)
+        c.train.update(steps=1250, batch_size=32)
+        c.optim.update(lr=1.5e-3, warmup_steps=300)
+        c.eval.update(every_steps=250)
+        c.checkpoint.update(every_steps=250)
+        # BLEU curve on the first 200 verses while training; the whole split at `eval`.
+        c.eval.evaluators.translation.update(every_steps=250, max_examples=200)
     elif variant == "smoke":  # seconds: CI and trying the CLI
         c.model.update(num_layers=1, num_heads=2, width=32, mlp_hidden=64, max_decode_len=16)
         c.data.update(vocab_size=512, max_src_len=24, max_tgt_len=24)

@@ -147,3 +147,24 @@ def test_impossible_shapes_are_refused():
         transformer.TransformerConfig.from_cfg({**CFG, "num_heads": 3})
     with pytest.raises(UserError, match="not known"):
         transformer.TransformerConfig.from_cfg({**CFG, "widht": 32})
+
+
+def test_packed_rows_give_the_same_loss_as_separate_examples(params):
+    from genzoo.data.examples import ExampleData
+
+    rng = np.random.default_rng(3)
+    src = [np.r_[rng.integers(7, 50, n), EOS].astype(np.int32) for n in (4, 6, 3)]
+    tgt = [np.r_[BOS, rng.integers(7, 50, n), EOS].astype(np.int32) for n in (5, 3, 4)]
+    splits = {"train": {"src": src, "tgt": tgt}}
+    texts = {"train": {"src": [""] * 3, "tgt": [""] * 3}}
+    packed = ExampleData(splits, {"src": 20, "tgt": 18}, texts, {}, {}, pack=True)
+    plain = ExampleData(splits, {"src": 20, "tgt": 18}, texts, {}, {})
+    assert len(packed.packed_rows) == 1  # all three fit one row
+    row = next(packed.train_iterator(1, 0))
+    assert set(np.unique(row["src_segments"])) == {0, 1, 2, 3}
+    batch = next(plain.eval_batches("train", 3))
+    rng0 = jax.random.PRNGKey(0)
+    a = transformer.eval_sums(params, {k: jnp.asarray(v) for k, v in row.items()}, rng0, CFG)
+    b = transformer.eval_sums(params, {k: jnp.asarray(v) for k, v in batch.items()}, rng0, CFG)
+    assert float(a["num_tokens"]) == float(b["num_tokens"]) == 5 + 3 + 4 + 3
+    np.testing.assert_allclose(float(a["nll"]), float(b["nll"]), rtol=1e-5)

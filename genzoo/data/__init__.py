@@ -173,7 +173,8 @@ def bible_es_en(cfg, workdir=None) -> ExampleData:
     lengths = {"src": cfg.max_src_len, "tgt": cfg.max_tgt_len}
     fields = {"src_vocab_size": src_tok.vocab_size, "tgt_vocab_size": tgt_tok.vocab_size}
     tokens = {"src": src_tok, "tgt": tgt_tok}
-    return ExampleData(splits, lengths, texts, tokens, fields, artifacts)
+    pack = bool(cfg.get("pack", False))
+    return ExampleData(splits, lengths, texts, tokens, fields, artifacts, pack=pack)
 
 
 def wmt14_en_de(cfg, workdir=None) -> ExampleData:

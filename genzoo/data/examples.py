@@ -49,6 +49,45 @@ class _Pad:
         return batch
 
 
+def pack_rows(fields: dict[str, list[np.ndarray]], lengths: dict[str, int], order) -> list:
+    """Greedy packing: consecutive examples (in `order`) share a row while every field fits."""
+    rows, row, used = [], [], dict.fromkeys(lengths, 0)
+    for i in order:
+        need = {f: min(len(fields[f][i]), lengths[f]) for f in lengths}
+        if row and any(used[f] + need[f] > lengths[f] for f in lengths):
+            rows.append(row)
+            row, used = [], dict.fromkeys(lengths, 0)
+        row.append(int(i))
+        used = {f: used[f] + need[f] for f in lengths}
+    return rows + ([row] if row else [])
+
+
+class _PackRows:
+    """Maps a batch of packed-row ids to arrays with `<field>_segments` (1, 2, ... per example,
+    0 for padding) and `<field>_positions` (restarting at 0 for each example)."""
+
+    def __init__(self, rows: list, fields: dict[str, list[np.ndarray]], lengths: dict[str, int]):
+        self.rows, self.fields, self.lengths = rows, fields, lengths
+
+    def __call__(self, row_ids_B: np.ndarray) -> dict:
+        B = len(row_ids_B)
+        batch = {"mask": np.ones(B, np.float32), "index": row_ids_B.astype(np.int32)}
+        for name, sequences in self.fields.items():
+            L = self.lengths[name]
+            ids, seg, pos = (np.zeros((B, L), np.int32) for _ in range(3))
+            for b, r in enumerate(row_ids_B):
+                at = 0
+                for k, i in enumerate(self.rows[int(r)]):
+                    seq = _fit(sequences[i], L)
+                    ids[b, at : at + len(seq)] = seq
+                    seg[b, at : at + len(seq)] = k + 1
+                    pos[b, at : at + len(seq)] = np.arange(len(seq))
+                    at += len(seq)
+            batch[name], batch[f"{name}_mask"] = ids, (seg > 0).astype(np.float32)
+            batch[f"{name}_segments"], batch[f"{name}_positions"] = seg, pos
+        return batch
+
+
 class ExampleData:
     """A data set of token-field examples.
 
@@ -56,12 +95,20 @@ class ExampleData:
     `texts`: {split: {field: [str per example]}} (what host-side evaluators score against);
     `tokenizers`: {field: tokenizer}; `model_fields`: config the model takes from the data;
     `labels`: {split: {name: int array [N]}}, per-example integers batched as [B].
+    `pack`: training rows hold as many consecutive (shuffled once, seed 0) examples as fit,
+    with segment ids and positions (evaluation stays one example per row).
     """
 
     def __init__(self, splits, lengths, texts, tokenizers, model_fields, artifacts=None,
-                 labels=None):  # fmt: skip
+                 labels=None, pack: bool = False):  # fmt: skip
         self.splits, self.lengths, self.texts = splits, dict(lengths), texts
         self.labels = labels or {s: {} for s in splits}
+        self.packed_rows = None
+        if pack:
+            if self.labels["train"]:
+                raise UserError("packing is for token fields only (these examples have labels)")
+            order = np.random.default_rng(0).permutation(len(next(iter(splits["train"].values()))))
+            self.packed_rows = pack_rows(splits["train"], self.lengths, order)
         self.tokenizers, self.model_fields = tokenizers, dict(model_fields)
         self.artifacts = artifacts or {}
         for split, fields in splits.items():
@@ -77,19 +124,26 @@ class ExampleData:
         shapes = {"mask": (), "index": (), **{name: () for name in self.labels["train"]}}
         for name, length in self.lengths.items():
             shapes[name] = shapes[f"{name}_mask"] = (length,)
+            if self.packed_rows is not None:
+                shapes[f"{name}_segments"] = shapes[f"{name}_positions"] = (length,)
         return shapes
 
     @property
     def tokens_per_example(self) -> float:
-        """Mean real (unpadded) tokens of a training example, over all fields."""
-        fields = self.splits["train"].values()
-        return float(sum(np.mean([min(len(s), self.lengths[f]) for s in seqs])
-                         for f, seqs in zip(self.lengths, fields, strict=True)))  # fmt: skip
+        """Mean real (unpadded) tokens of a training row (an example, or a packed row)."""
+        train = self.splits["train"]
+        total = sum(min(len(s), self.lengths[f]) for f in self.lengths for s in train[f])
+        rows = len(self.packed_rows) if self.packed_rows is not None else self.num_examples("train")
+        return float(total / rows)
 
     def meta(self, split: str) -> dict:
         return {"num_examples": self.num_examples(split)}
 
     def train_iterator(self, batch_size: int, seed: int):
+        if self.packed_rows is not None:
+            ids = grain.MapDataset.range(len(self.packed_rows)).shuffle(seed=seed).repeat(None)
+            rows = _PackRows(self.packed_rows, self.splits["train"], self.lengths)
+            return iter(ids.batch(batch_size, drop_remainder=True).map(rows).to_iter_dataset())
         ids = grain.MapDataset.range(self.num_examples("train")).shuffle(seed=seed).repeat(None)
         ds = ids.batch(batch_size, drop_remainder=True)
         return iter(

@@ -9,7 +9,8 @@ One module, three modes:
 - `cross`: queries from `x`, keys/values from `memory` (the encoder's output). While
   decoding, `kv_cache` holds the source's keys/values, computed once per source with
   `cross_kv` from the layer's parameters, and `memory` is not needed.
-`key_valid_BxT` (True = may be attended to) masks padding in every mode.
+`key_valid_BxT` (True = may be attended to) masks padding in every mode; packed rows (several
+examples per row) pass segment ids, and a query sees only keys of its own segment.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ class Attention(nn.Module):
         *,
         memory_BxSxD=None,
         key_valid_BxT=None,
+        segments_BxL=None,
+        key_segments_BxT=None,
         kv_cache=None,
         cache_index=None,
         deterministic=True,
@@ -159,6 +162,9 @@ class Attention(nn.Module):
                 allowed_BxLxT = (k_pos_T[None, keys] <= q_pos_L[rows, None])[None]
             if key_valid_BxT is not None:
                 allowed_BxLxT = allowed_BxLxT & key_valid_BxT[:, None, keys]
+            if segments_BxL is not None:  # packed rows: attend within one's own example
+                same_BxLxT = segments_BxL[:, rows, None] == key_segments_BxT[:, None, keys]
+                allowed_BxLxT = allowed_BxLxT & same_BxLxT
             outs.append(
                 _attend(
                     q_BxHxLxK[:, :, rows],

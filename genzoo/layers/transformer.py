@@ -45,6 +45,8 @@ class TransformerBlock(nn.Module):
         key_valid_BxL=None,
         memory_BxSxD=None,
         memory_valid_BxS=None,
+        segments_BxL=None,
+        memory_segments_BxS=None,
         cache=None,
         cache_index=None,
         deterministic=True,
@@ -52,7 +54,8 @@ class TransformerBlock(nn.Module):
         """Output [B, L, D] and the updated cache: {"self": {k, v}, "cross": {k, v}} or None.
 
         `key_valid_BxL` masks padded keys of the self-attention (with a cache: of the cache's
-        slots); `memory_valid_BxS` those of the source.
+        slots); `memory_valid_BxS` those of the source. Packed rows give segment ids
+        (`segments_BxL`, `memory_segments_BxS`): attention stays within one example.
         """
         D = x_BxLxD.shape[-1]
         attn = lambda mode, name: Attention(
@@ -72,6 +75,8 @@ class TransformerBlock(nn.Module):
             lambda h: attn(self.mode, "attn")(
                 h,
                 key_valid_BxT=key_valid_BxL,
+                segments_BxL=segments_BxL,
+                key_segments_BxT=segments_BxL,
                 kv_cache=cache.get("self"),
                 cache_index=cache_index,
                 deterministic=deterministic,
@@ -86,6 +91,8 @@ class TransformerBlock(nn.Module):
                     h,
                     memory_BxSxD=memory_BxSxD,
                     key_valid_BxT=memory_valid_BxS,
+                    segments_BxL=segments_BxL,
+                    key_segments_BxT=memory_segments_BxS,
                     kv_cache=cache.get("cross"),
                     deterministic=deterministic,
                 ),

@@ -82,24 +82,35 @@ class EncoderDecoder(nn.Module):
             self.dec_ln = LayerNorm(dtype=dtype)
         self.drop = nn.Dropout(c.dropout)
 
-    def _embed(self, table, ids_BxL, start, deterministic):
+    def _embed(self, table, ids_BxL, start, deterministic, positions_BxL=None):
         c = self.cfg
         B, L = ids_BxL.shape
-        positions_BxL = jnp.broadcast_to(start + jnp.arange(L), (B, L))
+        if positions_BxL is None:
+            positions_BxL = jnp.broadcast_to(start + jnp.arange(L), (B, L))
         x_BxLxD = table(ids_BxL) * jnp.sqrt(c.width).astype(table.dtype)
         x_BxLxD = x_BxLxD + sinusoidal_positions(positions_BxL, c.width, x_BxLxD.dtype)
         x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "act_embed"))
         return self.drop(x_BxLxD, deterministic=deterministic)
 
-    def encode(self, src_BxS, src_valid_BxS, deterministic=True):
-        """The source's memory [B, S, D]; padded positions are never attended to."""
+    def encode(self, src_BxS, src_valid_BxS, deterministic=True, packing=None):
+        """The source's memory [B, S, D]; padded positions are never attended to.
+
+        `packing`: {"src_segments", "src_positions", ...} of packed rows (`data.examples`).
+        """
+        p = packing or {}
         table = self.tgt_embed if self.cfg.share_embeddings else self.src_embed
-        x_BxSxD = self._embed(table, src_BxS, 0, deterministic)
+        x_BxSxD = self._embed(table, src_BxS, 0, deterministic, p.get("src_positions"))
         for layer in self.encoder:
-            x_BxSxD, _ = layer(x_BxSxD, key_valid_BxL=src_valid_BxS, deterministic=deterministic)
+            x_BxSxD, _ = layer(
+                x_BxSxD,
+                key_valid_BxL=src_valid_BxS,
+                segments_BxL=p.get("src_segments"),
+                deterministic=deterministic,
+            )
         return x_BxSxD if self.cfg.post_ln else self.enc_ln(x_BxSxD)
 
-    def decode(self, tgt_BxL, memory_BxSxD, src_valid_BxS, cache=None, deterministic=True):
+    def decode(self, tgt_BxL, memory_BxSxD, src_valid_BxS, cache=None, deterministic=True,
+               packing=None):  # fmt: skip
         """Next-token logits [B, L, tgt_vocab] (float32) and the updated cache.
 
         With a cache (`init_cache`), `memory_BxSxD` is unused: every layer's cross-attention
@@ -109,13 +120,16 @@ class EncoderDecoder(nn.Module):
         start = 0 if cache is None else cache["index"]
         if cache is not None:
             src_valid_BxS = cache["src_valid"]
-        x_BxLxD = self._embed(self.tgt_embed, tgt_BxL, start, deterministic)
+        p = packing or {}
+        x_BxLxD = self._embed(self.tgt_embed, tgt_BxL, start, deterministic, p.get("tgt_positions"))
         layers = []
         for i, layer in enumerate(self.decoder):
             x_BxLxD, layer_cache = layer(
                 x_BxLxD,
                 memory_BxSxD=memory_BxSxD,
                 memory_valid_BxS=src_valid_BxS,
+                segments_BxL=p.get("tgt_segments"),
+                memory_segments_BxS=p.get("src_segments"),
                 cache=None if cache is None else cache["layers"][i],
                 cache_index=start,
                 deterministic=deterministic,
@@ -130,19 +144,33 @@ class EncoderDecoder(nn.Module):
                                                 "layers": layers}  # fmt: skip
         return logits_BxLxV, new_cache
 
-    def __call__(self, src_BxS, src_valid_BxS, tgt_BxL, deterministic=True):
-        memory_BxSxD = self.encode(src_BxS, src_valid_BxS, deterministic)
-        return self.decode(tgt_BxL, memory_BxSxD, src_valid_BxS, None, deterministic)[0]
+    def __call__(self, src_BxS, src_valid_BxS, tgt_BxL, deterministic=True, packing=None):
+        memory_BxSxD = self.encode(src_BxS, src_valid_BxS, deterministic, packing)
+        return self.decode(tgt_BxL, memory_BxSxD, src_valid_BxS, None, deterministic, packing)[0]
 
 
 def _forward(params, batch, rng, c: TransformerConfig, train: bool):
-    """Logits for every target position but the first, the targets and their mask."""
-    tgt_BxT = batch["tgt"]
+    """Logits for every target position but the first, the targets and their mask.
+
+    Packed rows hold several examples: positions and segments come from the batch, and a
+    target whose input is the previous example's last token (its BOS) is not predicted.
+    """
+    tgt_BxT, mask_BxL = batch["tgt"], batch["tgt_mask"][:, 1:]
+    packing = None
+    if "tgt_segments" in batch:
+        seg_BxT = batch["tgt_segments"]
+        packing = {
+            "src_segments": batch["src_segments"],
+            "src_positions": batch["src_positions"],
+            "tgt_segments": seg_BxT[:, :-1],
+            "tgt_positions": batch["tgt_positions"][:, :-1],
+        }
+        mask_BxL = mask_BxL * (seg_BxT[:, 1:] == seg_BxT[:, :-1])
     logits_BxLxV = EncoderDecoder(c).apply(
         {"params": params}, batch["src"], batch["src_mask"] > 0, tgt_BxT[:, :-1],
-        deterministic=not train, rngs={"dropout": rng},
+        deterministic=not train, packing=packing, rngs={"dropout": rng},
     )  # fmt: skip
-    return logits_BxLxV, tgt_BxT[:, 1:], batch["tgt_mask"][:, 1:]
+    return logits_BxLxV, tgt_BxT[:, 1:], mask_BxL
 
 
 # ---- family protocol -------------------------------------------------------------------
