@@ -25,8 +25,8 @@ def get_config(variant=None):
     c.train.init_from = pretrained
     c.train.init_fresh = "cls_head/*"  # the classifier head is new
     c.data.tokenizer_dir = pretrained  # the pretrained run's word pieces
-    c.train.steps = {"smoke": 10}.get(variant, 1000)
-    c.optim.update(lr=1e-4, min_lr=1e-5, warmup_steps=100, weight_decay=0.01)
+    c.train.steps = {"smoke": 10}.get(variant, 500)
+    c.optim.update(lr=2e-4, min_lr=2e-5, warmup_steps=50, weight_decay=0.01)
     c.eval.update(every_steps=250)
     c.eval.evaluators.classifier_baselines = dict(bow=True, scratch=True)
     if variant == "smoke":  # random init: CI has no pretrained run

@@ -1,7 +1,8 @@
 """The `classifier_baselines` evaluator: what a fine-tuned text classifier must beat.
 
 Computed in the same run, on the same split: a bag-of-words logistic regression over the
-data's word pieces (counts normalised by length, L2-regularised, full-batch Adam), and the
+data's word pieces (counts normalised by length, full-batch Adam; on the Bible genres 500 steps at
+learning rate 0.05 without L2 measured best of the few settings tried: 70.5% vs 41% with L2 1e-4), and the
 same model trained from scratch with the same budget (steps, batch, optimizer), whose
 result is kept in the workdir (`scratch_baseline.json`) so repeated evals do not retrain.
 """
@@ -25,7 +26,8 @@ def _bags(data, split: str):
     return tokens[:, : data.lengths["tokens"]], data.labels[split]["label"]
 
 
-def bow_logistic_regression(data, split: str, *, steps: int = 300, l2: float = 1e-4) -> float:
+def bow_logistic_regression(data, split: str, *, steps: int = 500, l2: float = 0.0,
+                            lr: float = 0.05) -> float:  # fmt: skip
     """Test accuracy of multinomial logistic regression on word-piece counts."""
     vocab, classes = data.model_fields["vocab_size"], int(data.model_fields["num_classes"])
     x_tr, y_tr = _bags(data, "train")
@@ -41,7 +43,7 @@ def bow_logistic_regression(data, split: str, *, steps: int = 300, l2: float = 1
         return nll + l2 * jnp.sum(w["W"] ** 2)
 
     w = {"W": jnp.zeros((vocab, classes)), "b": jnp.zeros(classes)}
-    tx = optax.adam(0.5)
+    tx = optax.adam(lr)
     opt = tx.init(w)
 
     @jax.jit
