@@ -28,8 +28,9 @@ def get_config(variant=None):
     c.eval.evaluators.translation = dict(beams=4, length_penalty=0.6, every_steps=0)
     c.checkpoint.update(every_steps=5000, keep=3)
     c.log.every_steps = 100
-    if variant == "smoke":  # random token pairs: checks the model builds and steps
-        c.data.update(synthetic_examples=64, max_src_len=16, max_tgt_len=16, vocab_size=37000)
+    if variant == "smoke":  # a tiny model on random token pairs (tests also step the base model)
+        c.model.update(num_layers=1, num_heads=2, width=32, mlp_hidden=64)
+        c.data.update(synthetic_examples=64, max_src_len=16, max_tgt_len=16, vocab_size=512)
         c.train.update(steps=1, batch_size=8)
         c.eval.update(every_steps=0, batch_size=8, max_batches=1)
         c.eval.evaluators = {}

@@ -168,3 +168,25 @@ def test_packed_rows_give_the_same_loss_as_separate_examples(params):
     b = transformer.eval_sums(params, {k: jnp.asarray(v) for k, v in batch.items()}, rng0, CFG)
     assert float(a["num_tokens"]) == float(b["num_tokens"]) == 5 + 3 + 4 + 3
     np.testing.assert_allclose(float(a["nll"]), float(b["nll"]), rtol=1e-5)
+
+
+def test_transformer_base_for_wmt14_builds_and_steps():
+    import conftest
+
+    from genzoo.trainer import Trainer
+
+    cfg = conftest.tiny_config(
+        "data.synthetic_examples=16", "data.max_src_len=12", "data.max_tgt_len=12",
+        "train.batch_size=2", "eval.every_steps=0", variant=None, name="transformer_wmt14_en_de",
+    )  # fmt: skip
+    assert (cfg.model.num_layers, cfg.model.width, cfg.model.mlp_hidden) == (6, 512, 2048)
+    assert cfg.model.src_vocab_size == 37000 and cfg.optim.schedule == "inverse_sqrt"
+    from genzoo import data
+
+    trainer = Trainer(cfg, devices=jax.devices()[:1])
+    state = trainer.init_state()
+    n = sum(x.size for x in jax.tree.leaves(state.params))
+    assert 60e6 < n < 66e6  # Transformer-base with a 37k shared vocabulary: ~63M
+    batch = next(data.load(cfg.data).train_iterator(2, 0))
+    state, metrics = trainer.step(state, batch)
+    assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1
