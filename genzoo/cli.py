@@ -80,7 +80,9 @@ def _cmd_eval(args) -> None:
 def _cmd_import(args) -> None:
     from genzoo import imports
 
-    run_dir = imports.import_gpt2(Path(args.path), Path(args.workdir))
+    run_dir = {"gpt2": imports.import_gpt2, "bert": imports.import_bert}[args.format](
+        Path(args.path), Path(args.workdir)
+    )
     print(f"imported {args.path} into {run_dir} (genzoo eval/sample --workdir {run_dir})")
 
 
@@ -155,9 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=_cmd_eval)
 
     i = sub.add_parser("import", help="import published weights into a workdir")
-    i.add_argument("format", choices=["gpt2"], help="gpt2: a Hugging Face GPT-2 directory")
     i.add_argument(
-        "path", help="folder with config.json, model.safetensors, vocab.json, merges.txt"
+        "format", choices=["gpt2", "bert"], help="a Hugging Face GPT-2 or BertForMaskedLM"
+    )
+    i.add_argument(
+        "path",
+        help="config.json, model.safetensors and the tokenizer (gpt2: vocab.json, "
+        "merges.txt; bert: vocab.txt)",
     )
     i.add_argument("--workdir", required=True)
     i.set_defaults(fn=_cmd_import)

@@ -38,10 +38,11 @@ def test_iterator_state_resumes_exactly(char_data):
     assert not np.array_equal(other, next(char_data.train_iterator(4, seed=5))["inputs"])
 
 
-def test_eval_batches_cover_the_split_once(char_data):
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_eval_batches_cover_the_split_once(char_data, batch_size):
     tokens = char_data.splits["validation"]
-    batches = list(char_data.eval_batches("validation", 8))
-    assert {b["inputs"].shape for b in batches} == {(8, 32)}
+    batches = list(char_data.eval_batches("validation", batch_size))
+    assert {b["inputs"].shape for b in batches} == {(batch_size, 32)}
     mask = np.concatenate([b["mask"].reshape(-1) for b in batches])
     targets = np.concatenate([b["targets"].reshape(-1) for b in batches])
     assert mask.sum() == len(tokens) - 1

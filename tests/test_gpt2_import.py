@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch", reason="parity needs PyTorch (pip install t
 transformers = pytest.importorskip("transformers", reason="parity needs transformers")
 
 from genzoo import cli  # noqa: E402
+from genzoo.converters import hf_gpt2  # noqa: E402
 from genzoo.models import gpt  # noqa: E402
 
 MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("Ġ", "a"), ("i", "n"), ("o", "u")]
@@ -49,7 +50,7 @@ def hf_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def imported(hf_dir):
-    fields, params = gpt.from_hf(hf_dir[0])
+    fields, params = hf_gpt2.from_hf(hf_dir[0])
     return fields, params
 
 

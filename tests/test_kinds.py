@@ -187,3 +187,32 @@ def test_indivisible_parameter_on_a_mesh_names_it(tmp_path, capsys):
         "mesh.data=2",
     )
     assert code == 2 and "parameter" in err and "30" in err and not (tmp_path / "m").exists()
+
+
+def _language_model_experiments():
+    from genzoo import experiment, kinds, models
+
+    return [name for name, family, *_ in experiment.list_experiments()
+            if kinds.of_family(models.get(family)).name == "language_model"
+            and not experiment.load(name, "smoke").train.init_from]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", _language_model_experiments())
+def test_every_language_model_samples_rows_independently_and_scores(name, tmp_path, capsys):
+    workdir = tmp_path / name
+    argv = [
+        "train",
+        name,
+        "--variant",
+        "smoke",
+        "--workdir",
+        workdir,
+        "--set",
+        "log.progress=false",
+    ]
+    assert run(capsys, *argv)[0] == 0
+    lm = genzoo.load(workdir)
+    a, b = lm.generate(["\n", "\n"], max_new_tokens=24, temperature=1.0, seed=3)
+    assert a != b  # each row its own randomness, with or without ragged prompt batches
+    (score,) = lm.score(["the king and queen"])
+    assert np.isfinite(score) and score < 0

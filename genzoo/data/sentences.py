@@ -58,9 +58,14 @@ def english_sentences() -> dict[str, list[str]]:
     return out
 
 
-def _tokenizer(cfg, workdir, sentences) -> tokenizers.SentencePieceTokenizer:
-    """From the workdir, else from `cfg.tokenizer_dir` (the pretrained run), else trained."""
+def _tokenizer(cfg, workdir, sentences):
+    """From the workdir, else from `cfg.tokenizer_dir` (the pretrained or imported run: a
+    sentencepiece `tokenizer.model` or a WordPiece `vocab.txt`), else trained."""
     for folder in [Path(d) for d in (workdir, cfg.get("tokenizer_dir", "")) if d]:
+        if (folder / tokenizers.WORDPIECE_FILE).is_file():
+            return tokenizers.WordPieceTokenizer(
+                (folder / tokenizers.WORDPIECE_FILE).read_bytes(), cfg.get("lowercase", True)
+            )
         if (folder / tokenizers.FILENAME).is_file():
             return tokenizers.SentencePieceTokenizer((folder / tokenizers.FILENAME).read_bytes())
     if cfg.get("tokenizer_dir", ""):
@@ -68,11 +73,11 @@ def _tokenizer(cfg, workdir, sentences) -> tokenizers.SentencePieceTokenizer:
     return tokenizers.train_sentence_pieces(sentences, cfg.vocab_size, symbols=SYMBOLS)
 
 
-def _pair(a: list[int], b: list[int], max_len: int):
+def _pair(a: list[int], b: list[int], max_len: int, cls: int = CLS_ID, sep: int = SEP_ID):
     room = max_len - 3
     a, b = a[: max(room - min(len(b), room // 2), room // 2)], b[: room // 2]
     a = a[: room - len(b)]
-    tokens = [CLS_ID, *a, SEP_ID, *b, SEP_ID]
+    tokens = [cls, *a, sep, *b, sep]
     return np.asarray(tokens, np.int32), np.asarray([0] * (len(a) + 2) + [1] * (len(b) + 1))
 
 
@@ -81,7 +86,7 @@ def _data(splits_ids, texts, labels, tokenizer, cfg) -> ExampleData:
               for s, v in splits_ids.items()}  # fmt: skip
     lengths = {"tokens": cfg.max_len, "segments": cfg.max_len}
     fields = {"vocab_size": tokenizer.vocab_size}
-    artifacts = {tokenizers.FILENAME: tokenizer.model_proto}
+    artifacts = tokenizer.artifacts
     return ExampleData(splits, lengths, texts, {"tokens": tokenizer}, fields, artifacts, labels)
 
 
@@ -95,7 +100,9 @@ def english_mlm(cfg, workdir=None) -> ExampleData:
         n = len(ids) - 1
         is_next = rng.random(n) < 0.5
         partner = np.where(is_next, np.arange(1, n + 1), rng.integers(0, len(ids), n))
-        splits[split] = [_pair(ids[i], ids[j], cfg.max_len) for i, j in enumerate(partner)]
+        specials = tokenizer.piece_id("[CLS]"), tokenizer.piece_id("[SEP]")
+        splits[split] = [_pair(ids[i], ids[j], cfg.max_len, *specials)
+                         for i, j in enumerate(partner)]  # fmt: skip
         texts[split] = {"tokens": sents[:n]}
         labels[split] = {"next": is_next.astype(np.int32)}
     return _data(splits, texts, labels, tokenizer, cfg)
@@ -109,7 +116,9 @@ def bible_genre(cfg, workdir=None) -> ExampleData:
     tokenizer = _tokenizer(cfg, workdir, [en for _, _, en in verses["train"]])
     splits, texts, labels = {}, {}, {}
     for split, rows in verses.items():
-        splits[split] = [_pair(tokenizer.encode(en), [], cfg.max_len)[:2] for _, _, en in rows]
+        specials = tokenizer.piece_id("[CLS]"), tokenizer.piece_id("[SEP]")
+        splits[split] = [_pair(tokenizer.encode(en), [], cfg.max_len, *specials)
+                         for _, _, en in rows]  # fmt: skip
         splits[split] = [(t[:-1], g[:-1]) for t, g in splits[split]]  # [CLS] verse [SEP]
         texts[split] = {"tokens": [en for _, _, en in rows]}
         labels[split] = {"label": np.array([genre_of(ref) for ref, _, _ in rows], np.int32)}

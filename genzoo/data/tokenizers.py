@@ -37,6 +37,10 @@ class SentencePieceTokenizer:
     def piece_id(self, piece: str) -> int:
         return self._sp.piece_to_id(piece)
 
+    @property
+    def artifacts(self) -> dict:
+        return {FILENAME: self.model_proto}
+
     def id_piece(self, i: int) -> str:
         return self._sp.id_to_piece(int(i))
 
@@ -123,3 +127,45 @@ class GPT2Tokenizer:
 
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids])
+
+
+WORDPIECE_FILE = "vocab.txt"
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+class WordPieceTokenizer:
+    """BERT's WordPiece from a Hugging Face `vocab.txt` (the `tokenizers` library), lower-cased
+    or not as the checkpoint was trained; [MASK] and the other specials stay single tokens."""
+
+    def __init__(self, vocab_txt: bytes, lowercase: bool = True):
+        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+        self.vocab_txt, self.lowercase = vocab_txt, lowercase
+        try:
+            lines = vocab_txt.decode("utf-8").splitlines()
+            vocab = {token: i for i, token in enumerate(lines)}
+            self._tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+        except Exception as e:  # the Rust side raises Exception
+            raise UserError(f"{WORDPIECE_FILE} is corrupt: {e}") from None
+        self._tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+        self._tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        self._tok.decoder = decoders.WordPiece()
+        self._tok.add_special_tokens([t for t in BERT_SPECIALS if t in vocab])
+        self.first_word_id = 1 + max(vocab.get(t, 0) for t in BERT_SPECIALS)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    @property
+    def artifacts(self) -> dict:
+        return {WORDPIECE_FILE: self.vocab_txt}
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self._tok.decode([int(i) for i in ids])
+
+    def piece_id(self, piece: str) -> int:
+        return self._tok.token_to_id(piece)

@@ -233,3 +233,8 @@ def encode(params, cfg, tokens_BxL, segments_BxL, valid_BxL):
 
 def max_length(cfg) -> int:
     return int(BertConfig.from_cfg(cfg).max_len)
+
+
+def unboxed_init(rng, cfg):
+    """`init` without the logical-axis boxes (plain arrays), for converters."""
+    return nn.unbox(init(rng, cfg))
