@@ -115,6 +115,12 @@ def tiny_config(*overrides: str, variant: str = "smoke", name: str = "gpt_shakes
     return workdir.resolve(cfg, data.load(cfg.data))
 
 
+def unbox(tree):
+    """Plain arrays from a tree of boxed (logically partitioned) parameters."""
+    is_box = lambda x: hasattr(x, "value")
+    return jax.tree.map(lambda x: x.value if is_box(x) else x, tree, is_leaf=is_box)
+
+
 @pytest.fixture(scope="session")
 def make_config():
     return tiny_config

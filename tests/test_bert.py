@@ -5,6 +5,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conftest import unbox
 
 from genzoo.models import bert
 
@@ -18,11 +19,6 @@ CFG = dict(
     dropout=0.0,
     nsp=True,
 )
-
-
-def _unbox(tree):
-    is_box = lambda x: hasattr(x, "value")
-    return jax.tree.map(lambda x: x.value if is_box(x) else x, tree, is_leaf=is_box)
 
 
 def test_masking_proportions_on_a_large_sample():
@@ -59,13 +55,13 @@ def _batch(B=4, L=16, seed=0):
 
 
 def test_initial_mlm_loss_is_about_log_vocab():
-    params = _unbox(bert.init(jax.random.PRNGKey(0), CFG))
+    params = unbox(bert.init(jax.random.PRNGKey(0), CFG))
     _, metrics = bert.loss(params, _batch(), jax.random.PRNGKey(1), CFG, train=False)
     assert abs(float(metrics["mlm_loss"]) - math.log(300)) < 0.5
 
 
 def test_padding_changes_no_hidden_state():
-    params = _unbox(bert.init(jax.random.PRNGKey(0), CFG))
+    params = unbox(bert.init(jax.random.PRNGKey(0), CFG))
     b = _batch()
     h, _ = bert.encode(params, CFG, b["tokens"], b["segments"], b["tokens_mask"] > 0)
     noisy = b["tokens"].copy()

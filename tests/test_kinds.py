@@ -15,40 +15,23 @@ def run(capsys, *argv):
     return code, out, err
 
 
+def _smoke_run(factory, experiment_name, *settings):
+    workdir = factory.mktemp("kinds") / experiment_name
+    argv = ["train", experiment_name, "--variant", "smoke", "--workdir", str(workdir)]
+    assert (
+        cli.main(argv + [x for s in ("log.progress=false", *settings) for x in ("--set", s)]) == 0
+    )
+    return workdir
+
+
 @pytest.fixture(scope="module")
 def translator_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("kinds") / "translator"
-    argv = [
-        "train",
-        "transformer_bible_es_en",
-        "--variant",
-        "smoke",
-        "--workdir",
-        str(workdir),
-        "--set",
-        "train.steps=30",
-        "--set",
-        "log.progress=false",
-    ]
-    assert cli.main(argv) == 0
-    return workdir
+    return _smoke_run(tmp_path_factory, "transformer_bible_es_en", "train.steps=30")
 
 
 @pytest.fixture(scope="module")
 def bert_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("kinds") / "bert"
-    argv = [
-        "train",
-        "bert_mlm_english",
-        "--variant",
-        "smoke",
-        "--workdir",
-        str(workdir),
-        "--set",
-        "log.progress=false",
-    ]
-    assert cli.main(argv) == 0
-    return workdir
+    return _smoke_run(tmp_path_factory, "bert_mlm_english")
 
 
 def test_translate_api_equals_cli_and_file_mode(translator_run, tmp_path, capsys):

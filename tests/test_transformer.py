@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import unbox
 
 from genzoo.data.tokenizers import BOS, EOS
 from genzoo.models import transformer
@@ -25,11 +26,7 @@ CFG = dict(
 
 @pytest.fixture(scope="module")
 def params():
-    return jax.tree.map(
-        lambda x: x.value if hasattr(x, "value") else x,
-        transformer.init(jax.random.PRNGKey(0), CFG),
-        is_leaf=lambda x: hasattr(x, "value"),
-    )
+    return unbox(transformer.init(jax.random.PRNGKey(0), CFG))
 
 
 def _batch(seed=0, B=4, S=7, T=6):
@@ -119,10 +116,7 @@ def test_beam_of_one_equals_greedy(params):
 def test_overfits_one_batch():
     import optax
 
-    p = transformer.init(jax.random.PRNGKey(1), CFG)
-    p = jax.tree.map(
-        lambda x: x.value if hasattr(x, "value") else x, p, is_leaf=lambda x: hasattr(x, "value")
-    )
+    p = unbox(transformer.init(jax.random.PRNGKey(1), CFG))
     batch = _batch(2)
     tx = optax.adam(3e-3)
     opt = tx.init(p)

@@ -38,3 +38,14 @@ class FromConfig:
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise UserError(message)
+
+
+def require_transformer_shape(config, *sizes: str) -> None:
+    """The named sizes are positive and `width` splits evenly into `num_heads` heads."""
+    require(min(getattr(config, s) for s in sizes) > 0,
+            f"model.{', '.join(sizes)} must be positive")  # fmt: skip
+    require(
+        config.width % config.num_heads == 0,
+        f"model.width={config.width} is not divisible by num_heads={config.num_heads}",
+    )
+    require(0.0 <= config.dropout < 1.0, f"model.dropout must be in [0, 1), got {config.dropout}")

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from genzoo.evaluation import lm
 from genzoo.layers import Embed, LayerNorm, TransformerBlock, partitioned
-from genzoo.models.base import FromConfig, require
+from genzoo.models.base import FromConfig, require, require_transformer_shape
 
 KIND = "masked_lm"
 
@@ -41,12 +41,7 @@ class BertConfig(FromConfig):
     dtype: str = "float32"
 
     def validate(self) -> None:
-        require(min(self.num_layers, self.num_heads, self.width, self.max_len) > 0,
-                "model.num_layers, num_heads, width and max_len must be positive")  # fmt: skip
-        require(
-            self.width % self.num_heads == 0,
-            f"model.width={self.width} is not divisible by num_heads={self.num_heads}",
-        )
+        require_transformer_shape(self, "num_layers", "num_heads", "width", "max_len")
         require(0.0 < self.mask_rate < 1.0, "model.mask_rate must be in (0, 1)")
 
     @property

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from genzoo import sampling
 from genzoo.evaluation import lm
 from genzoo.layers import Embed, LayerNorm, TransformerBlock
-from genzoo.models.base import FromConfig, require
+from genzoo.models.base import FromConfig, require_transformer_shape
 
 KIND = "language_model"
 
@@ -35,14 +35,9 @@ class GPTConfig(FromConfig):
     dtype: str = "float32"  # compute dtype; parameters stay float32
 
     def validate(self) -> None:
-        require(self.vocab_size > 0, f"model.vocab_size must be positive, got {self.vocab_size}")
-        sizes = (self.num_layers, self.num_heads, self.width, self.block_size)
-        require(min(sizes) > 0, "model.num_layers, num_heads, width, block_size must be positive")
-        require(
-            self.width % self.num_heads == 0,
-            f"model.width={self.width} is not divisible by num_heads={self.num_heads}",
+        require_transformer_shape(
+            self, "vocab_size", "num_layers", "num_heads", "width", "block_size"
         )
-        require(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def padded_vocab(self) -> int:

@@ -20,7 +20,7 @@ from genzoo import sampling
 from genzoo.data.tokenizers import BOS, EOS
 from genzoo.evaluation import lm
 from genzoo.layers import Embed, LayerNorm, TransformerBlock, cross_kv, sinusoidal_positions
-from genzoo.models.base import FromConfig, require
+from genzoo.models.base import FromConfig, require, require_transformer_shape
 
 KIND = "translator"
 
@@ -41,12 +41,7 @@ class TransformerConfig(FromConfig):
     dtype: str = "float32"
 
     def validate(self) -> None:
-        require(min(self.num_layers, self.num_heads, self.width, self.mlp_hidden) > 0,
-                "model.num_layers, num_heads, width and mlp_hidden must be positive")  # fmt: skip
-        require(
-            self.width % self.num_heads == 0,
-            f"model.width={self.width} is not divisible by num_heads={self.num_heads}",
-        )
+        require_transformer_shape(self, "num_layers", "num_heads", "width", "mlp_hidden")
         require(
             not self.share_embeddings or self.src_vocab_size == self.tgt_vocab_size,
             "model.share_embeddings needs one joint vocabulary (data.tokenizer=joint)",
