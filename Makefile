@@ -9,6 +9,11 @@ DEMO_DIR := runs/demo
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (first run only)..."
+	@# METEOR reads WordNet from Debian's wordnet-base; without it `meteor` is null, never an error.
+	@test -f /usr/share/wordnet/data.noun || (command -v apt-get >/dev/null && \
+		{ apt-get install -y -q wordnet-base >/dev/null 2>&1 || { apt-get update -q >/dev/null \
+		2>&1 && apt-get install -y -q wordnet-base >/dev/null 2>&1; } || sudo -n apt-get install \
+		-y -q wordnet-base >/dev/null 2>&1; } ) || echo "note: wordnet-base not installed (meteor: null)"
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -e ".[dev]"
