@@ -66,7 +66,7 @@ TEXT = make_text()
 _BOOKS = ["Genesis", "I Samuel", "Psalms", "Isaiah", "Mark", "II Timothy", "Revelation of John"]
 _BIBLE = _ROOT / "data" / "bible-es-en"
 _BIBLE.mkdir(parents=True)
-for _split, _num in (("train", 300), ("validation", 40)):
+for _split, _num in (("train", 300), ("validation", 40), ("test", 24)):  # test: user-provided
     _rng = random.Random(_num)
     _lines = [
         f"{_BOOKS[i % len(_BOOKS)]} {i}:1\t{' '.join(_rng.choice(WORDS) for _ in range(8))}\t"

@@ -80,6 +80,13 @@ def test_translator_eval_reports_text_metrics_and_copy_baseline(translator_run, 
     assert "meteor" in f
 
 
+def test_eval_on_a_user_provided_test_split(translator_run, capsys):
+    code, out, _ = run(capsys, "eval", "--workdir", translator_run, "--split", "test", "--json")
+    f = json.loads(out)
+    assert code == 0 and f["split"] == "test" and f["num_translations"] == 8
+    assert np.isfinite(f["loss"]) and f["num_tokens"] > 0
+
+
 def test_fill_mask_and_encode(bert_run, capsys):
     mlm = genzoo.load(bert_run)
     fills = mlm.fill_mask(["the king [MASK] the queen [MASK]"], top_k=3)

@@ -82,6 +82,22 @@ def test_eight_devices_match_one(name):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=rtol)
 
 
+# Three steps on one fixed batch without warm-up: the second and third losses exist only if
+# the first updates moved the parameters (the warm-up above starts at learning rate 0).
+GOLDEN_UPDATED = (3.7249486, 3.6433508, 3.5789568)
+
+
+def test_golden_losses_after_parameter_updates(make_config, char_data):
+    trainer = Trainer(make_config("optim.warmup_steps=0"), devices=jax.devices()[:1])
+    state = trainer.init_state()
+    batch = next(char_data.train_iterator(trainer.cfg.train.batch_size, trainer.cfg.train.seed))
+    losses = []
+    for _ in range(3):
+        state, metrics = trainer.step(state, batch)
+        losses.append(float(metrics["loss"]))
+    np.testing.assert_allclose(losses, GOLDEN_UPDATED, rtol=0, atol=1e-5)
+
+
 def test_gpt_parameters_are_sharded_by_logical_rules(make_config):
     many = Trainer(make_config("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"))
     params = many.init_state().params
