@@ -45,6 +45,22 @@ def test_each_player_has_its_own_optimizer(image_data):
     assert not same(before["discriminator"], after["discriminator"])
 
 
+def test_a_generator_step_moves_the_generator(image_data):
+    # With the discriminator frozen, only the generator's own gradient (through the fake
+    # images) can move it: a stop_gradient on the fakes would leave it unchanged.
+    cfg = tiny_config(
+        "optim.groups.discriminator.lr=0.0", "optim.warmup_steps=0", name="dcgan_fashion_mnist"
+    )
+    t = Trainer(cfg, devices=jax.devices()[:1])
+    state = t.init_state()
+    before = jax.device_get(state.params)
+    state, _ = t.step(state, next(image_data.train_iterator(16, 0)))
+    after = jax.device_get(state.params)
+    pairs = lambda group: zip(*map(jax.tree.leaves, (before[group], after[group])), strict=True)
+    assert all(not np.array_equal(x, y) for x, y in pairs("generator"))
+    assert all(np.array_equal(x, y) for x, y in pairs("discriminator"))
+
+
 def test_samples_are_images_and_seeded(image_data):
     cfg = tiny_config(name="dcgan_fashion_mnist")
     params = nn.unbox(gan.init(jax.random.PRNGKey(0), cfg.model))

@@ -28,9 +28,25 @@ def test_sample_and_reconstruct_shapes(setup):
     assert recon.shape == images.shape and np.all(np.isfinite(recon))
 
 
-def test_elbo_matches_an_independent_monte_carlo_estimate(setup):
+def _shift_logvar(params, latent: int, shift: float):
+    """The encoder's output layer moved so every posterior log-variance is ~`shift`: at init
+    they are ~0, where std = exp(logvar / 2) and a wrong exp(logvar) cannot be told apart."""
+    enc = params["encoder"]
+    (name,) = [k for k, v in enc.items() if "kernel" in v and v["kernel"].ndim == 2
+               and v["kernel"].shape[-1] == 2 * latent]  # fmt: skip
+    bias = np.asarray(enc[name]["bias"]).copy()
+    bias[latent:] += shift
+    kernel = np.asarray(enc[name]["kernel"]).copy()
+    kernel[:, latent:] *= 0.01
+    return {**params, "encoder": {**enc, name: {"kernel": kernel, "bias": bias}}}
+
+
+@pytest.mark.parametrize("logvar_shift", [0.0, 2.5])
+def test_elbo_matches_an_independent_monte_carlo_estimate(setup, logvar_shift):
     """-ELBO = E_q[-log p(x|z) - log p(z) + log q(z|x)], estimated here with scipy densities."""
     cfg, params, images = setup
+    if logvar_shift:
+        params = _shift_logvar(params, cfg.model.latent, logvar_shift)
     c = vae.VAEConfig.from_cfg(cfg.model)
     model = vae.VAE(c)
     x = np.asarray(vae.binarize(images[:1]))
