@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 GENZOO := $(VENV)/bin/genzoo
 DEMO_DIR := runs/demo
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo test test-slow lint bench mutants clean
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (first run only)..."
@@ -38,6 +38,10 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/gpt_speed.py
 	$(VENV)/bin/python benchmarks/gpt_train_throughput.py
 	$(VENV)/bin/python benchmarks/bits_per_char.py
+
+# Plants known bugs one at a time (tests/mutants.py); slow, outside CI.
+mutants: $(STAMP)
+	$(VENV)/bin/python tests/mutants.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -1,0 +1,77 @@
+"""Plants small, plausible bugs one at a time and checks the test suite catches each one.
+
+    make mutants          # slow (minutes per mutant); outside CI
+
+Each mutant names a file, a snippet and its mutated form, and the tests that should fail.
+The file is restored after every run (also on Ctrl-C). Prints one line per mutant and exits
+non-zero if any survives, so the suite keeps its teeth as it grows.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MUTANTS = [
+    ("GAN generator gradient cut", "genzoo/models/gan.py",
+     'fake = Generator(c).apply({"params": params["generator"]}, z_BxZ)',
+     'fake = jax.lax.stop_gradient(Generator(c).apply({"params": params["generator"]}, z_BxZ))',
+     "tests/test_gan.py"),
+    ("VAE std = exp(logvar)", "genzoo/models/vae.py",
+     "jnp.exp(0.5 * logvar_BxZ) * eps_BxZ", "jnp.exp(logvar_BxZ) * eps_BxZ", "tests/test_vae.py"),
+    ("step rng not folded with the step", "genzoo/trainer.py",
+     "rng = jax.random.fold_in(state.rng, state.step)", "rng = state.rng", "tests/test_teeth.py"),
+    ("HMM scores shifted windows", "genzoo/models/hmm.py",
+     'batch["inputs"][:, :1], batch["targets"]', 'batch["inputs"][:, -1:], batch["targets"]',
+     "tests/test_teeth.py tests/test_hmm.py"),
+    ("eval drops the split's tail", "genzoo/data/text.py",
+     "num_windows = -(-(len(tokens) - 1) // L)", "num_windows = (len(tokens) - 1) // L",
+     "tests/test_data.py"),
+    ("weight decay on 1-D parameters", "genzoo/optim.py",
+     "lambda p: p.ndim >= 2, params", "lambda p: p.ndim >= 1, params", "tests/test_teeth.py"),
+    ("Adam moments replicated", "genzoo/sharding.py",
+     "            if suffix in by_path and shapes[suffix] == leaf.shape:",
+     "            if False:", "tests/test_teeth.py"),
+    ("MLP kernel not sharded over tensor", "genzoo/layers/basic.py",
+     '("embed", "mlp")', '("embed", None)', "tests/test_teeth.py"),
+    ("causal mask off by one", "genzoo/layers/attention.py",
+     "k_pos_T[None, keys] <= q_pos_L[rows, None]", "k_pos_T[None, keys] <= q_pos_L[rows, None] + 1",
+     "tests/test_layers.py"),
+    ("padding mask ignored", "genzoo/layers/attention.py",
+     "allowed_BxLxT = allowed_BxLxT & key_valid_BxT[:, None, keys]", "pass",
+     "tests/test_layers.py tests/test_transformer.py"),
+    ("packed rows attend across examples", "genzoo/layers/attention.py",
+     "allowed_BxLxT = allowed_BxLxT & same_BxLxT", "pass", "tests/test_transformer.py"),
+    ("BERT masks 90% with [MASK]", "genzoo/models/bert.py",
+     "jnp.where(u_BxL < 0.8, c.mask_id", "jnp.where(u_BxL < 0.9, c.mask_id", "tests/test_bert.py"),
+]  # fmt: skip
+
+
+def run(name, path, before, after, tests) -> bool:
+    """True if the tests catch the mutant."""
+    file = ROOT / path
+    original = file.read_text()
+    if original.count(before) != 1:
+        print(f"STALE     {name}: snippet not found once in {path}")
+        return False
+    try:
+        file.write_text(original.replace(before, after))
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests.split()]
+        code = subprocess.run(cmd, cwd=ROOT, capture_output=True).returncode
+    finally:
+        file.write_text(original)
+    print(f"{'killed' if code else 'SURVIVED':<9} {name} ({tests})", flush=True)
+    return code != 0
+
+
+def main() -> int:
+    results = [run(*m) for m in MUTANTS]
+    print(f"{sum(results)} of {len(results)} mutants killed")
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
