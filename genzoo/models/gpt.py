@@ -95,8 +95,11 @@ class GPT(nn.Module):
             )
             new_layers.append(layer_cache)
         x_BxLxD = LayerNorm(c.ln_epsilon, c.use_bias, dtype, name="ln_f")(x_BxLxD)
-        logits_BxLxV = wte.attend(x_BxLxD)[..., : c.vocab_size].astype(jnp.float32)
-        logits_BxLxV = nn.with_logical_constraint(logits_BxLxV, ("batch", "length", "act_vocab"))
+        # Constrain the padded vocabulary (divides any `tensor` axis), then drop the padding.
+        logits_BxLxP = nn.with_logical_constraint(
+            wte.attend(x_BxLxD), ("batch", "length", "act_vocab")
+        )
+        logits_BxLxV = logits_BxLxP[..., : c.vocab_size].astype(jnp.float32)
         new_cache = None if cache is None else {**cache, "index": start + L, "layers": new_layers}
         return logits_BxLxV, new_cache
 

@@ -133,8 +133,11 @@ class EncoderDecoder(nn.Module):
         if not c.post_ln:
             x_BxLxD = self.dec_ln(x_BxLxD)
         out = self.tgt_embed if c.share_embeddings else self.out_embed
-        logits_BxLxV = out.attend(x_BxLxD)[..., : c.tgt_vocab_size].astype(jnp.float32)
-        logits_BxLxV = nn.with_logical_constraint(logits_BxLxV, ("batch", "length", "act_vocab"))
+        # Constrain the padded vocabulary (divides any `tensor` axis), then drop the padding.
+        logits_BxLxP = nn.with_logical_constraint(
+            out.attend(x_BxLxD), ("batch", "length", "act_vocab")
+        )
+        logits_BxLxV = logits_BxLxP[..., : c.tgt_vocab_size].astype(jnp.float32)
         new_cache = None if cache is None else {**cache, "index": start + tgt_BxL.shape[1],
                                                 "layers": layers}  # fmt: skip
         return logits_BxLxV, new_cache
