@@ -27,8 +27,9 @@ demo: $(STAMP)
 	@echo "checkpoint: $(DEMO_DIR)/checkpoints   metrics: $(DEMO_DIR)/metrics.jsonl"
 	@echo "pictures:   $(DEMO_DIR)/plots/loss.png   TensorBoard events: $(DEMO_DIR)/tensorboard"
 
+# One pytest worker per core (at most 4: each holds 8 simulated devices and its compiles).
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n auto --maxprocesses 4
 
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -m slow
