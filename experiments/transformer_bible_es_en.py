@@ -53,7 +53,7 @@ def get_config(variant=None):
         c.eval.update(every_steps=250)
         c.checkpoint.update(every_steps=250)
         # BLEU curve on the first 200 verses while training; the whole split at `eval`.
-        c.eval.evaluators.translation.update(every_steps=500, max_examples=200)
+        c.eval.evaluators.translation.update(every_steps=500, train_max_examples=200)
     elif variant == "smoke":  # seconds: CI and trying the CLI
         c.model.update(num_layers=1, num_heads=2, width=32, mlp_hidden=64, max_decode_len=16)
         c.data.update(vocab_size=512, max_src_len=24, max_tgt_len=24)

@@ -1,12 +1,14 @@
 """Host-side evaluators, declared in an experiment's config (big_vision's `config.evals`).
 
-    c.eval.evaluators = {"translation": dict(beams=4, every_steps=0, max_examples=-1)}
+    c.eval.evaluators = {"translation": dict(beams=4, every_steps=500, train_max_examples=200)}
 
 Each name maps to a function `(run, split, **options) -> {figure: value}` that computes
 its figures from decoded outputs over a whole split on the host: sampled images scored by
 a classifier, translations scored against references. `genzoo eval` runs every declared
 evaluator; the trainer also runs those with `every_steps > 0` on that cadence (their
-figures logged as `val/*`). `run` is a `genzoo.workdir.Run` (config, data, parameters).
+figures logged as `val/*`), on the first `train_max_examples` examples where that is set
+(a cheaper curve; `genzoo eval` always scores the whole split). `run` is a
+`genzoo.workdir.Run` (config, data, parameters).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ EVALUATORS = {
     "translation": "genzoo.evaluation.translation:evaluate",
     "classifier_baselines": "genzoo.evaluation.baselines_text:evaluate",
 }
-RUNNER_OPTIONS = ("every_steps",)  # handled here, not passed to the evaluator
+RUNNER_OPTIONS = ("every_steps", "train_max_examples")  # handled here, not by the evaluator
 
 
 def get(name: str):
@@ -43,7 +45,11 @@ def run_all(run, split: str, step: int | None = None) -> dict:
     for name, options in (run.cfg.eval.get("evaluators") or {}).items():
         options = dict(options)
         every = options.pop("every_steps", 0)
-        if step is not None and not (every > 0 and step % every == 0):
-            continue
+        in_training = options.pop("train_max_examples", 0)
+        if step is not None:
+            if not (every > 0 and step % every == 0):
+                continue
+            if in_training > 0:
+                options["max_examples"] = in_training
         figures.update(get(name)(run, split, **options))
     return figures
