@@ -4,7 +4,9 @@
     genzoo eval --workdir runs/bert_mlm_english --json     # mlm_loss, mlm_accuracy, nsp_accuracy
     genzoo sample --workdir runs/bert_mlm_english --prompt "in the beginning god [MASK] the heavens"
 
-Needs $GENZOO_DATA_DIR/bible-es-en/. Expect: see the README's table (measured figures).
+Needs $GENZOO_DATA_DIR/bible-es-en/. Measured: the cpu-sized model with batch 256 for 4000
+steps (80 s on one H200) reaches MLM accuracy 45.1% (loss 2.90) and NSP accuracy 81.0%;
+the cpu variant as written (batch 64, 3000 steps) needs ~80 min on 2 CPU cores (estimated).
 """
 
 from genzoo.experiment import base_config
