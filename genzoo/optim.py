@@ -81,12 +81,10 @@ def matcher(globs: str):
 
 def trainable_mask(params, trainable: str):
     """True for parameters whose path matches one of the comma-separated globs ("" = all)."""
-    patterns = [p.strip() for p in trainable.split(",") if p.strip()]
-    if not patterns:
+    if not trainable.strip(" ,"):
         return jax.tree.map(lambda _: True, params)
-    mask = jax.tree_util.tree_map_with_path(
-        lambda path, _: any(fnmatch.fnmatchcase(param_path(path), p) for p in patterns), params
-    )
+    matches = matcher(trainable)
+    mask = jax.tree_util.tree_map_with_path(lambda path, _: matches(param_path(path)), params)
     if not any(jax.tree.leaves(mask)):
         raise UserError(f"train.trainable={trainable!r} matches no parameter")
     return mask

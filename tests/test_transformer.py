@@ -94,9 +94,6 @@ def test_beam_of_one_equals_greedy(params):
     greedy = transformer.translate(
         params, CFG, batch["src"], batch["src_mask"] > 0, max_new_tokens=8, num_beams=1
     )
-    beam1 = transformer.translate(
-        params, CFG, batch["src"], batch["src_mask"] > 0, max_new_tokens=8, num_beams=2 - 1
-    )
     from genzoo import sampling
 
     c = transformer.TransformerConfig.from_cfg(CFG)
@@ -110,7 +107,6 @@ def test_beam_of_one_equals_greedy(params):
         step, cache, bos, beam_size=1, max_new_tokens=8, length_penalty=1.0, eos_id=EOS
     )
     np.testing.assert_array_equal(greedy, searched)
-    np.testing.assert_array_equal(greedy, beam1)
 
 
 def test_overfits_one_batch():

@@ -44,12 +44,12 @@ def run_all(run, split: str, step: int | None = None) -> dict:
     figures = {}
     for name, options in (run.cfg.eval.get("evaluators") or {}).items():
         options = dict(options)
-        every = options.pop("every_steps", 0)
-        in_training = options.pop("train_max_examples", 0)
+        runner = {key: options.pop(key, 0) for key in RUNNER_OPTIONS}
         if step is not None:
+            every = runner["every_steps"]
             if not (every > 0 and step % every == 0):
                 continue
-            if in_training > 0:
-                options["max_examples"] = in_training
+            if runner["train_max_examples"] > 0:
+                options["max_examples"] = runner["train_max_examples"]
         figures.update(get(name)(run, split, **options))
     return figures

@@ -140,7 +140,6 @@ def _sums(params, batch, rng, c: BertConfig, train: bool):
         {"params": params}, inputs_BxL, segments_BxL, valid_BxL, deterministic=not train,
         rngs={"dropout": drop_rng},
     )  # fmt: skip
-    sums = {}
     if c.num_classes:
         label_B = batch["label"]
         nll_B = lm.token_nll(cls_BxK[:, : c.num_classes], label_B)
