@@ -29,12 +29,16 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 WORDS = "the king and queen of my lord thou art not a fool but good sir love death night".split()
 NAMES = ["ROMEO", "JULIET", "KING", "NURSE"]
+# Tiny Shakespeare's 65 symbols: an odd-sized vocabulary, like the real one (it divides over
+# no mesh axis, so every sharded test meets the padding the real corpus needs).
+SYMBOLS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 def make_text(num_chars: int = 30_000, seed: int = 0) -> str:
-    """Shakespeare-shaped text: speaker lines followed by short verses, deterministic."""
+    """Shakespeare-shaped text: speaker lines followed by short verses, deterministic; the
+    first line holds every symbol of the real corpus, so the vocabulary is its 65."""
     rng = random.Random(seed)
-    parts = []
+    parts = ["PROLOGUE:\n" + SYMBOLS.replace("\n", "") + "\n\n"]
     while sum(map(len, parts)) < num_chars:
         verse = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9)))
         parts.append(f"{rng.choice(NAMES)}:\n{verse.capitalize()}.\n\n")

@@ -72,9 +72,10 @@ def test_the_step_rng_differs_between_steps(make_config, char_data):
 
 
 def test_an_odd_vocabulary_trains_on_a_2x2x2_mesh(char_data):
-    # Tiny Shakespeare has 65 symbols; the generated corpus fewer. 65 does not divide over a
-    # `tensor` axis of 2: the model pads its vocabulary, so this must step, not crash.
-    cfg = tiny_config("model.vocab_size=65", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
+    # The generated corpus has tiny Shakespeare's 65 symbols, which divide over no `tensor`
+    # axis of 2: the model pads its vocabulary, so this must step, not crash.
+    assert char_data.tokenizer.vocab_size == 65
+    cfg = tiny_config("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
     trainer = Trainer(cfg)
     state, metrics = trainer.step(trainer.init_state(), next(char_data.train_iterator(8, 0)))
     assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1

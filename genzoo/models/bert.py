@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -34,6 +35,9 @@ class BertConfig(FromConfig):
     type_vocab_size: int = 2
     ln_epsilon: float = 1e-12
     mask_rate: float = 0.15  # of maskable tokens: 80% [MASK], 10% random, 10% kept
+    # Positions scored per row (BERT's max_predictions_per_seq); 0: 1.5 x mask_rate x L + 4.
+    # The MLM head runs on these only: over all L positions it costs a third of the step.
+    max_predictions: int = 0
     nsp: bool = False  # the next-sentence head and loss
     num_classes: int = 0  # > 0: classify [CLS] (fine-tuning) instead of the MLM objective
     mask_id: int = 4  # the tokenizer's [MASK]; ids below `first_word_id` are never masked
@@ -47,6 +51,9 @@ class BertConfig(FromConfig):
     @property
     def padded_vocab(self) -> int:
         return -(-self.vocab_size // 128) * 128
+
+    def predictions(self, length: int) -> int:
+        return min(length, self.max_predictions or math.ceil(1.5 * self.mask_rate * length) + 4)
 
 
 def _dense(features, axes, name, dtype):
@@ -107,17 +114,23 @@ class Bert(nn.Module):
         pooled_BxD = self.drop(pooled_BxD, deterministic=deterministic)
         return self.cls_head(pooled_BxD).astype(jnp.float32)
 
-    def __call__(self, tokens_BxL, segments_BxL, valid_BxL, deterministic=True):
+    def __call__(self, tokens_BxL, segments_BxL, valid_BxL, scored_BxP=None, deterministic=True):
+        """(MLM logits at the positions `scored_BxP` (all when None), [CLS] logits)."""
         h_BxLxD = self.encode(tokens_BxL, segments_BxL, valid_BxL, deterministic)
-        return self.mlm_logits(h_BxLxD), self.cls_logits(h_BxLxD, deterministic)
+        h_BxPxD = h_BxLxD if scored_BxP is None else jnp.take_along_axis(
+            h_BxLxD, scored_BxP[..., None], axis=1
+        )  # fmt: skip
+        return self.mlm_logits(h_BxPxD), self.cls_logits(h_BxLxD, deterministic)
 
 
 def mask_tokens(rng, tokens_BxL, valid_BxL, c: BertConfig):
-    """BERT's corruption: each maskable token is picked with probability `mask_rate`; of
-    those, 80% become [MASK], 10% a random word and 10% stay. Returns (inputs, picked)."""
+    """BERT's corruption: each maskable token is picked with probability `mask_rate` (at most
+    `c.predictions(L)` per row, in order); of those, 80% become [MASK], 10% a random word and
+    10% stay. Returns (inputs, picked)."""
     pick_rng, kind_rng, word_rng = jax.random.split(rng, 3)
     maskable_BxL = valid_BxL & (tokens_BxL >= c.first_word_id)
     picked_BxL = maskable_BxL & (jax.random.uniform(pick_rng, tokens_BxL.shape) < c.mask_rate)
+    picked_BxL &= jnp.cumsum(picked_BxL, axis=1) <= c.predictions(tokens_BxL.shape[1])
     u_BxL = jax.random.uniform(kind_rng, tokens_BxL.shape)
     random_BxL = jax.random.randint(word_rng, tokens_BxL.shape, c.first_word_id, c.vocab_size)
     corrupted_BxL = jnp.where(
@@ -136,9 +149,13 @@ def _sums(params, batch, rng, c: BertConfig, train: bool):
         inputs_BxL, picked_BxL = tokens_BxL, jnp.zeros_like(valid_BxL)
     else:
         inputs_BxL, picked_BxL = mask_tokens(mask_rng, tokens_BxL, valid_BxL, c)
-    mlm_BxLxV, cls_BxK = model.apply(
-        {"params": params}, inputs_BxL, segments_BxL, valid_BxL, deterministic=not train,
-        rngs={"dropout": drop_rng},
+    # The picked positions first (stable: in order), then as many others as fill P slots; a
+    # classifier scores none (one slot keeps the shapes).
+    P = 1 if c.num_classes else c.predictions(tokens_BxL.shape[1])
+    scored_BxP = jnp.argsort(~picked_BxL, axis=1, stable=True)[:, :P]
+    mlm_BxPxV, cls_BxK = model.apply(
+        {"params": params}, inputs_BxL, segments_BxL, valid_BxL, scored_BxP,
+        deterministic=not train, rngs={"dropout": drop_rng},
     )  # fmt: skip
     if c.num_classes:
         label_B = batch["label"]
@@ -146,13 +163,14 @@ def _sums(params, batch, rng, c: BertConfig, train: bool):
         right_B = jnp.argmax(cls_BxK[:, : c.num_classes], -1) == label_B
         return {"cls_nll": jnp.sum(nll_B * row_B), "cls_correct": jnp.sum(right_B * row_B),
                 "num_examples": row_B.sum()}  # fmt: skip
-    weight_BxL = picked_BxL * row_B[:, None]
-    nll_BxL = lm.token_nll(mlm_BxLxV, tokens_BxL)
-    right_BxL = jnp.argmax(mlm_BxLxV, -1) == tokens_BxL
+    weight_BxP = jnp.take_along_axis(picked_BxL, scored_BxP, axis=1) * row_B[:, None]
+    target_BxP = jnp.take_along_axis(tokens_BxL, scored_BxP, axis=1)
+    nll_BxP = lm.token_nll(mlm_BxPxV, target_BxP)
+    right_BxP = jnp.argmax(mlm_BxPxV, -1) == target_BxP
     sums = {
-        "mlm_nll": jnp.sum(nll_BxL * weight_BxL),
-        "mlm_correct": jnp.sum(right_BxL * weight_BxL),
-        "num_masked": weight_BxL.sum(),
+        "mlm_nll": jnp.sum(nll_BxP * weight_BxP),
+        "mlm_correct": jnp.sum(right_BxP * weight_BxP),
+        "num_masked": weight_BxP.sum(),
         "num_examples": row_B.sum(),
     }
     if c.nsp:
@@ -208,8 +226,9 @@ def eval_summary(totals, meta):
 def flops_per_example(cfg, shapes) -> float:
     c = BertConfig.from_cfg(cfg)
     (L,) = shapes["tokens"]
-    matmul = c.num_layers * (4 * c.width**2 + 2 * c.width * c.mlp_hidden) + c.padded_vocab * c.width
-    return float((6 * matmul + 12 * c.num_layers * c.width * L) * L)
+    body = c.num_layers * (4 * c.width**2 + 2 * c.width * c.mlp_hidden)
+    head = (c.width + c.padded_vocab) * c.width * c.predictions(L)  # scored positions only
+    return float((6 * body + 12 * c.num_layers * c.width * L) * L + 6 * head)
 
 
 @functools.partial(jax.jit, static_argnames=("c",))
