@@ -68,3 +68,34 @@ def test_padding_changes_no_hidden_state():
     noisy[2, 7:] = 42  # row 2 has 7 real tokens
     h2, _ = bert.encode(params, CFG, noisy, b["segments"], b["tokens_mask"] > 0)
     np.testing.assert_allclose(np.asarray(h)[2, :7], np.asarray(h2)[2, :7], atol=1e-5)
+
+
+def test_the_head_on_scored_positions_gives_the_full_heads_loss():
+    # The MLM head runs on the picked positions only; the loss must be the one that the
+    # head over every position gives at those positions, and no picked token is dropped.
+    c = bert.BertConfig.from_cfg({**CFG, "mask_rate": 0.4})
+    params = unbox(bert.init(jax.random.PRNGKey(0), CFG))
+    b, rng = _batch(), jax.random.PRNGKey(3)
+    sums = bert._sums(params, b, rng, c, train=False)
+    inputs, picked = bert.mask_tokens(
+        jax.random.split(rng)[0], b["tokens"], b["tokens_mask"] > 0, c
+    )
+    mlm_BxLxV, _ = bert.Bert(c).apply({"params": params}, inputs, b["segments"],
+                                      b["tokens_mask"] > 0)  # fmt: skip
+    logp = jax.nn.log_softmax(mlm_BxLxV)
+    nll = -jnp.take_along_axis(logp, b["tokens"][..., None], -1)[..., 0]
+    assert int(sums["num_masked"]) == int(picked.sum()) > 8
+    np.testing.assert_allclose(float(sums["mlm_nll"]), float((nll * picked).sum()), rtol=1e-5)
+    assert c.predictions(16) == 14 and c.predictions(128) < 128
+
+
+def test_tokens_per_example_counts_tokens_not_segment_ids():
+    import ml_collections
+
+    from genzoo import data
+
+    d = data.load(ml_collections.ConfigDict(
+        {"name": "english_mlm", "vocab_size": 512, "max_len": 32, "seed": 0, "tokenizer_dir": ""}
+    ))  # fmt: skip
+    real = np.mean([min(len(t), 32) for t in d.splits["train"]["tokens"]])
+    assert d.tokens_per_example == real <= 32

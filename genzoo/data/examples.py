@@ -97,11 +97,14 @@ class ExampleData:
     `labels`: {split: {name: int array [N]}}, per-example integers batched as [B].
     `pack`: training rows hold as many consecutive (shuffled once, seed 0) examples as fit,
     with segment ids and positions (evaluation stays one example per row).
+    `token_fields`: the fields that are tokens the model reads, for tokens/s (default: all;
+    BERT's `segments` are ids of another kind).
     """
 
     def __init__(self, splits, lengths, texts, tokenizers, model_fields, artifacts=None,
-                 labels=None, pack: bool = False):  # fmt: skip
+                 labels=None, pack: bool = False, token_fields=None):  # fmt: skip
         self.splits, self.lengths, self.texts = splits, dict(lengths), texts
+        self.token_fields = tuple(token_fields or self.lengths)
         self.labels = labels or {s: {} for s in splits}
         self.packed_rows = None
         if pack:
@@ -132,7 +135,7 @@ class ExampleData:
     def tokens_per_example(self) -> float:
         """Mean real (unpadded) tokens of a training row (an example, or a packed row)."""
         train = self.splits["train"]
-        total = sum(min(len(s), self.lengths[f]) for f in self.lengths for s in train[f])
+        total = sum(min(len(s), self.lengths[f]) for f in self.token_fields for s in train[f])
         rows = len(self.packed_rows) if self.packed_rows is not None else self.num_examples("train")
         return float(total / rows)
 

@@ -87,7 +87,8 @@ def _data(splits_ids, texts, labels, tokenizer, cfg) -> ExampleData:
     lengths = {"tokens": cfg.max_len, "segments": cfg.max_len}
     fields = {"vocab_size": tokenizer.vocab_size}
     artifacts = tokenizer.artifacts
-    return ExampleData(splits, lengths, texts, {"tokens": tokenizer}, fields, artifacts, labels)
+    return ExampleData(splits, lengths, texts, {"tokens": tokenizer}, fields, artifacts, labels,
+                       token_fields=("tokens",))  # fmt: skip
 
 
 def english_mlm(cfg, workdir=None) -> ExampleData:
