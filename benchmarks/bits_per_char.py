@@ -39,7 +39,7 @@ def main() -> None:
             print(f"skipping {wd}: not trained")
             continue
         run = workdir.open_run(Path(wd))
-        figures = run.trainer.evaluate(run.state.params, run.data, "validation", max_batches=-1)
+        figures = run.trainer.evaluate(run.params, run.data, "validation", max_batches=-1)
         name = f"{run.cfg.experiment.name} {run.cfg.experiment.variant}".strip()
         rows.append(
             {"model": f"{name} (step {run.step})", "bits_per_char": figures["bits_per_char"]}

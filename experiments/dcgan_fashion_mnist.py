@@ -16,9 +16,8 @@ VARIANTS = ("smoke",)
 
 def get_config(variant=None):
     c = base_config()
-    c.model = dict(
-        family="gan", latent=64, widths=(64, 128), loss="non_saturating", image_shape=(28, 28, 1)
-    )
+    c.model = dict(family="gan", latent=64, widths=(64, 128), loss="non_saturating", norm="batch",
+                   image_shape=(28, 28, 1))  # fmt: skip
     c.data = dict(name="fashion_mnist")
     c.train.update(steps=5000, batch_size=64, seed=0)
     # DCGAN's Adam (lr 2e-4, beta1 0.5), constant rate, no decay or clipping, for both players.

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+
+
+def _fields(state) -> dict:
+    """A train state's fields by name, without the absent (None) ones: a state that gained
+    an optional field (the EMA) still reads checkpoints written before it existed."""
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+            if getattr(state, f.name) is not None}  # fmt: skip
 
 
 class Checkpointer:
@@ -24,7 +32,7 @@ class Checkpointer:
         self.manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+                state=ocp.args.StandardSave(_fields(state)), data=ocp.args.JsonSave(data_state)
             ),
         )
 
@@ -38,10 +46,10 @@ class Checkpointer:
         out = self.manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()
+                state=ocp.args.StandardRestore(_fields(target)), data=ocp.args.JsonRestore()
             ),
         )
-        return out.state, out.data
+        return abstract_state.replace(**out.state), out.data
 
     def close(self) -> None:
         self.manager.wait_until_finished()

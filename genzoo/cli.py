@@ -37,16 +37,19 @@ def _cmd_train(args) -> None:
     cfg = experiment.load(args.experiment, args.variant, overrides)
     run_dir = Path(args.workdir or Path("runs") / cfg.experiment.name)
     frozen, data = workdir.prepare_training(cfg, run_dir)
-    from genzoo import metrics
+    from genzoo import metrics, requires
     from genzoo.trainer import Trainer
 
-    trainer = Trainer(frozen)  # compiles nothing yet, but validates mesh and batch sizes
+    deps = requires.open_all(frozen.model.get("requires"))  # pinned by prepare_training
+    trainer = Trainer(frozen, deps=deps)  # compiles nothing yet; checks mesh and batch sizes
     init_params = None
     # Orbax names step folders by number; an empty checkpoints/ (a run that died before its
     # first save) must still start from init_from.
     has_step = any(p.name.isdigit() for p in (run_dir / "checkpoints").glob("*"))
     if frozen.train.init_from and not has_step:
-        init_params = workdir.open_run(Path(frozen.train.init_from)).state.params
+        from genzoo import init_from
+
+        init_params = init_from.load(frozen.train.init_from)
         trainer.check_params(init_params)  # before the workdir exists
     workdir.save_config(frozen, run_dir, data)
     trainer.fit(run_dir, data, init_params)
@@ -65,7 +68,7 @@ def _cmd_eval(args) -> None:
         raise UserError("eval --set only changes eval.* settings")
     run = workdir.open_run(Path(args.workdir), overrides)
     split = args.split or run.cfg.eval.split
-    figures = run.trainer.evaluate(run.state.params, run.data, split, max_batches=-1)
+    figures = run.trainer.evaluate(run.params, run.data, split, max_batches=-1)
     figures = {"step": run.step, "split": split, **figures}
     from genzoo.evaluation import evaluators
 

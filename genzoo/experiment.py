@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
         init_from="",  # a workdir (trained or imported) whose latest params start this run
         trainable="",  # comma-separated globs over parameter paths; "" trains everything
         init_fresh="",  # globs of parameters init_from does not provide (a new head)
+        ema_decay=0.0,  # > 0: keep an average of the parameters; eval and sample use it
     )
     c.optim = dict(
         name="adamw",

@@ -90,24 +90,29 @@ def trainable_mask(params, trainable: str):
     return mask
 
 
-def build(o, params, trainable: str = "") -> optax.GradientTransformation:
+def build(o, params, trainable: str = "", model_state: str | None = None):
     """AdamW (one per top-level group of `params` with `o.groups`); frozen parameters get none.
 
-    `params` may be arrays or shapes. Frozen parameters (outside `trainable`) go through
-    `optax.set_to_zero`, so they keep no optimizer state and never move.
+    `params` may be arrays or shapes. Frozen parameters (outside `trainable`) and the model
+    state (`params[model_state]`, which the loss updates) go through `optax.set_to_zero`, so
+    they keep no optimizer state and the optimizer never moves them.
     """
+    trained = {k: v for k, v in params.items() if k != model_state} if model_state else params
     if o.groups:
         groups = tuple(o.groups.keys())
-        if not isinstance(params, dict) or set(params) != set(groups):
-            top = sorted(params) if isinstance(params, dict) else "not a dict"
+        if not isinstance(trained, dict) or set(trained) != set(groups):
+            top = sorted(trained) if isinstance(trained, dict) else "not a dict"
             raise UserError(f"optim.groups {sorted(groups)} must name the parameter groups ({top})")
         transforms = {g: _single(group_config(o, g)) for g in groups}
-        labels = {g: jax.tree.map(lambda _, g=g: g, sub) for g, sub in params.items()}
+        labels = {g: jax.tree.map(lambda _, g=g: g, sub) for g, sub in trained.items()}
     else:
         transforms = {"trainable": _single(o)}
-        labels = jax.tree.map(lambda _: "trainable", params)
-    if not trainable:
+        labels = jax.tree.map(lambda _: "trainable", trained)
+    if not trainable and not model_state:
         return _single(o) if not o.groups else optax.multi_transform(transforms, labels)
-    mask = trainable_mask(params, trainable)
-    labels = jax.tree.map(lambda label, keep: label if keep else "frozen", labels, mask)
+    if trainable:
+        mask = trainable_mask(trained, trainable)
+        labels = jax.tree.map(lambda label, keep: label if keep else "frozen", labels, mask)
+    if model_state:
+        labels = {**labels, model_state: jax.tree.map(lambda _: "frozen", params[model_state])}
     return optax.multi_transform({**transforms, "frozen": optax.set_to_zero()}, labels)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from genzoo import init_from, models, optim, requires, sharding
 from genzoo import metrics as metrics_lib
-from genzoo import models, optim, sharding
 from genzoo.checkpoint import Checkpointer
 from genzoo.errors import UserError
 from genzoo.models.protocols import CountsFlops
@@ -35,23 +34,53 @@ log = logging.getLogger(__name__)
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
-    params: Any
+    params: Any  # with the family's model state (HasModelState) under its own key
     opt_state: Any
     rng: jax.Array  # raw uint32 key: checkpoints store it like any array
+    ema: Any = None  # an exponential moving average of `params` (train.ema_decay > 0)
+
+    def eval_params(self):
+        """What evaluation and sampling use: the average when there is one."""
+        return self.params if self.ema is None else self.ema
 
 
-def _init_state(rng, *, family, model_cfg, tx):
+def _init_state(rng, *, family, model_cfg, tx, ema: bool):
     init_rng, state_rng = jax.random.split(rng)
     params = nn.unbox(family.init(init_rng, model_cfg))
-    return TrainState(jnp.array(0, jnp.int32), params, tx.init(params), state_rng)
+    step = jnp.array(0, jnp.int32)
+    return TrainState(step, params, tx.init(params), state_rng, params if ema else None)
 
 
-def _loss_and_grads(family, model_cfg, params, batch, rng, step):
-    """Loss, gradients and metrics; a dict of losses trains each parameter group on its own."""
-    f = lambda p: family.loss(p, batch, rng, model_cfg, train=True, step=step)
-    losses, vjp, aux = jax.vjp(f, params, has_aux=True)
+def _deps_kw(family, deps) -> dict:
+    """`deps=` for families that declare trained runs they need (genzoo.requires)."""
+    return {"deps": deps} if requires.declared(family) else {}
+
+
+def _state_key(family, params):
+    """Where the family keeps its model state in `params`, or None (HasModelState)."""
+    key = getattr(family, "MODEL_STATE", None)
+    return key if isinstance(params, dict) and key in params else None
+
+
+def _family_loss(family, model_cfg, batch, rng, step, deps=None):
+    """params -> (loss, (metrics, new model state or None)), whatever the family returns."""
+
+    def f(params):
+        out = family.loss(params, batch, rng, model_cfg, train=True, step=step,
+                          **_deps_kw(family, deps))  # fmt: skip
+        return out[0], (dict(out[1]), out[2] if _state_key(family, params) else None)
+
+    return f
+
+
+def _loss_and_grads(family, model_cfg, params, batch, rng, step, deps=None):
+    """Loss, gradients, metrics and the new model state (None without one); a dict of losses
+    trains each parameter group on its own."""
+    losses, vjp, (aux, model_state) = jax.vjp(
+        _family_loss(family, model_cfg, batch, rng, step, deps), params, has_aux=True
+    )
     if not isinstance(losses, dict):
-        return losses, vjp(jnp.ones_like(losses))[0], dict(aux)
+        return losses, vjp(jnp.ones_like(losses))[0], aux, model_state
     # One forward pass; one pull-back per group with a one-hot cotangent over the losses,
     # keeping only that group's slice, so group g moves along d loss_g / d params_g only.
     grads = {}
@@ -62,14 +91,25 @@ def _loss_and_grads(family, model_cfg, params, batch, rng, step):
         else:
             grads[group] = jax.tree.map(jnp.zeros_like, params[group])
     total = sum(losses.values())
-    return total, grads, {**aux, **{f"loss_{g}": v for g, v in losses.items()}}
+    return total, grads, {**aux, **{f"loss_{g}": v for g, v in losses.items()}}, model_state
 
 
-def _train_step(state: TrainState, batch, *, family, model_cfg, tx, lr_schedule, grad_accum: int):
-    """One optimizer step over `batch` (split into `grad_accum` micro-batches)."""
+def _with_model_state(family, params, model_state):
+    """`params` with the family's model state replaced (no-op for stateless families)."""
+    key = _state_key(family, params)
+    return params if key is None else {**params, key: model_state}
+
+
+def _train_step(
+    state: TrainState, batch, deps, *, family, model_cfg, tx, lr_schedule, grad_accum, ema_decay
+):
+    """One optimizer step over `batch` (split into `grad_accum` micro-batches); `deps` are
+    the parameters of the runs the family requires (never trained here)."""
     rng = jax.random.fold_in(state.rng, state.step)
     if grad_accum == 1:
-        loss, grads, aux = _loss_and_grads(family, model_cfg, state.params, batch, rng, state.step)
+        loss, grads, aux, model_state = _loss_and_grads(
+            family, model_cfg, state.params, batch, rng, state.step, deps
+        )
     else:
         # Strided micro-batches (rows i, i+A, ...) so each one stays spread over all devices.
         micro = jax.tree.map(
@@ -77,62 +117,47 @@ def _train_step(state: TrainState, batch, *, family, model_cfg, tx, lr_schedule,
             batch,
         )
 
-        def accumulate(carry, i):
-            mb = jax.tree.map(lambda x: x[i], micro)
-            out = _loss_and_grads(
-                family, model_cfg, state.params, mb, jax.random.fold_in(rng, i), state.step
-            )
-            return jax.tree.map(jnp.add, carry, out), None
+        key = _state_key(family, state.params)
 
-        zeros = jax.tree.map(
-            lambda s: jnp.zeros(s.shape, s.dtype),
-            jax.eval_shape(
-                lambda: _loss_and_grads(
-                    family,
-                    model_cfg,
-                    state.params,
-                    jax.tree.map(lambda x: x[0], micro),
-                    rng,
-                    state.step,
-                )
-            ),
-        )
-        summed, _ = jax.lax.scan(accumulate, zeros, jnp.arange(grad_accum))
+        def accumulate(carry, i):
+            # Sums of loss, gradients and metrics; the model state threads through in order.
+            sums, model_state = carry
+            mb = jax.tree.map(lambda x: x[i], micro)
+            params = _with_model_state(family, state.params, model_state)
+            *out, model_state = _loss_and_grads(
+                family, model_cfg, params, mb, jax.random.fold_in(rng, i), state.step, deps
+            )
+            return (jax.tree.map(jnp.add, sums, tuple(out)), model_state), None
+
+        shapes = jax.eval_shape(
+            lambda: _loss_and_grads(family, model_cfg, state.params,
+                                    jax.tree.map(lambda x: x[0], micro), rng, state.step, deps)[:3]
+        )  # fmt: skip
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        first = None if key is None else state.params[key]
+        (summed, model_state), _ = jax.lax.scan(accumulate, (zeros, first), jnp.arange(grad_accum))
         loss, grads, aux = jax.tree.map(lambda x: x / grad_accum, summed)
+    # The model state is not trained: no gradient reaches the optimizer through it.
+    key = _state_key(family, state.params)
+    if key is not None:
+        grads = {**grads, key: jax.tree.map(jnp.zeros_like, grads[key])}
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params = _with_model_state(family, optax.apply_updates(state.params, updates), model_state)
     out_metrics = {
         "loss": loss,
         "grad_norm": optax.global_norm(grads),
         "lr": lr_schedule(state.step),
         **aux,
     }
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    ema = state.ema
+    if ema is not None:
+        ema = jax.tree.map(lambda e, p: e + (1.0 - ema_decay) * (p - e), ema, params)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
     return new_state, out_metrics
 
 
-def _eval_step(params, batch, rng, *, family, model_cfg):
-    return family.eval_sums(params, batch, rng, model_cfg)
-
-
-def _check_same_structure(params, abstract_params, fresh: str = "") -> None:
-    """Every parameter the model needs, except the `fresh` globs, with its shape; with
-    `fresh` given, parameters of the source the model lacks (an old head) are dropped."""
-    got = {optim.param_path(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(params)}
-    want = {
-        optim.param_path(p): x.shape
-        for p, x in jax.tree_util.tree_leaves_with_path(abstract_params)
-    }
-    if fresh:
-        is_fresh = optim.matcher(fresh)
-        want = {k: v for k, v in want.items() if not is_fresh(k)}
-        got = {k: v for k, v in got.items() if k in want}
-    for key in sorted(set(got) | set(want)):
-        if got.get(key) != want.get(key):
-            raise UserError(
-                f"init_from parameters do not fit this model: {key} is {got.get(key)}, "
-                f"the model needs {want.get(key)}"
-            )
+def _eval_step(params, batch, rng, deps, *, family, model_cfg):
+    return family.eval_sums(params, batch, rng, model_cfg, **_deps_kw(family, deps))
 
 
 def _throughput(step_seconds, batch_size, tokens_per_example, flops_per_example, peak) -> dict:
@@ -150,19 +175,23 @@ def _throughput(step_seconds, batch_size, tokens_per_example, flops_per_example,
 class Trainer:
     """Compiled init/train/eval functions for one resolved config on one mesh."""
 
-    def __init__(self, cfg, devices=None):
+    def __init__(self, cfg, devices=None, deps=None):
+        """`deps`: {name: workdir.Run} of the runs `model.requires` names (genzoo.requires)."""
         self.cfg = cfg
         self.family = models.get(cfg.model.family)
         self.model_cfg = cfg.model  # a FrozenConfigDict: hashable, so a static jit argument
         self.mesh = sharding.make_mesh(cfg.mesh, devices)
         self.rules = sharding.rules(cfg.mesh)
+        self.deps, deps_shardings = self._place_deps(deps or {})
         sharding.check_batch(cfg.train.batch_size // cfg.train.grad_accum, self.mesh, self.rules)
         # Shapes and logical axis names of the parameters, without allocating them.
         boxed = jax.eval_shape(lambda r: self.family.init(r, self.model_cfg), jax.random.PRNGKey(0))
-        self.tx = optim.build(cfg.optim, nn.unbox(boxed), cfg.train.trainable)
+        state_key = _state_key(self.family, boxed)  # what the loss updates, not the optimizer
+        self.tx = optim.build(cfg.optim, nn.unbox(boxed), cfg.train.trainable, state_key)
         statics = dict(family=self.family, model_cfg=self.model_cfg, tx=self.tx)
+        ema = cfg.train.get("ema_decay", 0.0) > 0
         self.abstract_state = jax.eval_shape(
-            functools.partial(_init_state, **statics), jax.random.PRNGKey(0)
+            functools.partial(_init_state, **statics, ema=ema), jax.random.PRNGKey(0)
         )
         repl = sharding.replicated(self.mesh)
         param_shardings = sharding.logical_shardings(boxed, self.mesh, self.rules)
@@ -170,11 +199,13 @@ class Trainer:
         opt_shardings = sharding.like_params(
             self.abstract_state.opt_state, self.abstract_state.params, param_shardings, repl
         )
-        self.state_shardings = TrainState(repl, param_shardings, opt_shardings, repl)
+        self.state_shardings = TrainState(
+            repl, param_shardings, opt_shardings, repl, param_shardings if ema else None
+        )
         self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
 
         self._init = jax.jit(
-            functools.partial(_init_state, **statics),
+            functools.partial(_init_state, **statics, ema=ema),
             out_shardings=self.state_shardings,
         )
         self.train_step = jax.jit(
@@ -183,55 +214,80 @@ class Trainer:
                 **statics,
                 lr_schedule=optim.schedule(cfg.optim),
                 grad_accum=cfg.train.grad_accum,
+                ema_decay=cfg.train.get("ema_decay", 0.0),
             ),
-            in_shardings=(self.state_shardings, self.batch_sharding),
+            in_shardings=(self.state_shardings, self.batch_sharding, deps_shardings),
             out_shardings=(self.state_shardings, repl),
             donate_argnums=(0,),
         )
-        self.eval_step = jax.jit(
+        eval_step = jax.jit(
             functools.partial(_eval_step, family=self.family, model_cfg=self.model_cfg),
-            in_shardings=(param_shardings, self.batch_sharding, repl),
+            in_shardings=(param_shardings, self.batch_sharding, repl, deps_shardings),
             out_shardings=repl,
         )
+        self.eval_step = lambda params, batch, rng: eval_step(params, batch, rng, self.deps)
 
-    def check_params(self, params) -> None:
-        """UserError unless `params` have exactly this model's parameter paths and shapes."""
-        _check_same_structure(params, self.abstract_state.params, self.cfg.train.init_fresh)
+    def _place_deps(self, deps: dict):
+        """The required runs' evaluation parameters on this mesh, sharded by their own
+        logical axis names; and those shardings (None when the family requires nothing)."""
+        want = requires.declared(self.family)
+        if set(deps) != set(want):
+            raise UserError(
+                f"{self.cfg.model.family} needs the runs {sorted(want)}, got {sorted(deps)}"
+            )
+        if not want:
+            return None, None
+        placed, shardings = {}, {}
+        for name, run in deps.items():
+            family, cfg = models.get(run.cfg.model.family), run.cfg.model
+            boxed = jax.eval_shape(lambda r, f=family, c=cfg: f.init(r, c), jax.random.PRNGKey(0))
+            shardings[name] = sharding.logical_shardings(boxed, self.mesh, self.rules)
+            with sharding.activate(self.mesh, self.rules):
+                placed[name] = jax.device_put(jax.device_get(run.params), shardings[name])
+        return placed, shardings
+
+    def _parts(self, init_params) -> list:
+        if init_params is None or isinstance(init_params, list):
+            return init_params
+        return [init_from.Part("", init_params, "init_from")]  # a whole params tree
+
+    def check_params(self, init_params) -> None:
+        """UserError unless `init_params` (a params tree, or `init_from.Part`s) fit this
+        model's parameter paths and shapes."""
+        init_from.merge(self.abstract_state.params, self._parts(init_params),
+                        self.cfg.train.init_fresh)  # fmt: skip
 
     def init_state(self, init_params=None) -> TrainState:
-        """A fresh state; `init_params` (from another run) replace the random parameters."""
+        """A fresh state; `init_params` (a params tree from another run, or the
+        `init_from.Part`s of several) replace random parameters."""
         key = jax.random.PRNGKey(self.cfg.train.seed)
         with sharding.activate(self.mesh, self.rules):
             if init_params is None:
                 return self._init(key)
-            self.check_params(init_params)
-            if self.cfg.train.init_fresh:  # new parameters (a head) keep their random init
-                is_fresh = optim.matcher(self.cfg.train.init_fresh)
-                fresh = self._init(key).params
-                source = {optim.param_path(p): x
-                          for p, x in jax.tree_util.tree_leaves_with_path(init_params)}  # fmt: skip
-                init_params = jax.tree_util.tree_map_with_path(
-                    lambda p, x: (
-                        x if is_fresh(optim.param_path(p)) else source[optim.param_path(p)]
-                    ),
-                    fresh,
-                )
-            # Otherwise no random init to throw away (it would briefly double memory).
-            params = jax.device_put(init_params, self.state_shardings.params)
+            provided, partial = init_from.merge(
+                self.abstract_state.params, self._parts(init_params), self.cfg.train.init_fresh
+            )
+            # A random init only where some parameter keeps it (it briefly doubles memory).
+            base = self._init(key).params if partial else self.abstract_state.params
+            params = jax.tree_util.tree_map_with_path(
+                lambda p, x: provided.get(optim.param_path(p), x), base
+            )
+            params = jax.device_put(params, self.state_shardings.params)
             opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)
             _, state_rng = jax.random.split(key)  # as _init_state derives it
             step, state_rng = jax.device_put(
                 (jnp.array(0, jnp.int32), state_rng),
                 (self.state_shardings.step, self.state_shardings.rng),
             )
-            return TrainState(step, params, opt_state, state_rng)
+            ema = None if self.state_shardings.ema is None else jax.tree.map(jnp.copy, params)
+            return TrainState(step, params, opt_state, state_rng, ema)
 
     def restore(self, checkpointer: Checkpointer, step: int):
         return checkpointer.restore(step, self.abstract_state, self.state_shardings)
 
     def step(self, state: TrainState, batch: dict):
         with sharding.activate(self.mesh, self.rules):
-            return self.train_step(state, sharding.put_batch(batch, self.batch_sharding))
+            return self.train_step(state, sharding.put_batch(batch, self.batch_sharding), self.deps)
 
     def evaluate(self, params, data, split: str | None = None, max_batches: int | None = None):
         """Whole-split figures (or the first `max_batches` batches) from the family's summary."""
@@ -253,7 +309,7 @@ class Trainer:
         from genzoo.evaluation import evaluators
 
         figures = self.evaluate(params, data)
-        run = workdir.Run(self.cfg, data, self, types.SimpleNamespace(params=params), step)
+        run = workdir.Run(self.cfg, data, self, TrainState(step, params, None, None), step)
         host = evaluators.run_all(run, self.cfg.eval.split, step=step)  # those due now
         figures.update({k: v for k, v in host.items() if isinstance(v, (int, float))})
         writer.write(step, {f"val/{k}": v for k, v in figures.items()})
@@ -294,7 +350,7 @@ class Trainer:
         )
         if latest is None and init_params is not None and cfg.eval.every_steps > 0:
             # A fine-tune's starting point on its new data: the "before" of before/after.
-            bar.write(self._evaluate_into(writer, state.params, data, 0))
+            bar.write(self._evaluate_into(writer, state.eval_params(), data, 0))
         window_start, window_steps = time.perf_counter(), 0
         try:
             while step < cfg.train.steps:
@@ -320,7 +376,7 @@ class Trainer:
                 if cfg.eval.every_steps > 0 and (
                     step % cfg.eval.every_steps == 0 or step == cfg.train.steps
                 ):
-                    bar.write(self._evaluate_into(writer, state.params, data, step))
+                    bar.write(self._evaluate_into(writer, state.eval_params(), data, step))
                     window_start, window_steps = time.perf_counter(), 0
                 if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.steps:
                     ckpt.save(step, state, train_iter.get_state())

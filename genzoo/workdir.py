@@ -12,7 +12,7 @@ from pathlib import Path
 import ml_collections
 
 from genzoo import data as data_lib
-from genzoo import experiment
+from genzoo import experiment, models, requires
 from genzoo.checkpoint import Checkpointer
 from genzoo.data import sources
 from genzoo.errors import UserError
@@ -63,6 +63,10 @@ def prepare_training(cfg: ml_collections.ConfigDict, workdir: Path):
     evaluators.check(cfg.eval.evaluators)
     data = data_lib.load(cfg.data, workdir)
     saved = load_config(workdir) if (Path(workdir) / CONFIG).is_file() else None
+    family = models.get(cfg.model.family)
+    if requires.declared(family) or cfg.model.get("requires"):
+        saved_pins = saved.model.get("requires") if saved is not None else None
+        cfg.model.requires = requires.pin(family, cfg.model.get("requires"), saved_pins)
     if saved is not None and cfg.optim.decay_steps == -1:
         # The schedule was fixed at first launch; a longer run keeps it (as nanoGPT does).
         cfg.optim.decay_steps = saved.optim.decay_steps
@@ -96,9 +100,16 @@ class Run:
     state: object
     step: int
     path: Path | None = None  # the workdir (None for a run still in training)
+    deps: dict = dataclasses.field(default_factory=dict)  # {name: Run} of model.requires
+
+    @property
+    def params(self):
+        """The parameters evaluation and sampling use: the average when the run keeps one."""
+        return self.state.eval_params()
 
 
-def open_run(workdir: Path, overrides=()) -> Run:
+def open_run(workdir: Path, overrides=(), step: int | None = None) -> Run:
+    """The run in `workdir` at its latest checkpoint (or at `step`), with its dependencies."""
     from genzoo.trainer import Trainer  # jax-heavy; keep `genzoo list` fast
 
     workdir = Path(workdir)
@@ -110,16 +121,20 @@ def open_run(workdir: Path, overrides=()) -> Run:
     if not checkpoints.is_dir():
         raise UserError(f"no checkpoint in {workdir}: train it first")
     ckpt = Checkpointer(checkpoints, keep=cfg.checkpoint.keep, async_save=False)
-    step = ckpt.latest_step()
     if step is None:
-        raise UserError(f"no checkpoint in {workdir}: train it first")
+        step = ckpt.latest_step()
+    if step is None or step not in ckpt.manager.all_steps():
+        ckpt.close()
+        at = "" if step is None else f" at step {step}"
+        raise UserError(f"no checkpoint{at} in {workdir}: train it first")
     data = data_lib.load(cfg.data, workdir)
     frozen = ml_collections.FrozenConfigDict(cfg)
-    trainer = Trainer(frozen)
+    deps = requires.open_all(cfg.model.get("requires"))
+    trainer = Trainer(frozen, deps=deps)
     try:
         state, _ = trainer.restore(ckpt, step)
     except (ValueError, KeyError, OSError) as e:
         raise UserError(f"checkpoint {step} in {workdir} cannot be read: {e}") from None
     finally:
         ckpt.close()
-    return Run(frozen, data, trainer, state, step, workdir)
+    return Run(frozen, data, trainer, state, step, workdir, deps)

@@ -3,9 +3,11 @@
 The environment is set at import time, before anything imports jax.
 """
 
+import atexit
 import gzip
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,6 +16,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ["GENZOO_OFFLINE"] = "1"  # tests never touch the network
 _ROOT = Path(tempfile.mkdtemp(prefix="genzoo-tests-"))
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)  # generated data, caches
 os.environ["GENZOO_DATA_DIR"] = str(_ROOT / "data")
 os.environ["GENZOO_CACHE_DIR"] = str(_ROOT / "cache")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 MUTANTS = [
     ("GAN generator gradient cut", "genzoo/models/gan.py",
-     'fake = Generator(c).apply({"params": params["generator"]}, z_BxZ)',
-     'fake = jax.lax.stop_gradient(Generator(c).apply({"params": params["generator"]}, z_BxZ))',
+     'fake, stats = _apply(Generator(c), params, stats, "generator", z_BxZ, train)',
+     'fake, stats = _apply(Generator(c), params, stats, "generator", z_BxZ, train)\n'
+     "    fake = jax.lax.stop_gradient(fake)",
      "tests/test_gan.py"),
     ("VAE std = exp(logvar)", "genzoo/models/vae.py",
      "jnp.exp(0.5 * logvar_BxZ) * eps_BxZ", "jnp.exp(logvar_BxZ) * eps_BxZ", "tests/test_vae.py"),
@@ -47,6 +48,17 @@ MUTANTS = [
      "allowed_BxLxT = allowed_BxLxT & same_BxLxT", "pass", "tests/test_transformer.py"),
     ("BERT masks 90% with [MASK]", "genzoo/models/bert.py",
      "u_BxL < 0.8, c.mask_id", "u_BxL < 0.9, c.mask_id", "tests/test_bert.py"),
+    ("BERT scores unpicked positions", "genzoo/models/bert.py",
+     "jnp.argsort(~picked_BxL, axis=1", "jnp.argsort(picked_BxL, axis=1", "tests/test_bert.py"),
+    ("model state not written back", "genzoo/trainer.py",
+     "params = _with_model_state(family, optax.apply_updates(state.params, updates), model_state)",
+     "params = optax.apply_updates(state.params, updates)",
+     "tests/test_model_state.py tests/test_gan.py"),
+    ("EMA weights swapped", "genzoo/trainer.py",
+     "e + (1.0 - ema_decay) * (p - e)", "e + ema_decay * (p - e)", "tests/test_model_state.py"),
+    ("EMA not what evaluation uses", "genzoo/trainer.py",
+     "return self.params if self.ema is None else self.ema", "return self.params",
+     "tests/test_model_state.py"),
 ]  # fmt: skip
 
 

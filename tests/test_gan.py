@@ -85,3 +85,26 @@ def test_classifier_score_bounds():
     assert sample_quality.classifier_score(uniform) == pytest.approx(1.0)
     confident_and_diverse = np.eye(4)[np.arange(12) % 4]
     assert sample_quality.classifier_score(confident_and_diverse) == pytest.approx(4.0, rel=1e-6)
+
+
+def test_batchnorm_statistics_are_model_state_that_sampling_uses(image_data):
+    cfg = tiny_config("optim.warmup_steps=0", name="dcgan_fashion_mnist")
+    assert cfg.model.norm == "batch"
+    t = Trainer(cfg, devices=jax.devices()[:1])
+    state = t.init_state()
+    before = jax.device_get(state.params)
+    state, _ = t.step(state, next(image_data.train_iterator(16, 0)))
+    after = jax.device_get(state.params)
+    stats = lambda p, g: jax.tree.leaves(p["batch_stats"][g])
+    for group in ("generator", "discriminator"):  # means moved from 0, variances from 1
+        pairs = zip(stats(before, group), stats(after, group), strict=True)
+        assert all(not np.array_equal(x, y) for x, y in pairs)
+    trained = sum(x.size for g in ("generator", "discriminator") for x in jax.tree.leaves(after[g]))
+    moments = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim > 0)
+    assert moments == 2 * trained  # Adam keeps nothing for the statistics
+    rng = jax.random.PRNGKey(1)
+    a = np.asarray(gan.sample(after, rng, cfg.model, num=4))
+    b = np.asarray(
+        gan.sample({**after, "batch_stats": before["batch_stats"]}, rng, cfg.model, num=4)
+    )
+    assert np.abs(a - b).max() > 1e-4  # samples normalise with the running statistics

@@ -160,7 +160,7 @@ class _TwoPlayer:
 def test_dict_losses_train_each_group_on_its_own_loss():
     params = {"a": {"w": jnp.array([1.0, 2.0])}, "b": {"w": jnp.array([3.0, -1.0])}}
     batch = jnp.array([0.5, 4.0])
-    total, grads, aux = trainer_lib._loss_and_grads(_TwoPlayer, None, params, batch, None, 0)
+    total, grads, aux, _ = trainer_lib._loss_and_grads(_TwoPlayer, None, params, batch, None, 0)
     a, b = params["a"]["w"], params["b"]["w"]
     np.testing.assert_allclose(grads["a"]["w"], b * batch)  # d loss_a / d a only
     np.testing.assert_allclose(grads["b"]["w"], 4 * (a + 2 * b))  # d loss_b / d b only
@@ -203,3 +203,37 @@ def test_init_from_copies_parameters_and_rejects_other_shapes(make_config, char_
     wider = Trainer(make_config("model.width=64"), devices=jax.devices()[:1])
     with pytest.raises(UserError, match="do not fit this model"):
         wider.init_state(jax.device_get(source.params))
+
+
+def test_init_from_sub_trees_fills_only_them_and_checks_each(make_config):
+    from genzoo import init_from
+
+    source = jax.device_get(
+        Trainer(make_config("train.seed=5"), devices=jax.devices()[:1]).init_state().params
+    )
+    t = Trainer(make_config(), devices=jax.devices()[:1])
+    random = jax.device_get(t.init_state().params)
+    extra = {**source["block_1"], "old_head": {"kernel": np.zeros((3, 3), np.float32)}}
+    parts = [init_from.Part("block_0", source["block_0"], "a"),
+             init_from.Part("block_1", extra, "b")]  # fmt: skip
+    params = jax.device_get(t.init_state(parts).params)
+    for key in params:
+        want = source[key] if key in ("block_0", "block_1") else random[key]
+        for x, y in zip(jax.tree.leaves(params[key]), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(x, y, err_msg=key)
+    short = {**source["block_0"], "mlp": {"fc_kernel": np.zeros((2, 2), np.float32)}}
+    with pytest.raises(UserError, match=r"from a do not fit this model: block_0/mlp/"):
+        t.init_state([init_from.Part("block_0", short, "a")])
+    with pytest.raises(UserError, match="no sub-tree 'towers'"):
+        t.check_params([init_from.Part("towers", source["block_0"], "a")])
+
+
+def test_init_from_spec_parses_items_and_refuses_overlaps():
+    from genzoo import init_from
+
+    assert init_from.parse("runs/a") == [("", "runs/a", "")]
+    assert init_from.parse("text=runs/bert, image=runs/vit:encoder/") == [
+        ("text", "runs/bert", ""), ("image", "runs/vit", "encoder")]  # fmt: skip
+    for bad in ("text=", "=runs/a", "text=runs/a,runs/b", "a=x,a/b=y", "a=x,a=y"):
+        with pytest.raises(UserError):
+            init_from.parse(bad)

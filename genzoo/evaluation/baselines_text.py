@@ -74,7 +74,7 @@ def scratch_model(run, split: str) -> float:
     trainer = Trainer(ml_collections.FrozenConfigDict(cfg))
     with tempfile.TemporaryDirectory() as tmp:
         state = trainer.fit(Path(tmp), run.data)
-    accuracy = trainer.evaluate(state.params, run.data, split, max_batches=-1)["accuracy"]
+    accuracy = trainer.evaluate(state.eval_params(), run.data, split, max_batches=-1)["accuracy"]
     if cache:
         from genzoo.data import sources
 

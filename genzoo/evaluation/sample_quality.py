@@ -54,7 +54,7 @@ def score(images_NxHxWxC: np.ndarray, real_NxHxWxC: np.ndarray, classifier_workd
             "`genzoo train classifier_fashion_mnist` or set eval.classifier_workdir"
         )
     run = workdir.open_run(Path(classifier_workdir))
-    params, cfg = run.state.params, run.cfg.model
+    params, cfg = run.params, run.cfg.model
     fake_probs, fake_feats = _predict_all(params, np.asarray(images_NxHxWxC), cfg)
     real_probs, real_feats = _predict_all(params, np.asarray(real_NxHxWxC), cfg)
     return {

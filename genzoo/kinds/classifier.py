@@ -22,7 +22,7 @@ class Classifier:
 
     def predict(self, images_BxHxWxC) -> np.ndarray:
         """Class probabilities [B, classes] of images in [0, 1]."""
-        probs, _ = self.family.predict(self.run.state.params, images_BxHxWxC, self.run.cfg.model)
+        probs, _ = self.family.predict(self.run.params, images_BxHxWxC, self.run.cfg.model)
         return np.asarray(probs)
 
 

@@ -25,14 +25,14 @@ class ImageGenerator:
 
     def sample(self, num: int = 64, seed: int = 0) -> np.ndarray:
         images = self.family.sample(
-            self.run.state.params, jax.random.PRNGKey(seed), self.run.cfg.model, num=num
+            self.run.params, jax.random.PRNGKey(seed), self.run.cfg.model, num=num
         )
         return np.asarray(images)
 
     def reconstruct(self, images_BxHxWxC) -> np.ndarray:
         if not hasattr(self.family, "reconstruct"):
             raise UserError(f"family {self.run.cfg.model.family!r} cannot reconstruct")
-        out = self.family.reconstruct(self.run.state.params, images_BxHxWxC, self.run.cfg.model)
+        out = self.family.reconstruct(self.run.params, images_BxHxWxC, self.run.cfg.model)
         return np.asarray(out)
 
 

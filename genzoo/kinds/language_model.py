@@ -42,7 +42,7 @@ class LanguageModel:
 
     def __init__(self, run):
         self.run, self.family = run, models.get(run.cfg.model.family)
-        self.params, self.tokenizer = run.state.params, run.data.tokenizer
+        self.params, self.tokenizer = run.params, run.data.tokenizer
         self.context = self.family.context_length(run.cfg.model)
 
     def encode(self, text: str) -> list[int]:

@@ -40,7 +40,7 @@ class MaskedLM:
             tokens_BxL[row, : len(seq)] = seq
         valid_BxL = np.arange(self.max_len)[None] < np.array([len(s) for s in ids])[:, None]
         hidden, logits = self.family.encode(
-            self.run.state.params, self.run.cfg.model, tokens_BxL, np.zeros_like(tokens_BxL),
+            self.run.params, self.run.cfg.model, tokens_BxL, np.zeros_like(tokens_BxL),
             valid_BxL,
         )  # fmt: skip
         return ids, np.asarray(hidden), np.asarray(logits)

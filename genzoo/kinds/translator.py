@@ -53,7 +53,7 @@ class Translator:
                 ids = self.src_tok.encode(text)[: self.src_len - 1] + [EOS]
                 src_BxS[i, : len(ids)] = ids
             new_BxN = self.family.translate(
-                self.run.state.params, self.run.cfg.model, src_BxS, src_BxS > 0,
+                self.run.params, self.run.cfg.model, src_BxS, src_BxS > 0,
                 max_new_tokens=max_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
             )  # fmt: skip
             for ids in np.asarray(new_BxN)[: len(rows)].tolist():

@@ -40,18 +40,39 @@ def _dense(features: int, dtype, name: str):
     )
 
 
+def _norm(kind: str, dtype, name: str, train: bool):
+    """A normalisation layer by name: "none", "layer" (over channels) or "batch" (DCGAN's:
+    batch statistics while training, their running averages otherwise; momentum 0.9 is
+    PyTorch's 0.1)."""
+    init = dict(scale_init=_replicated(nn.initializers.ones, 1),
+                bias_init=_replicated(nn.initializers.zeros, 1))  # fmt: skip
+    if kind == "layer":
+        return nn.LayerNorm(dtype=dtype, name=name, **init)
+    if kind == "batch":
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                            dtype=dtype, name=name, **init)  # fmt: skip
+    if kind == "none":
+        return lambda h: h
+    raise ValueError(f"unknown norm {kind!r} (none, layer, batch)")
+
+
 class ConvEncoder(nn.Module):
-    """[B, 28, 28, C] -> [B, features]: two stride-2 4x4 convolutions, then a dense layer."""
+    """[B, 28, 28, C] -> [B, features]: two stride-2 4x4 convolutions, then a dense layer.
+
+    `norm` normalises every convolution's output but the first (DCGAN's discriminator)."""
 
     features: int
     widths: tuple = (32, 64)
     dtype: Dtype = jnp.float32
+    norm: str = "none"
 
     @nn.compact
-    def __call__(self, x_BxHxWxC):
+    def __call__(self, x_BxHxWxC, train: bool = False):
         h = x_BxHxWxC.astype(self.dtype)
         for i, width in enumerate(self.widths):
             h = _stride2(nn.Conv, width, self.dtype, f"conv_{i}")(h)
+            if i > 0:
+                h = _norm(self.norm, self.dtype, f"norm_{i}", train)(h)
             h = jax.nn.leaky_relu(h, 0.2)
         h_BxF = h.reshape(h.shape[0], -1)
         h_BxF = nn.with_logical_constraint(h_BxF, ("batch", None))
@@ -61,27 +82,17 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """[B, Z] -> [B, 28, 28, C] logits: dense to 7x7, then two stride-2 transposed convolutions.
 
-    `normalize` adds LayerNorm over channels after each hidden layer (the GAN generator's
-    stand-in for DCGAN's BatchNorm, which would need mutable batch statistics).
+    `norm` normalises each hidden layer ("layer", or DCGAN's "batch").
     """
 
     out_channels: int = 1
     widths: tuple = (64, 32)
-    normalize: bool = False
+    norm: str = "none"
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, z_BxZ):
-        def norm(h, name):
-            if not self.normalize:
-                return h
-            return nn.LayerNorm(
-                dtype=self.dtype,
-                scale_init=_replicated(nn.initializers.ones, 1),
-                bias_init=_replicated(nn.initializers.zeros, 1),
-                name=name,
-            )(h)
-
+    def __call__(self, z_BxZ, train: bool = False):
+        norm = lambda h, name: _norm(self.norm, self.dtype, name, train)(h)
         h = _dense(7 * 7 * self.widths[0], self.dtype, "in")(z_BxZ.astype(self.dtype))
         h_Bx7x7xC = jax.nn.relu(norm(h.reshape(-1, 7, 7, self.widths[0]), "norm_in"))
         h = h_Bx7x7xC

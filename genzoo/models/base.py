@@ -7,7 +7,7 @@ import dataclasses
 from genzoo.errors import UserError
 
 # Keys of a `model` section that belong to the spine, not to the family's dataclass.
-SPINE_KEYS = ("family",)
+SPINE_KEYS = ("family", "requires")  # requires: trained runs it needs (genzoo.requires)
 
 
 class FromConfig:

@@ -1,9 +1,12 @@
-"""DCGAN-style GAN: a transposed-conv generator and a conv discriminator, two parameter groups.
+"""DCGAN (Radford et al., 2015): a transposed-conv generator and a conv discriminator, two
+parameter groups.
 
 `loss` returns `{"generator": ..., "discriminator": ...}`; the trainer moves each group
 along its own loss only (simultaneous updates), with one optimizer per group
-(`optim.groups`). DCGAN's BatchNorm is replaced by LayerNorm in the generator and no
-norm in the discriminator, so the model stays a pure function of its parameters.
+(`optim.groups`: a two-time-scale update is two learning rates). `norm="batch"` is the
+published BatchNorm (generator: every hidden layer; discriminator: every convolution but
+the first), its running statistics kept as model state in `params["batch_stats"]`;
+`norm="layer"` (LayerNorm in the generator only) needs no state.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import jax
 import jax.numpy as jnp
 
 from genzoo.layers import ConvDecoder, ConvEncoder
-from genzoo.models.base import FromConfig
+from genzoo.models.base import FromConfig, require
 
 KIND = "image_generator"
+MODEL_STATE = "batch_stats"  # present in the params with norm="batch"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,28 +30,36 @@ class GANConfig(FromConfig):
     latent: int = 64
     widths: tuple = (32, 64)
     loss: str = "non_saturating"  # or "hinge"
+    norm: str = "layer"  # or "batch" (DCGAN as published)
     image_shape: tuple = (28, 28, 1)
     dtype: str = "float32"
+
+    def validate(self) -> None:
+        require(
+            self.norm in ("layer", "batch"), f"model.norm must be layer or batch, got {self.norm!r}"
+        )
 
 
 class Generator(nn.Module):
     cfg: GANConfig
 
     @nn.compact
-    def __call__(self, z_BxZ):
+    def __call__(self, z_BxZ, train: bool = False):
         """Images in [0, 1], [B, H, W, C]."""
         c = self.cfg
-        logits = ConvDecoder(c.image_shape[-1], c.widths[::-1], True, jnp.dtype(c.dtype))(z_BxZ)
-        return jax.nn.sigmoid(logits)
+        decoder = ConvDecoder(c.image_shape[-1], c.widths[::-1], c.norm, jnp.dtype(c.dtype))
+        return jax.nn.sigmoid(decoder(z_BxZ, train))
 
 
 class Discriminator(nn.Module):
     cfg: GANConfig
 
     @nn.compact
-    def __call__(self, image_BxHxWxC):
+    def __call__(self, image_BxHxWxC, train: bool = False):
         """Real-vs-fake logit per image, [B]."""
-        h = ConvEncoder(1, self.cfg.widths, jnp.dtype(self.cfg.dtype))(2.0 * image_BxHxWxC - 1.0)
+        c = self.cfg
+        norm = "batch" if c.norm == "batch" else "none"
+        h = ConvEncoder(1, c.widths, jnp.dtype(c.dtype), norm)(2.0 * image_BxHxWxC - 1.0, train)
         return h[:, 0].astype(jnp.float32)
 
 
@@ -70,13 +82,27 @@ def gan_losses(real_logits_B, fake_logits_B, kind: str, mask_B=None):
     return g, d
 
 
-def _logits(params, batch, rng, c: GANConfig):
+def _apply(module, params, stats, name, x, train):
+    """`module` on `x`; with BatchNorm, also its statistics after this call (updated when
+    training: the discriminator's twice per step, once on real and once on fake images)."""
+    if stats is None:
+        return module.apply({"params": params[name]}, x, train), None
+    variables = {"params": params[name], "batch_stats": stats[name]}
+    if not train:
+        return module.apply(variables, x, train), stats
+    out, updates = module.apply(variables, x, train, mutable=["batch_stats"])
+    return out, {**stats, name: updates["batch_stats"]}
+
+
+def _logits(params, batch, rng, c: GANConfig, train: bool):
+    """(real logits, fake logits, batch statistics or None)."""
+    stats = params.get(MODEL_STATE)
     z_BxZ = jax.random.normal(rng, (batch["image"].shape[0], c.latent))
-    fake = Generator(c).apply({"params": params["generator"]}, z_BxZ)
+    fake, stats = _apply(Generator(c), params, stats, "generator", z_BxZ, train)
     disc = Discriminator(c)
-    real_B = disc.apply({"params": params["discriminator"]}, batch["image"])
-    fake_B = disc.apply({"params": params["discriminator"]}, fake)
-    return real_B, fake_B
+    real_B, stats = _apply(disc, params, stats, "discriminator", batch["image"], train)
+    fake_B, stats = _apply(disc, params, stats, "discriminator", fake, train)
+    return real_B, fake_B, stats
 
 
 # ---- family protocol -------------------------------------------------------------------
@@ -85,23 +111,26 @@ def _logits(params, batch, rng, c: GANConfig):
 def init(rng, cfg):
     c = GANConfig.from_cfg(cfg)
     g_rng, d_rng = jax.random.split(rng)
-    return {
-        "generator": Generator(c).init(g_rng, jnp.zeros((1, c.latent)))["params"],
-        "discriminator": Discriminator(c).init(d_rng, jnp.zeros((1, *c.image_shape)))["params"],
-    }
+    g = Generator(c).init(g_rng, jnp.zeros((1, c.latent)))
+    d = Discriminator(c).init(d_rng, jnp.zeros((1, *c.image_shape)))
+    params = {"generator": g["params"], "discriminator": d["params"]}
+    if c.norm == "batch":
+        params[MODEL_STATE] = {"generator": g["batch_stats"], "discriminator": d["batch_stats"]}
+    return params
 
 
 def loss(params, batch, rng, cfg, *, train: bool = True, step=0):
     c = GANConfig.from_cfg(cfg)
-    real_B, fake_B = _logits(params, batch, rng, c)
+    real_B, fake_B, stats = _logits(params, batch, rng, c, train)
     g, d = gan_losses(real_B, fake_B, c.loss, batch["mask"])
     accuracy = 0.5 * (jnp.mean(real_B > 0) + jnp.mean(fake_B < 0))
-    return {"generator": g, "discriminator": d}, {"d_accuracy": accuracy}
+    out = {"generator": g, "discriminator": d}, {"d_accuracy": accuracy}
+    return out if stats is None else (*out, stats)
 
 
 def eval_sums(params, batch, rng, cfg):
     c = GANConfig.from_cfg(cfg)
-    real_B, fake_B = _logits(params, batch, rng, c)
+    real_B, fake_B, _ = _logits(params, batch, rng, c, train=False)
     mask_B = batch["mask"]
     g, d = gan_losses(real_B, fake_B, c.loss, mask_B)
     n = mask_B.sum()
@@ -121,9 +150,8 @@ def eval_summary(totals, meta):
 @functools.partial(jax.jit, static_argnames=("cfg", "num"))
 def _sample(params, rng, *, cfg, num):
     c = GANConfig.from_cfg(cfg)
-    return Generator(c).apply(
-        {"params": params["generator"]}, jax.random.normal(rng, (num, c.latent))
-    )
+    z_NxZ = jax.random.normal(rng, (num, c.latent))
+    return _apply(Generator(c), params, params.get(MODEL_STATE), "generator", z_NxZ, False)[0]
 
 
 def sample(params, rng, cfg, *, num: int):

@@ -36,3 +36,19 @@ class CountsFlops(Protocol):
     def flops_per_example(self, cfg, shapes) -> float:
         """Training FLOPs (forward + backward) of one example, given the per-example shapes
         of the batch's fields (`{"inputs": (L,), ...}`)."""
+
+
+@runtime_checkable
+class HasModelState(Protocol):
+    """Optional: variables the loss updates and the optimizer never touches (BatchNorm
+    statistics, a VQ codebook moved by moving averages).
+
+    They live in `params[MODEL_STATE]`, so evaluation and sampling see them like any
+    parameter and checkpoints keep them; the optimizer gets no gradient for them, keeps no
+    moments and applies no weight decay. When `init` puts that key in the params (a config
+    may have no state: a GAN with LayerNorm), `loss` returns a third value, the new state."""
+
+    MODEL_STATE: str  # the top-level key of the params that holds the state
+
+    def loss(self, params, batch, rng, cfg, *, train: bool, step):
+        """(loss, metrics, new `params[MODEL_STATE]`), or (loss, metrics) without it."""

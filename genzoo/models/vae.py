@@ -40,7 +40,7 @@ class VAE(nn.Module):
     def setup(self):
         c = self.cfg
         self.encoder = ConvEncoder(2 * c.latent, c.widths, jnp.dtype(c.dtype))
-        self.decoder = ConvDecoder(c.image_shape[-1], c.widths[::-1], False, jnp.dtype(c.dtype))
+        self.decoder = ConvDecoder(c.image_shape[-1], c.widths[::-1], "none", jnp.dtype(c.dtype))
 
     def encode(self, x_BxHxWxC):
         """Posterior mean and log-variance, [B, Z] each."""
