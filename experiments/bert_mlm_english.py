@@ -38,9 +38,9 @@ def get_config(variant=None):
     if variant == "cpu":
         c.model.update(max_len=64, num_layers=4, num_heads=4, width=256, mlp_hidden=1024)
         c.data.update(vocab_size=6000, max_len=64)
-        c.train.update(steps=3000, batch_size=64)
-        c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=300)
-        c.eval.update(every_steps=1000)
+        c.train.update(steps=1500, batch_size=64)
+        c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=150)
+        c.eval.update(every_steps=500)
         c.checkpoint.update(every_steps=500)
     elif variant == "smoke":
         c.model.update(max_len=32, num_layers=1, num_heads=2, width=32, mlp_hidden=64)

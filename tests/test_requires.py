@@ -15,7 +15,8 @@ def get_config(variant=None):
     c.experiment.name = "student"
     c.model = dict(family="toy_student", vocab_size=-1, requires={requires!r})
     c.train.steps = 6
-    c.optim.update(lr=0.05, min_lr=0.05, warmup_steps=0, weight_decay=0.0)
+    c.log.every_steps = 1
+    c.optim.update(lr=0.02, min_lr=0.02, warmup_steps=0, weight_decay=0.0)
     return c
 """
 

@@ -17,7 +17,17 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from genzoo.data import bible, fashion_mnist, sentences, shakespeare, sources, tokenizers
+from genzoo.data import (
+    bible,
+    captions,
+    fashion_mnist,
+    sentences,
+    shakespeare,
+    shapes,
+    sources,
+    tokenizers,
+)
+from genzoo.data.captions import CaptionedImages
 from genzoo.data.examples import ExampleData
 from genzoo.data.images import ImageData
 from genzoo.data.text import CharTokenizer, TokenStreamData
@@ -226,6 +236,29 @@ def fashion_mnist_images(cfg, workdir=None) -> ImageData:
     return ImageData(splits, builder.info.metadata["class_names"])
 
 
+def shapes_captioned(cfg, workdir=None) -> CaptionedImages:
+    """The procedural scenes (train, validation, heldout) with their captions."""
+    builder = prepared_builder(shapes.Shapes, shapes.source_digest())
+    tokenizer = captions.WordTokenizer(shapes.VOCABULARY)
+    return CaptionedImages(
+        captions.shapes_splits(builder), tokenizer, cfg.get("max_caption_len", 12)
+    )
+
+
+def fashion_mnist_captioned(cfg, workdir=None) -> CaptionedImages:
+    """Fashion-MNIST with captions from its class names ("a photo of a sneaker", ...)."""
+    digest = fashion_mnist.sources_digest(fashion_mnist.source_paths())
+    builder = prepared_builder(fashion_mnist.FashionMnist, digest)
+    splits = {}
+    for split in ("train", "test"):
+        images, labels = _all_examples(builder, split)
+        phrasings = [captions.fashion_phrasings(int(y)) for y in labels]
+        splits[split] = (images, {"label": labels}, phrasings)
+    tokenizer = captions.WordTokenizer(captions.fashion_vocabulary())
+    return CaptionedImages(splits, tokenizer, cfg.get("max_caption_len", 8),
+                           list(fashion_mnist.CLASS_NAMES))  # fmt: skip
+
+
 LOADERS = {
     "tinyshakespeare_char": tinyshakespeare_char,
     "fashion_mnist": fashion_mnist_images,
@@ -236,6 +269,8 @@ LOADERS = {
     "wmt14_en_de": wmt14_en_de,
     "english_mlm": sentences.english_mlm,
     "bible_genre": sentences.bible_genre,
+    "shapes": shapes_captioned,
+    "fashion_mnist_captions": fashion_mnist_captioned,
 }
 
 
