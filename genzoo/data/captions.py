@@ -141,6 +141,10 @@ class CaptionedImages:
     def meta(self, split: str) -> dict:
         return {"class_names": self.class_names, "num_examples": len(self.splits[split][0])}
 
+    def real_images(self, split: str, num: int) -> np.ndarray:
+        """The first `num` images of a split, float32 in [0, 1]."""
+        return self._split(split)[0][:num].astype(np.float32) / 255.0
+
     def _split(self, split: str):
         if split not in self.splits:
             raise UserError(f"unknown split {split!r} (have: {', '.join(self.splits)})")

@@ -39,7 +39,8 @@ class Kind:
     sample: Callable | None = None  # sample(api, args) -> None, prints/writes the samples
 
 
-_MODULES = ("language_model", "translator", "masked_lm", "image_generator", "classifier")
+_MODULES = ("language_model", "translator", "masked_lm", "image_generator", "classifier",
+            "image_tokenizer")  # fmt: skip
 REGISTRY: dict[str, Kind] = {}
 
 

@@ -36,24 +36,34 @@ class ImageGenerator:
         return np.asarray(out)
 
 
-def _sample(gen: ImageGenerator, args) -> None:
-    from genzoo import metrics
-
-    run = gen.run
-    name = "reconstructions.png" if args.reconstruct else "samples.png"
+def _out_path(args, name: str) -> Path:
     out = Path(args.out) if args.out else Path(args.workdir) / name
     if not out.parent.is_dir():
         raise UserError(f"folder {out.parent} does not exist")
-    num = args.num or 64
+    return out
+
+
+def reconstruction_grid(run, reconstruct, args) -> None:
+    """Writes `--num` evaluation images (drawn with `--seed`) beside their reconstructions."""
+    from genzoo import metrics
+
+    out = _out_path(args, "reconstructions.png")
+    num, split = args.num or 64, run.cfg.eval.split
+    real = run.data.real_images(split, len(run.data.splits[split][0]))
+    real = real[np.random.default_rng(args.seed).choice(len(real), min(num, len(real)), False)]
+    recon = np.asarray(reconstruct(real))
+    images = np.stack([real, recon], axis=1).reshape(-1, *real.shape[1:])  # pairs side by side
+    metrics.save_image_grid(images, out, columns=2 * max(1, int(np.sqrt(len(real)))))
+    print(out)
+
+
+def _sample(gen: ImageGenerator, args) -> None:
+    from genzoo import metrics
+
     if args.reconstruct:
-        split = run.cfg.eval.split
-        real = run.data.real_images(split, len(run.data.splits[split][0]))
-        real = real[np.random.default_rng(args.seed).choice(len(real), num, replace=False)]
-        recon = gen.reconstruct(real)
-        images = np.stack([real, recon], axis=1).reshape(-1, *real.shape[1:])  # pairs side by side
-        metrics.save_image_grid(images, out, columns=2 * max(1, int(np.sqrt(num))))
-    else:
-        metrics.save_image_grid(gen.sample(num, args.seed), out)
+        return reconstruction_grid(gen.run, gen.reconstruct, args)
+    out = _out_path(args, "samples.png")
+    metrics.save_image_grid(gen.sample(args.num or 64, args.seed), out)
     print(out)
 
 

@@ -17,6 +17,7 @@ FAMILIES = {
     "classifier": "genzoo.models.classifier",
     "transformer": "genzoo.models.transformer",
     "bert": "genzoo.models.bert",
+    "dvae": "genzoo.models.dvae",
 }
 
 

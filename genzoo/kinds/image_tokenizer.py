@@ -1,0 +1,68 @@
+"""Image tokenizers (dVAE, VQ-VAE): images to grids of discrete codes and back.
+
+`genzoo sample --workdir DIR` writes evaluation images beside their reconstructions;
+`genzoo.load(DIR)` gives `.encode(images)`, `.decode(codes)` and `.reconstruct(images)`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from genzoo import models
+from genzoo.kinds import Kind, Option, register
+from genzoo.kinds.image_generator import reconstruction_grid
+
+
+@runtime_checkable
+class ImageTokenizerFamily(Protocol):
+    def encode(self, params, images_BxHxWxC, cfg):
+        """Codes [B, h, w] (int) of images [B, H, W, C] in [0, 1]."""
+
+    def decode(self, params, codes_Bxhxw, cfg):
+        """Images [B, H, W, C] in [0, 1] of code grids."""
+
+    def grid_shape(self, cfg) -> tuple[int, int]: ...
+
+    def codebook_size(self, cfg) -> int: ...
+
+
+class ImageTokenizer:
+    def __init__(self, run):
+        self.run, self.family = run, models.get(run.cfg.model.family)
+        self.grid_shape = self.family.grid_shape(run.cfg.model)
+        self.codebook_size = self.family.codebook_size(run.cfg.model)
+
+    def encode(self, images_BxHxWxC, batch_size: int = 256) -> np.ndarray:
+        images = np.asarray(images_BxHxWxC, np.float32)
+        return np.concatenate([
+            np.asarray(self.family.encode(self.run.params, images[i : i + batch_size],
+                                          self.run.cfg.model))
+            for i in range(0, len(images), batch_size)
+        ]) if len(images) else np.zeros((0, *self.grid_shape), np.int32)  # fmt: skip
+
+    def decode(self, codes_Bxhxw) -> np.ndarray:
+        return np.asarray(self.family.decode(self.run.params, np.asarray(codes_Bxhxw, np.int32),
+                                             self.run.cfg.model))  # fmt: skip
+
+    def reconstruct(self, images_BxHxWxC) -> np.ndarray:
+        return self.decode(self.encode(images_BxHxWxC))
+
+
+def _sample(tok: ImageTokenizer, args) -> None:
+    reconstruction_grid(tok.run, tok.reconstruct, args)
+
+
+register(
+    Kind(
+        "image_tokenizer",
+        ImageTokenizerFamily,
+        ImageTokenizer,
+        options=(
+            Option("--out", None, dict(help="PNG path (default: WORKDIR/samples.png)")),
+            Option("--reconstruct", True, dict(action="store_true", help="inputs beside outputs")),
+        ),
+        sample=_sample,
+    )
+)
