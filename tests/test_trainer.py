@@ -76,10 +76,10 @@ def test_eight_devices_match_one(name):
     assert dict(many.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
     _, a = _run_steps(one, _data(name), 3)
     _, b = _run_steps(many, _data(name), 3)
-    # Per-token losses match to 1e-5; the VAE's loss sums 784 pixel terms per image (~550
-    # nats), where float32 reduction order alone moves it by ~1e-4, so it is held relatively.
-    rtol = 1e-6 if name.startswith("vae") else 0.0
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=rtol)
+    # Per-token losses match to 1e-5; image losses sum hundreds of pixel terms per image
+    # (VAE ~550 nats, dVAE ~40,000), where float32 reduction order alone moves them by ~1e-7
+    # relative, so they are held to 1e-6 relative (which is looser only above 10 nats).
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-6)
 
 
 # Three steps on one fixed batch without warm-up: the second and third losses exist only if
