@@ -40,7 +40,7 @@ class Kind:
 
 
 _MODULES = ("language_model", "translator", "masked_lm", "image_generator", "classifier",
-            "image_tokenizer")  # fmt: skip
+            "image_tokenizer", "contrastive")  # fmt: skip
 REGISTRY: dict[str, Kind] = {}
 
 

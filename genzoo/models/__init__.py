@@ -18,6 +18,7 @@ FAMILIES = {
     "transformer": "genzoo.models.transformer",
     "bert": "genzoo.models.bert",
     "dvae": "genzoo.models.dvae",
+    "clip": "genzoo.models.clip",
 }
 
 

@@ -1,0 +1,54 @@
+"""Contrastive image-text models (CLIP): embeddings of both, and how well they match.
+
+`genzoo.load(DIR)` gives `.encode_images(images)`, `.encode_texts(texts)` and
+`.score(images, texts)` (the scaled cosine similarity of every image with every text,
+what DALL·E's reranking sorts by).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from genzoo import models
+from genzoo.kinds import Kind, register
+
+
+@runtime_checkable
+class ContrastiveFamily(Protocol):
+    def encode_images(self, params, images_BxHxWxC, cfg):
+        """Unit-norm embeddings [B, E] of images in [0, 1]."""
+
+    def encode_texts(self, params, captions_BxT, cfg):
+        """Unit-norm embeddings [B, E] of padded caption ids (0 = padding)."""
+
+
+class Contrastive:
+    def __init__(self, run):
+        self.run, self.family = run, models.get(run.cfg.model.family)
+        self.tokenizer = run.data.tokenizer
+
+    def encode_images(self, images_BxHxWxC, batch_size: int = 256) -> np.ndarray:
+        images = np.asarray(images_BxHxWxC, np.float32)
+        parts = [self.family.encode_images(self.run.params, images[i : i + batch_size],
+                                           self.run.cfg.model)
+                 for i in range(0, len(images), batch_size)]  # fmt: skip
+        return np.concatenate([np.asarray(p) for p in parts])
+
+    def encode_texts(self, texts, batch_size: int = 256) -> np.ndarray:
+        from genzoo.data.captions import pad_captions
+
+        ids, _ = pad_captions([self.tokenizer.encode(t) for t in texts],
+                              int(self.run.cfg.model.max_caption_len))  # fmt: skip
+        parts = [self.family.encode_texts(self.run.params, ids[i : i + batch_size],
+                                          self.run.cfg.model)
+                 for i in range(0, len(ids), batch_size)]  # fmt: skip
+        return np.concatenate([np.asarray(p) for p in parts])
+
+    def score(self, images_BxHxWxC, texts) -> np.ndarray:
+        """Cosine similarity x 100 (the CLIP score), [images, texts]."""
+        return 100.0 * self.encode_images(images_BxHxWxC) @ self.encode_texts(texts).T
+
+
+register(Kind("contrastive", ContrastiveFamily, Contrastive))
