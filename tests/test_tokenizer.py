@@ -25,10 +25,10 @@ def test_round_trip_is_exact_with_byte_fallback(bpe, sample):
 
 def test_bpe_compresses_and_unigram_is_selectable(bpe, text):
     assert len(bpe.encode(text)) < len(text) / 1.5
-    unigram = tokenizers.train_sentencepiece(text, 300, "unigram")
+    unigram = tokenizers.train_sentencepiece(text, 350, "unigram")  # > 65 symbols + 256 bytes
     assert unigram.decode(unigram.encode(text[:500])) == text[:500]
     with pytest.raises(UserError):
-        tokenizers.train_sentencepiece(text, 300, "wordpiece")
+        tokenizers.train_sentencepiece(text, 400, "wordpiece")
 
 
 def test_corrupt_tokenizer_file_is_a_user_error():
