@@ -106,6 +106,7 @@ def _train_step(
     """One optimizer step over `batch` (split into `grad_accum` micro-batches); `deps` are
     the parameters of the runs the family requires (never trained here)."""
     rng = jax.random.fold_in(state.rng, state.step)
+    key = _state_key(family, state.params)  # the model state's place in the params, or None
     if grad_accum == 1:
         loss, grads, aux, model_state = _loss_and_grads(
             family, model_cfg, state.params, batch, rng, state.step, deps
@@ -116,8 +117,6 @@ def _train_step(
             lambda x: x.reshape(x.shape[0] // grad_accum, grad_accum, *x.shape[1:]).swapaxes(0, 1),
             batch,
         )
-
-        key = _state_key(family, state.params)
 
         def accumulate(carry, i):
             # Sums of loss, gradients and metrics; the model state threads through in order.
@@ -138,7 +137,6 @@ def _train_step(
         (summed, model_state), _ = jax.lax.scan(accumulate, (zeros, first), jnp.arange(grad_accum))
         loss, grads, aux = jax.tree.map(lambda x: x / grad_accum, summed)
     # The model state is not trained: no gradient reaches the optimizer through it.
-    key = _state_key(family, state.params)
     if key is not None:
         grads = {**grads, key: jax.tree.map(jnp.zeros_like, grads[key])}
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
