@@ -18,6 +18,7 @@ import grain
 import numpy as np
 
 from genzoo.data import fashion_mnist, shapes
+from genzoo.data.images import padded_batches
 from genzoo.errors import UserError
 
 PAD, EOS = 0, 1
@@ -161,14 +162,7 @@ class CaptionedImages:
     def eval_batches(self, split: str, batch_size: int, max_batches: int = -1):
         images, labels, captions, _ = self._split(split)
         to_batch = _Batch(images, labels, captions)
-        num_batches = -(-len(images) // batch_size)
-        if max_batches > 0:
-            num_batches = min(num_batches, max_batches)
-        for b in range(num_batches):
-            ids = np.arange(b * batch_size, (b + 1) * batch_size)
-            batch = to_batch(np.minimum(ids, len(images) - 1))
-            batch["mask"] = (ids < len(images)).astype(np.float32)
-            yield batch
+        yield from padded_batches(len(images), batch_size, max_batches, to_batch)
 
 
 def shapes_splits(builder) -> dict:

@@ -28,6 +28,19 @@ class _Gather:
         }
 
 
+def padded_batches(num_examples: int, batch_size: int, max_batches: int, to_batch):
+    """A split once, in order: `to_batch(ids)` per batch, the last padded with repeats of the
+    final example whose row `mask` is 0 (so shapes, and compiles, never change)."""
+    num_batches = -(-num_examples // batch_size)
+    if max_batches > 0:
+        num_batches = min(num_batches, max_batches)
+    for b in range(num_batches):
+        ids = np.arange(b * batch_size, (b + 1) * batch_size)
+        batch = to_batch(np.minimum(ids, num_examples - 1))
+        batch["mask"] = (ids < num_examples).astype(np.float32)
+        yield batch
+
+
 class ImageData:
     def __init__(self, splits: dict[str, tuple[np.ndarray, np.ndarray]], class_names):
         self.splits, self.class_names = splits, list(class_names)
@@ -56,15 +69,7 @@ class ImageData:
         if split not in self.splits:
             raise UserError(f"unknown split {split!r} (have: {', '.join(self.splits)})")
         images, labels = self.splits[split]
-        gather = _Gather(images, labels)
-        num_batches = -(-len(images) // batch_size)
-        if max_batches > 0:
-            num_batches = min(num_batches, max_batches)
-        for b in range(num_batches):
-            ids = np.arange(b * batch_size, (b + 1) * batch_size)
-            batch = gather(np.minimum(ids, len(images) - 1))
-            batch["mask"] = (ids < len(images)).astype(np.float32)
-            yield batch
+        yield from padded_batches(len(images), batch_size, max_batches, _Gather(images, labels))
 
     def real_images(self, split: str, num: int) -> np.ndarray:
         """The first `num` images of a split, float32 in [0, 1]."""
