@@ -1,4 +1,4 @@
-"""`genzoo list | train | eval | sample`: argument parsing and error reporting only.
+"""`genzoo list | train | chain | eval | sample | import`: parsing and error reporting only.
 
 Any `UserError` (and any argument error) becomes one line on stderr and exit code 2.
 """
@@ -36,11 +36,10 @@ def _cmd_train(args) -> None:
         overrides.append(f"train.init_from={args.init_from}")
     cfg = experiment.load(args.experiment, args.variant, overrides)
     run_dir = Path(args.workdir or Path("runs") / cfg.experiment.name)
-    frozen, data = workdir.prepare_training(cfg, run_dir)
-    from genzoo import metrics, requires
+    frozen, data, deps = workdir.prepare_training(cfg, run_dir)  # deps pinned, opened
+    from genzoo import metrics
     from genzoo.trainer import Trainer
 
-    deps = requires.open_all(frozen.model.get("requires"))  # pinned by prepare_training
     trainer = Trainer(frozen, deps=deps)  # compiles nothing yet; checks mesh and batch sizes
     init_params = None
     # Orbax names step folders by number; an empty checkpoints/ (a run that died before its
@@ -58,6 +57,19 @@ def _cmd_train(args) -> None:
     print(f"metrics:     {run_dir / 'metrics.jsonl'} (TensorBoard: {run_dir / 'tensorboard'})")
     if plot:
         print(f"pictures:    {plot}")
+
+
+def _cmd_chain(args) -> None:
+    from genzoo import chain
+
+    for name, variant, path in chain.plan(args.experiment, args.variant, args.workdir):
+        if chain.trained(path):
+            print(f"chain: {path} is trained ({name}); skipping", flush=True)
+            continue
+        print(f"chain: genzoo train {name}" + (f" --variant {variant}" if variant else "")
+              + f" --workdir {path}", flush=True)  # fmt: skip
+        _cmd_train(argparse.Namespace(experiment=name, variant=variant, workdir=path, set=None,
+                                      init_from=None))  # fmt: skip
 
 
 def _cmd_eval(args) -> None:
@@ -151,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
     t.add_argument("--init-from", metavar="WORKDIR", help="start from this run's parameters")
     t.set_defaults(fn=_cmd_train)
+
+    c = sub.add_parser("chain", help="train an experiment after the runs it depends on")
+    c.add_argument("experiment", help="the last link, such as dalle_shapes")
+    c.add_argument("--variant", help="for every link that has it (e.g. cpu)")
+    c.add_argument("--workdir", help="of the last link; default: runs/<experiment>")
+    c.set_defaults(fn=_cmd_chain)
 
     e = sub.add_parser("eval", help="evaluate the latest checkpoint on a whole split")
     e.add_argument("--workdir", required=True)

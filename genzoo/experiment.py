@@ -130,6 +130,10 @@ def list_experiments() -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def variants(name_or_path: str) -> tuple[str, ...]:
+    return tuple(getattr(_import_file(find(name_or_path)), "VARIANTS", ()))
+
+
 def load(name_or_path: str, variant: str | None = None, overrides=()) -> ml_collections.ConfigDict:
     """Experiment config with the variant and `key=value` overrides applied (still mutable)."""
     path = find(name_or_path)

@@ -180,6 +180,7 @@ class Trainer:
         self.model_cfg = cfg.model  # a FrozenConfigDict: hashable, so a static jit argument
         self.mesh = sharding.make_mesh(cfg.mesh, devices)
         self.rules = sharding.rules(cfg.mesh)
+        self.dep_runs = dict(deps or {})  # host-side evaluators need the runs themselves
         self.deps, deps_shardings = self._place_deps(deps or {})
         sharding.check_batch(cfg.train.batch_size // cfg.train.grad_accum, self.mesh, self.rules)
         # Shapes and logical axis names of the parameters, without allocating them.
@@ -307,7 +308,8 @@ class Trainer:
         from genzoo.evaluation import evaluators
 
         figures = self.evaluate(params, data)
-        run = workdir.Run(self.cfg, data, self, TrainState(step, params, None, None), step)
+        state = TrainState(step, params, None, None)
+        run = workdir.Run(self.cfg, data, self, state, step, deps=self.dep_runs)
         host = evaluators.run_all(run, self.cfg.eval.split, step=step)  # those due now
         figures.update({k: v for k, v in host.items() if isinstance(v, (int, float))})
         writer.write(step, {f"val/{k}": v for k, v in figures.items()})

@@ -56,8 +56,15 @@ def load_config(workdir: Path) -> ml_collections.ConfigDict:
         raise UserError(f"{path} is corrupt: {e}") from None
 
 
+def with_deps(family, data, deps: dict):
+    """The data as the family needs it given its dependencies (DALL·E's image codes)."""
+    prepare = getattr(family, "prepare_data", None)
+    return prepare(data, deps) if prepare is not None else data
+
+
 def prepare_training(cfg: ml_collections.ConfigDict, workdir: Path):
-    """Resolved frozen config and data; refuses a resume whose settings conflict."""
+    """Resolved frozen config, data and opened dependencies ({name: Run}); refuses a resume
+    whose settings conflict."""
     from genzoo.evaluation import evaluators
 
     evaluators.check(cfg.eval.evaluators)
@@ -67,6 +74,8 @@ def prepare_training(cfg: ml_collections.ConfigDict, workdir: Path):
     if requires.declared(family) or cfg.model.get("requires"):
         saved_pins = saved.model.get("requires") if saved is not None else None
         cfg.model.requires = requires.pin(family, cfg.model.get("requires"), saved_pins)
+    deps = requires.open_all(cfg.model.get("requires"))
+    data = with_deps(family, data, deps)
     if saved is not None and cfg.optim.decay_steps == -1:
         # The schedule was fixed at first launch; a longer run keeps it (as nanoGPT does).
         cfg.optim.decay_steps = saved.optim.decay_steps
@@ -78,7 +87,7 @@ def prepare_training(cfg: ml_collections.ConfigDict, workdir: Path):
                 f"cannot resume {workdir}: these settings differ from the saved run: "
                 + ", ".join(conflicts)
             )
-    return frozen, data
+    return frozen, data, deps
 
 
 def save_config(cfg, workdir: Path, data=None) -> None:
@@ -127,9 +136,9 @@ def open_run(workdir: Path, overrides=(), step: int | None = None) -> Run:
         ckpt.close()
         at = "" if step is None else f" at step {step}"
         raise UserError(f"no checkpoint{at} in {workdir}: train it first")
-    data = data_lib.load(cfg.data, workdir)
     frozen = ml_collections.FrozenConfigDict(cfg)
     deps = requires.open_all(cfg.model.get("requires"))
+    data = with_deps(models.get(cfg.model.family), data_lib.load(cfg.data, workdir), deps)
     trainer = Trainer(frozen, deps=deps)
     try:
         state, _ = trainer.restore(ckpt, step)

@@ -255,8 +255,9 @@ def fashion_mnist_captioned(cfg, workdir=None) -> CaptionedImages:
         phrasings = [captions.fashion_phrasings(int(y)) for y in labels]
         splits[split] = (images, {"label": labels}, phrasings)
     tokenizer = captions.WordTokenizer(captions.fashion_vocabulary())
+    prompts = [captions.fashion_phrasings(k) for k in range(len(fashion_mnist.CLASS_NAMES))]
     return CaptionedImages(splits, tokenizer, cfg.get("max_caption_len", 8),
-                           list(fashion_mnist.CLASS_NAMES))  # fmt: skip
+                           list(fashion_mnist.CLASS_NAMES), prompts)  # fmt: skip
 
 
 LOADERS = {

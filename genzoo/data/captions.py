@@ -105,8 +105,11 @@ class CaptionedImages:
     """`splits`: {split: (images uint8 [N, H, W, C], {label: int array [N, ...]},
     [[phrasing, ...] per image])}; the first phrasing is the canonical caption."""
 
-    def __init__(self, splits, tokenizer: WordTokenizer, max_len: int, class_names=None):
+    def __init__(self, splits, tokenizer: WordTokenizer, max_len: int, class_names=None,
+                 class_prompts=None):  # fmt: skip
+        """`class_prompts`: per class, its caption templates (zero-shot classification)."""
         self.tokenizer, self.max_len, self.class_names = tokenizer, max_len, class_names
+        self.class_prompts = class_prompts
         self.splits, self.texts = {}, {}
         for split, (images, labels, phrasings) in splits.items():
             K = max(len(p) for p in phrasings)
@@ -119,11 +122,21 @@ class CaptionedImages:
         self.image_shape = tuple(next(iter(self.splits.values()))[0].shape[1:])
 
     artifacts: dict = {}
+    extra_fields: dict = {}
+
+    def add_labels(self, name: str, per_split: dict, fields=None) -> None:
+        """Adds a per-example array to every split's batches (such as DALL·E's image codes,
+        computed from a dependency), and model fields that come with it."""
+        for split, (images, labels, captions, counts) in self.splits.items():
+            if len(per_split[split]) != len(images):
+                raise ValueError(f"{name}: {len(per_split[split])} rows for {len(images)} images")
+            self.splits[split] = (images, {**labels, name: per_split[split]}, captions, counts)
+        self.extra_fields = {**self.extra_fields, **(fields or {})}
 
     @property
     def model_fields(self) -> dict:
         fields = {"image_shape": self.image_shape, "vocab_size": self.tokenizer.vocab_size,
-                  "max_caption_len": self.max_len}  # fmt: skip
+                  "max_caption_len": self.max_len, **self.extra_fields}  # fmt: skip
         if self.class_names:
             fields["num_classes"] = len(self.class_names)
         return fields
@@ -141,6 +154,10 @@ class CaptionedImages:
 
     def meta(self, split: str) -> dict:
         return {"class_names": self.class_names, "num_examples": len(self.splits[split][0])}
+
+    def labels(self, split: str) -> np.ndarray:
+        """Class ids [N] of a split (data with classes)."""
+        return self._split(split)[1]["label"]
 
     def real_images(self, split: str, num: int) -> np.ndarray:
         """The first `num` images of a split, float32 in [0, 1]."""

@@ -183,3 +183,49 @@ def source_digest() -> str:
     settings = (SIZE, SHAPES, COLOURS, RADIUS, RELATIONS, sorted(HELD_OUT), split_sizes(), SEEDS)
     settings = repr(settings)
     return hashlib.sha256(settings.encode()).hexdigest()
+
+
+ATTRIBUTES = {"shape": len(SHAPES), "colour": len(COLOUR_NAMES), "size": len(SIZES)}
+AXES = ("vertical", "horizontal")  # a canonical relation: object 0 above / left of object 1
+
+
+def canonical(shape_Bx2, colour_Bx2, size_Bx2, relation_B, xp=np) -> dict:
+    """Labels that an image alone determines: "A below B" and "B above A" are one picture,
+    so object 0 becomes the upper (or left) one and the relation its axis. Absent values
+    (the second object of a one-object scene) become one extra class per attribute, and
+    `axis` is 0 vertical, 1 horizontal, 2 no relation. `xp` is numpy or jax.numpy."""
+    swap_B = (relation_B == RELATIONS.index("below")) | (relation_B == RELATIONS.index("right of"))
+    out = {}
+    for name, values_Bx2 in (("shape", shape_Bx2), ("colour", colour_Bx2), ("size", size_Bx2)):
+        ordered_Bx2 = xp.where(swap_B[:, None], values_Bx2[:, ::-1], values_Bx2)
+        out[name] = xp.where(ordered_Bx2 < 0, ATTRIBUTES[name], ordered_Bx2)
+    out["axis"] = xp.where(relation_B < 0, len(AXES), relation_B // 2)
+    return out
+
+
+def parse(text: str) -> dict:
+    """Attribute ids of a caption spelled by `caption` (either order); UserError otherwise."""
+    words = text.lower().split()
+    objects, relation = [], NO_OBJECT
+    try:
+        first, rest = _object(words[1:]), words[4:]
+        objects.append(first)
+        if rest:
+            rel = " ".join(rest[:-4])
+            relation = RELATIONS.index(rel)
+            if rest[-4] != "a":
+                raise ValueError
+            objects.append(_object(rest[-3:]))
+        if words[0] != "a":
+            raise ValueError
+    except (ValueError, IndexError):
+        raise UserError(f"cannot read {text!r} as a scene: 'a SIZE COLOUR SHAPE "
+                        f"[RELATION a SIZE COLOUR SHAPE]'") from None  # fmt: skip
+    objects += [(NO_OBJECT,) * 3] * (2 - len(objects))
+    size, colour, shape = (np.array(v, np.int32) for v in zip(*objects, strict=True))
+    return {"shape": shape, "colour": colour, "size": size, "relation": np.int32(relation)}
+
+
+def _object(words) -> tuple[int, int, int]:
+    size, colour, shape = words[:3]
+    return SIZES.index(size), COLOUR_NAMES.index(colour), SHAPES.index(shape)

@@ -22,6 +22,8 @@ EVALUATORS = {
     "sample_quality": "genzoo.evaluation.sample_quality:evaluate",
     "translation": "genzoo.evaluation.translation:evaluate",
     "classifier_baselines": "genzoo.evaluation.baselines_text:evaluate",
+    "text_to_image": "genzoo.evaluation.text_to_image:evaluate",
+    "clip_retrieval": "genzoo.evaluation.retrieval:evaluate",
 }
 RUNNER_OPTIONS = ("every_steps", "train_max_examples")  # handled here, not by the evaluator
 

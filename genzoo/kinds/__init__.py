@@ -40,7 +40,7 @@ class Kind:
 
 
 _MODULES = ("language_model", "translator", "masked_lm", "image_generator", "classifier",
-            "image_tokenizer", "contrastive")  # fmt: skip
+            "image_tokenizer", "contrastive", "attribute_judge", "text_to_image")  # fmt: skip
 REGISTRY: dict[str, Kind] = {}
 
 
@@ -66,9 +66,15 @@ def of_family(family) -> Kind:
     return get(getattr(family, "KIND", ""))
 
 
-def load(run_dir: str | Path):
-    """The API object of a trained (or imported) run: its kind decides the class."""
-    from genzoo import models, workdir
+def api_of(run):
+    """The API object of an opened `workdir.Run`: its kind decides the class."""
+    from genzoo import models
 
-    run = workdir.open_run(Path(run_dir))
     return of_family(models.get(run.cfg.model.family)).api(run)
+
+
+def load(run_dir: str | Path):
+    """The API object of a trained (or imported) run."""
+    from genzoo import workdir
+
+    return api_of(workdir.open_run(Path(run_dir)))

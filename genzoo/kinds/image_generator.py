@@ -36,7 +36,7 @@ class ImageGenerator:
         return np.asarray(out)
 
 
-def _out_path(args, name: str) -> Path:
+def out_path(args, name: str) -> Path:
     out = Path(args.out) if args.out else Path(args.workdir) / name
     if not out.parent.is_dir():
         raise UserError(f"folder {out.parent} does not exist")
@@ -47,7 +47,7 @@ def reconstruction_grid(run, reconstruct, args) -> None:
     """Writes `--num` evaluation images (drawn with `--seed`) beside their reconstructions."""
     from genzoo import metrics
 
-    out = _out_path(args, "reconstructions.png")
+    out = out_path(args, "reconstructions.png")
     num, split = args.num or 64, run.cfg.eval.split
     real = run.data.real_images(split, len(run.data.splits[split][0]))
     real = real[np.random.default_rng(args.seed).choice(len(real), min(num, len(real)), False)]
@@ -62,10 +62,12 @@ def _sample(gen: ImageGenerator, args) -> None:
 
     if args.reconstruct:
         return reconstruction_grid(gen.run, gen.reconstruct, args)
-    out = _out_path(args, "samples.png")
+    out = out_path(args, "samples.png")
     metrics.save_image_grid(gen.sample(args.num or 64, args.seed), out)
     print(out)
 
+
+OUT = Option("--out", None, dict(help="PNG path (default: WORKDIR/samples.png)"))
 
 register(
     Kind(
@@ -73,7 +75,7 @@ register(
         ImageGeneratorFamily,
         ImageGenerator,
         options=(
-            Option("--out", None, dict(help="PNG path (default: WORKDIR/samples.png)")),
+            OUT,
             Option("--reconstruct", False, dict(action="store_true", help="inputs beside outputs")),
         ),
         sample=_sample,

@@ -12,7 +12,7 @@ import numpy as np
 
 from genzoo import models
 from genzoo.kinds import Kind, Option, register
-from genzoo.kinds.image_generator import reconstruction_grid
+from genzoo.kinds.image_generator import OUT, reconstruction_grid
 
 
 @runtime_checkable
@@ -60,7 +60,7 @@ register(
         ImageTokenizerFamily,
         ImageTokenizer,
         options=(
-            Option("--out", None, dict(help="PNG path (default: WORKDIR/samples.png)")),
+            OUT,
             Option("--reconstruct", True, dict(action="store_true", help="inputs beside outputs")),
         ),
         sample=_sample,

@@ -19,6 +19,8 @@ FAMILIES = {
     "bert": "genzoo.models.bert",
     "dvae": "genzoo.models.dvae",
     "clip": "genzoo.models.clip",
+    "judge": "genzoo.models.judge",
+    "dalle": "genzoo.models.dalle",
 }
 
 

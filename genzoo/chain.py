@@ -1,0 +1,71 @@
+"""`genzoo chain EXPERIMENT`: train an experiment after every run it depends on.
+
+The links are the workdirs its config names: `model.requires` (runs it needs to train)
+and the evaluators' `*_workdir` options (runs that score it, such as the shapes judge).
+A workdir `runs/NAME` is trained by experiment NAME, or by NAME without a trailing
+`_VARIANT` (`runs/dvae_shapes_smoke` by `dvae_shapes --variant smoke`), with the chain's
+variant where the experiment has it. Links whose latest checkpoint has reached their
+`train.steps` are skipped; a half-trained one resumes. Dependencies come first, each once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from genzoo import experiment, requires
+from genzoo.errors import UserError
+
+
+def _links(cfg) -> list[str]:
+    paths = [requires.split(spec)[0] for spec in (cfg.model.get("requires") or {}).values()]
+    for options in (cfg.eval.get("evaluators") or {}).values():
+        paths += [v for k, v in dict(options).items() if k.endswith("_workdir") and v]
+    return paths
+
+
+def _experiment_of(path: str, variant: str | None) -> str:
+    name = Path(path).name
+    known = {row[0] for row in experiment.list_experiments()}
+    if variant and name.endswith(f"_{variant}") and name not in known:
+        name = name[: -len(variant) - 1]
+    if name not in known:
+        raise UserError(f"no experiment trains {path} (expected one named {name!r})")
+    return name
+
+
+def _variant_for(name: str, variant: str | None) -> str | None:
+    return variant if variant in experiment.variants(name) else None
+
+
+def plan(name: str, variant: str | None, workdir: str | None = None) -> list[tuple]:
+    """[(experiment, variant, workdir)] in training order, the target last, each once."""
+    order, seen = [], set()
+
+    def visit(exp: str, var: str | None, path: str, stack: tuple) -> None:
+        if path in stack:
+            raise UserError(f"dependency cycle: {' -> '.join((*stack, path))}")
+        if path in seen:
+            return
+        cfg = experiment.load(exp, var)
+        for link in _links(cfg):
+            dep = _experiment_of(link, variant)
+            visit(dep, _variant_for(dep, variant), link, (*stack, path))
+        seen.add(path)
+        order.append((exp, var, path))
+
+    visit(name, variant, workdir or str(Path("runs") / name), ())
+    return order
+
+
+def trained(path: str) -> bool:
+    """Whether the workdir's latest checkpoint has reached its configured steps."""
+    from genzoo import workdir
+    from genzoo.checkpoint import Checkpointer
+
+    if not (Path(path) / workdir.CONFIG).is_file() or not (Path(path) / "checkpoints").is_dir():
+        return False
+    cfg = workdir.load_config(Path(path))
+    ckpt = Checkpointer(Path(path) / "checkpoints", cfg.checkpoint.keep, async_save=False)
+    latest = ckpt.latest_step()
+    ckpt.close()
+    return latest is not None and latest >= cfg.train.steps

@@ -1,0 +1,62 @@
+"""Attribute judges: what a scene shows (shapes, colours, sizes, relation), to score
+text-to-image models against the caption they were asked for.
+
+`genzoo.load(DIR)` gives `.predict(images)` ({head: class ids}), `.features(images)` (for
+FID) and `.judge(images, captions)` ({attribute: right or wrong per image}).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from genzoo import models
+from genzoo.data import shapes
+from genzoo.kinds import Kind, register
+
+
+@runtime_checkable
+class JudgeFamily(Protocol):
+    def predict(self, params, images_BxHxWxC, cfg):
+        """({head: class ids [B]}, features [B, F]) of images in [0, 1]."""
+
+
+def _per_attribute(right: dict) -> dict:
+    """Head-wise hits -> per attribute (both objects must be right) and whole scenes."""
+    out = {a: right[f"{a}_0"] & right[f"{a}_1"] for a in shapes.ATTRIBUTES}
+    out["relation"] = right["axis"]
+    out["scene"] = np.logical_and.reduce([right[h] for h in right])
+    return out
+
+
+class AttributeJudge:
+    def __init__(self, run):
+        self.run, self.family = run, models.get(run.cfg.model.family)
+
+    def _apply(self, images_BxHxWxC, batch_size: int = 500):
+        images = np.asarray(images_BxHxWxC, np.float32)
+        parts = [self.family.predict(self.run.params, images[i : i + batch_size],
+                                     self.run.cfg.model)
+                 for i in range(0, len(images), batch_size)]  # fmt: skip
+        heads = {h: np.concatenate([np.asarray(p[0][h]) for p in parts]) for h in parts[0][0]}
+        return heads, np.concatenate([np.asarray(p[1]) for p in parts])
+
+    def predict(self, images_BxHxWxC) -> dict:
+        return self._apply(images_BxHxWxC)[0]
+
+    def features(self, images_BxHxWxC) -> np.ndarray:
+        return self._apply(images_BxHxWxC)[1]
+
+    def judge(self, images_BxHxWxC, captions) -> dict:
+        """{shape, colour, size, relation, scene: bool [B]}: does image b show caption b?"""
+        parsed = [shapes.parse(t) for t in captions]
+        stacked = {k: np.stack([p[k] for p in parsed]) for k in parsed[0]}
+        from genzoo.models.judge import targets
+
+        want = targets(stacked, np)
+        got = self.predict(images_BxHxWxC)
+        return _per_attribute({h: got[h] == want[h] for h in want})
+
+
+register(Kind("attribute_judge", JudgeFamily, AttributeJudge))
