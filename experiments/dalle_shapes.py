@@ -38,8 +38,9 @@ def get_config(variant=None):
     c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=200, weight_decay=0.1)
     c.eval.update(every_steps=1000, batch_size=250)
     c.eval.evaluators = {
-        "text_to_image": dict(judge_workdir="runs/shapes_judge", num_captions=100,
-                              candidates=8, guidance=3.0)  # fmt: skip
+        "text_to_image": dict(
+            judge_workdir="runs/shapes_judge", num_captions=100, candidates=8, guidance=3.0
+        )  # fmt: skip
     }
     c.checkpoint.update(every_steps=1000, keep=2)
     c.log.every_steps = 50
@@ -53,8 +54,9 @@ def get_config(variant=None):
         c.model.requires = {"image_tokenizer": "runs/dvae_shapes_smoke",
                             "clip": "runs/clip_shapes_smoke"}  # fmt: skip
         c.eval.evaluators = {
-            "text_to_image": dict(judge_workdir="runs/shapes_judge_smoke", num_captions=4,
-                                  candidates=2, guidance=3.0)  # fmt: skip
+            "text_to_image": dict(
+                judge_workdir="runs/shapes_judge_smoke", num_captions=4, candidates=2, guidance=3.0
+            )  # fmt: skip
         }
         c.train.update(steps=10, batch_size=8)
         c.optim.update(warmup_steps=2)
