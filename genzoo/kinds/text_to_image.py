@@ -114,7 +114,7 @@ def save_captioned_grid(images_CxKxHxWx3, captions, path: Path, scale: int = 3) 
 def _sample(model: TextToImage, args) -> None:
     prompts = [p.strip() for p in args.prompt.split("|") if p.strip()] or list(DEFAULT_PROMPTS)
     keep = args.keep or args.num or 4
-    candidates = max(args.candidates or keep, keep)
+    candidates = args.candidates or keep
     out = out_path(args, "samples.png")
     images, scores = model.generate(prompts, candidates=candidates, keep=keep,
                                     guidance=args.guidance, temperature=args.temperature,

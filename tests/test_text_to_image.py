@@ -1,0 +1,168 @@
+"""The text-to-image chain end to end at smoke size: `genzoo chain`, the cached codes,
+the judge and retrieval evaluators, sampling with reranking, and what is refused."""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genzoo import cli, kinds, workdir
+from genzoo.data import shapes
+from genzoo.evaluation.retrieval import recall_at
+from genzoo.models import judge
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """runs/{dvae_shapes,clip_shapes,shapes_judge}_smoke and runs/dalle_smoke, by one command."""
+    root = tmp_path_factory.mktemp("chain")
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        argv = ["chain", "dalle_shapes", "--variant", "smoke", "--workdir", "runs/dalle_smoke"]
+        assert cli.main(argv) == 0
+        yield root
+    finally:
+        os.chdir(old)
+
+
+def _tree_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        digest.update(str(p.relative_to(path)).encode())
+        if p.is_file():
+            digest.update(p.read_bytes())
+    return digest.hexdigest()
+
+
+def test_chain_trains_every_link_then_skips_them(chain, capsys):
+    runs = chain / "runs"
+    for name in ("dvae_shapes_smoke", "clip_shapes_smoke", "shapes_judge_smoke", "dalle_smoke"):
+        assert (runs / name / "checkpoints" / "10").is_dir(), name
+    cfg = json.loads((runs / "dalle_smoke" / "config.json").read_text())
+    assert cfg["model"]["requires"]["image_tokenizer"].endswith("dvae_shapes_smoke@10")
+    assert cfg["model"]["image_vocab_size"] == 16 and cfg["model"]["image_grid"] == [8, 8]
+    before = _tree_digest(runs)
+    os.chdir(chain)
+    assert cli.main(["chain", "dalle_shapes", "--variant", "smoke", "--workdir",
+                     "runs/dalle_smoke"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.count("skipping") == 4
+    assert _tree_digest(runs) == before
+
+
+def test_codes_come_from_the_tokenizer_and_are_cached(chain):
+    os.chdir(chain)
+    run = workdir.open_run(Path("runs/dalle_smoke"))
+    tokenizer = kinds.api_of(run.deps["image_tokenizer"])
+    images, labels, _, _ = run.data.splits["validation"]
+    np.testing.assert_array_equal(
+        labels["codes"][:8], tokenizer.encode(images[:8].astype(np.float32) / 255.0)
+    )
+    cached = list((Path(os.environ["GENZOO_CACHE_DIR"]) / "codes").glob("*.npz"))
+    assert cached, "codes were not cached"
+
+
+def test_generate_keeps_the_best_by_clip_and_sample_writes_a_grid(chain, capsys):
+    os.chdir(chain)
+    model = kinds.load("runs/dalle_smoke")
+    captions = ["a small red circle", "a large blue star above a small white cross"]
+    drawn, drawn_scores = model.generate(captions, candidates=4, keep=4, ranked=False, seed=3)
+    kept, scores = model.generate(captions, candidates=4, keep=2, seed=3)
+    assert kept.shape == (2, 2, 32, 32, 3) and 0 <= kept.min() and kept.max() <= 1
+    for row in range(2):
+        best = np.sort(drawn_scores[row])[::-1][:2]
+        np.testing.assert_allclose(scores[row], best, rtol=1e-5)
+    out = chain / "grid.png"
+    code = cli.main(["sample", "--workdir", "runs/dalle_smoke", "--prompt",
+                     "a small red circle | a large green star", "--candidates", "3", "--keep", "2",
+                     "--guidance", "2", "--out", str(out)])  # fmt: skip
+    assert code == 0 and out.stat().st_size > 1000
+    assert "a large green star: CLIP scores" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompt", "a small red cat"], "outside the caption vocabulary: cat"),
+    (["--candidates", "2", "--keep", "3"], "keep <= candidates"),
+    (["--beams", "2"], "--beams does not apply"),
+])  # fmt: skip
+def test_bad_sampling_requests_are_one_line_errors(chain, capsys, argv, message):
+    os.chdir(chain)
+    assert cli.main(["sample", "--workdir", "runs/dalle_smoke", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_eval_reports_every_setting_with_finite_figures(chain, capsys):
+    os.chdir(chain)
+    assert cli.main(["eval", "--workdir", "runs/dalle_smoke", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    for subset in ("seen", "heldout"):
+        for setting in ("g1/first", "g1/reranked", "g3/first", "g3/reranked"):
+            for name in ("scene_accuracy", "shape_accuracy", "relation_accuracy", "clip_score",
+                         "fid"):  # fmt: skip
+                value = figures[f"{subset}/{setting}/{name}"]
+                assert np.isfinite(value)
+                if name.endswith("accuracy"):
+                    assert 0.0 <= value <= 1.0
+    # Reranking maximises the CLIP score: never below one draw's.
+    assert figures["seen/g1/reranked/clip_score"] >= figures["seen/g1/first/clip_score"]
+    assert np.isfinite(figures["image_nll"])
+
+
+def test_clip_retrieval_figures(chain, capsys):
+    os.chdir(chain)
+    assert cli.main(["eval", "--workdir", "runs/clip_shapes_smoke", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    for split in ("validation", "heldout"):
+        r1, r5 = figures[f"{split}/i2t_recall@1"], figures[f"{split}/i2t_recall@5"]
+        assert 0.0 <= r1 <= r5 <= 1.0
+        assert 0.0 <= figures[f"{split}/t2i_recall@1"] <= figures[f"{split}/t2i_recall@5"] <= 1.0
+
+
+def test_a_missing_dependency_is_refused_before_anything_is_written(chain, capsys):
+    os.chdir(chain)
+    target = chain / "runs" / "dalle_orphan"
+    code = cli.main(["train", "dalle_shapes", "--variant", "smoke", "--workdir", str(target),
+                     "--set", "model.requires.clip=runs/nowhere"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "runs/nowhere" in err and "\n" not in err
+    assert not target.exists()
+
+
+def test_recall_at_k_counts_any_equal_caption_in_the_top_k():
+    sim = np.array([[0.9, 0.8, 0.1], [0.2, 0.3, 0.1], [0.5, 0.6, 0.7]])
+    same = np.array([[False, True, False], [True, False, False], [False, False, True]])
+    assert recall_at(sim, same, ks=(1, 2, 3)) == {1: 1 / 3, 2: 1.0, 3: 1.0}
+
+
+def test_judge_labels_do_not_depend_on_the_order_a_caption_names_the_objects():
+    one = shapes.parse("a small red circle above a large blue square")
+    other = shapes.parse("a large blue square below a small red circle")
+    stack = lambda a: {k: np.asarray(v)[None] for k, v in a.items()}
+    t1, t2 = judge.targets(stack(one), np), judge.targets(stack(other), np)
+    assert all(np.array_equal(t1[h], t2[h]) for h in judge.HEADS)
+    assert t1["axis"][0] == 0 and t1["shape_0"][0] == shapes.SHAPES.index("circle")
+    alone = judge.targets(stack(shapes.parse("a large green star")), np)
+    assert alone["shape_1"][0] == len(shapes.SHAPES) and alone["axis"][0] == len(shapes.AXES)
+    for text in ("a small red circle", "a large white cross right of a small green diamond"):
+        assert shapes.caption(shapes.parse(text)) == text
+
+
+def test_zero_shot_takes_the_class_whose_mean_template_embedding_is_nearest():
+    from genzoo.evaluation.retrieval import zero_shot
+
+    class Fake:  # texts embed by their last word's class, images are given as embeddings
+        table = {"cat": [1.0, 0.0], "dog": [0.0, 1.0]}
+
+        def encode_texts(self, texts):
+            return np.array([self.table[t.split()[-1]] for t in texts])
+
+        def encode_images(self, images):
+            return np.asarray(images, float)
+
+    prompts = [["a cat", "a photo of a cat"], ["a dog", "a photo of a dog"]]
+    images = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.4, 0.6]])
+    assert zero_shot(Fake(), images, prompts, np.array([0, 1, 1, 1])) == 0.75
