@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 GENZOO := $(VENV)/bin/genzoo
 DEMO_DIR := runs/demo
 
-.PHONY: demo test test-slow lint bench mutants clean
+.PHONY: demo test test-slow chain lint bench mutants clean
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (first run only)..."
@@ -33,6 +33,14 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -m slow
+
+# The text-to-image chain at CPU size: dVAE, CLIP, the judge, then DALL·E (links already trained are
+# skipped), its evaluation table (seen / held-out, with and without guidance and reranking), a grid.
+chain: $(STAMP)
+	$(GENZOO) chain dalle_shapes --variant cpu
+	$(GENZOO) eval --workdir runs/dalle_shapes --json
+	$(GENZOO) sample --workdir runs/dalle_shapes --candidates 16 --keep 4 --guidance 3 \
+		--out runs/dalle_shapes/grid.png
 
 # Speed against PyTorch and XLA's matmul peak, then bits/char of whatever LM runs exist.
 bench: $(STAMP)
