@@ -17,7 +17,9 @@ VARIANTS = ("smoke", "cpu")
 def get_config(variant=None):
     c = base_config()
     c.model = dict(family="judge", features=256, widths=(32, 64), image_shape=(32, 32, 3))
-    c.data = dict(name="shapes", max_caption_len=12)
+    # Trained on `any` (held-out pairs included): it must read what the model under test never saw.
+    c.data = dict(name="shapes", max_caption_len=12, splits=("any", "validation", "heldout"),
+                  train_split="any")  # fmt: skip
     c.train.update(steps=3000, batch_size=128, seed=0)
     c.optim.update(lr=2e-3, min_lr=1e-5, warmup_steps=100, weight_decay=0.05)
     c.eval.update(every_steps=1000, batch_size=500)

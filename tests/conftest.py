@@ -15,7 +15,8 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ["GENZOO_OFFLINE"] = "1"  # tests never touch the network
-os.environ["GENZOO_SHAPES_SPLITS"] = "train=256,validation=64,heldout=64"  # seconds, not minutes
+# The procedural shapes at test size: seconds, not minutes.
+os.environ["GENZOO_SHAPES_SPLITS"] = "train=256,validation=64,heldout=64,any=128"
 _ROOT = Path(tempfile.mkdtemp(prefix="genzoo-tests-"))
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)  # generated data, caches
 os.environ["GENZOO_DATA_DIR"] = str(_ROOT / "data")

@@ -237,12 +237,19 @@ def fashion_mnist_images(cfg, workdir=None) -> ImageData:
 
 
 def shapes_captioned(cfg, workdir=None) -> CaptionedImages:
-    """The procedural scenes (train, validation, heldout) with their captions."""
+    """The procedural scenes with their captions: `cfg.splits` (default train, validation,
+    heldout), trained on `cfg.train_split` (the judge trains on `any`)."""
+    splits = tuple(cfg.get("splits", ("train", "validation", "heldout")))
+    unknown = sorted(set(splits) - set(shapes.SPLITS))
+    if unknown:
+        raise UserError(f"data.splits: no shapes split {unknown} (have {', '.join(shapes.SPLITS)})")
+    train_split = cfg.get("train_split", "train")
+    if train_split not in splits:
+        raise UserError(f"data.train_split={train_split!r} is not among data.splits {splits}")
     builder = prepared_builder(shapes.Shapes, shapes.source_digest())
     tokenizer = captions.WordTokenizer(shapes.VOCABULARY)
-    return CaptionedImages(
-        captions.shapes_splits(builder), tokenizer, cfg.get("max_caption_len", 12)
-    )
+    return CaptionedImages(captions.shapes_splits(builder, splits), tokenizer,
+                           cfg.get("max_caption_len", 12), train_split=train_split)  # fmt: skip
 
 
 def fashion_mnist_captioned(cfg, workdir=None) -> CaptionedImages:

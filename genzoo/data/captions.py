@@ -106,9 +106,10 @@ class CaptionedImages:
     [[phrasing, ...] per image])}; the first phrasing is the canonical caption."""
 
     def __init__(self, splits, tokenizer: WordTokenizer, max_len: int, class_names=None,
-                 class_prompts=None):  # fmt: skip
+                 class_prompts=None, train_split: str = "train"):  # fmt: skip
         """`class_prompts`: per class, its caption templates (zero-shot classification)."""
         self.tokenizer, self.max_len, self.class_names = tokenizer, max_len, class_names
+        self.train_split = train_split
         self.class_prompts = class_prompts
         self.splits, self.texts = {}, {}
         for split, (images, labels, phrasings) in splits.items():
@@ -143,14 +144,14 @@ class CaptionedImages:
 
     @property
     def example_shapes(self) -> dict:
-        _, labels, _, _ = self.splits["train"]
+        _, labels, _, _ = self._split(self.train_split)
         return {"image": self.image_shape, "caption": (self.max_len,),
                 "caption_mask": (self.max_len,), "mask": (), "index": (),
                 **{k: v.shape[1:] for k, v in labels.items()}}  # fmt: skip
 
     @property
     def tokens_per_example(self) -> float:
-        return float(np.mean(self.splits["train"][2][:, 0] > 0) * self.max_len)
+        return float(np.mean(self._split(self.train_split)[2][:, 0] > 0) * self.max_len)
 
     def meta(self, split: str) -> dict:
         return {"class_names": self.class_names, "num_examples": len(self.splits[split][0])}
@@ -169,7 +170,7 @@ class CaptionedImages:
         return self.splits[split]
 
     def train_iterator(self, batch_size: int, seed: int):
-        images, labels, captions, counts = self._split("train")
+        images, labels, captions, counts = self._split(self.train_split)
         to_batch = _Batch(images, labels, captions)
         ds = (grain.MapDataset.range(len(images)).shuffle(seed=seed).repeat(None)
               .random_map(_DrawPhrasing(counts), seed=seed + 1)
@@ -182,10 +183,10 @@ class CaptionedImages:
         yield from padded_batches(len(images), batch_size, max_batches, to_batch)
 
 
-def shapes_splits(builder) -> dict:
+def shapes_splits(builder, splits) -> dict:
     """{split: (images, attribute labels, phrasings)} of the prepared shapes builder."""
     out = {}
-    for split in builder.info.splits:
+    for split in splits:
         source = builder.as_data_source(split=split)
         records = sorted(source.__getitems__(range(len(source))), key=lambda r: int(r["index"]))
         labels = {k: np.stack([r[k] for r in records]) for k in ("shape", "colour", "size",

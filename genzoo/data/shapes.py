@@ -34,10 +34,12 @@ RELATIONS = ("above", "below", "left of", "right of")
 INVERSE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 # One held-out colour per shape and one shape per colour (a Latin diagonal).
 HELD_OUT = frozenset((s, COLOUR_NAMES[(i + 1) % 6]) for i, s in enumerate(SHAPES))
-SPLITS = {"train": 20_000, "validation": 1_000, "heldout": 1_000}
+# `any` draws from every combination, held-out pairs included: for the judge, which must read
+# scenes the text-to-image model never saw (it scores them), never for the models under test.
+SPLITS = {"train": 20_000, "validation": 1_000, "heldout": 1_000, "any": 10_000}
 # Tests (and quick tries) shrink the splits: GENZOO_SHAPES_SPLITS="train=512,validation=64,...".
 SPLITS_ENV = "GENZOO_SHAPES_SPLITS"
-SEEDS = {"train": 0, "validation": 1, "heldout": 2}
+SEEDS = {"train": 0, "validation": 1, "heldout": 2, "any": 3}
 NO_OBJECT = -1  # the second object's attributes in a one-object scene
 
 
@@ -97,14 +99,15 @@ def _place_two(rng, relation: str, r1: float, r2: float):
     raise RuntimeError("could not place two objects")  # never at these sizes
 
 
-def sample_scene(rng, held_out: bool):
+def sample_scene(rng, held_out: bool | None):
     """Attribute ids of one scene: shape [2], colour [2], size [2], relation (-1 for one
-    object), and its objects to render. `held_out`: at least one held-out pair, else none."""
+    object), and its objects to render. `held_out`: at least one held-out pair, else none
+    (None: any)."""
     while True:
         n = int(rng.integers(1, 3))
         shape, colour, size = (rng.integers(0, len(v), 2) for v in (SHAPES, COLOUR_NAMES, SIZES))
         pairs = [(SHAPES[shape[i]], COLOUR_NAMES[colour[i]]) for i in range(n)]
-        if any(p in HELD_OUT for p in pairs) == held_out:
+        if held_out is None or any(p in HELD_OUT for p in pairs) == held_out:
             break
     relation = int(rng.integers(0, len(RELATIONS))) if n == 2 else NO_OBJECT
     radii = [RADIUS[SIZES[s]] for s in size]
@@ -140,7 +143,7 @@ VOCABULARY = sorted({w for text in ("a", *SHAPES, *COLOUR_NAMES, *SIZES, *RELATI
 
 
 class Shapes(tfds.core.GeneratorBasedBuilder):
-    """Procedural captioned scenes: 20,000 train, 1,000 validation, 1,000 held-out."""
+    """Procedural captioned scenes: 20,000 train, 1,000 validation, 1,000 held-out, 10,000 any."""
 
     VERSION = tfds.core.Version("1.0.0")
 
@@ -162,7 +165,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str, num: int):
         rng = np.random.default_rng(SEEDS[split])
         for i in range(num):
-            attrs, objects = sample_scene(rng, held_out=split == "heldout")
+            attrs, objects = sample_scene(rng, {"heldout": True, "any": None}.get(split, False))
             yield i, {"image": render(objects), "index": np.int32(i), **attrs}
 
 
