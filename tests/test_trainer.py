@@ -1,15 +1,17 @@
 """The trainer: golden step, overfitting, one compile, resume bit-identity, meshes, groups."""
 
 import functools
+from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, unbox
 
 from genzoo import data as data_lib
-from genzoo import experiment
+from genzoo import experiment, models, workdir
 from genzoo import trainer as trainer_lib
 from genzoo.errors import UserError
 from genzoo.trainer import Trainer
@@ -61,18 +63,33 @@ EXPERIMENTS = [row[0] for row in experiment.list_experiments()]
 
 
 @functools.cache
+def _deps(name) -> dict:
+    """Stand-ins for the runs an experiment requires: their smoke configs with initial
+    parameters (what `Trainer` and `prepare_data` read of a run)."""
+    deps = {}
+    for dep, spec in (experiment.load(name, "smoke").model.get("requires") or {}).items():
+        cfg = tiny_config(name=Path(spec).name.removesuffix("_smoke"))
+        params = unbox(models.get(cfg.model.family).init(jax.random.PRNGKey(0), cfg.model))
+        deps[dep] = SimpleNamespace(cfg=cfg, params=params, path=f"untrained-{dep}", step=0)
+    return deps
+
+
+@functools.cache
 def _data(name):
-    return data_lib.load(make_config_for(name).data)
+    cfg = experiment.load(name, "smoke")
+    family = models.get(cfg.model.family)
+    return workdir.with_deps(family, data_lib.load(cfg.data), _deps(name))
 
 
 def make_config_for(name, *overrides):
-    return tiny_config(*overrides, name=name)
+    return workdir.resolve(experiment.load(name, "smoke", overrides), _data(name))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_eight_devices_match_one(name):
-    one = Trainer(make_config_for(name), devices=jax.devices()[:1])
-    many = Trainer(make_config_for(name, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"))
+    one = Trainer(make_config_for(name), devices=jax.devices()[:1], deps=_deps(name))
+    many = Trainer(make_config_for(name, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"),
+                   deps=_deps(name))  # fmt: skip
     assert dict(many.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
     _, a = _run_steps(one, _data(name), 3)
     _, b = _run_steps(many, _data(name), 3)
@@ -120,9 +137,8 @@ def test_resume_is_bit_identical(name, tmp_path):
     overrides = ("checkpoint.every_steps=3", "eval.every_steps=0", "log.progress=false")
     if "dropout" in experiment.load(name, "smoke").model:  # what the family declares
         overrides += ("model.dropout=0.1",)  # the dropout RNG must resume too
-    make = lambda steps: Trainer(
-        make_config_for(name, *overrides, f"train.steps={steps}"), devices=jax.devices()[:1]
-    )
+    make = lambda steps: Trainer(make_config_for(name, *overrides, f"train.steps={steps}"),
+                                 devices=jax.devices()[:1], deps=_deps(name))  # fmt: skip
     a = make(6).fit(tmp_path / "a", _data(name))
     make(3).fit(tmp_path / "b", _data(name))
     b = make(6).fit(tmp_path / "b", _data(name))
@@ -136,7 +152,7 @@ def test_resume_is_bit_identical(name, tmp_path):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_loss_decreases_on_a_fixed_batch(name):
     cfg = make_config_for(name, "optim.warmup_steps=0", "optim.min_lr=0.001", "optim.lr=0.003")
-    t = Trainer(cfg, devices=jax.devices()[:1])
+    t = Trainer(cfg, devices=jax.devices()[:1], deps=_deps(name))
     batch = next(_data(name).train_iterator(cfg.train.batch_size, 0))
     state = t.init_state()
     key = "loss_discriminator" if cfg.model.family == "gan" else "loss"  # G and D pull apart

@@ -49,3 +49,9 @@ def require_transformer_shape(config, *sizes: str) -> None:
         f"model.width={config.width} is not divisible by num_heads={config.num_heads}",
     )
     require(0.0 <= config.dropout < 1.0, f"model.dropout must be in [0, 1), got {config.dropout}")
+
+
+def padded(size: int, multiple: int = 64) -> int:
+    """`size` rounded up: embedding tables and output heads then split evenly over any
+    `tensor` axis; the extra rows are never looked up and the extra logits are sliced off."""
+    return -(-size // multiple) * multiple

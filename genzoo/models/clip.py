@@ -69,7 +69,9 @@ class CLIP(nn.Module):
 
     def setup(self):
         c, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
-        self.token = Embed(c.vocab_size, c.width, ("vocab", "embed"), dtype, name="token")
+        # Caption vocabularies are tens of words: the table is replicated over `tensor`, so
+        # an odd vocabulary (Fashion-MNIST's 19 words) runs on any mesh.
+        self.token = Embed(c.vocab_size, c.width, (None, "embed"), dtype, name="token")
         self.text_position = Embed(c.max_caption_len, c.width, ("pos", "embed"), dtype)
         self.text_blocks = _blocks(c, c.text_layers, "text")
         self.text_ln = LayerNorm(dtype=dtype)

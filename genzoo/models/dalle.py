@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from genzoo import sampling
 from genzoo.evaluation import lm
 from genzoo.layers import Embed, LayerNorm, TransformerBlock, partitioned
-from genzoo.models.base import FromConfig, require, require_transformer_shape
+from genzoo.models.base import FromConfig, padded, require, require_transformer_shape
 
 KIND = "text_to_image"
 REQUIRES = {"image_tokenizer": "image_tokenizer", "clip": "contrastive"}
@@ -75,9 +75,9 @@ class DALLE(nn.Module):
 
     def setup(self):
         c, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
-        self.word = Embed(c.vocab_size + 1, c.width, ("vocab", "embed"), dtype)  # + BOS
+        self.word = Embed(padded(c.vocab_size + 1), c.width, ("vocab", "embed"), dtype)  # + BOS
         self.text_position = Embed(c.max_caption_len + 1, c.width, ("pos", "embed"), dtype)
-        self.code = Embed(c.image_vocab_size, c.width, ("vocab", "embed"), dtype)
+        self.code = Embed(padded(c.image_vocab_size), c.width, ("vocab", "embed"), dtype)
         self.row = Embed(c.image_grid[0], c.width, ("pos", "embed"), dtype)
         self.column = Embed(c.image_grid[1], c.width, ("pos", "embed"), dtype)
         self.blocks = [
@@ -87,8 +87,8 @@ class DALLE(nn.Module):
             for i in range(c.num_layers)
         ]  # fmt: skip
         self.ln_f = LayerNorm(dtype=dtype)
-        self.text_head = _head(c.vocab_size, "text_head")
-        self.image_head = _head(c.image_vocab_size, "image_head")
+        self.text_head = _head(padded(c.vocab_size), "text_head")
+        self.image_head = _head(padded(c.image_vocab_size), "image_head")
         self.drop = nn.Dropout(c.dropout)
 
     def __call__(self, tokens_BxL, *, cache=None, deterministic=True):
@@ -119,10 +119,10 @@ class DALLE(nn.Module):
         return self.ln_f(x_BxLxD), new_cache
 
     def text_logits(self, x_BxLxD):
-        return self.text_head(x_BxLxD).astype(jnp.float32)
+        return self.text_head(x_BxLxD)[..., : self.cfg.vocab_size].astype(jnp.float32)
 
     def image_logits(self, x_BxLxD):
-        return self.image_head(x_BxLxD).astype(jnp.float32)
+        return self.image_head(x_BxLxD)[..., : self.cfg.image_vocab_size].astype(jnp.float32)
 
     def forward(self, tokens_BxL, deterministic=True):
         """(text logits of slots < T, image logits of slots >= T): a whole sequence."""
