@@ -3,7 +3,7 @@ classifier-free guidance and CLIP reranking. The last link of the text-to-image 
 
     make chain                      # dvae_shapes, clip_shapes, shapes_judge, then this (cpu)
     genzoo train dalle_shapes --variant cpu          # once the three runs below exist
-    genzoo sample --workdir runs/dalle_shapes --prompt "a small red circle above a large blue square" --candidates 16 --keep 4 --guidance 3
+    genzoo sample --workdir runs/dalle_shapes --prompt "a small red circle above a large green square" --candidates 16 --keep 4 --guidance 3
     genzoo eval --workdir runs/dalle_shapes --json   # attribute accuracy seen / held-out, CLIP score, FID
 
 It requires the image tokenizer (runs/dvae_shapes: its codes, computed once and cached

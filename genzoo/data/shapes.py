@@ -1,7 +1,7 @@
 """Captioned scenes generated in-tree: one or two coloured shapes on a dark 32x32 canvas.
 
     "a small red circle"
-    "a small red circle above a large blue square"
+    "a small red circle above a large green square"
 
 Every scene is drawn from a seed (no download). Shapes, colours, sizes and (for two
 objects) relations are sampled uniformly; each object is rendered 4x larger and averaged

@@ -1,7 +1,7 @@
 """Text-to-image models (DALL·E): captions in, images out, reranked by CLIP.
 
     genzoo sample --workdir runs/dalle_shapes --candidates 16 --keep 4 --guidance 3 \\
-        --prompt "a small red circle above a large blue square" --out grid.png
+        --prompt "a small red circle above a large green square" --out grid.png
 
 `genzoo.load(DIR).generate(captions, candidates=N, keep=K, guidance=S)` draws N images per
 caption (codes from the transformer, pixels from the image tokenizer it requires), scores
@@ -24,13 +24,13 @@ from genzoo.kinds import Kind, Option, register
 from genzoo.kinds.image_generator import OUT, out_path
 from genzoo.kinds.language_model import PROMPT, SAMPLING_OPTIONS
 
-# Shown when no --prompt is given: seen combinations, then held-out ones (genzoo.data.shapes).
+# Shown when no --prompt is given: two seen combinations, then two with held-out pairs
+# (green circle, blue square, red diamond, yellow triangle: genzoo.data.shapes.HELD_OUT).
 DEFAULT_PROMPTS = (
-    "a small red circle above a large blue square",
+    "a small red circle above a large green square",
     "a large yellow star",
-    "a small white cross left of a large green triangle",
     "a large green circle",
-    "a small red diamond below a large purple star",
+    "a large red diamond above a small yellow triangle",
 )
 
 
