@@ -3,7 +3,8 @@
     genzoo train clip_shapes --variant cpu
     genzoo eval --workdir runs/clip_shapes --json   # loss, recall@1/5 (validation, heldout)
 
-It scores and reranks the images `dalle_shapes` generates. Figures: not yet measured.
+It scores and reranks the images `dalle_shapes` generates. Measured (cpu, 1500 steps, 15.5 min
+on 2 CPU cores): image->text recall@1 85.3% (validation), 66.9% (held-out combinations).
 """
 
 from genzoo.experiment import base_config

@@ -8,7 +8,8 @@ classifier-free guidance and CLIP reranking. The last link of the text-to-image 
 
 It requires the image tokenizer (runs/dvae_shapes: its codes, computed once and cached
 with the data) and CLIP (runs/clip_shapes: reranking); the `text_to_image` evaluator
-judges samples with runs/shapes_judge. Figures: README (text-to-image table).
+judges samples with runs/shapes_judge. Measured (cpu, 2000 steps): 0.70 nats per image code;
+scenes judged right 78% (seen) / 73% (held-out) with guidance 3 and reranking of 8 (README).
 """  # noqa: E501
 
 from genzoo.experiment import base_config
