@@ -7,9 +7,9 @@
 Expect: an FID-style distance on the in-tree classifier's features (not Inception FID,
 so not comparable with published numbers). BatchNorm as published (model state) is the
 default; a two-time-scale update is `--set optim.groups.discriminator.lr=4e-4 --set
-optim.groups.generator.lr=1e-4`. Measured after 5000 steps with the earlier LayerNorm
-generator (`--set model.norm=layer`): fid 121.2, classifier_score 4.52 (real test images:
-8.68; the VAE: 81.8 and 5.70); BatchNorm not yet measured.
+optim.groups.generator.lr=1e-4`. Measured after 5000 steps with BatchNorm: fid 57.8,
+classifier_score 5.89 (real test images: 8.67; the VAE: 81.8 and 5.70; the earlier LayerNorm
+generator, `--set model.norm=layer`: 121.2 and 4.52). Two time-scales: not measured.
 """
 
 from genzoo.experiment import base_config
