@@ -29,6 +29,10 @@ ALONE = [row[0] for row in experiment.list_experiments()
          if not experiment.load(row[0], "smoke").model.get("requires")]  # fmt: skip
 
 
+# A second experiment of an already covered family (CLIP) runs with `make test-slow`.
+ALONE = [pytest.param(n, marks=pytest.mark.slow) if n == "clip_fashion_mnist" else n for n in ALONE]
+
+
 @pytest.mark.parametrize("name", ALONE)
 def test_every_experiment_smoke_trains_and_evaluates(name, tmp_path, capsys):
     code, out, _ = run(

@@ -59,7 +59,10 @@ def test_overfits_one_batch(make_config, char_data):
     assert losses[-1] < 0.6 < losses[0]
 
 
-EXPERIMENTS = [row[0] for row in experiment.list_experiments()]
+# Experiments whose family another experiment already covers here run with `make test-slow`.
+REPEATS = {"clip_fashion_mnist": "clip_shapes", "shapes_judge": "classifier_fashion_mnist"}
+EXPERIMENTS = [pytest.param(row[0], marks=pytest.mark.slow) if row[0] in REPEATS else row[0]
+               for row in experiment.list_experiments()]  # fmt: skip
 
 
 @functools.cache
