@@ -60,12 +60,9 @@ def plan(name: str, variant: str | None, workdir: str | None = None) -> list[tup
 def trained(path: str) -> bool:
     """Whether the workdir's latest checkpoint has reached its configured steps."""
     from genzoo import workdir
-    from genzoo.checkpoint import Checkpointer
+    from genzoo.checkpoint import saved_steps
 
-    if not (Path(path) / workdir.CONFIG).is_file() or not (Path(path) / "checkpoints").is_dir():
+    steps = saved_steps(Path(path))
+    if not (Path(path) / workdir.CONFIG).is_file() or not steps:
         return False
-    cfg = workdir.load_config(Path(path))
-    ckpt = Checkpointer(Path(path) / "checkpoints", cfg.checkpoint.keep, async_save=False)
-    latest = ckpt.latest_step()
-    ckpt.close()
-    return latest is not None and latest >= cfg.train.steps
+    return steps[-1] >= workdir.load_config(Path(path)).train.steps

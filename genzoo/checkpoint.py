@@ -54,3 +54,14 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def saved_steps(workdir: Path) -> list[int]:
+    """The checkpoint steps a workdir holds (none without a checkpoints folder), read-only."""
+    if not (Path(workdir) / "checkpoints").is_dir():
+        return []
+    ckpt = Checkpointer(Path(workdir) / "checkpoints", async_save=False)
+    try:
+        return sorted(ckpt.manager.all_steps())
+    finally:
+        ckpt.close()

@@ -35,7 +35,7 @@ def pin(family, requires, saved=None) -> dict:
     each a trained run of the declared kind with that checkpoint. `saved` (a resumed run's
     pins) wins for the workdirs it names, so a resume never moves to a newer step."""
     from genzoo import models, workdir
-    from genzoo.checkpoint import Checkpointer
+    from genzoo.checkpoint import saved_steps
 
     want, given = declared(family), dict(requires or {})
     if set(given) != set(want):
@@ -54,11 +54,7 @@ def pin(family, requires, saved=None) -> dict:
         kind = getattr(models.get(cfg.model.family), "KIND", "")
         if kind != want[name]:
             raise UserError(f"model.requires.{name}: {path} is of kind {kind}, not {want[name]}")
-        steps = []
-        if (Path(path) / "checkpoints").is_dir():
-            ckpt = Checkpointer(Path(path) / "checkpoints", cfg.checkpoint.keep, async_save=False)
-            steps = list(ckpt.manager.all_steps())
-            ckpt.close()
+        steps = saved_steps(Path(path))
         if not steps:
             raise UserError(f"model.requires.{name}: {path} has no checkpoint; train it first")
         if step is None:

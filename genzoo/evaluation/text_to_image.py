@@ -37,8 +37,7 @@ def _judge(judge_workdir: str):
 def _figures(judge, clip, images, captions, real_features) -> dict:
     right = judge.judge(images, captions)
     out = {f"{name}_accuracy": float(np.mean(hits)) for name, hits in right.items()}
-    score = 100.0 * np.sum(clip.encode_images(images) * clip.encode_texts(captions), axis=1)
-    out["clip_score"] = float(score.mean())
+    out["clip_score"] = float(clip.pair_scores(images, captions).mean())
     out["fid"] = frechet_distance(real_features, judge.features(images))
     return out
 

@@ -50,5 +50,11 @@ class Contrastive:
         """Cosine similarity x 100 (the CLIP score), [images, texts]."""
         return 100.0 * self.encode_images(images_BxHxWxC) @ self.encode_texts(texts).T
 
+    def pair_scores(self, images_NxHxWxC, texts) -> np.ndarray:
+        """The CLIP score of image n with text n, [N] (the diagonal of `score`, without the
+        rest of the matrix)."""
+        image_NxE, text_NxE = self.encode_images(images_NxHxWxC), self.encode_texts(texts)
+        return 100.0 * np.sum(image_NxE * text_NxE, axis=1)
+
 
 register(Kind("contrastive", ContrastiveFamily, Contrastive))

@@ -80,8 +80,7 @@ class TextToImage:
                 top_p=top_p)))  # fmt: skip
         images = self.image_tokenizer.decode(np.concatenate(codes))
         texts = [t for t in captions for _ in range(candidates)]
-        image_e, text_e = self.clip.encode_images(images), self.clip.encode_texts(texts)
-        scores_CxN = (100.0 * np.sum(image_e * text_e, axis=1)).reshape(len(captions), candidates)
+        scores_CxN = self.clip.pair_scores(images, texts).reshape(len(captions), candidates)
         C = len(captions)
         best_CxK = rerank(scores_CxN, keep) if ranked else np.tile(np.arange(keep), (C, 1))
         images = images.reshape(C, candidates, *images.shape[1:])
