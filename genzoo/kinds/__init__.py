@@ -66,6 +66,14 @@ def of_family(family) -> Kind:
     return get(getattr(family, "KIND", ""))
 
 
+def in_batches(fn, rows, batch_size: int):
+    """`fn` over consecutive slices of `rows` (bounded device memory), outputs joined as numpy."""
+    import numpy as np
+
+    return np.concatenate([np.asarray(fn(rows[i : i + batch_size]))
+                           for i in range(0, len(rows), batch_size)])  # fmt: skip
+
+
 def api_of(run):
     """The API object of an opened `workdir.Run`: its kind decides the class."""
     from genzoo import models

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from genzoo import models
-from genzoo.kinds import Kind, register
+from genzoo.kinds import Kind, in_batches, register
 
 
 @runtime_checkable
@@ -30,21 +30,16 @@ class Contrastive:
         self.tokenizer = run.data.tokenizer
 
     def encode_images(self, images_BxHxWxC, batch_size: int = 256) -> np.ndarray:
-        images = np.asarray(images_BxHxWxC, np.float32)
-        parts = [self.family.encode_images(self.run.params, images[i : i + batch_size],
-                                           self.run.cfg.model)
-                 for i in range(0, len(images), batch_size)]  # fmt: skip
-        return np.concatenate([np.asarray(p) for p in parts])
+        encode = lambda x: self.family.encode_images(self.run.params, x, self.run.cfg.model)
+        return in_batches(encode, np.asarray(images_BxHxWxC, np.float32), batch_size)
 
     def encode_texts(self, texts, batch_size: int = 256) -> np.ndarray:
         from genzoo.data.captions import pad_captions
 
         ids, _ = pad_captions([self.tokenizer.encode(t) for t in texts],
                               int(self.run.cfg.model.max_caption_len))  # fmt: skip
-        parts = [self.family.encode_texts(self.run.params, ids[i : i + batch_size],
-                                          self.run.cfg.model)
-                 for i in range(0, len(ids), batch_size)]  # fmt: skip
-        return np.concatenate([np.asarray(p) for p in parts])
+        encode = lambda x: self.family.encode_texts(self.run.params, x, self.run.cfg.model)
+        return in_batches(encode, ids, batch_size)
 
     def score(self, images_BxHxWxC, texts) -> np.ndarray:
         """Cosine similarity x 100 (the CLIP score), [images, texts]."""

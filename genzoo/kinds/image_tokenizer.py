@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from genzoo import models
-from genzoo.kinds import Kind, Option, register
+from genzoo.kinds import Kind, Option, in_batches, register
 from genzoo.kinds.image_generator import OUT, reconstruction_grid
 
 
@@ -36,11 +36,10 @@ class ImageTokenizer:
 
     def encode(self, images_BxHxWxC, batch_size: int = 256) -> np.ndarray:
         images = np.asarray(images_BxHxWxC, np.float32)
-        return np.concatenate([
-            np.asarray(self.family.encode(self.run.params, images[i : i + batch_size],
-                                          self.run.cfg.model))
-            for i in range(0, len(images), batch_size)
-        ]) if len(images) else np.zeros((0, *self.grid_shape), np.int32)  # fmt: skip
+        if not len(images):
+            return np.zeros((0, *self.grid_shape), np.int32)
+        encode = lambda x: self.family.encode(self.run.params, x, self.run.cfg.model)
+        return in_batches(encode, images, batch_size)
 
     def decode(self, codes_Bxhxw) -> np.ndarray:
         return np.asarray(self.family.decode(self.run.params, np.asarray(codes_Bxhxw, np.int32),
