@@ -17,10 +17,12 @@ from genzoo.trainer import Trainer
 VOCAB = 65  # tiny Shakespeare's characters
 
 
-def char_gpt_config(variant: str | None, overrides=()) -> ml_collections.FrozenConfigDict:
+def char_gpt_config(
+    variant: str | None, overrides=(), vocab: int = VOCAB
+) -> ml_collections.FrozenConfigDict:
     """`gpt_shakespeare_char` resolved without loading data (the benchmarks use random tokens)."""
     cfg = experiment.load("gpt_shakespeare_char", variant, overrides)
-    cfg.model.vocab_size = VOCAB
+    cfg.model.vocab_size = vocab
     cfg.optim.decay_steps = cfg.train.steps
     cfg.eval.batch_size = cfg.train.batch_size
     return ml_collections.FrozenConfigDict(cfg)
@@ -29,11 +31,11 @@ def char_gpt_config(variant: str | None, overrides=()) -> ml_collections.FrozenC
 def time_train_steps(cfg, steps: int, warmup: int = 2) -> dict:
     """Seconds of the first (compiling) step and the mean of `steps` later ones, one device."""
     trainer = Trainer(cfg, devices=jax.devices()[:1])
-    B, L = cfg.train.batch_size, cfg.data.seq_len
+    B, L, V = cfg.train.batch_size, cfg.data.seq_len, cfg.model.vocab_size
     rng = np.random.default_rng(0)
     batch = {
-        "inputs": rng.integers(0, VOCAB, (B, L), dtype=np.int32),
-        "targets": rng.integers(0, VOCAB, (B, L), dtype=np.int32),
+        "inputs": rng.integers(0, V, (B, L), dtype=np.int32),
+        "targets": rng.integers(0, V, (B, L), dtype=np.int32),
         "mask": np.ones((B, L), np.float32),
     }
     state = trainer.init_state()

@@ -20,10 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch_gpt
 from common import char_gpt_config, cpu_info, time_train_steps
 from flax.linen import unbox
-from torch import nn
 
 from genzoo import metrics
 from genzoo.models import gpt
@@ -31,55 +30,19 @@ from genzoo.models import gpt
 L, D, H, N_LAYER, V, B = 256, 384, 6, 6, 65, 16
 
 
-# ---- the PyTorch reference (nanoGPT's architecture, eager) --------------------------------
+SHAPE = torch_gpt.Shape(N_LAYER, D, H, L, V)
 
 
-class TorchBlock(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.ln_1, self.ln_2 = nn.LayerNorm(D), nn.LayerNorm(D)
-        self.qkv, self.proj = nn.Linear(D, 3 * D), nn.Linear(D, D)
-        self.fc, self.out = nn.Linear(D, 4 * D), nn.Linear(4 * D, D)
-
-    def forward(self, x, cache=None):
-        Bx, T, _ = x.shape
-        q, k, v = self.qkv(self.ln_1(x)).split(D, dim=2)
-        q, k, v = (t.view(Bx, T, H, D // H).transpose(1, 2) for t in (q, k, v))
-        if cache is not None:  # decode: append this step's keys/values
-            if cache:
-                k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
-            cache[:] = [k, v]
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None or T > 1)
-        x = x + self.proj(y.transpose(1, 2).reshape(Bx, T, D))
-        return x + self.out(F.gelu(self.fc(self.ln_2(x))))
-
-
-class TorchGPT(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.wte, self.wpe = nn.Embedding(V, D), nn.Embedding(L, D)
-        self.blocks = nn.ModuleList(TorchBlock() for _ in range(N_LAYER))
-        self.ln_f = nn.LayerNorm(D)
-
-    def forward(self, idx, caches=None, start=0):
-        x = self.wte(idx) + self.wpe(torch.arange(start, start + idx.shape[1]))
-        for i, block in enumerate(self.blocks):
-            x = block(x, None if caches is None else caches[i])
-        return self.ln_f(x) @ self.wte.weight.T  # tied head
+# ---- the PyTorch reference (benchmarks/torch_gpt.py, eager) ---------------------------------
 
 
 def torch_train(steps: int) -> dict:
     torch.manual_seed(0)
-    model = TorchGPT()
+    model = torch_gpt.GPT(SHAPE)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randint(0, V, (B, L))
     y = torch.randint(0, V, (B, L))
-
-    def step():
-        loss = F.cross_entropy(model(x).view(-1, V), y.view(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    step = torch_gpt.train_step_fn(model, opt, x, y, V)
 
     t0 = time.perf_counter()
     step()
@@ -94,7 +57,7 @@ def torch_train(steps: int) -> dict:
 @torch.no_grad()
 def torch_decode(new_tokens: int, cached: bool) -> float:
     torch.manual_seed(0)
-    model = TorchGPT().eval()
+    model = torch_gpt.GPT(SHAPE).eval()
     idx = torch.zeros((1, 1), dtype=torch.long)
     t0 = time.perf_counter()
     if cached:

@@ -9,9 +9,9 @@ lm.score(["To be, or not to be"])     # total log-likelihood, nats
 __version__ = "0.1.0"
 
 
-def load(workdir):
+def load(workdir, checkpoint="latest"):
     """A trained run as its kind's API object (a language model's `.generate`, a translator's
     `.translate`, ...; see `genzoo.kinds`)."""
     from genzoo.api import load as _load  # jax is imported only when needed
 
-    return _load(workdir)
+    return _load(workdir, checkpoint)

@@ -8,10 +8,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
-from genzoo.errors import UserError
+from genzoo.errors import (
+    EXIT_NONFINITE,
+    EXIT_PREEMPTED,
+    EXIT_USER_ERROR,
+    NonFinite,
+    Preempted,
+    UserError,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,13 +37,28 @@ def _cmd_list(args) -> None:
 
 
 def _cmd_train(args) -> None:
-    from genzoo import experiment, workdir
+    from genzoo import distributed, experiment, workdir
 
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     overrides = list(args.set or ())
     if args.init_from:
         overrides.append(f"train.init_from={args.init_from}")
     cfg = experiment.load(args.experiment, args.variant, overrides)
+    if cfg.train.steps < 1:
+        raise UserError(f"train.steps must be at least 1, got {cfg.train.steps}")
     run_dir = Path(args.workdir or Path("runs") / cfg.experiment.name)
+    lock = workdir.WriterLock(run_dir, enabled=distributed.is_main())  # file, read-only, busy
+    if run_dir.is_dir():
+        lock.acquire()
+    try:
+        _train_locked(cfg, run_dir, lock)
+    finally:
+        lock.release()
+
+
+def _train_locked(cfg, run_dir: Path, lock) -> None:
+    from genzoo import distributed, workdir
+
     frozen, data, deps = workdir.prepare_training(cfg, run_dir)  # deps pinned, opened
     from genzoo import metrics
     from genzoo.trainer import Trainer
@@ -50,8 +73,12 @@ def _cmd_train(args) -> None:
 
         init_params = init_from.load(frozen.train.init_from)
         trainer.check_params(init_params)  # before the workdir exists
-    workdir.save_config(frozen, run_dir, data)
+    lock.acquire()  # creates the workdir: every check has passed
+    if distributed.is_main():
+        workdir.save_config(frozen, run_dir, data)
     trainer.fit(run_dir, data, init_params)
+    if not distributed.is_main():
+        return
     plot = metrics.plot_curves(run_dir)
     print(f"checkpoints: {run_dir / 'checkpoints'}")
     print(f"metrics:     {run_dir / 'metrics.jsonl'} (TensorBoard: {run_dir / 'tensorboard'})")
@@ -69,27 +96,32 @@ def _cmd_chain(args) -> None:
         print(f"chain: genzoo train {name}" + (f" --variant {variant}" if variant else "")
               + f" --workdir {path}", flush=True)  # fmt: skip
         _cmd_train(argparse.Namespace(experiment=name, variant=variant, workdir=path, set=None,
-                                      init_from=None))  # fmt: skip
+                                      init_from=None, coordinator=None, num_processes=None,
+                                      process_id=None))  # fmt: skip
 
 
 def _cmd_eval(args) -> None:
     from genzoo import workdir
 
     overrides = args.set or ()
-    if any(not item.startswith("eval.") for item in overrides):
-        raise UserError("eval --set only changes eval.* settings")
-    run = workdir.open_run(Path(args.workdir), overrides)
+    if any(not item.startswith(("eval.", "mesh.")) for item in overrides):
+        raise UserError("eval --set only changes eval.* and mesh.* settings")
+    run = workdir.open_run(Path(args.workdir), overrides, workdir.parse_checkpoint(args.checkpoint))
     split = args.split or run.cfg.eval.split
     figures = run.trainer.evaluate(run.params, run.data, split, max_batches=-1)
     figures = {"step": run.step, "split": split, **figures}
+    from genzoo import metrics
     from genzoo.evaluation import evaluators
 
     figures.update(evaluators.run_all(run, split))
+    bad = [k for k, v in figures.items() if isinstance(v, float) and not math.isfinite(v)]
     if args.json:
-        print(json.dumps(figures))
+        print(json.dumps({**metrics.json_safe(figures), **({"nonfinite": bad} if bad else {})}))
     else:
         for key, value in figures.items():
             print(f"{key:>20}: {value:.6g}" if isinstance(value, float) else f"{key:>20}: {value}")
+    if bad:
+        raise NonFinite(f"not finite: {', '.join(bad)} (the checkpoint at step {run.step})")
 
 
 def _cmd_import(args) -> None:
@@ -135,7 +167,15 @@ def _cmd_sample(args) -> None:
     for option in kind.options:
         if not hasattr(args, option.dest):
             setattr(args, option.dest, option.default)
-    kind.sample(kind.api(workdir.open_run(Path(args.workdir))), args)
+    try:
+        str(getattr(args, "prompt", "") or "").encode("utf-8")
+    except UnicodeEncodeError:  # undecodable argv bytes arrive as lone surrogates
+        raise UserError("--prompt is not valid UTF-8 text") from None
+    if any(not item.startswith("mesh.") for item in args.set or ()):
+        raise UserError("sample --set only changes mesh.* settings")
+    run = workdir.open_run(Path(args.workdir), args.set or (),
+                           workdir.parse_checkpoint(args.checkpoint))  # fmt: skip
+    kind.sample(kind.api(run), args)
 
 
 def _all_sample_options():
@@ -147,6 +187,9 @@ def _all_sample_options():
         for option in kind.options:
             seen.setdefault(option.dest, option)
     return list(seen.values())
+
+
+CHECKPOINT_HELP = "latest (the newest readable; default), best (checkpoint.keep_best) or a step"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--variant", help="e.g. smoke (CI-sized) or cpu")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
     t.add_argument("--init-from", metavar="WORKDIR", help="start from this run's parameters")
+    t.add_argument("--coordinator", metavar="HOST:PORT", help="multi-process: process 0's address")
+    t.add_argument("--num-processes", type=int, help="multi-process: how many")
+    t.add_argument("--process-id", type=int, help="multi-process: this one's index")
     t.set_defaults(fn=_cmd_train)
 
     c = sub.add_parser("chain", help="train an experiment after the runs it depends on")
@@ -174,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workdir", required=True)
     e.add_argument("--split", help="default: the experiment's eval.split")
     e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument("--set", action="append", metavar="eval.KEY=VALUE", help="override eval.*")
+    e.add_argument("--checkpoint", default="latest", help=CHECKPOINT_HELP)
+    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override eval.*, mesh.*")
     e.set_defaults(fn=_cmd_eval)
 
     i = sub.add_parser("import", help="import published weights into a workdir")
@@ -193,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", required=True)
     s.add_argument("--num", type=int, help="how many (default: 1 text, 64 images)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--checkpoint", default="latest", help=CHECKPOINT_HELP)
+    s.add_argument("--set", action="append", metavar="mesh.KEY=VALUE", help="override mesh.*")
     for option in _all_sample_options():  # given flags only: the run's kind sets defaults
         s.add_argument(option.flag, default=argparse.SUPPRESS, **option.kwargs)
     s.set_defaults(fn=_cmd_sample)
@@ -213,7 +262,13 @@ def main(argv=None) -> int:
         args.fn(args)
     except UserError as e:
         print(f"genzoo: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
+    except NonFinite as e:
+        print(f"genzoo: error: {e}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except Preempted as e:
+        print(f"genzoo: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("genzoo: interrupted", file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ from types import ModuleType
 
 import ml_collections
 
+from genzoo import config_checks
 from genzoo.errors import UserError
 
 # Keys that may differ between a run and its resume: run length, mesh layout, logging,
@@ -57,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
         trainable="",  # comma-separated globs over parameter paths; "" trains everything
         init_fresh="",  # globs of parameters init_from does not provide (a new head)
         ema_decay=0.0,  # > 0: keep an average of the parameters; eval and sample use it
+        skip_nonfinite=0,  # steps with a NaN/Inf loss or gradient to skip before stopping
+        rng_impl="threefry",  # or "rbg": XLA's RngBitGenerator for dropout (faster on GPU)
     )
     c.optim = dict(
         name="adamw",
@@ -84,7 +87,14 @@ def base_config() -> ml_collections.ConfigDict:
         # Host-side evaluators by name with their options (genzoo.evaluation.evaluators).
         evaluators=ml_collections.ConfigDict(),
     )
-    c.checkpoint = dict(every_steps=500, keep=3, async_save=True)
+    c.checkpoint = dict(
+        every_steps=500,
+        every_seconds=0.0,  # > 0: also save when this long has passed since the last save
+        keep=3,
+        keep_best="",  # an evaluation figure (val/loss): its best step is kept besides `keep`
+        best_mode="min",  # or "max" (accuracy, BLEU)
+        async_save=True,
+    )
     c.log = dict(every_steps=10, tensorboard=True, progress=True)
     return c
 
@@ -112,8 +122,12 @@ def find(name_or_path: str) -> Path:
         return candidate
     path = experiments_dir() / f"{name_or_path}.py"
     if not path.is_file():
-        known = ", ".join(n for n, *_ in list_experiments()) or "none"
-        raise UserError(f"unknown experiment {name_or_path!r} (known: {known})")
+        import difflib
+
+        names = sorted(p.stem for p in experiments_dir().glob("*.py") if p.name[0] != "_")
+        close = difflib.get_close_matches(name_or_path, names, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UserError(f"unknown experiment {name_or_path!r} ({hint}`genzoo list` shows all)")
     return path
 
 
@@ -147,6 +161,7 @@ def load(name_or_path: str, variant: str | None = None, overrides=()) -> ml_coll
     if not cfg.experiment.description:
         cfg.experiment.description = (module.__doc__ or "").strip().split("\n")[0]
     apply_overrides(cfg, overrides)
+    config_checks.check(cfg)
     return cfg
 
 

@@ -2,6 +2,7 @@
 
     train.init_from = "runs/gpt"                                   # the whole model
     train.init_from = "text=runs/bert_mlm_english, image=runs/vit:encoder"
+    train.init_from = "runs/gpt@best"                              # or @latest, @1750
 
 An item `DEST=WORKDIR[:SRC]` fills this model's sub-tree `DEST` with the source run's
 sub-tree `SRC` (its whole parameters when omitted); parameters outside every `DEST` keep
@@ -65,7 +66,9 @@ def load(spec: str) -> list[Part]:
 
     parts = []
     for dest, run_dir, src in parse(spec):
-        params = jax.device_get(workdir.open_run(Path(run_dir)).params)
+        path, at, which = run_dir.rpartition("@")
+        path, which = (path, workdir.parse_checkpoint(which)) if at else (run_dir, "latest")
+        params = jax.device_get(workdir.open_run(Path(path), checkpoint=which).params)
         parts.append(
             Part(dest, subtree(params, src, run_dir), f"{run_dir}:{src}" if src else run_dir)
         )

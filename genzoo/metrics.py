@@ -19,9 +19,17 @@ log = logging.getLogger(__name__)
 class MetricsWriter:
     """Appends `{"step": s, **metrics}` lines to workdir/metrics.jsonl and TensorBoard events."""
 
-    def __init__(self, workdir: Path, tensorboard: bool = True):
+    def __init__(self, workdir: Path, tensorboard: bool = True, enabled: bool = True):
+        """`enabled=False` (processes other than 0 of a multi-process run) writes nothing."""
+        self.enabled = enabled
+        self._file = self._tb = None
+        if not enabled:
+            return
         self.path = Path(workdir) / "metrics.jsonl"
+        torn = self.path.is_file() and not self.path.read_bytes().endswith(b"\n")
         self._file = open(self.path, "a")
+        if torn and self.path.stat().st_size:  # a killed run's half line stays on its own
+            self._file.write("\n")
         self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -29,22 +37,40 @@ class MetricsWriter:
             self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
     def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
         clean = {k: float(v) for k, v in metrics.items()}
-        self._file.write(json.dumps({"step": int(step), **clean}) + "\n")
+        self._file.write(json.dumps({"step": int(step), **json_safe(clean)}) + "\n")
         self._file.flush()
         if self._tb is not None:
             for key, value in clean.items():
                 self._tb.add_scalar(key, value, int(step))
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
 
 
+def json_safe(figures: dict) -> dict:
+    """Strict JSON: NaN and infinities become null (json.dumps would write bare NaN)."""
+    return {k: None if isinstance(v, float) and not np.isfinite(v) else v
+            for k, v in figures.items()}  # fmt: skip
+
+
 def read(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The rows of a metrics.jsonl, skipping torn lines (a run killed mid-write)."""
+    rows = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+    return rows
 
 
 def plot_curves(workdir: Path) -> Path | None:
@@ -59,7 +85,7 @@ def plot_curves(workdir: Path) -> Path | None:
     val_keys = [k for r in rows for k in r if k.startswith("val/")]
     val_key = val_keys[0] if val_keys else "val/loss"  # the family's headline figure
     for key, label in (("train/loss", "train loss"), (val_key, f"validation {val_key[4:]}")):
-        points = [(r["step"], r[key]) for r in rows if key in r]
+        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
         if points:
             ax.plot(
                 *zip(*sorted(points), strict=True),
@@ -113,19 +139,53 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
-def peak_flops(configured: float) -> float:
-    """The configured peak, or one measured once per device kind and cached."""
+# Vendors' dense peaks (FLOP/s) by device kind, for the compute dtype; float32 on NVIDIA is
+# TF32 (XLA's default matmul precision there). First match wins: specific names first.
+KNOWN_PEAKS = (
+    ("H100 PCIe", {"bfloat16": 756e12, "float32": 378e12}),
+    ("H100", {"bfloat16": 989e12, "float32": 495e12}),
+    ("H200", {"bfloat16": 989e12, "float32": 495e12}),
+    ("A100", {"bfloat16": 312e12, "float32": 156e12}),
+    ("TPU v4", {"bfloat16": 275e12}),
+    ("TPU v5 lite", {"bfloat16": 197e12}),
+    ("TPU v5e", {"bfloat16": 197e12}),
+    ("TPU v5", {"bfloat16": 459e12}),  # v5p reports itself as "TPU v5"
+    ("TPU v6", {"bfloat16": 918e12}),  # v6e ("TPU v6 lite")
+)
+
+
+def known_peak(device, dtype: str = "float32") -> tuple[float, str]:
+    """(peak FLOP/s, where it comes from) for `device` computing in `dtype`: the vendor's
+    figure for known accelerators (TPUs: their bf16 peak, as matmuls run there), else a
+    measured float32 matmul rate (CPUs), cached per device kind."""
+    for name, table in KNOWN_PEAKS:
+        if name in device.device_kind:
+            value = table.get(dtype, table["bfloat16"])
+            return value, f"{device.device_kind} {dtype} dense peak (vendor)"
+    return _measured_peak(device), f"{device.device_kind} measured float32 matmul"
+
+
+def peak_flops(configured: float, dtype: str = "float32") -> tuple[float, str]:
+    """The peak MFU divides by: `train.peak_flops` when set, else `known_peak`."""
     if configured > 0:
-        return configured
-    device = jax.devices()[0]
+        return configured, "train.peak_flops"
+    return known_peak(jax.devices()[0], dtype)
+
+
+def _measured_peak(device) -> float:
     cache = sources.cache_dir() / "peak_flops.json"
     key = f"{device.platform}:{device.device_kind}"
-    table = json.loads(cache.read_text()) if cache.is_file() else {}
-    if key not in table:
+    try:
+        table = json.loads(cache.read_text()) if cache.is_file() else {}
+        table = table if isinstance(table, dict) else {}
+    except (OSError, ValueError):
+        table = {}  # a torn cache file is measured again, never fatal
+    if not isinstance(table.get(key), (int, float)) or table[key] <= 0:
         table[key] = measure_matmul_peak()
         log.info("measured matmul peak %.1f GFLOP/s on %s", table[key] / 1e9, key)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(table))
+        text = json.dumps(table).encode()
+        sources.write_atomic(cache, lambda f: f.write(text))
     return float(table[key])
 
 

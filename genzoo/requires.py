@@ -72,5 +72,5 @@ def open_all(requires) -> dict:
     runs = {}
     for name, spec in dict(requires or {}).items():
         path, step = split(spec)
-        runs[name] = workdir.open_run(Path(path), step=step)
+        runs[name] = workdir.open_run(Path(path), checkpoint="latest" if step is None else step)
     return runs

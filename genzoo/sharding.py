@@ -16,27 +16,40 @@ from genzoo.errors import UserError
 AXES = ("data", "fsdp", "tensor")
 
 
-def make_mesh(mesh_cfg, devices=None) -> Mesh:
-    """Mesh of shape (data, fsdp, tensor); one size may be -1 to take the remaining devices."""
-    devices = list(jax.devices() if devices is None else devices)
+def mesh_sizes(mesh_cfg, num_devices: int) -> list[int]:
+    """(data, fsdp, tensor) sizes for `num_devices`, the -1 filled; UserError if they do not fit."""
     sizes = [int(mesh_cfg[a]) for a in AXES]
     shown = dict(zip(AXES, sizes, strict=True))
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise UserError(f"mesh sizes {shown}: use positive sizes and at most one -1")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
-        if len(devices) % known:
+        if num_devices % known:
             raise UserError(
-                f"{len(devices)} devices cannot be split into a mesh with {known} per slot"
+                f"{num_devices} devices cannot be split into a mesh with {known} per slot"
             )
-        sizes[sizes.index(-1)] = len(devices) // known
-    if math.prod(sizes) != len(devices):
+        sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices:
         # A mesh that leaves devices idle is almost always a typo; say so rather than waste them.
         raise UserError(
             f"mesh {dict(zip(AXES, sizes, strict=True))} uses {math.prod(sizes)} devices, "
-            f"have {len(devices)}"
+            f"have {num_devices}"
         )
-    grid = np.array(devices).reshape(sizes)
+    return sizes
+
+
+def fits(mesh_cfg, num_devices: int) -> bool:
+    try:
+        mesh_sizes(mesh_cfg, num_devices)
+    except UserError:
+        return False
+    return True
+
+
+def make_mesh(mesh_cfg, devices=None) -> Mesh:
+    """Mesh of shape (data, fsdp, tensor); one size may be -1 to take the remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    grid = np.array(devices).reshape(mesh_sizes(mesh_cfg, len(devices)))
     return Mesh(grid, AXES)
 
 
@@ -118,5 +131,7 @@ def check_batch(batch_size: int, mesh: Mesh, axis_rules) -> None:
 
 
 def put_batch(batch: dict, sharding: NamedSharding) -> dict:
-    """Host numpy batch -> global jax arrays laid out by `sharding` (multi-process safe)."""
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+    """Host numpy batch -> global jax arrays laid out by `sharding`. Every process holds the
+    whole global batch (same data, same seed) and places only its own devices' rows."""
+    put = lambda x: jax.make_array_from_process_local_data(sharding, x, x.shape)
+    return jax.tree.map(put, batch)

@@ -2,7 +2,7 @@
 
 The trainer knows the family protocol (`genzoo.models`), never a family: it builds
 the train state with shardings derived from the parameters' logical axis names,
-jits one pure `_train_step` with explicit in/out shardings and a donated state, and
+jits one pure `train_step.train_step` with explicit in/out shardings and a donated state, and
 owns the I/O around it: data, checkpoints, metrics, progress, periodic evaluation.
 """
 
@@ -10,152 +10,25 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm.auto import tqdm
 
-from genzoo import init_from, models, optim, requires, sharding
+from genzoo import distributed, init_from, models, optim, requires, sharding
 from genzoo import metrics as metrics_lib
 from genzoo.checkpoint import Checkpointer
-from genzoo.errors import UserError
+from genzoo.errors import NonFinite, Preempted, UserError
 from genzoo.models.protocols import CountsFlops
+from genzoo.preemption import StopRequest
+from genzoo.train_step import TrainState, eval_step, init_state, state_key, train_step
 
 log = logging.getLogger(__name__)
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any  # with the family's model state (HasModelState) under its own key
-    opt_state: Any
-    rng: jax.Array  # raw uint32 key: checkpoints store it like any array
-    ema: Any = None  # an exponential moving average of `params` (train.ema_decay > 0)
-
-    def eval_params(self):
-        """What evaluation and sampling use: the average when there is one."""
-        return self.params if self.ema is None else self.ema
-
-
-def _init_state(rng, *, family, model_cfg, tx, ema: bool):
-    init_rng, state_rng = jax.random.split(rng)
-    params = nn.unbox(family.init(init_rng, model_cfg))
-    step = jnp.array(0, jnp.int32)
-    return TrainState(step, params, tx.init(params), state_rng, params if ema else None)
-
-
-def _deps_kw(family, deps) -> dict:
-    """`deps=` for families that declare trained runs they need (genzoo.requires)."""
-    return {"deps": deps} if requires.declared(family) else {}
-
-
-def _state_key(family, params):
-    """Where the family keeps its model state in `params`, or None (HasModelState)."""
-    key = getattr(family, "MODEL_STATE", None)
-    return key if isinstance(params, dict) and key in params else None
-
-
-def _family_loss(family, model_cfg, batch, rng, step, deps=None):
-    """params -> (loss, (metrics, new model state or None)), whatever the family returns."""
-
-    def f(params):
-        out = family.loss(params, batch, rng, model_cfg, train=True, step=step,
-                          **_deps_kw(family, deps))  # fmt: skip
-        return out[0], (dict(out[1]), out[2] if _state_key(family, params) else None)
-
-    return f
-
-
-def _loss_and_grads(family, model_cfg, params, batch, rng, step, deps=None):
-    """Loss, gradients, metrics and the new model state (None without one); a dict of losses
-    trains each parameter group on its own."""
-    losses, vjp, (aux, model_state) = jax.vjp(
-        _family_loss(family, model_cfg, batch, rng, step, deps), params, has_aux=True
-    )
-    if not isinstance(losses, dict):
-        return losses, vjp(jnp.ones_like(losses))[0], aux, model_state
-    # One forward pass; one pull-back per group with a one-hot cotangent over the losses,
-    # keeping only that group's slice, so group g moves along d loss_g / d params_g only.
-    grads = {}
-    for group in params:
-        if group in losses:
-            onehot = {g: jnp.full_like(v, g == group) for g, v in losses.items()}
-            grads[group] = vjp(onehot)[0][group]
-        else:
-            grads[group] = jax.tree.map(jnp.zeros_like, params[group])
-    total = sum(losses.values())
-    return total, grads, {**aux, **{f"loss_{g}": v for g, v in losses.items()}}, model_state
-
-
-def _with_model_state(family, params, model_state):
-    """`params` with the family's model state replaced (no-op for stateless families)."""
-    key = _state_key(family, params)
-    return params if key is None else {**params, key: model_state}
-
-
-def _train_step(
-    state: TrainState, batch, deps, *, family, model_cfg, tx, lr_schedule, grad_accum, ema_decay
-):
-    """One optimizer step over `batch` (split into `grad_accum` micro-batches); `deps` are
-    the parameters of the runs the family requires (never trained here)."""
-    rng = jax.random.fold_in(state.rng, state.step)
-    key = _state_key(family, state.params)  # the model state's place in the params, or None
-    if grad_accum == 1:
-        loss, grads, aux, model_state = _loss_and_grads(
-            family, model_cfg, state.params, batch, rng, state.step, deps
-        )
-    else:
-        # Strided micro-batches (rows i, i+A, ...) so each one stays spread over all devices.
-        micro = jax.tree.map(
-            lambda x: x.reshape(x.shape[0] // grad_accum, grad_accum, *x.shape[1:]).swapaxes(0, 1),
-            batch,
-        )
-
-        def accumulate(carry, i):
-            # Sums of loss, gradients and metrics; the model state threads through in order.
-            sums, model_state = carry
-            mb = jax.tree.map(lambda x: x[i], micro)
-            params = _with_model_state(family, state.params, model_state)
-            *out, model_state = _loss_and_grads(
-                family, model_cfg, params, mb, jax.random.fold_in(rng, i), state.step, deps
-            )
-            return (jax.tree.map(jnp.add, sums, tuple(out)), model_state), None
-
-        shapes = jax.eval_shape(
-            lambda: _loss_and_grads(family, model_cfg, state.params,
-                                    jax.tree.map(lambda x: x[0], micro), rng, state.step, deps)[:3]
-        )  # fmt: skip
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        first = None if key is None else state.params[key]
-        (summed, model_state), _ = jax.lax.scan(accumulate, (zeros, first), jnp.arange(grad_accum))
-        loss, grads, aux = jax.tree.map(lambda x: x / grad_accum, summed)
-    # The model state is not trained: no gradient reaches the optimizer through it.
-    if key is not None:
-        grads = {**grads, key: jax.tree.map(jnp.zeros_like, grads[key])}
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = _with_model_state(family, optax.apply_updates(state.params, updates), model_state)
-    out_metrics = {
-        "loss": loss,
-        "grad_norm": optax.global_norm(grads),
-        "lr": lr_schedule(state.step),
-        **aux,
-    }
-    ema = state.ema
-    if ema is not None:
-        ema = jax.tree.map(lambda e, p: e + (1.0 - ema_decay) * (p - e), ema, params)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
-    return new_state, out_metrics
-
-
-def _eval_step(params, batch, rng, deps, *, family, model_cfg):
-    return family.eval_sums(params, batch, rng, model_cfg, **_deps_kw(family, deps))
 
 
 def _throughput(step_seconds, batch_size, tokens_per_example, flops_per_example, peak) -> dict:
@@ -185,12 +58,12 @@ class Trainer:
         sharding.check_batch(cfg.train.batch_size // cfg.train.grad_accum, self.mesh, self.rules)
         # Shapes and logical axis names of the parameters, without allocating them.
         boxed = jax.eval_shape(lambda r: self.family.init(r, self.model_cfg), jax.random.PRNGKey(0))
-        state_key = _state_key(self.family, boxed)  # what the loss updates, not the optimizer
-        self.tx = optim.build(cfg.optim, nn.unbox(boxed), cfg.train.trainable, state_key)
+        model_state = state_key(self.family, boxed)  # what the loss updates, not the optimizer
+        self.tx = optim.build(cfg.optim, nn.unbox(boxed), cfg.train.trainable, model_state)
         statics = dict(family=self.family, model_cfg=self.model_cfg, tx=self.tx)
         ema = cfg.train.get("ema_decay", 0.0) > 0
         self.abstract_state = jax.eval_shape(
-            functools.partial(_init_state, **statics, ema=ema), jax.random.PRNGKey(0)
+            functools.partial(init_state, **statics, ema=ema), jax.random.PRNGKey(0)
         )
         repl = sharding.replicated(self.mesh)
         param_shardings = sharding.logical_shardings(boxed, self.mesh, self.rules)
@@ -204,27 +77,28 @@ class Trainer:
         self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
 
         self._init = jax.jit(
-            functools.partial(_init_state, **statics, ema=ema),
+            functools.partial(init_state, **statics, ema=ema),
             out_shardings=self.state_shardings,
         )
         self.train_step = jax.jit(
             functools.partial(
-                _train_step,
+                train_step,
                 **statics,
                 lr_schedule=optim.schedule(cfg.optim),
                 grad_accum=cfg.train.grad_accum,
                 ema_decay=cfg.train.get("ema_decay", 0.0),
+                rng_impl=cfg.train.get("rng_impl", "threefry"),
             ),
             in_shardings=(self.state_shardings, self.batch_sharding, deps_shardings),
             out_shardings=(self.state_shardings, repl),
             donate_argnums=(0,),
         )
-        eval_step = jax.jit(
-            functools.partial(_eval_step, family=self.family, model_cfg=self.model_cfg),
+        evaluate_step = jax.jit(
+            functools.partial(eval_step, family=self.family, model_cfg=self.model_cfg),
             in_shardings=(param_shardings, self.batch_sharding, repl, deps_shardings),
             out_shardings=repl,
         )
-        self.eval_step = lambda params, batch, rng: eval_step(params, batch, rng, self.deps)
+        self.eval_step = lambda params, batch, rng: evaluate_step(params, batch, rng, self.deps)
 
     def _place_deps(self, deps: dict):
         """The required runs' evaluation parameters on this mesh, sharded by their own
@@ -273,7 +147,7 @@ class Trainer:
             )
             params = jax.device_put(params, self.state_shardings.params)
             opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)
-            _, state_rng = jax.random.split(key)  # as _init_state derives it
+            _, state_rng = jax.random.split(key)  # as train_step.init_state derives it
             step, state_rng = jax.device_put(
                 (jnp.array(0, jnp.int32), state_rng),
                 (self.state_shardings.step, self.state_shardings.rng),
@@ -281,8 +155,10 @@ class Trainer:
             ema = None if self.state_shardings.ema is None else jax.tree.map(jnp.copy, params)
             return TrainState(step, params, opt_state, state_rng, ema)
 
-    def restore(self, checkpointer: Checkpointer, step: int):
-        return checkpointer.restore(step, self.abstract_state, self.state_shardings)
+    def restore(self, checkpointer: Checkpointer, which="latest"):
+        """(state, data-iterator state, step, damaged newer steps) from `which`: latest (the
+        newest readable), best, or a step number."""
+        return checkpointer.restore(which, self.abstract_state, self.state_shardings)
 
     def step(self, state: TrainState, batch: dict):
         with sharding.activate(self.mesh, self.rules):
@@ -302,8 +178,8 @@ class Trainer:
                     totals[k] = totals.get(k, 0.0) + np.float64(v)  # host float64: no drift
         return self.family.eval_summary(totals, data.meta(split))
 
-    def _evaluate_into(self, writer, params, data, step: int) -> str:
-        """Evaluates, writes `val/*` metrics at `step`, and returns a line for the user."""
+    def _evaluate_into(self, writer, params, data, step: int) -> tuple[str, dict]:
+        """Evaluates and writes `val/*` metrics at `step`: a line for the user, and the row."""
         from genzoo import workdir
         from genzoo.evaluation import evaluators
 
@@ -312,76 +188,130 @@ class Trainer:
         run = workdir.Run(self.cfg, data, self, state, step, deps=self.dep_runs)
         host = evaluators.run_all(run, self.cfg.eval.split, step=step)  # those due now
         figures.update({k: v for k, v in host.items() if isinstance(v, (int, float))})
-        writer.write(step, {f"val/{k}": v for k, v in figures.items()})
+        row = {f"val/{k}": v for k, v in figures.items()}
+        writer.write(step, row)
         name, value = next(iter(figures.items()))  # the family's headline figure
-        return f"step {step}: {self.cfg.eval.split} {name} {value:.4f}"
+        return f"step {step}: {self.cfg.eval.split} {name} {value:.4f}", row
+
+    def _best_value(self, row: dict) -> float:
+        metric = self.cfg.checkpoint.keep_best
+        if metric not in row:
+            raise UserError(f"checkpoint.keep_best={metric!r} is not an evaluation figure "
+                            f"(these are: {', '.join(row)})")  # fmt: skip
+        return float(row[metric])
+
+    def _start(self, ckpt: Checkpointer, train_iter, init_params):
+        """The state to train from: the newest readable checkpoint (damaged newer ones are
+        moved aside, so that this run's saves can take their step numbers) or a fresh one."""
+        if not ckpt.steps():
+            return self.init_state(init_params), None
+        state, data_state, step, damaged = self.restore(ckpt)
+        for bad in damaged:
+            ckpt.set_aside(bad)
+        train_iter.set_state(data_state)
+        log.info("resumed from step %d", step)
+        return state, step
 
     def fit(self, workdir: Path, data, init_params=None) -> TrainState:
-        """Trains to `train.steps`, resuming from the latest checkpoint in `workdir`.
+        """Trains to `train.steps`, resuming from the newest readable checkpoint in `workdir`.
 
         A fresh run starts from `init_params` when given (fine-tuning), with a fresh optimizer.
-        """
-        cfg = self.cfg
-        ckpt = Checkpointer(
-            Path(workdir) / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.async_save
-        )
+        Raises `Preempted` after saving on SIGTERM/SIGINT, `NonFinite` after more than
+        `train.skip_nonfinite` steps with a NaN/Inf loss or gradient (never saved: see
+        train_step)."""
+        cfg, c = self.cfg, self.cfg.checkpoint
+        ckpt = Checkpointer(Path(workdir) / "checkpoints", c.keep, c.async_save,
+                            keep_best=c.keep_best, best_mode=c.best_mode)  # fmt: skip
         train_iter = data.train_iterator(cfg.train.batch_size, cfg.train.seed)
-        latest = ckpt.latest_step()
-        if latest is None:
-            state = self.init_state(init_params)
-        else:
-            state, data_state = self.restore(ckpt, latest)
-            train_iter.set_state(data_state)
-            log.info("resumed from step %d", latest)
+        state, latest = self._start(ckpt, train_iter, init_params)
         step = int(state.step)
-        writer = metrics_lib.MetricsWriter(Path(workdir), cfg.log.tensorboard)
+        main = distributed.is_main()  # files and progress: process 0 only
+        writer = metrics_lib.MetricsWriter(Path(workdir), cfg.log.tensorboard, enabled=main)
         # What one example looks like (per-field shapes) decides its cost, for every family.
         tokens = getattr(data, "tokens_per_example", None)
         flops = None
         if isinstance(self.family, CountsFlops):
             flops = self.family.flops_per_example(self.model_cfg, data.example_shapes)
-        peak = metrics_lib.peak_flops(cfg.train.peak_flops) if flops else None
-        bar = tqdm(
-            total=cfg.train.steps,
-            initial=step,
-            disable=not cfg.log.progress,
-            unit="step",
-            dynamic_ncols=True,
-        )
+        peak = None
+        if flops:
+            peak, source = metrics_lib.peak_flops(cfg.train.peak_flops,
+                                                  cfg.model.get("dtype", "float32"))  # fmt: skip
+            log.info("MFU divides by %.4g FLOP/s: %s", peak, source)
+        bar = tqdm(total=cfg.train.steps, initial=step, disable=not (cfg.log.progress and main),
+                   unit="step", dynamic_ncols=True)  # fmt: skip
+        say = bar.write if main else lambda line: None
         if latest is None and init_params is not None and cfg.eval.every_steps > 0:
             # A fine-tune's starting point on its new data: the "before" of before/after.
-            bar.write(self._evaluate_into(writer, state.eval_params(), data, 0))
+            say(self._evaluate_into(writer, state.eval_params(), data, 0)[0])
         window_start, window_steps = time.perf_counter(), 0
+        last_save, saved_step, skipped = time.monotonic(), latest, 0
+        previous = None  # (step, finite flag) checked one step late: no sync per step
+
+        def check(pending) -> int:
+            if pending is None or bool(pending[1]):
+                return 0
+            if skipped + 1 > cfg.train.skip_nonfinite:
+                raise NonFinite(
+                    f"step {pending[0]}: the loss or gradients are NaN/Inf; stopped without "
+                    f"saving it (last checkpoint: {saved_step or 'none'}); lower optim.lr or set "
+                    "train.skip_nonfinite=N to skip up to N such steps"
+                )
+            print(f"genzoo: step {pending[0]} skipped: NaN/Inf loss or gradients", file=sys.stderr)
+            return 1
+
         try:
-            while step < cfg.train.steps:
-                batch = next(train_iter)
-                t0 = time.perf_counter()
-                state, step_metrics = self.step(state, batch)
-                step += 1
-                window_steps += 1
-                if window_steps == 1 and step == int(latest or 0) + 1:
-                    jax.block_until_ready(step_metrics)
-                    writer.write(step, {"perf/first_step_seconds": time.perf_counter() - t0})
-                    window_start, window_steps = time.perf_counter(), 0
-                bar.update(1)
-                if step % cfg.log.every_steps == 0 or step == cfg.train.steps:
-                    scalars = metrics_lib.host_scalars(step_metrics)
-                    row = {f"train/{k}": v for k, v in scalars.items()}
-                    if window_steps:
-                        seconds = (time.perf_counter() - window_start) / window_steps
-                        row.update(_throughput(seconds, cfg.train.batch_size, tokens, flops, peak))
-                    writer.write(step, row)
-                    bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
-                    window_start, window_steps = time.perf_counter(), 0
-                if cfg.eval.every_steps > 0 and (
-                    step % cfg.eval.every_steps == 0 or step == cfg.train.steps
-                ):
-                    bar.write(self._evaluate_into(writer, state.eval_params(), data, step))
-                    window_start, window_steps = time.perf_counter(), 0
-                if step % cfg.checkpoint.every_steps == 0 or step == cfg.train.steps:
-                    ckpt.save(step, state, train_iter.get_state())
+            with StopRequest() as stop:
+                while step < cfg.train.steps:
+                    batch = next(train_iter)
+                    t0 = time.perf_counter()
+                    state, step_metrics = self.step(state, batch)
+                    step += 1
+                    window_steps += 1
+                    skipped += check(previous)
+                    previous = (step, step_metrics["finite"])
+                    if window_steps == 1 and step == int(latest or 0) + 1:
+                        jax.block_until_ready(step_metrics)
+                        first = {"perf/first_step_seconds": time.perf_counter() - t0}
+                        writer.write(step, {**first, **({"perf/peak_flops": peak} if peak else {})})
+                        window_start, window_steps = time.perf_counter(), 0
+                    bar.update(1)
+                    last = step == cfg.train.steps
+                    if step % cfg.log.every_steps == 0 or last:
+                        scalars = metrics_lib.host_scalars(step_metrics)
+                        row = {f"train/{k}": v for k, v in scalars.items()}
+                        row["train/skipped_steps"] = skipped + (scalars["finite"] == 0)
+                        if window_steps:
+                            seconds = (time.perf_counter() - window_start) / window_steps
+                            row.update(_throughput(seconds, cfg.train.batch_size, tokens, flops,
+                                                   peak))  # fmt: skip
+                        writer.write(step, row)
+                        bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
+                        window_start, window_steps = time.perf_counter(), 0
+                    best = None
+                    if cfg.eval.every_steps > 0 and (step % cfg.eval.every_steps == 0 or last):
+                        skipped += check(previous)  # never evaluate or keep a skipped step's
+                        previous = None
+                        line, row = self._evaluate_into(writer, state.eval_params(), data, step)
+                        say(line)
+                        if c.keep_best and ckpt.improves(value := self._best_value(row)):
+                            best = value
+                        window_start, window_steps = time.perf_counter(), 0
+                    due = step % c.every_steps == 0 or last or best is not None or stop.signal
+                    if c.every_seconds > 0 and time.monotonic() - last_save >= c.every_seconds:
+                        due = True
+                    if due:
+                        skipped += check(previous)
+                        previous = None
+                        ckpt.save(step, state, train_iter.get_state(), best_value=best)
+                        last_save, saved_step = time.monotonic(), step
+                    if stop.signal:
+                        raise Preempted(
+                            f"stopped by {stop.name} at step {step} with its "
+                            "checkpoint saved; run the same command to resume"
+                        )
+                check(previous)
         finally:
             bar.close()
-            ckpt.close()
+            ckpt.close()  # waits for the save in flight: a preempted run keeps its last step
             writer.close()
         return state

@@ -7,12 +7,14 @@ touched; `open_run` loads a trained run for `eval` and `sample`.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import os
 from pathlib import Path
 
 import ml_collections
 
+from genzoo import config_checks, experiment, models, requires
 from genzoo import data as data_lib
-from genzoo import experiment, models, requires
 from genzoo.checkpoint import Checkpointer
 from genzoo.data import sources
 from genzoo.errors import UserError
@@ -38,6 +40,9 @@ def resolve(cfg: ml_collections.ConfigDict, data) -> ml_collections.FrozenConfig
         cfg.eval.batch_size = cfg.train.batch_size // cfg.train.grad_accum
     if cfg.train.batch_size % cfg.train.grad_accum:
         raise UserError("train.batch_size must be a multiple of train.grad_accum")
+    check = getattr(models.get(cfg.model.family), "check_config", None)
+    if check is not None:  # cross-field checks only the family knows (context vs sequence)
+        check(cfg.model, data.example_shapes)
     return ml_collections.FrozenConfigDict(cfg)
 
 
@@ -51,9 +56,11 @@ def load_config(workdir: Path) -> ml_collections.ConfigDict:
     if not path.is_file():
         raise UserError(f"{workdir} is not a genzoo workdir (no {CONFIG}); train into it first")
     try:
-        return experiment.from_json(path.read_text())
-    except (ValueError, KeyError, TypeError) as e:
+        cfg = experiment.from_json(path.read_text())
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(f"{path} is corrupt: {e}") from None
+    config_checks.check(cfg, where=str(path))
+    return cfg
 
 
 def with_deps(family, data, deps: dict):
@@ -117,8 +124,29 @@ class Run:
         return self.state.eval_params()
 
 
-def open_run(workdir: Path, overrides=(), step: int | None = None) -> Run:
-    """The run in `workdir` at its latest checkpoint (or at `step`), with its dependencies."""
+def fit_mesh(cfg) -> None:
+    """A run trained on a pod slice opens on a laptop: a saved mesh that does not fit the
+    devices present becomes pure data parallelism over them (orbax restores onto it)."""
+    import jax
+
+    from genzoo import sharding
+
+    if not sharding.fits(cfg.mesh, jax.device_count()):
+        cfg.mesh.update(data=-1, fsdp=1, tensor=1)
+
+
+def parse_checkpoint(text: str) -> str | int:
+    """`--checkpoint`: latest, best, or a step number."""
+    if text in ("latest", "best"):
+        return text
+    if text.isdigit():
+        return int(text)
+    raise UserError(f"--checkpoint must be latest, best or a step number, got {text!r}")
+
+
+def open_run(workdir: Path, overrides=(), checkpoint: str | int = "latest") -> Run:
+    """The run in `workdir` at `checkpoint` (latest: the newest readable step; best; or a step
+    number), with its dependencies. Read-only: safe while the run is still training."""
     from genzoo.trainer import Trainer  # jax-heavy; keep `genzoo list` fast
 
     workdir = Path(workdir)
@@ -126,24 +154,65 @@ def open_run(workdir: Path, overrides=(), step: int | None = None) -> Run:
         raise UserError(f"workdir {workdir} does not exist")
     cfg = load_config(workdir)
     experiment.apply_overrides(cfg, overrides)
+    config_checks.check(cfg)
+    if not any(o.startswith("mesh.") for o in overrides):
+        fit_mesh(cfg)
     checkpoints = workdir / "checkpoints"
     if not checkpoints.is_dir():
         raise UserError(f"no checkpoint in {workdir}: train it first")
-    ckpt = Checkpointer(checkpoints, keep=cfg.checkpoint.keep, async_save=False)
-    if step is None:
-        step = ckpt.latest_step()
-    if step is None or step not in ckpt.manager.all_steps():
-        ckpt.close()
-        at = "" if step is None else f" at step {step}"
-        raise UserError(f"no checkpoint{at} in {workdir}: train it first")
-    frozen = ml_collections.FrozenConfigDict(cfg)
-    deps = requires.open_all(cfg.model.get("requires"))
-    data = with_deps(models.get(cfg.model.family), data_lib.load(cfg.data, workdir), deps)
-    trainer = Trainer(frozen, deps=deps)
+    ckpt = Checkpointer(checkpoints, keep_best=cfg.checkpoint.keep_best, read_only=True)
     try:
-        state, _ = trainer.restore(ckpt, step)
-    except (ValueError, KeyError, OSError) as e:
-        raise UserError(f"checkpoint {step} in {workdir} cannot be read: {e}") from None
+        ckpt.choose(checkpoint)  # a missing step or best is refused before the data loads
+        frozen = ml_collections.FrozenConfigDict(cfg)
+        deps = requires.open_all(cfg.model.get("requires"))
+        data = with_deps(models.get(cfg.model.family), data_lib.load(cfg.data, workdir), deps)
+        trainer = Trainer(frozen, deps=deps)
+        state, _, step, _ = trainer.restore(ckpt, checkpoint)
     finally:
         ckpt.close()
     return Run(frozen, data, trainer, state, step, workdir, deps)
+
+
+class WriterLock:
+    """One `train` per workdir: an advisory lock on `workdir/.lock`, released at exit (also
+    when the process dies). `acquire` creates the workdir, so call it once checks passed."""
+
+    NAME = ".lock"
+
+    def __init__(self, workdir: Path, enabled: bool = True):
+        """`enabled=False`: a non-zero process of a multi-process run (process 0 locks)."""
+        self.workdir, self._fd, self.enabled = Path(workdir), None, enabled
+        if self.workdir.exists() and not self.workdir.is_dir():
+            raise UserError(f"--workdir {workdir} is a file, not a folder")
+        parent = self.workdir if self.workdir.is_dir() else self._existing_parent()
+        if not os.access(parent, os.W_OK):
+            raise UserError(f"cannot write into {parent}: permission denied")
+
+    def _existing_parent(self) -> Path:
+        parent = self.workdir.parent.absolute()
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise UserError(f"--workdir {self.workdir}: {parent} is a file, not a folder")
+        return parent
+
+    def acquire(self) -> WriterLock:
+        if self._fd is not None or not self.enabled:
+            return self
+        path = self.workdir / self.NAME
+        if not path.is_file():
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"{self.workdir} is being trained by another process; wait for it "
+                            "or train into another --workdir") from None  # fmt: skip
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None

@@ -60,7 +60,7 @@ def test_the_step_rng_differs_between_steps(make_config, char_data):
     trainer = Trainer(make_config("model.dropout=0.5"), devices=jax.devices()[:1])
     state = trainer.init_state()
     batch = next(char_data.train_iterator(8, 0))
-    from genzoo.trainer import _loss_and_grads
+    from genzoo.train_step import _loss_and_grads
 
     rng_for = lambda step: jax.random.fold_in(state.rng, step)
     loss = lambda step: float(_loss_and_grads(trainer.family, trainer.model_cfg, state.params,

@@ -12,7 +12,7 @@ from conftest import tiny_config, unbox
 
 from genzoo import data as data_lib
 from genzoo import experiment, models, workdir
-from genzoo import trainer as trainer_lib
+from genzoo import train_step as trainer_lib
 from genzoo.errors import UserError
 from genzoo.trainer import Trainer
 

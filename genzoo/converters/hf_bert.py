@@ -8,12 +8,10 @@ those keep genzoo's random init (a fine-tune's `cls_head` starts fresh anyway).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import jax
 import numpy as np
 
+from genzoo.converters import convert, read_hf
 from genzoo.errors import UserError
 from genzoo.models import bert
 
@@ -41,48 +39,39 @@ def hf_config(hf: dict, tokenizer) -> dict:
 
 def from_hf(path, tokenizer) -> tuple[dict, dict]:
     """(model config fields, params) from a BertForMaskedLM directory."""
-    from safetensors.numpy import load_file
+    fields, w = read_hf(path, "BERT", "bert.", lambda hf: hf_config(hf, tokenizer))
+    return fields, convert(path, "BERT", lambda: _params(fields, w))
 
-    path = Path(path)
-    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-        raise UserError(f"{path} needs config.json and model.safetensors (no pickle files)")
-    try:
-        fields = hf_config(json.loads((path / "config.json").read_text()), tokenizer)
-        tensors = load_file(path / "model.safetensors")
-    except (ValueError, KeyError, OSError) as e:
-        raise UserError(f"cannot read the BERT checkpoint in {path}: {e}") from None
-    w = {k.removeprefix("bert."): v.astype(np.float32) for k, v in tensors.items()}
+
+def _params(fields: dict, w: dict) -> dict:
     c = bert.BertConfig.from_cfg(fields)
     H, D = c.num_heads, c.width
     K = D // H
-    try:
-        # Start from genzoo's init so the pooler and NSP head exist, then overwrite the rest.
-        params = jax.tree.map(np.asarray, bert.unboxed_init(jax.random.PRNGKey(0), fields))
-        dense = lambda name: {"kernel": w[f"{name}.weight"].T, "bias": w[f"{name}.bias"]}
-        ln = lambda name: {"LayerNorm_0": {"scale": w[f"{name}.weight"], "bias": w[f"{name}.bias"]}}
-        padded = lambda x: np.pad(x, [(0, c.padded_vocab - c.vocab_size)] + [(0, 0)] * (x.ndim - 1))
-        params["word"] = {"embedding": padded(w["embeddings.word_embeddings.weight"])}
-        params["position"] = {"embedding": w["embeddings.position_embeddings.weight"]}
-        params["segment"] = {"embedding": w["embeddings.token_type_embeddings.weight"]}
-        params["embed_ln"] = ln("embeddings.LayerNorm")
-        for i in range(c.num_layers):
-            p = f"encoder.layer.{i}."
-            qkv = [w[f"{p}attention.self.{n}.weight"].T for n in ("query", "key", "value")]
-            qkv_bias = [w[f"{p}attention.self.{n}.bias"] for n in ("query", "key", "value")]
-            params[f"layer_{i}"] = {
-                "attn": {
-                    "qkv_kernel": np.stack(qkv, 1).reshape(D, 3, H, K),
-                    "qkv_bias": np.stack(qkv_bias).reshape(3, H, K),
-                    "out_kernel": w[f"{p}attention.output.dense.weight"].T.reshape(H, K, D),
-                    "out_bias": w[f"{p}attention.output.dense.bias"],
-                },
-                "ln_1": ln(f"{p}attention.output.LayerNorm"),
-                "mlp": {"fc": dense(f"{p}intermediate.dense"), "proj": dense(f"{p}output.dense")},
-                "ln_2": ln(f"{p}output.LayerNorm"),
-            }
-        params["mlm_dense"] = dense("cls.predictions.transform.dense")
-        params["mlm_ln"] = ln("cls.predictions.transform.LayerNorm")
-        params["mlm_bias"] = padded(w["cls.predictions.bias"])
-    except KeyError as e:
-        raise UserError(f"the BERT checkpoint in {path} lacks tensor {e}") from None
-    return fields, params
+    # Start from genzoo's init so the pooler and NSP head exist, then overwrite the rest.
+    params = jax.tree.map(np.asarray, bert.unboxed_init(jax.random.PRNGKey(0), fields))
+    dense = lambda name: {"kernel": w[f"{name}.weight"].T, "bias": w[f"{name}.bias"]}
+    ln = lambda name: {"LayerNorm_0": {"scale": w[f"{name}.weight"], "bias": w[f"{name}.bias"]}}
+    padded = lambda x: np.pad(x, [(0, c.padded_vocab - c.vocab_size)] + [(0, 0)] * (x.ndim - 1))
+    params["word"] = {"embedding": padded(w["embeddings.word_embeddings.weight"])}
+    params["position"] = {"embedding": w["embeddings.position_embeddings.weight"]}
+    params["segment"] = {"embedding": w["embeddings.token_type_embeddings.weight"]}
+    params["embed_ln"] = ln("embeddings.LayerNorm")
+    for i in range(c.num_layers):
+        p = f"encoder.layer.{i}."
+        qkv = [w[f"{p}attention.self.{n}.weight"].T for n in ("query", "key", "value")]
+        qkv_bias = [w[f"{p}attention.self.{n}.bias"] for n in ("query", "key", "value")]
+        params[f"layer_{i}"] = {
+            "attn": {
+                "qkv_kernel": np.stack(qkv, 1).reshape(D, 3, H, K),
+                "qkv_bias": np.stack(qkv_bias).reshape(3, H, K),
+                "out_kernel": w[f"{p}attention.output.dense.weight"].T.reshape(H, K, D),
+                "out_bias": w[f"{p}attention.output.dense.bias"],
+            },
+            "ln_1": ln(f"{p}attention.output.LayerNorm"),
+            "mlp": {"fc": dense(f"{p}intermediate.dense"), "proj": dense(f"{p}output.dense")},
+            "ln_2": ln(f"{p}output.LayerNorm"),
+        }
+    params["mlm_dense"] = dense("cls.predictions.transform.dense")
+    params["mlm_ln"] = ln("cls.predictions.transform.LayerNorm")
+    params["mlm_bias"] = padded(w["cls.predictions.bias"])
+    return params

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
+from genzoo.converters import convert, read_hf
 from genzoo.errors import UserError
 from genzoo.models import gpt
 
@@ -36,17 +34,11 @@ def from_hf(path) -> tuple[dict, dict]:
     GPT-2's Conv1D weights are stored [in, out], which is genzoo's kernel layout; the fused
     q|k|v projection splits into [D, 3, heads, head_dim] and the vocabulary is zero-padded.
     """
-    from safetensors.numpy import load_file
+    fields, w = read_hf(path, "GPT-2", "transformer.", hf_config)
+    return fields, convert(path, "GPT-2", lambda: _params(fields, w))
 
-    path = Path(path)
-    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-        raise UserError(f"{path} needs config.json and model.safetensors (no pickle files)")
-    try:
-        fields = hf_config(json.loads((path / "config.json").read_text()))
-        tensors = load_file(path / "model.safetensors")
-    except (ValueError, KeyError, OSError) as e:
-        raise UserError(f"cannot read the GPT-2 checkpoint in {path}: {e}") from None
-    w = {k.removeprefix("transformer."): v.astype(np.float32) for k, v in tensors.items()}
+
+def _params(fields: dict, w: dict) -> dict:
     c = gpt.GPTConfig.from_cfg(fields)
     H, K = c.num_heads, c.width // c.num_heads
     ln = lambda name: {"LayerNorm_0": {"scale": w[f"{name}.weight"], "bias": w[f"{name}.bias"]}}
@@ -69,4 +61,4 @@ def from_hf(path) -> tuple[dict, dict]:
                 "proj": {"kernel": w[h + "mlp.c_proj.weight"], "bias": w[h + "mlp.c_proj.bias"]},
             },
         }
-    return fields, params
+    return params

@@ -81,8 +81,8 @@ def api_of(run):
     return of_family(models.get(run.cfg.model.family)).api(run)
 
 
-def load(run_dir: str | Path):
-    """The API object of a trained (or imported) run."""
+def load(run_dir: str | Path, checkpoint: str | int = "latest"):
+    """The API object of a trained (or imported) run at `checkpoint` (latest, best, a step)."""
     from genzoo import workdir
 
-    return api_of(workdir.open_run(Path(run_dir)))
+    return api_of(workdir.open_run(Path(run_dir), checkpoint=checkpoint))

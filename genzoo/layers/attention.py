@@ -15,7 +15,10 @@ examples per row) pass segment ids, and a query sees only keys of its own segmen
 
 from __future__ import annotations
 
+import os
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -38,6 +41,23 @@ def _attend(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, allowed_BxLxT, dropout):
     kept_BxHxLxT = dropout(weights_BxHxLxT).astype(v_BxHxTxK.dtype)
     out_BxHxLxK = jnp.matmul(kept_BxHxLxT, v_BxHxTxK).astype(jnp.float32) / total_BxHxLx1
     return out_BxHxLxK.astype(v_BxHxTxK.dtype)
+
+
+def _fused(q_BxLxHxK, mode: str, masked: bool, dropout_active: bool):
+    """Whether cuDNN's fused (flash) attention computes this call: on GPU, in 16-bit, for
+    plain self-attention (no padding, packing or cache: the pre-training hot path) without
+    dropout on the weights, which the fused kernel does not apply. `GENZOO_ATTENTION=xla`
+    turns it off (A/B timing). Elsewhere `_attend` (XLA) keeps CPU results as they were."""
+    return (
+        jax.default_backend() == "gpu"
+        and os.environ.get("GENZOO_ATTENTION", "auto") != "xla"
+        and q_BxLxHxK.dtype in (jnp.bfloat16, jnp.float16)
+        and q_BxLxHxK.shape[-1] % 8 == 0
+        and q_BxLxHxK.shape[-1] <= 128
+        and mode != "cross"
+        and not masked
+        and not dropout_active
+    )
 
 
 def _project(x_BxLxD, w_DxNxHxK, dtype):
@@ -140,41 +160,52 @@ class Attention(nn.Module):
                 new_cache = {"k": k_BxTxHxK, "v": v_BxTxHxK}
         q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK, ("batch", "length", "act_heads", "kv"))
 
-        T = k_BxTxHxK.shape[1]
-        causal = self.mode == "causal"
-        q_pos_L = (0 if kv_cache is None or not causal else cache_index) + jnp.arange(L)
-        k_pos_T = jnp.arange(T)
-        # [B, H, length, K] layout: the score and value products become plain batched matmuls.
-        q_BxHxLxK = q_BxLxHxK.transpose(0, 2, 1, 3) / jnp.sqrt(K).astype(self.dtype)
-        k_BxHxTxK = k_BxTxHxK.transpose(0, 2, 1, 3).astype(self.dtype)
-        v_BxHxTxK = v_BxTxHxK.transpose(0, 2, 1, 3).astype(self.dtype)
-        dropout = nn.Dropout(self.dropout_rate)
-        # Causal without a cache: query block i only needs keys up to its own end, so 4 query
-        # blocks skip the fully masked upper blocks (~40% of attention work at L=256).
-        blocks = 4 if causal and kv_cache is None and L % 4 == 0 and L >= 64 else 1
-        size = L // blocks
-        outs = []
-        for i in range(blocks):
-            rows = slice(i * size, (i + 1) * size)
-            keys = slice(0, (i + 1) * size if blocks > 1 else T)
-            allowed_BxLxT = jnp.ones((1, size, k_pos_T[keys].shape[0]), bool)
-            if causal:
-                allowed_BxLxT = (k_pos_T[None, keys] <= q_pos_L[rows, None])[None]
-            if key_valid_BxT is not None:
-                allowed_BxLxT = allowed_BxLxT & key_valid_BxT[:, None, keys]
-            if segments_BxL is not None:  # packed rows: attend within one's own example
-                same_BxLxT = segments_BxL[:, rows, None] == key_segments_BxT[:, None, keys]
-                allowed_BxLxT = allowed_BxLxT & same_BxLxT
-            outs.append(
-                _attend(
-                    q_BxHxLxK[:, :, rows],
-                    k_BxHxTxK[:, :, keys],
-                    v_BxHxTxK[:, :, keys],
-                    allowed_BxLxT,
-                    lambda p: dropout(p, deterministic=deterministic),
-                )
+        masked = kv_cache is not None or key_valid_BxT is not None or segments_BxL is not None
+        dropout_active = not deterministic and self.dropout_rate > 0
+        if _fused(q_BxLxHxK.astype(self.dtype), self.mode, masked, dropout_active):
+            out_BxLxHxK = jax.nn.dot_product_attention(
+                q_BxLxHxK.astype(self.dtype),
+                k_BxTxHxK.astype(self.dtype),
+                v_BxTxHxK.astype(self.dtype),
+                is_causal=self.mode == "causal",
+                implementation="cudnn",
             )
-        out_BxLxHxK = jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3)
+        else:
+            T = k_BxTxHxK.shape[1]
+            causal = self.mode == "causal"
+            q_pos_L = (0 if kv_cache is None or not causal else cache_index) + jnp.arange(L)
+            k_pos_T = jnp.arange(T)
+            # [B, H, length, K] layout: the score and value products become plain batched matmuls.
+            q_BxHxLxK = q_BxLxHxK.transpose(0, 2, 1, 3) / jnp.sqrt(K).astype(self.dtype)
+            k_BxHxTxK = k_BxTxHxK.transpose(0, 2, 1, 3).astype(self.dtype)
+            v_BxHxTxK = v_BxTxHxK.transpose(0, 2, 1, 3).astype(self.dtype)
+            dropout = nn.Dropout(self.dropout_rate)
+            # Causal without a cache: query block i only needs keys up to its own end, so 4 query
+            # blocks skip the fully masked upper blocks (~40% of attention work at L=256).
+            blocks = 4 if causal and kv_cache is None and L % 4 == 0 and L >= 64 else 1
+            size = L // blocks
+            outs = []
+            for i in range(blocks):
+                rows = slice(i * size, (i + 1) * size)
+                keys = slice(0, (i + 1) * size if blocks > 1 else T)
+                allowed_BxLxT = jnp.ones((1, size, k_pos_T[keys].shape[0]), bool)
+                if causal:
+                    allowed_BxLxT = (k_pos_T[None, keys] <= q_pos_L[rows, None])[None]
+                if key_valid_BxT is not None:
+                    allowed_BxLxT = allowed_BxLxT & key_valid_BxT[:, None, keys]
+                if segments_BxL is not None:  # packed rows: attend within one's own example
+                    same_BxLxT = segments_BxL[:, rows, None] == key_segments_BxT[:, None, keys]
+                    allowed_BxLxT = allowed_BxLxT & same_BxLxT
+                outs.append(
+                    _attend(
+                        q_BxHxLxK[:, :, rows],
+                        k_BxHxTxK[:, :, keys],
+                        v_BxHxTxK[:, :, keys],
+                        allowed_BxLxT,
+                        lambda p: dropout(p, deterministic=deterministic),
+                    )
+                )
+            out_BxLxHxK = jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3)
 
         w_HxKxD = self.param(
             "out_kernel",

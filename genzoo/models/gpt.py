@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from genzoo import sampling
+from genzoo.errors import UserError
 from genzoo.evaluation import lm
 from genzoo.layers import Embed, LayerNorm, TransformerBlock
 from genzoo.models.base import FromConfig, require_transformer_shape
@@ -139,6 +140,14 @@ def eval_sums(params, batch, rng, cfg):
 
 def eval_summary(totals, meta):
     return lm.summary(totals, meta)
+
+
+def check_config(cfg, shapes) -> None:
+    """Positions past the context have no embedding (they would train into NaN)."""
+    (seq_len,) = shapes["inputs"]
+    if seq_len > cfg.block_size:
+        raise UserError(f"data.seq_len {seq_len} exceeds the model's context "
+                        f"model.block_size={cfg.block_size}")  # fmt: skip
 
 
 def flops_per_example(cfg, shapes) -> float:

@@ -1,0 +1,121 @@
+"""genzoo's GPT against the same model in PyTorch eager and torch.compile, on one GPU.
+
+    python benchmarks/gpu_speed.py [--steps 20] [--only baby_fp32,baby_bf16,gpt2_bf16]
+
+Rows: nanoGPT's baby GPT (6x384, ctx 256, vocab 65, batch 64) in float32 (TF32 matmuls on
+both sides) and with bf16 compute (float32 master weights; autocast for torch), and the
+GPT-2 124M shape (12x768, ctx 1024, vocab 50304, batch 16) in bf16. Random tokens, AdamW,
+gradient clipping, no dropout. MFU divides by the vendor's dense peak for the compute
+dtype (genzoo.metrics.peak_flops). Prints a table; writes benchmarks/results/gpu_speed.json
+with tokens/s, MFU, first-step (compile) seconds and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import jax
+import torch
+import torch_gpt
+from common import char_gpt_config, time_train_steps
+
+from genzoo import metrics
+
+ROWS = {  # name: (shape, batch, bf16 compute)
+    "baby_fp32": (torch_gpt.Shape(6, 384, 6, 256, 65), 64, False),
+    "baby_bf16": (torch_gpt.Shape(6, 384, 6, 256, 65), 64, True),
+    "gpt2_bf16": (torch_gpt.Shape(12, 768, 12, 1024, 50304), 16, True),
+}
+
+
+def genzoo_row(shape, batch: int, bf16: bool, steps: int) -> dict:
+    overrides = [f"train.batch_size={batch}", "model.dropout=0.0",
+                 f"model.num_layers={shape.num_layers}", f"model.width={shape.width}",
+                 f"model.num_heads={shape.heads}", f"model.block_size={shape.context}",
+                 f"data.seq_len={shape.context}",
+                 f"model.dtype={'bfloat16' if bf16 else 'float32'}"]  # fmt: skip
+    cfg = char_gpt_config(None, overrides, vocab=shape.vocab)
+    out = time_train_steps(cfg, steps)
+    stats = jax.devices()[0].memory_stats() or {}
+    out["peak_memory_gib"] = stats.get("peak_bytes_in_use", 0) / 2**30
+    return out
+
+
+def torch_row(shape, batch: int, bf16: bool, steps: int, compiled: bool) -> dict:
+    torch.manual_seed(0)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.cuda.reset_peak_memory_stats()
+    model = torch_gpt.GPT(shape).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    x = torch.randint(0, shape.vocab, (batch, shape.context), device="cuda")
+    y = torch.randint(0, shape.vocab, (batch, shape.context), device="cuda")
+    if compiled:
+        model = torch.compile(model)
+    step = torch_gpt.train_step_fn(model, opt, x, y, shape.vocab,
+                                   torch.bfloat16 if bf16 else None)  # fmt: skip
+    t0 = time.perf_counter()
+    step()
+    torch.cuda.synchronize()
+    first = time.perf_counter() - t0
+    for _ in range(2):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    out = {"first_step_s": first, "step_s": (time.perf_counter() - t0) / steps}
+    out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    del model, opt
+    torch.cuda.empty_cache()
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--only", default=",".join(ROWS))
+    p.add_argument("--out", default="benchmarks/results/gpu_speed.json")
+    args = p.parse_args()
+    device = jax.devices()[0]
+    report = {"device": device.device_kind, "torch": torch.__version__, "jax": jax.__version__,
+              "rows": {}}  # fmt: skip
+    header = ("row", "impl", "tok/s", "MFU", "1st step s", "peak GiB", "vs compile")
+    print("{:10} {:14} {:>11} {:>6} {:>10} {:>9} {:>10}".format(*header), flush=True)
+    for name in args.only.split(","):
+        shape, batch, bf16 = ROWS[name]
+        peak, source = metrics.known_peak(device, "bfloat16" if bf16 else "float32")
+        tokens = batch * shape.context
+        results = {}
+        for impl in ("torch_eager", "torch_compile", "genzoo"):
+            try:
+                if impl == "genzoo":
+                    r = genzoo_row(shape, batch, bf16, args.steps)
+                else:
+                    r = torch_row(shape, batch, bf16, args.steps, impl == "torch_compile")
+            except Exception as e:  # noqa: BLE001 - one failed implementation keeps the table
+                print(f"{name:10} {impl:14} failed: {type(e).__name__}: {e}"[:300], flush=True)
+                continue
+            r["tokens_per_s"] = tokens / r["step_s"]
+            r["mfu"] = r["tokens_per_s"] * shape.flops_per_token(shape.context) / peak
+            results[impl] = r
+        ref = results.get("torch_compile", {}).get("tokens_per_s")
+        for impl, r in results.items():
+            r["ratio_vs_torch_compile"] = r["tokens_per_s"] / ref if ref else None
+            cells = (name, impl, r["tokens_per_s"], r["mfu"], r["first_step_s"],
+                     r["peak_memory_gib"], r["ratio_vs_torch_compile"] or float("nan"))  # fmt: skip
+            print("{:10} {:14} {:>11.0f} {:>6.1%} {:>10.1f} {:>9.2f} {:>9.2f}x".format(*cells),
+                  flush=True)  # fmt: skip
+        report["rows"][name] = {"peak_flops": peak, "peak_source": source, "batch": batch,
+                                "shape": shape.__dict__, "bf16": bf16, **results}  # fmt: skip
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

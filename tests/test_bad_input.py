@@ -1,0 +1,242 @@
+"""The bad-input contract, case by case: one stderr line under 300 characters, exit code 2,
+no traceback, nothing on stdout, and every file left byte-identical (the tree is hashed
+before and after)."""
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genzoo import cli, workdir
+from genzoo.data import tokenizers
+
+CHAR = ("train", "gpt_shakespeare_char", "--variant", "smoke", "--set", "log.progress=false")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A trained char GPT and a trained BPE GPT (its workdir holds a tokenizer file)."""
+    root = tmp_path_factory.mktemp("bad")
+    assert cli.main([*CHAR, "--workdir", str(root / "char")]) == 0
+    bpe = ["train", "gpt_shakespeare_bpe", "--variant", "smoke", "--workdir", str(root / "bpe")]
+    assert cli.main([*bpe, "--set", "log.progress=false"]) == 0
+    return root
+
+
+def _gpt2_dir(folder: Path, drop: str = "", reshape: str = "") -> Path:
+    """A tiny GPT-2 in Hugging Face's layout; `drop`/`reshape` spoil one tensor."""
+    from safetensors.numpy import save_file
+
+    folder.mkdir()
+    config = dict(model_type="gpt2", vocab_size=300, n_positions=64, n_embd=32, n_layer=1,
+                  n_head=4)  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    for name in tokenizers.GPT2_FILES:
+        (folder / name).write_text("{}" if name.endswith(".json") else "#version: 0.2\n")
+    d, rng = 32, np.random.default_rng(0)
+    shapes = {"wte.weight": (300, d), "wpe.weight": (64, d), "ln_f.weight": (d,),
+              "ln_f.bias": (d,), "h.0.ln_1.weight": (d,), "h.0.ln_1.bias": (d,),
+              "h.0.ln_2.weight": (d,), "h.0.ln_2.bias": (d,),
+              "h.0.attn.c_attn.weight": (d, 3 * d), "h.0.attn.c_attn.bias": (3 * d,),
+              "h.0.attn.c_proj.weight": (d, d), "h.0.attn.c_proj.bias": (d,),
+              "h.0.mlp.c_fc.weight": (d, 4 * d), "h.0.mlp.c_fc.bias": (4 * d,),
+              "h.0.mlp.c_proj.weight": (4 * d, d), "h.0.mlp.c_proj.bias": (d,)}  # fmt: skip
+    if reshape:
+        shapes[reshape] = (shapes[reshape][0] + 1, *shapes[reshape][1:])
+    tensors = {f"transformer.{k}": rng.normal(size=s).astype(np.float32)
+               for k, s in shapes.items() if k != drop}  # fmt: skip
+    save_file(tensors, str(folder / "model.safetensors"))
+    return folder
+
+
+def _copy(runs, tmp, name="char", as_name="copy") -> Path:
+    return Path(shutil.copytree(runs / name, tmp / as_name))
+
+
+def _edit_config(path: Path, section: str, key: str, value) -> None:
+    cfg = json.loads((path / "config.json").read_text())
+    cfg[section][key] = value
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+SETUPS = {
+    "file": lambda runs, tmp: (tmp / "afile").write_text("not a folder"),
+    "copy": _copy,
+    "typed": lambda runs, tmp: _edit_config(_copy(runs, tmp), "train", "batch_size", "eight"),
+    "ranged": lambda runs, tmp: _edit_config(_copy(runs, tmp), "checkpoint", "keep", 0),
+    "garbage": lambda runs, tmp: (_copy(runs, tmp) / "config.json").write_text("{not json"),
+    "tokenizer": lambda runs, tmp: (_copy(runs, tmp, "bpe") / tokenizers.FILENAME).write_bytes(
+        b"\x00garbage"
+    ),
+    "gpt2": lambda runs, tmp: _gpt2_dir(tmp / "gpt2"),
+    "truncated": lambda runs, tmp: (lambda f: f.write_bytes(f.read_bytes()[:100]))(
+        _gpt2_dir(tmp / "gpt2") / "model.safetensors"
+    ),
+    "random": lambda runs, tmp: (_gpt2_dir(tmp / "gpt2") / "model.safetensors").write_bytes(
+        np.random.default_rng(1).bytes(4000)
+    ),
+    "incomplete": lambda runs, tmp: _gpt2_dir(tmp / "gpt2", drop="h.0.mlp.c_fc.weight"),
+    "misshaped": lambda runs, tmp: _gpt2_dir(tmp / "gpt2", reshape="h.0.attn.c_attn.weight"),
+    "nosafetensors": lambda runs, tmp: (_gpt2_dir(tmp / "gpt2") / "model.safetensors").unlink(),
+    "empty": lambda runs, tmp: (tmp / "empty").mkdir(),
+}
+
+RUN, TMP = "{run}", "{tmp}"
+NEW = (*CHAR, "--workdir", f"{TMP}/new")  # were a check missed, nothing lands in ./runs
+CASES = {
+    # experiment and overrides
+    "unknown experiment": ((("train", "no_such_experiment")), None),
+    "unknown key": (("train", "gpt_shakespeare_char", "--set", "train.nope=1"), None),
+    "ill-typed value": (("train", "gpt_shakespeare_char", "--set", "train.steps=ten"), None),
+    "override without =": (("train", "gpt_shakespeare_char", "--set", "train.steps"), None),
+    "a section as a value": (("train", "gpt_shakespeare_char", "--set", "optim=1"), None),
+    "unknown variant": (("train", "gpt_shakespeare_char", "--variant", "huge"), None),
+    "unknown flag": (("train", "gpt_shakespeare_char", "--bogus-flag"), None),
+    "no experiment file": (("train", "experiments/none.py"), None),
+    # sizes, frequencies, ranges
+    "batch 0": ((*NEW, "--set", "train.batch_size=0"), None),
+    "batch negative": ((*NEW, "--set", "train.batch_size=-4"), None),
+    "steps negative": ((*NEW, "--set", "train.steps=-5"), None),
+    "steps 0": ((*NEW, "--set", "train.steps=0"), None),
+    "checkpoint every 0": ((*NEW, "--set", "checkpoint.every_steps=0"), None),
+    "checkpoint keep 0": ((*NEW, "--set", "checkpoint.keep=0"), None),
+    "log every 0": ((*NEW, "--set", "log.every_steps=0"), None),
+    "eval every negative": ((*NEW, "--set", "eval.every_steps=-1"), None),
+    "lr negative": ((*NEW, "--set", "optim.lr=-1.0"), None),
+    "lr infinite": ((*NEW, "--set", "optim.lr=1e999"), None),
+    "grad accum 0": ((*NEW, "--set", "train.grad_accum=0"), None),
+    "batch not a multiple of accum": ((*NEW, "--set", "train.grad_accum=3"), None),
+    "ema decay 1.5": ((*NEW, "--set", "train.ema_decay=1.5"), None),
+    "best mode": ((*NEW, "--set", "checkpoint.best_mode=median"), None),
+    "best metric": ((*NEW, "--set", "checkpoint.keep_best=loss"), None),
+    "every seconds negative": ((*NEW, "--set", "checkpoint.every_seconds=-1.0"), None),
+    "sequence past the context": ((*NEW, "--set", "data.seq_len=64"), None),
+    # meshes
+    "mesh not dividing devices": ((*NEW, "--set", "mesh.data=3"), None),
+    "mesh 0": ((*NEW, "--set", "mesh.data=0"), None),
+    "mesh two -1": ((*NEW, "--set", "mesh.fsdp=-1"), None),
+    "batch not dividing mesh": (
+        (*NEW, "--set", "train.batch_size=4", "--set", "mesh.data=8"),
+        None,
+    ),  # fmt: skip
+    # workdirs
+    "workdir is a file": ((*CHAR, "--workdir", f"{TMP}/afile"), "file"),
+    "workdir under a file": ((*CHAR, "--workdir", f"{TMP}/afile/run"), "file"),
+    "workdir of another experiment": (
+        ("train", "gpt_shakespeare_bpe", "--variant", "smoke", "--workdir", RUN),
+        None,
+    ),  # fmt: skip
+    "resume changing the model": ((*NEW, "--set", "model.width=64", "--workdir", RUN), None),
+    "hand-edited config (type)": (("eval", "--workdir", f"{TMP}/copy"), "typed"),
+    "hand-edited config (range)": ((*CHAR, "--workdir", f"{TMP}/copy"), "ranged"),
+    "corrupt config.json": (("sample", "--workdir", f"{TMP}/copy"), "garbage"),
+    "init-from missing": (
+        (*CHAR, "--init-from", f"{TMP}/missing", "--workdir", f"{TMP}/new"),
+        None,
+    ),  # fmt: skip
+    "init-from other shapes": (
+        (*CHAR, "--init-from", RUN, "--set", "model.width=64", "--workdir", f"{TMP}/new"),
+        None,
+    ),  # fmt: skip
+    "init-from bad checkpoint": (
+        (*CHAR, "--init-from", f"{RUN}@banana", "--workdir", f"{TMP}/new"),
+        None,
+    ),  # fmt: skip
+    # eval
+    "eval missing workdir": (("eval", "--workdir", f"{TMP}/missing"), None),
+    "eval not a workdir": (("eval", "--workdir", f"{TMP}/empty"), "empty"),
+    "eval --set outside eval": (("eval", "--workdir", RUN, "--set", "train.steps=3"), None),
+    "eval --set eval range": (("eval", "--workdir", RUN, "--set", "eval.batch_size=-2"), None),
+    "eval missing step": (("eval", "--workdir", RUN, "--checkpoint", "999"), None),
+    "eval no best": (("eval", "--workdir", RUN, "--checkpoint", "best"), None),
+    "eval bad --checkpoint": (("eval", "--workdir", RUN, "--checkpoint", "newest"), None),
+    # sample
+    "prompt out of vocabulary": (("sample", "--workdir", RUN, "--prompt", "\u00e9t\u00e9"), None),
+    "prompt not UTF-8": (("sample", "--workdir", RUN, "--prompt", "ab\udcff"), None),
+    "too many new tokens": (("sample", "--workdir", RUN, "--max-new-tokens", "5000"), None),
+    "top-p 0": (("sample", "--workdir", RUN, "--top-p", "0"), None),
+    "top-p 1.5": (("sample", "--workdir", RUN, "--top-p", "1.5"), None),
+    "temperature negative": (("sample", "--workdir", RUN, "--temperature", "-1"), None),
+    "temperature nan": (("sample", "--workdir", RUN, "--temperature", "nan"), None),
+    "num 0": (("sample", "--workdir", RUN, "--num", "0"), None),
+    "reconstruct a text model": (("sample", "--workdir", RUN, "--reconstruct"), None),
+    "corrupt tokenizer file": (("sample", "--workdir", f"{TMP}/copy"), "tokenizer"),
+    # import
+    "import truncated safetensors": (
+        ("import", "gpt2", f"{TMP}/gpt2", "--workdir", f"{TMP}/imp"),
+        "truncated",
+    ),  # fmt: skip
+    "import random bytes": (
+        ("import", "gpt2", f"{TMP}/gpt2", "--workdir", f"{TMP}/imp"),
+        "random",
+    ),  # fmt: skip
+    "import incomplete": (
+        ("import", "gpt2", f"{TMP}/gpt2", "--workdir", f"{TMP}/imp"),
+        "incomplete",
+    ),  # fmt: skip
+    "import mis-shaped": (
+        ("import", "gpt2", f"{TMP}/gpt2", "--workdir", f"{TMP}/imp"),
+        "misshaped",
+    ),  # fmt: skip
+    "import without safetensors": (
+        ("import", "gpt2", f"{TMP}/gpt2", "--workdir", f"{TMP}/imp"),
+        "nosafetensors",
+    ),  # fmt: skip
+    "import into a run": (("import", "gpt2", f"{TMP}/gpt2", "--workdir", RUN), "gpt2"),
+    "import unknown format": (
+        ("import", "llama", f"{TMP}/gpt2", "--workdir", f"{TMP}/imp"),
+        "gpt2",
+    ),  # fmt: skip
+}
+
+
+def _tree(*roots: Path) -> dict:
+    """{path: sha256 of the bytes, or "dir"} under each root."""
+    out = {}
+    for root in roots:
+        for p in sorted(root.rglob("*")):
+            out[str(p)] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def test_the_sweep_has_forty_cases():
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, runs, tmp_path, capsys):
+    argv, setup = CASES[case]
+    if setup:
+        SETUPS[setup](runs, tmp_path)
+    argv = [a.replace(RUN, str(runs / "char")).replace(TMP, str(tmp_path)) for a in argv]
+    before = _tree(tmp_path, runs)
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2, (code, err[-600:])
+    assert len(err.strip().splitlines()) == 1 and err.startswith("genzoo: error:"), err[-600:]
+    assert len(err) < 300 and "Traceback" not in err and out == ""
+    assert _tree(tmp_path, runs) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only permissions")
+def test_read_only_workdir_is_refused(runs, tmp_path, capsys):
+    path = _copy(runs, tmp_path)
+    os.chmod(path, 0o555)
+    try:
+        assert cli.main([*CHAR, "--workdir", str(path), "--set", "train.steps=30"]) == 2
+    finally:
+        os.chmod(path, 0o755)
+    assert "permission denied" in capsys.readouterr().err
+
+
+def test_a_busy_workdir_is_refused_before_loading_anything(runs, capsys):
+    lock = workdir.WriterLock(runs / "char").acquire()
+    try:
+        assert cli.main([*CHAR, "--workdir", str(runs / "char")]) == 2
+    finally:
+        lock.release()
+    assert "another process" in capsys.readouterr().err

@@ -1,0 +1,38 @@
+"""MFU divides by the vendor's peak for known accelerators, by a measured rate elsewhere."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from genzoo import metrics
+
+
+@pytest.mark.parametrize(
+    "kind, dtype, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", "bfloat16", 989e12),
+        ("NVIDIA H100 80GB HBM3", "float32", 495e12),
+        ("NVIDIA H200", "bfloat16", 989e12),
+        ("NVIDIA H100 PCIe", "bfloat16", 756e12),
+        ("NVIDIA A100-SXM4-80GB", "bfloat16", 312e12),
+        ("TPU v4", "bfloat16", 275e12),
+        ("TPU v5 lite", "float32", 197e12),
+        ("TPU v5", "bfloat16", 459e12),
+        ("TPU v6 lite", "bfloat16", 918e12),
+    ],
+)
+def test_known_devices_use_the_vendor_peak_for_the_compute_dtype(kind, dtype, peak, monkeypatch):
+    fake = SimpleNamespace(device_kind=kind, platform="gpu")
+    monkeypatch.setattr(metrics.jax, "devices", lambda: [fake])
+    monkeypatch.setattr(metrics, "measure_matmul_peak", lambda: pytest.fail("measured"))
+    value, source = metrics.peak_flops(0.0, dtype)
+    assert value == peak and kind in source and "vendor" in source
+
+
+def test_unknown_devices_measure_and_a_configured_peak_wins(monkeypatch, tmp_path):
+    monkeypatch.setenv("GENZOO_CACHE_DIR", str(tmp_path))
+    fake = SimpleNamespace(device_kind="Some CPU", platform="cpu")
+    monkeypatch.setattr(metrics.jax, "devices", lambda: [fake])
+    monkeypatch.setattr(metrics, "measure_matmul_peak", lambda: 7e10)
+    assert metrics.peak_flops(0.0, "bfloat16") == (7e10, "Some CPU measured float32 matmul")
+    assert metrics.peak_flops(3e12)[0] == 3e12

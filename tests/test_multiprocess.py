@@ -1,0 +1,58 @@
+"""Two processes on loopback (4 simulated CPU devices each) train like one process with 8."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from genzoo import cli, workdir
+
+ARGS = ["train", "gpt_shakespeare_char", "--variant", "smoke", "--set", "train.steps=6",
+        "--set", "log.every_steps=1", "--set", "eval.every_steps=3",
+        "--set", "checkpoint.every_steps=3", "--set", "log.progress=false"]  # fmt: skip
+
+
+def _losses(path):
+    rows = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}, {
+        r["step"]: r["val/loss"] for r in rows if "val/loss" in r
+    }
+
+
+def test_two_processes_match_one_process_with_eight_devices(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli.main([*ARGS, "--workdir", str(one)]) == 0  # also prepares the data cache
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flags = os.environ["XLA_FLAGS"].replace("device_count=8", "device_count=4")
+    env = dict(os.environ, XLA_FLAGS=flags,
+               JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "genzoo.cli", *ARGS, "--workdir", str(two),
+             "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err.decode()[-2000:]
+    assert outs[1][0] == b""  # only process 0 prints
+    (train_1, val_1), (train_2, val_2) = _losses(one), _losses(two)
+    assert sorted(train_2) == list(range(1, 7)) and sorted(val_2) == [3, 6]
+    for step in train_1:
+        np.testing.assert_allclose(train_2[step], train_1[step], atol=1e-6, rtol=0)
+    for step in val_1:
+        np.testing.assert_allclose(val_2[step], val_1[step], atol=1e-6, rtol=0)
+    # The checkpoint two processes wrote together restores in one process.
+    a, b = workdir.open_run(one), workdir.open_run(two)
+    assert a.step == b.step == 6
+    for x, y in zip(jax.tree.leaves(jax.device_get(a.state.params)),
+                    jax.tree.leaves(jax.device_get(b.state.params)), strict=True):  # fmt: skip
+        np.testing.assert_allclose(x, y, atol=1e-6, rtol=0)
