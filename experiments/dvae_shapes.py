@@ -38,8 +38,8 @@ def get_config(variant=None):
     c.checkpoint.update(every_steps=1000, keep=2)
     c.log.every_steps = 50
     if variant == "cpu":  # <= 30 minutes on 2 CPU cores
-        c.model.update(codebook_size=128, widths=(32, 64), tau_anneal_steps=1500)
-        c.train.update(steps=2000)
+        c.model.update(codebook_size=128, widths=(32, 64), tau_anneal_steps=1100)
+        c.train.update(steps=1500)
         c.eval.update(every_steps=500)
         c.checkpoint.update(every_steps=500)
     elif variant == "smoke":
