@@ -59,6 +59,7 @@ def _cmd_train(args) -> None:
 def _train_locked(cfg, run_dir: Path, lock) -> None:
     from genzoo import distributed, workdir
 
+    _compilation_cache(run_dir)
     frozen, data, deps = workdir.prepare_training(cfg, run_dir)  # deps pinned, opened
     from genzoo import metrics
     from genzoo.trainer import Trainer
@@ -84,6 +85,17 @@ def _train_locked(cfg, run_dir: Path, lock) -> None:
     print(f"metrics:     {run_dir / 'metrics.jsonl'} (TensorBoard: {run_dir / 'tensorboard'})")
     if plot:
         print(f"pictures:    {plot}")
+
+
+def _compilation_cache(run_dir: Path) -> None:
+    """XLA's persistent compilation cache in `.jax_cache` beside the workdir, unless one is
+    configured: a second launch of the same experiment reuses its compiled step."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir is None:
+        cache = run_dir.absolute().parent / ".jax_cache"
+        jax.config.update("jax_compilation_cache_dir", str(cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def _cmd_chain(args) -> None:
