@@ -278,3 +278,14 @@ def test_eval_fits_a_saved_mesh_to_the_devices_present(ten_twenty, tmp_path, cap
     code, out, _ = run(capsys, "eval", "--workdir", path, "--json", "--set", "mesh.data=2",
                        "--set", "mesh.fsdp=2", "--set", "mesh.tensor=2")  # fmt: skip
     assert code == 0 and json.loads(out)["loss"] == pytest.approx(want["loss"], abs=1e-5)
+
+
+def test_a_torn_codes_cache_is_encoded_again(tmp_path):
+    from genzoo.data import codes
+
+    path = tmp_path / "codes.npz"
+    np.savez(path, train=np.arange(6).reshape(2, 3))
+    assert codes._read(path, ["train"])["train"].shape == (2, 3)
+    path.write_bytes(path.read_bytes()[:40])
+    assert codes._read(path, ["train"]) is None
+    assert codes._read(tmp_path / "missing.npz", ["train"]) is None

@@ -31,6 +31,17 @@ def _key(tokenizer_run, data) -> str:
     return digest.hexdigest()[:24]
 
 
+def _read(path, splits) -> dict | None:
+    """The cached codes, or None when absent or unreadable (a torn file is encoded again)."""
+    import zipfile
+
+    try:
+        with np.load(path) as saved:
+            return {split: saved[split] for split in splits}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
 def attach_codes(data, tokenizer_run, name: str = "codes"):
     """Adds `name` (int32 [N, h, w]) to every split of captioned-image data and the model
     fields `image_vocab_size` and `image_grid`; returns the data."""
@@ -38,10 +49,8 @@ def attach_codes(data, tokenizer_run, name: str = "codes"):
 
     api = kinds.api_of(tokenizer_run)
     path = sources.cache_dir() / "codes" / f"{_key(tokenizer_run, data)}.npz"
-    if path.is_file():
-        with np.load(path) as saved:
-            codes = {split: saved[split] for split in data.splits}
-    else:
+    codes = _read(path, data.splits)
+    if codes is None:
         log.warning("encoding the images with %s (once; cached in %s)", tokenizer_run.path, path)
         codes = {split: api.encode(data.splits[split][0].astype(np.float32) / 255.0)
                  for split in data.splits}  # fmt: skip
