@@ -1,13 +1,13 @@
 # The two commands of the README: `make demo` and `make test`. Each sets up .venv first.
 PYTHON ?= python3
 VENV := .venv
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 GENZOO := $(VENV)/bin/genzoo
 DEMO_DIR := runs/demo
 
 .PHONY: demo test test-slow chain lint bench mutants clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@echo "setting up $(VENV) (first run only)..."
 	@# METEOR reads WordNet from Debian's wordnet-base; without it `meteor` is null, never an error.
 	@test -f /usr/share/wordnet/data.noun || (command -v apt-get >/dev/null && \
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 		-y -q wordnet-base >/dev/null 2>&1; } ) || echo "note: wordnet-base not installed (meteor: null)"
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e ".[dev]"
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 demo: $(STAMP)
