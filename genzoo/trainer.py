@@ -289,7 +289,7 @@ class Trainer:
                         window_start, window_steps = time.perf_counter(), 0
                     best = None
                     if cfg.eval.every_steps > 0 and (step % cfg.eval.every_steps == 0 or last):
-                        skipped += check(previous)  # never evaluate or keep a skipped step's
+                        skipped += check(previous)  # a skipped step is counted before use
                         previous = None
                         line, row = self._evaluate_into(writer, state.eval_params(), data, step)
                         say(line)
