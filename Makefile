@@ -46,6 +46,7 @@ chain: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/gpt_speed.py
 	$(VENV)/bin/python benchmarks/gpt_train_throughput.py
+	$(VENV)/bin/python benchmarks/family_speed.py
 	$(VENV)/bin/python benchmarks/bits_per_char.py
 
 # Plants known bugs one at a time (tests/mutants.py); slow, outside CI.

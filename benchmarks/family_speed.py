@@ -1,0 +1,99 @@
+"""The same training step timed for every experiment, so a regression in any family shows.
+
+    .venv/bin/python benchmarks/family_speed.py [--steps 10] [--only gpt_shakespeare_char,...]
+
+Each experiment's `cpu` variant (its default config where it has none), real data from
+$GENZOO_DATA_DIR (or the package), one device; families that require trained runs use the
+runs named in their config when they exist and are skipped otherwise. Prints one table
+(examples/s, tokens/s where the data has tokens, MFU where the family counts FLOPs, first
+step, peak memory where the device reports it) and writes benchmarks/results/family_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import jax
+
+from genzoo import data as data_lib
+from genzoo import experiment, metrics, models, requires, workdir
+from genzoo.errors import UserError
+from genzoo.models.protocols import CountsFlops
+from genzoo.trainer import Trainer
+
+
+def measure(name: str, steps: int) -> dict:
+    variant = "cpu" if "cpu" in experiment.variants(name) else None
+    cfg = experiment.load(name, variant, ["log.progress=false"])
+    family = models.get(cfg.model.family)
+    deps = {}
+    if requires.declared(family):
+        cfg.model.requires = requires.pin(family, cfg.model.get("requires"))
+        deps = requires.open_all(cfg.model.requires)
+    data = workdir.with_deps(family, data_lib.load(cfg.data), deps)
+    frozen = workdir.resolve(cfg, data)
+    trainer = Trainer(frozen, devices=jax.devices()[:1], deps=deps)
+    batches = data.train_iterator(frozen.train.batch_size, 0)
+    state = trainer.init_state()
+    t0 = time.perf_counter()
+    state, m = trainer.step(state, next(batches))
+    jax.block_until_ready(m)
+    first = time.perf_counter() - t0
+    state, m = trainer.step(state, next(batches))
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, m = trainer.step(state, next(batches))
+    jax.block_until_ready(m)
+    step_s = (time.perf_counter() - t0) / steps
+    B = frozen.train.batch_size
+    row = {"experiment": name, "variant": variant or "default", "family": cfg.model.family,
+           "batch": B, "step_s": step_s, "first_step_s": first,
+           "examples_per_s": B / step_s}  # fmt: skip
+    tokens = getattr(data, "tokens_per_example", None)
+    if tokens:
+        row["tokens_per_s"] = B * tokens / step_s
+    if isinstance(family, CountsFlops):
+        flops = family.flops_per_example(frozen.model, data.example_shapes)
+        peak, _ = metrics.peak_flops(0.0, frozen.model.get("dtype", "float32"))
+        row["mfu"] = B * flops / step_s / peak
+    stats = jax.devices()[0].memory_stats() or {}
+    row["peak_memory_gib"] = stats.get("peak_bytes_in_use", 0) / 2**30 or None
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--only", default="")
+    p.add_argument("--out", default="benchmarks/results/family_speed.json")
+    args = p.parse_args()
+    names = args.only.split(",") if args.only else [r[0] for r in experiment.list_experiments()]
+    header = ("experiment", "variant", "batch", "step ms", "examples/s", "tokens/s", "MFU",
+              "1st step s")  # fmt: skip
+    print("{:26} {:8} {:>5} {:>9} {:>10} {:>10} {:>6} {:>10}".format(*header), flush=True)
+    rows = []
+    for name in names:
+        try:
+            r = measure(name, args.steps)
+        except UserError as e:  # a required run is missing: say so, keep the table
+            print(f"{name:26} skipped: {e}"[:160], flush=True)
+            continue
+        rows.append(r)
+        tok = f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else "-"
+        mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
+        cells = (name, r["variant"], r["batch"], r["step_s"] * 1e3, r["examples_per_s"], tok, mfu,
+                 r["first_step_s"])  # fmt: skip
+        print("{:26} {:8} {:>5} {:>9.1f} {:>10.1f} {:>10} {:>6} {:>10.1f}".format(*cells),
+              flush=True)  # fmt: skip
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": jax.devices()[0].device_kind, "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
