@@ -6,8 +6,9 @@
     genzoo train dvae_shapes --variant cpu --set model.quantizer=vq --workdir runs/vqvae_shapes
 
 Each 32x32 scene becomes an 8x8 grid of codes from a 128-entry codebook: the first link of
-the text-to-image chain (`dalle_shapes` requires it). Measured (cpu, 2000 steps, 2 CPU cores):
-validation MSE 0.00094, 6.22 bits/dim, codebook perplexity 29.5 (74 codes unused).
+the text-to-image chain (`dalle_shapes` requires it). Measured (cpu, 1500 steps, 26.7 min on 2 CPU
+cores): validation MSE 0.00120 (held-out 0.00184), 6.24 bits/dim, codebook perplexity 22.6 (89 codes
+unused).
 """
 
 from genzoo.experiment import base_config
