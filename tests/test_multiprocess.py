@@ -34,9 +34,23 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
                JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)  # fmt: skip
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "genzoo.cli", *ARGS, "--workdir", str(two),
-             "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "genzoo.cli",
+                *ARGS,
+                "--workdir",
+                str(two),
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )  # fmt: skip
         for i in range(2)
     ]
