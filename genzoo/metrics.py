@@ -26,9 +26,8 @@ class MetricsWriter:
         if not enabled:
             return
         self.path = Path(workdir) / "metrics.jsonl"
-        torn = self.path.is_file() and not self.path.read_bytes().endswith(b"\n")
         self._file = open(self.path, "a")
-        if torn and self.path.stat().st_size:  # a killed run's half line stays on its own
+        if _ends_torn(self.path):  # a killed run's half line stays on its own
             self._file.write("\n")
         self._tb = None
         if tensorboard:
@@ -51,6 +50,15 @@ class MetricsWriter:
             self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _ends_torn(path: Path) -> bool:
+    """Whether a non-empty file's last byte is not a newline (read: that byte only)."""
+    with open(path, "rb") as f:
+        if f.seek(0, 2) == 0:
+            return False
+        f.seek(-1, 2)
+        return f.read(1) != b"\n"
 
 
 def json_safe(figures: dict) -> dict:

@@ -87,6 +87,7 @@ SETUPS = {
 
 RUN, TMP = "{run}", "{tmp}"
 NEW = (*CHAR, "--workdir", f"{TMP}/new")  # were a check missed, nothing lands in ./runs
+IMPORT = ("import", "gpt2", f"{TMP}/gpt2", "--workdir", f"{TMP}/imp")
 CASES = {
     # experiment and overrides
     "unknown experiment": ((("train", "no_such_experiment")), None),
@@ -166,26 +167,11 @@ CASES = {
     "reconstruct a text model": (("sample", "--workdir", RUN, "--reconstruct"), None),
     "corrupt tokenizer file": (("sample", "--workdir", f"{TMP}/copy"), "tokenizer"),
     # import
-    "import truncated safetensors": (
-        ("import", "gpt2", f"{TMP}/gpt2", "--workdir", f"{TMP}/imp"),
-        "truncated",
-    ),  # fmt: skip
-    "import random bytes": (
-        ("import", "gpt2", f"{TMP}/gpt2", "--workdir", f"{TMP}/imp"),
-        "random",
-    ),  # fmt: skip
-    "import incomplete": (
-        ("import", "gpt2", f"{TMP}/gpt2", "--workdir", f"{TMP}/imp"),
-        "incomplete",
-    ),  # fmt: skip
-    "import mis-shaped": (
-        ("import", "gpt2", f"{TMP}/gpt2", "--workdir", f"{TMP}/imp"),
-        "misshaped",
-    ),  # fmt: skip
-    "import without safetensors": (
-        ("import", "gpt2", f"{TMP}/gpt2", "--workdir", f"{TMP}/imp"),
-        "nosafetensors",
-    ),  # fmt: skip
+    "import truncated safetensors": (IMPORT, "truncated"),
+    "import random bytes": (IMPORT, "random"),
+    "import incomplete": (IMPORT, "incomplete"),
+    "import mis-shaped": (IMPORT, "misshaped"),
+    "import without safetensors": (IMPORT, "nosafetensors"),
     "import into a run": (("import", "gpt2", f"{TMP}/gpt2", "--workdir", RUN), "gpt2"),
     "import unknown format": (
         ("import", "llama", f"{TMP}/gpt2", "--workdir", f"{TMP}/imp"),
