@@ -264,7 +264,11 @@ def _quiet_libraries(verbose: bool) -> None:
     import absl.logging
 
     absl.logging.set_verbosity(absl.logging.INFO if verbose else absl.logging.ERROR)
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s")
+    # A library may have configured the root logger first (then basicConfig does nothing):
+    # genzoo's own level decides what it says either way.
+    logging.getLogger("genzoo").setLevel(level)
 
 
 def main(argv=None) -> int:

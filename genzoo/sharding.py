@@ -130,8 +130,19 @@ def check_batch(batch_size: int, mesh: Mesh, axis_rules) -> None:
         raise UserError(f"batch size {batch_size} is not divisible by the {shards} batch shards")
 
 
-def put_batch(batch: dict, sharding: NamedSharding) -> dict:
-    """Host numpy batch -> global jax arrays laid out by `sharding`. Every process holds the
-    whole global batch (same data, same seed) and places only its own devices' rows."""
-    put = lambda x: jax.make_array_from_process_local_data(sharding, x, x.shape)
+def process_rows(sharding: NamedSharding, batch_size: int) -> slice:
+    """The rows of a global batch of `batch_size` that this process's devices hold: all of
+    them in one process, a contiguous 1/P of them per process when the batch is split."""
+    index_map = sharding.addressable_devices_indices_map((batch_size,))
+    spans = {s[0].indices(batch_size)[:2] for s in index_map.values()}
+    lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+    if sum(b - a for a, b in spans) != hi - lo:
+        raise UserError(f"this process's batch rows {sorted(spans)} are not contiguous")
+    return slice(lo, hi)
+
+
+def put_batch(batch: dict, sharding: NamedSharding, batch_size: int) -> dict:
+    """This process's rows of a batch -> global jax arrays of `batch_size` rows laid out by
+    `sharding` (see process_rows)."""
+    put = lambda x: jax.make_array_from_process_local_data(sharding, x, (batch_size, *x.shape[1:]))
     return jax.tree.map(put, batch)

@@ -162,7 +162,8 @@ class Trainer:
 
     def step(self, state: TrainState, batch: dict):
         with sharding.activate(self.mesh, self.rules):
-            return self.train_step(state, sharding.put_batch(batch, self.batch_sharding), self.deps)
+            batch = sharding.put_batch(batch, self.batch_sharding, self.cfg.train.batch_size)
+            return self.train_step(state, batch, self.deps)
 
     def evaluate(self, params, data, split: str | None = None, max_batches: int | None = None):
         """Whole-split figures (or the first `max_batches` batches) from the family's summary."""
@@ -171,9 +172,12 @@ class Trainer:
         max_batches = e.max_batches if max_batches is None else max_batches
         totals: dict[str, float] = {}
         with sharding.activate(self.mesh, self.rules):
+            rows = sharding.process_rows(self.batch_sharding, e.batch_size)
             for i, batch in enumerate(data.eval_batches(split, e.batch_size, max_batches)):
                 rng = jax.random.fold_in(jax.random.PRNGKey(e.seed), i)  # same figures every call
-                sums = self.eval_step(params, sharding.put_batch(batch, self.batch_sharding), rng)
+                batch = jax.tree.map(lambda x: x[rows], batch)
+                batch = sharding.put_batch(batch, self.batch_sharding, e.batch_size)
+                sums = self.eval_step(params, batch, rng)
                 for k, v in jax.device_get(sums).items():
                     totals[k] = totals.get(k, 0.0) + np.float64(v)  # host float64: no drift
         return self.family.eval_summary(totals, data.meta(split))
@@ -222,7 +226,10 @@ class Trainer:
         cfg, c = self.cfg, self.cfg.checkpoint
         ckpt = Checkpointer(Path(workdir) / "checkpoints", c.keep, c.async_save,
                             keep_best=c.keep_best, best_mode=c.best_mode)  # fmt: skip
-        train_iter = data.train_iterator(cfg.train.batch_size, cfg.train.seed)
+        rows = sharding.process_rows(self.batch_sharding, cfg.train.batch_size)
+        log.info("process %d of %d reads rows %d:%d of each batch of %d", jax.process_index(),
+                 jax.process_count(), rows.start, rows.stop, cfg.train.batch_size)  # fmt: skip
+        train_iter = data.train_iterator(cfg.train.batch_size, cfg.train.seed, rows=rows)
         state, latest = self._start(ckpt, train_iter, init_params)
         step = int(state.step)
         main = distributed.is_main()  # files and progress: process 0 only

@@ -83,10 +83,20 @@ SETUPS = {
     "misshaped": lambda runs, tmp: _gpt2_dir(tmp / "gpt2", reshape="h.0.attn.c_attn.weight"),
     "nosafetensors": lambda runs, tmp: (_gpt2_dir(tmp / "gpt2") / "model.safetensors").unlink(),
     "empty": lambda runs, tmp: (tmp / "empty").mkdir(),
+    "corpus_noval": lambda runs, tmp: _corpus(tmp, {"train.bin": 4000}),
+    "corpus_odd": lambda runs, tmp: _corpus(tmp, {"train.bin": 4001, "val.bin": 400}),
 }
+
+
+def _corpus(tmp: Path, sizes: dict) -> None:
+    (tmp / "corpus").mkdir()
+    for name, size in sizes.items():
+        (tmp / "corpus" / name).write_bytes(bytes(size))
+
 
 RUN, TMP = "{run}", "{tmp}"
 NEW = (*CHAR, "--workdir", f"{TMP}/new")  # were a check missed, nothing lands in ./runs
+CORPUS = ("train", "gpt_token_corpus", "--variant", "smoke", "--workdir", f"{TMP}/new")
 IMPORT = ("import", "gpt2", f"{TMP}/gpt2", "--workdir", f"{TMP}/imp")
 CASES = {
     # experiment and overrides
@@ -147,6 +157,11 @@ CASES = {
         (*CHAR, "--init-from", f"{RUN}@banana", "--workdir", f"{TMP}/new"),
         None,
     ),  # fmt: skip
+    # token corpora
+    "corpus path unset": (CORPUS, None),
+    "corpus path not a folder": ((*CORPUS, "--set", f"data.path={TMP}/afile"), "file"),
+    "corpus without val.bin": ((*CORPUS, "--set", f"data.path={TMP}/corpus"), "corpus_noval"),
+    "corpus not uint16": ((*CORPUS, "--set", f"data.path={TMP}/corpus"), "corpus_odd"),
     # eval
     "eval missing workdir": (("eval", "--workdir", f"{TMP}/missing"), None),
     "eval not a workdir": (("eval", "--workdir", f"{TMP}/empty"), "empty"),

@@ -38,6 +38,7 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
                 sys.executable,
                 "-m",
                 "genzoo.cli",
+                "-v",
                 *ARGS,
                 "--workdir",
                 str(two),
@@ -57,6 +58,9 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err.decode()[-2000:]
+    # Each process reads only its half of every global batch of 8.
+    for i, (_, err) in enumerate(outs):
+        assert f"process {i} of 2 reads rows {4 * i}:{4 * i + 4} of each batch of 8" in err.decode()
     # Only process 0 prints (gloo itself announces its ranks on every process).
     assert b"checkpoints:" in outs[0][0] and b"checkpoints:" not in outs[1][0]
     assert b"validation loss" not in outs[1][0]
@@ -72,3 +76,10 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
     for x, y in zip(jax.tree.leaves(jax.device_get(a.state.params)),
                     jax.tree.leaves(jax.device_get(b.state.params)), strict=True):  # fmt: skip
         np.testing.assert_allclose(x, y, atol=1e-6, rtol=0)
+    # ... and the run goes on in one process exactly as the one-process run does.
+    more = ["--set", "train.steps=8"]
+    assert cli.main([*ARGS, *more, "--workdir", str(one)]) == 0
+    assert cli.main([*ARGS, *more, "--workdir", str(two)]) == 0
+    (train_1, _), (train_2, _) = _losses(one), _losses(two)
+    for step in (7, 8):
+        np.testing.assert_allclose(train_2[step], train_1[step], atol=1e-6, rtol=0)

@@ -1,7 +1,8 @@
 """Data sets by name. Each loader takes the `data` config section and returns a data object.
 
-A data object offers `train_iterator(batch_size, seed)` (a grain iterator with
-`get_state`/`set_state`), `eval_batches(split, batch_size, max_batches)` (padded
+A data object offers `train_iterator(batch_size, seed, rows)` (a grain iterator with
+`get_state`/`set_state` over global batches, reading only `rows` of each: this process's
+share, see batches.py), `eval_batches(split, batch_size, max_batches)` (padded
 batches with a `mask`), `model_fields` (config the model takes from the data, such
 as the vocabulary size), `meta(split)` (what evaluation needs, such as chars per token)
 and `artifacts` ({file name: bytes} kept in the workdir, such as a trained tokenizer).
@@ -20,6 +21,7 @@ import tensorflow_datasets as tfds
 from genzoo.data import (
     bible,
     captions,
+    corpus,
     fashion_mnist,
     sentences,
     shakespeare,
@@ -30,7 +32,7 @@ from genzoo.data import (
 from genzoo.data.captions import CaptionedImages
 from genzoo.data.examples import ExampleData
 from genzoo.data.images import ImageData
-from genzoo.data.text import CharTokenizer, TokenStreamData
+from genzoo.data.text import CharTokenizer, IdTokenizer, TokenStreamData
 from genzoo.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,27 @@ def tinyshakespeare_gpt2(cfg, workdir=None) -> TokenStreamData:
     raise UserError(
         f"no GPT-2 tokenizer (vocab.json, merges.txt) in {', '.join(map(str, folders))}"
     )
+
+
+def token_corpus(cfg, workdir=None) -> TokenStreamData:
+    """A corpus of uint16 token ids at `cfg.path` (train.bin, val.bin: nanoGPT's layout), read
+    from disk by index, never loaded whole. Text through GPT-2's tokenizer when the workdir or
+    `cfg.tokenizer_dir` has its files, else as ids."""
+    if not cfg.path:
+        raise UserError("data.path: set it to a folder with train.bin and val.bin (uint16 ids)")
+    if not Path(cfg.path).is_dir():
+        raise UserError(f"data.path={cfg.path!r} is not a folder")
+    splits, vocab_size = corpus.open_corpus(cfg.path)
+    per_token = {s: 0.0 for s in splits}  # characters per token unknown: bits/token only
+    folders = [Path(d) for d in (workdir, cfg.tokenizer_dir) if d]
+    for folder in folders:
+        if all((folder / name).is_file() for name in tokenizers.GPT2_FILES):
+            files = {name: (folder / name).read_bytes() for name in tokenizers.GPT2_FILES}
+            tokenizer = tokenizers.GPT2Tokenizer(files)
+            if tokenizer.vocab_size < vocab_size:
+                raise UserError(f"{cfg.path} has ids up to {vocab_size - 1}, beyond GPT-2's")
+            return TokenStreamData(splits, tokenizer, cfg.seq_len, per_token, files)
+    return TokenStreamData(splits, IdTokenizer(vocab_size), cfg.seq_len, per_token)
 
 
 # Characters of the Bible's English that tiny Shakespeare lacks, mapped to ones it has, so a
@@ -273,6 +296,7 @@ LOADERS = {
     "bible_en_char": bible_en_char,
     "tinyshakespeare_bpe": tinyshakespeare_bpe,
     "tinyshakespeare_gpt2": tinyshakespeare_gpt2,
+    "token_corpus": token_corpus,
     "bible_es_en": bible_es_en,
     "wmt14_en_de": wmt14_en_de,
     "english_mlm": sentences.english_mlm,

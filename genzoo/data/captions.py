@@ -18,6 +18,7 @@ import grain
 import numpy as np
 
 from genzoo.data import fashion_mnist, shapes
+from genzoo.data.batches import id_batches
 from genzoo.data.images import padded_batches
 from genzoo.errors import UserError
 
@@ -169,12 +170,12 @@ class CaptionedImages:
             raise UserError(f"unknown split {split!r} (have: {', '.join(self.splits)})")
         return self.splits[split]
 
-    def train_iterator(self, batch_size: int, seed: int):
+    def train_iterator(self, batch_size: int, seed: int, rows: slice | None = None):
         images, labels, captions, counts = self._split(self.train_split)
         to_batch = _Batch(images, labels, captions)
-        ds = (grain.MapDataset.range(len(images)).shuffle(seed=seed).repeat(None)
-              .random_map(_DrawPhrasing(counts), seed=seed + 1)
-              .batch(batch_size, drop_remainder=True).map(_Unpack(to_batch)))  # fmt: skip
+        ids = (grain.MapDataset.range(len(images)).shuffle(seed=seed).repeat(None)
+               .random_map(_DrawPhrasing(counts), seed=seed + 1))  # fmt: skip
+        ds = id_batches(ids, batch_size, rows).map(_Unpack(to_batch))
         return iter(ds.to_iter_dataset())
 
     def eval_batches(self, split: str, batch_size: int, max_batches: int = -1):

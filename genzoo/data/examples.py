@@ -18,6 +18,7 @@ from __future__ import annotations
 import grain
 import numpy as np
 
+from genzoo.data.batches import id_batches
 from genzoo.errors import UserError
 
 
@@ -142,13 +143,13 @@ class ExampleData:
     def meta(self, split: str) -> dict:
         return {"num_examples": self.num_examples(split)}
 
-    def train_iterator(self, batch_size: int, seed: int):
+    def train_iterator(self, batch_size: int, seed: int, rows: slice | None = None):
         if self.packed_rows is not None:
             ids = grain.MapDataset.range(len(self.packed_rows)).shuffle(seed=seed).repeat(None)
-            rows = _PackRows(self.packed_rows, self.splits["train"], self.lengths)
-            return iter(ids.batch(batch_size, drop_remainder=True).map(rows).to_iter_dataset())
+            pack = _PackRows(self.packed_rows, self.splits["train"], self.lengths)
+            return iter(id_batches(ids, batch_size, rows).map(pack).to_iter_dataset())
         ids = grain.MapDataset.range(self.num_examples("train")).shuffle(seed=seed).repeat(None)
-        ds = ids.batch(batch_size, drop_remainder=True)
+        ds = id_batches(ids, batch_size, rows)
         return iter(
             ds.map(_Pad(self.splits["train"], self.lengths, self.labels["train"])).to_iter_dataset()
         )

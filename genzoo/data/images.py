@@ -10,6 +10,7 @@ from __future__ import annotations
 import grain
 import numpy as np
 
+from genzoo.data.batches import id_batches
 from genzoo.errors import UserError
 
 
@@ -59,10 +60,10 @@ class ImageData:
     def meta(self, split: str) -> dict:
         return {"class_names": self.class_names}
 
-    def train_iterator(self, batch_size: int, seed: int):
+    def train_iterator(self, batch_size: int, seed: int, rows: slice | None = None):
         images, labels = self.splits["train"]
         ids = grain.MapDataset.range(len(images)).shuffle(seed=seed).repeat(None)
-        ds = ids.batch(batch_size, drop_remainder=True).map(_Gather(images, labels))
+        ds = id_batches(ids, batch_size, rows).map(_Gather(images, labels))
         return iter(ds.to_iter_dataset())
 
     def eval_batches(self, split: str, batch_size: int, max_batches: int = -1):

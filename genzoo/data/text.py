@@ -12,6 +12,7 @@ from __future__ import annotations
 import grain
 import numpy as np
 
+from genzoo.data.batches import id_batches
 from genzoo.errors import UserError
 
 
@@ -34,6 +35,26 @@ class CharTokenizer:
 
     def decode(self, ids) -> str:
         return "".join(self.vocab[int(i)] for i in ids if 0 <= int(i) < len(self.vocab))
+
+
+class IdTokenizer:
+    """A corpus that comes as token ids only: text is the ids, separated by spaces."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            ids = [int(t) for t in text.split()]
+        except ValueError:
+            raise UserError("this corpus has no tokenizer: give prompts as token ids") from None
+        if any(not 0 <= i < self.vocab_size for i in ids):
+            raise UserError(f"token ids must be in [0, {self.vocab_size})")
+        return ids
+
+    def decode(self, ids) -> str:
+        # Each id with its own leading space, so a continuation appends to a prompt cleanly.
+        return "".join(f" {int(i)}" for i in ids)
 
 
 class _Windows:
@@ -80,16 +101,16 @@ class TokenStreamData:
     def meta(self, split: str) -> dict:
         return {"chars_per_token": self.chars_per_token[split]}
 
-    def train_iterator(self, batch_size: int, seed: int):
+    def train_iterator(self, batch_size: int, seed: int, rows: slice | None = None):
         tokens = self.splits["train"]
         starts = grain.MapDataset.range(len(tokens) - self.seq_len - 1)
-        ds = starts.shuffle(seed=seed).repeat(None).batch(batch_size, drop_remainder=True)
+        ds = id_batches(starts.shuffle(seed=seed).repeat(None), batch_size, rows)
         return iter(ds.map(_Windows(tokens, self.seq_len)).to_iter_dataset())
 
     def eval_batches(self, split: str, batch_size: int, max_batches: int = -1):
         if split not in self.splits:
             raise UserError(f"unknown split {split!r} (have: {', '.join(self.splits)})")
-        tokens = self.splits[split].astype(np.int32)
+        tokens = self.splits[split]  # may be on disk (RecordTokens): read row by row
         L = self.seq_len
         num_windows = -(-(len(tokens) - 1) // L)
         num_batches = -(-num_windows // batch_size)
@@ -104,8 +125,8 @@ class TokenStreamData:
                 n = min(L, len(tokens) - 1 - start)
                 if n <= 0:
                     break
-                inputs_BxL[row, :n] = tokens[start : start + n]
-                targets_BxL[row, :n] = tokens[start + 1 : start + 1 + n]
+                window = np.asarray(tokens[start : start + n + 1], np.int32)
+                inputs_BxL[row, :n], targets_BxL[row, :n] = window[:-1], window[1:]
                 mask_BxL[row, :n] = 1.0
             yield {"inputs": inputs_BxL, "targets": targets_BxL, "mask": mask_BxL}
 
