@@ -27,6 +27,8 @@ def get_config(variant=None):
         ln_epsilon=1e-5,
         gelu_approximate=False,
         dtype="float32",
+        remat="none",  # or full / dots: recompute activations in the backward pass
+        loss_chunk=0,  # > 0: logits for this many positions at a time (large vocabularies)
     )
     c.data = dict(name="tinyshakespeare_char", seq_len=256)
     c.train.update(steps=5000, batch_size=64, seed=1337)

@@ -23,7 +23,7 @@ def get_config(variant=None):
     c.experiment.description = "GPT-2 124M on a uint16 token corpus read from disk"
     c.model.update(
         vocab_size=-1, block_size=1024, num_layers=12, num_heads=12, width=768,
-        dropout=0.0, dtype="bfloat16",
+        dropout=0.0, dtype="bfloat16", loss_chunk=128,
     )  # fmt: skip
     c.data = dict(name="token_corpus", path="", tokenizer_dir="", seq_len=1024)
     c.train.update(steps=600_000, batch_size=12 * 40, grad_accum=40, seed=1337)
@@ -31,7 +31,8 @@ def get_config(variant=None):
     c.eval.update(every_steps=2000, max_batches=200)
     c.checkpoint.update(every_steps=2000, keep=3, keep_best="val/loss")
     if variant == "smoke":
-        c.model.update(block_size=32, num_layers=2, num_heads=2, width=32, dtype="float32")
+        c.model.update(block_size=32, num_layers=2, num_heads=2, width=32, dtype="float32",
+                       loss_chunk=16)  # fmt: skip
         c.data.seq_len = 32
         c.train.update(steps=20, batch_size=8, grad_accum=1)
         c.optim.update(warmup_steps=5, b2=0.99)

@@ -21,7 +21,9 @@ from genzoo.errors import UserError
 
 # Keys that may differ between a run and its resume: run length, mesh layout, logging,
 # evaluation and checkpoint cadence. Everything else (model, data, optimizer) must match.
-RESUMABLE_PREFIXES = ("train.steps", "mesh.", "log.", "eval.", "checkpoint.", "experiment.")
+# How a step is computed (rematerialisation, loss chunks) may change too: same values.
+RESUMABLE_PREFIXES = ("train.steps", "mesh.", "log.", "eval.", "checkpoint.", "experiment.",
+                      "model.remat", "model.loss_chunk")  # fmt: skip
 
 DEFAULT_RULES = (
     # Parameters: FSDP shards the model width, tensor parallelism the wide dimensions.

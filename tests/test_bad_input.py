@@ -126,6 +126,8 @@ CASES = {
     "best metric": ((*NEW, "--set", "checkpoint.keep_best=loss"), None),
     "every seconds negative": ((*NEW, "--set", "checkpoint.every_seconds=-1.0"), None),
     "sequence past the context": ((*NEW, "--set", "data.seq_len=64"), None),
+    "unknown remat policy": ((*NEW, "--set", "model.remat=some"), None),
+    "loss chunk not dividing": ((*NEW, "--set", "model.loss_chunk=5"), None),
     # meshes
     "mesh not dividing devices": ((*NEW, "--set", "mesh.data=3"), None),
     "mesh 0": ((*NEW, "--set", "mesh.data=0"), None),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -15,11 +16,33 @@ def token_nll(logits_BxLxV, targets_BxL):
     )
 
 
+def chunked_token_nll(x_BxLxD, table_PxD, targets_BxL, vocab_size: int, chunk: int):
+    """`token_nll` of the tied head `x @ table.T` (rows past `vocab_size` are padding),
+    `chunk` positions at a time: each chunk's logits are recomputed in the backward pass
+    (jax.checkpoint) instead of kept, so at most [B, chunk, P] logits exist at once.
+    Chunks run along the sequence, so every chunk keeps the batch's sharding."""
+    B, L, D = x_BxLxD.shape
+    x_CxBxKxD = x_BxLxD.reshape(B, L // chunk, chunk, D).swapaxes(0, 1)
+    t_CxBxK = targets_BxL.reshape(B, L // chunk, chunk).swapaxes(0, 1)
+    table_PxD = table_PxD.astype(x_BxLxD.dtype)
+
+    @jax.checkpoint
+    def piece(x_BxKxD, t_BxK):
+        logits_BxKxV = (x_BxKxD @ table_PxD.T)[..., :vocab_size]
+        return token_nll(logits_BxKxV, t_BxK)
+
+    nll_CxBxK = jax.lax.map(lambda args: piece(*args), (x_CxBxKxD, t_CxBxK))
+    return nll_CxBxK.swapaxes(0, 1).reshape(B, L)
+
+
+def masked_mean(nll_BxL, mask_BxL):
+    """Mean nats per unmasked token, and the metrics a trainer logs for it."""
+    return jnp.sum(nll_BxL * mask_BxL) / jnp.maximum(jnp.sum(mask_BxL), 1.0), {}
+
+
 def mean_nll(logits_BxLxV, targets_BxL, mask_BxL):
     """Mean nats per unmasked token, and the metrics a trainer logs for it."""
-    nll_BxL = token_nll(logits_BxLxV, targets_BxL)
-    loss = jnp.sum(nll_BxL * mask_BxL) / jnp.maximum(jnp.sum(mask_BxL), 1.0)
-    return loss, {}
+    return masked_mean(token_nll(logits_BxLxV, targets_BxL), mask_BxL)
 
 
 def nll_sums(logits_BxLxV, targets_BxL, mask_BxL) -> dict:

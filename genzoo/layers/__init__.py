@@ -3,9 +3,10 @@
 from genzoo.layers.attention import Attention, cross_kv
 from genzoo.layers.basic import MLP, Embed, LayerNorm, partitioned, sinusoidal_positions
 from genzoo.layers.conv import ConvDecoder, ConvEncoder
-from genzoo.layers.transformer import TransformerBlock
+from genzoo.layers.transformer import REMAT_POLICIES, TransformerBlock, call_block
 
 __all__ = [
+    "REMAT_POLICIES",
     "MLP",
     "Attention",
     "ConvDecoder",
@@ -13,6 +14,7 @@ __all__ = [
     "Embed",
     "LayerNorm",
     "TransformerBlock",
+    "call_block",
     "cross_kv",
     "partitioned",
     "sinusoidal_positions",

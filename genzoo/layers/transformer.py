@@ -9,6 +9,7 @@ so imported checkpoints map onto them once.
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from genzoo.layers.attention import Attention
@@ -112,3 +113,27 @@ class TransformerBlock(nn.Module):
         )
         x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "act_embed"))
         return x_BxLxD, (new_cache if cache else None)
+
+
+# What a rematerialised block keeps for the backward pass; the rest is recomputed.
+REMAT_POLICIES = {
+    "none": None,  # keep every activation (fastest, most memory)
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only the block's input
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep weight matmuls'
+    # outputs: recompute norms, activations, softmax (cheap, and the largest on long contexts)
+}
+
+
+def _call(block, x_BxLxD, arrays: dict, deterministic: bool):
+    return block(x_BxLxD, deterministic=deterministic, **arrays)
+
+
+def call_block(block: TransformerBlock, remat: str, x_BxLxD, deterministic: bool, **arrays):
+    """`block(x, deterministic=..., **arrays)`, rematerialised under policy `remat` (same
+    values and gradients, less activation memory). Not with a cache: decoding keeps nothing
+    for a backward pass."""
+    if remat == "none" or arrays.get("cache") is not None:
+        return block(x_BxLxD, deterministic=deterministic, **arrays)
+    # `deterministic` decides Python branches (dropout or not): static, so passed by position.
+    rematted = nn.remat(_call, policy=REMAT_POLICIES[remat], static_argnums=(3,))
+    return rematted(block, x_BxLxD, arrays, deterministic)

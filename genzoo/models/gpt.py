@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from genzoo import sampling
 from genzoo.errors import UserError
 from genzoo.evaluation import lm
-from genzoo.layers import Embed, LayerNorm, TransformerBlock
+from genzoo.layers import REMAT_POLICIES, Embed, LayerNorm, TransformerBlock, call_block
 from genzoo.models.base import FromConfig, require_transformer_shape
 
 KIND = "language_model"
@@ -34,11 +34,17 @@ class GPTConfig(FromConfig):
     ln_epsilon: float = 1e-5
     gelu_approximate: bool = False
     dtype: str = "float32"  # compute dtype; parameters stay float32
+    remat: str = "none"  # activation rematerialisation per block: none, full, dots
+    loss_chunk: int = 0  # > 0: the loss's logits for this many positions at a time
 
     def validate(self) -> None:
         require_transformer_shape(
             self, "vocab_size", "num_layers", "num_heads", "width", "block_size"
         )
+        if self.remat not in REMAT_POLICIES:
+            raise UserError(f"model.remat={self.remat!r}: one of {', '.join(REMAT_POLICIES)}")
+        if self.loss_chunk < 0:
+            raise UserError(f"model.loss_chunk must be >= 0, got {self.loss_chunk}")
 
     @property
     def padded_vocab(self) -> int:
@@ -50,8 +56,9 @@ class GPT(nn.Module):
     cfg: GPTConfig
 
     @nn.compact
-    def __call__(self, tokens_BxL, *, cache=None, deterministic=True):
-        """Logits [B, L, vocab_size] (float32) and the updated cache (None without one).
+    def __call__(self, tokens_BxL, *, cache=None, deterministic=True, hidden_only=False):
+        """Logits [B, L, vocab_size] (float32) and the updated cache (None without one);
+        with `hidden_only`, the final normalised states [B, L, D] and the head's table.
 
         A cache's `pad` [B] counts left-padding slots per row: positions start after them,
         so a left-padded prompt gives the same logits as the same prompt alone.
@@ -75,7 +82,7 @@ class GPT(nn.Module):
             key_valid_BxT = jnp.arange(cache["layers"][0]["self"]["k"].shape[1]) >= pad_B[:, None]
         new_layers = []
         for i in range(c.num_layers):
-            x_BxLxD, layer_cache = TransformerBlock(
+            block = TransformerBlock(
                 num_heads=c.num_heads,
                 mlp_hidden=4 * c.width,
                 mode="causal",
@@ -87,15 +94,20 @@ class GPT(nn.Module):
                 out_std=0.02 / (2 * c.num_layers) ** 0.5,
                 dtype=dtype,
                 name=f"block_{i}",
-            )(
+            )
+            x_BxLxD, layer_cache = call_block(
+                block,
+                c.remat,
                 x_BxLxD,
+                deterministic,
                 key_valid_BxL=key_valid_BxT,
                 cache=None if cache is None else cache["layers"][i],
                 cache_index=start,
-                deterministic=deterministic,
             )
             new_layers.append(layer_cache)
         x_BxLxD = LayerNorm(c.ln_epsilon, c.use_bias, dtype, name="ln_f")(x_BxLxD)
+        if hidden_only:  # for a loss that applies the tied head itself (chunked_token_nll)
+            return x_BxLxD, wte.table_NxD
         # Constrain the padded vocabulary (divides any `tensor` axis), then drop the padding.
         logits_BxLxP = nn.with_logical_constraint(
             wte.attend(x_BxLxD), ("batch", "length", "act_vocab")
@@ -126,16 +138,29 @@ def logits(params, tokens_BxL, cfg):
     return GPT(GPTConfig.from_cfg(cfg)).apply({"params": params}, tokens_BxL)[0]
 
 
+def _token_nll(params, batch, rng, c: GPTConfig, train: bool):
+    """Nats of each target [B, L]; with `loss_chunk`, the logits of only that many positions
+    exist at once (forward and backward): the vocabulary-wide float32 logits of the whole
+    batch, the step's largest array for big vocabularies, are never built."""
+    rngs = {"dropout": rng} if train else {}
+    apply = lambda **kw: GPT(c).apply(
+        {"params": params}, batch["inputs"], deterministic=not train, rngs=rngs, **kw
+    )
+    if not c.loss_chunk:
+        return lm.token_nll(apply()[0], batch["targets"])
+    x_BxLxD, table_PxD = apply(hidden_only=True)
+    return lm.chunked_token_nll(x_BxLxD, table_PxD, batch["targets"], c.vocab_size, c.loss_chunk)
+
+
 def loss(params, batch, rng, cfg, *, train: bool = True, step=0):
     """Mean next-token cross-entropy in nats over `batch['mask']`."""
-    logits_BxLxV, _ = GPT(GPTConfig.from_cfg(cfg)).apply(
-        {"params": params}, batch["inputs"], deterministic=not train, rngs={"dropout": rng}
-    )
-    return lm.mean_nll(logits_BxLxV, batch["targets"], batch["mask"])
+    nll_BxL = _token_nll(params, batch, rng, GPTConfig.from_cfg(cfg), train)
+    return lm.masked_mean(nll_BxL, batch["mask"])
 
 
 def eval_sums(params, batch, rng, cfg):
-    return lm.nll_sums(logits(params, batch["inputs"], cfg), batch["targets"], batch["mask"])
+    nll_BxL = _token_nll(params, batch, rng, GPTConfig.from_cfg(cfg), train=False)
+    return {"nll": jnp.sum(nll_BxL * batch["mask"]), "num_tokens": jnp.sum(batch["mask"])}
 
 
 def eval_summary(totals, meta):
@@ -148,6 +173,9 @@ def check_config(cfg, shapes) -> None:
     if seq_len > cfg.block_size:
         raise UserError(f"data.seq_len {seq_len} exceeds the model's context "
                         f"model.block_size={cfg.block_size}")  # fmt: skip
+    chunk = cfg.get("loss_chunk", 0)
+    if chunk and seq_len % chunk:
+        raise UserError(f"model.loss_chunk={chunk} must divide data.seq_len={seq_len}")
 
 
 def flops_per_example(cfg, shapes) -> float:
