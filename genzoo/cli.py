@@ -1,4 +1,4 @@
-"""`genzoo list | train | chain | eval | sample | import`: parsing and error reporting only.
+"""`genzoo list | train | chain | eval | sample | import | quantize`: parsing and error reporting.
 
 Any `UserError` (and any argument error) becomes one line on stderr and exit code 2.
 """
@@ -47,6 +47,8 @@ def _cmd_train(args) -> None:
     if cfg.train.steps < 1:
         raise UserError(f"train.steps must be at least 1, got {cfg.train.steps}")
     run_dir = Path(args.workdir or Path("runs") / cfg.experiment.name)
+    if (run_dir / workdir.QUANTIZED_MARKER).is_file():
+        raise UserError(f"{run_dir} is a quantized copy (eval and sample only): train the original")
     lock = workdir.WriterLock(run_dir, enabled=distributed.is_main())  # file, read-only, busy
     if run_dir.is_dir():
         lock.acquire()
@@ -143,6 +145,22 @@ def _cmd_import(args) -> None:
         Path(args.path), Path(args.workdir)
     )
     print(f"imported {args.path} into {run_dir} (genzoo eval/sample --workdir {run_dir})")
+
+
+def _cmd_quantize(args) -> None:
+    from genzoo import quantize, workdir
+
+    out = Path(args.out)
+    if out.exists():
+        raise UserError(f"--out {out} exists; quantize into a new folder")
+    if quantize.is_quantized(Path(args.workdir)):
+        raise UserError(f"{args.workdir} is already quantized")
+    run = workdir.open_run(Path(args.workdir), checkpoint=workdir.parse_checkpoint(args.checkpoint))
+    counts = quantize.write(run, out)
+    mib = lambda n: n / 2**20  # noqa: E731
+    print(f"quantized {counts['quantized']} weight arrays to int8 (kept {counts['kept']} float): "
+          f"{mib(counts['bytes_before']):.1f} MiB -> {mib(counts['bytes_after']):.1f} MiB in {out}"
+          f" (genzoo eval/sample --workdir {out})")  # fmt: skip
 
 
 def _check_sampling_args(args) -> None:
@@ -247,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     i.add_argument("--workdir", required=True)
     i.set_defaults(fn=_cmd_import)
+
+    q = sub.add_parser("quantize", help="an int8 weight-only copy of a run (eval, sample)")
+    q.add_argument("--workdir", required=True)
+    q.add_argument("--out", required=True, help="a new workdir for the copy")
+    q.add_argument("--checkpoint", default="latest", help=CHECKPOINT_HELP)
+    q.set_defaults(fn=_cmd_quantize)
 
     s = sub.add_parser("sample", help="generate from the latest checkpoint")
     s.add_argument("--workdir", required=True)

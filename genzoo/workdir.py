@@ -157,6 +157,8 @@ def open_run(workdir: Path, overrides=(), checkpoint: str | int = "latest") -> R
     config_checks.check(cfg)
     if not any(o.startswith("mesh.") for o in overrides):
         fit_mesh(cfg)
+    if (workdir / QUANTIZED_MARKER).is_file():
+        return _open_quantized(workdir, cfg, checkpoint)
     checkpoints = workdir / "checkpoints"
     if not checkpoints.is_dir():
         raise UserError(f"no checkpoint in {workdir}: train it first")
@@ -171,6 +173,29 @@ def open_run(workdir: Path, overrides=(), checkpoint: str | int = "latest") -> R
     finally:
         ckpt.close()
     return Run(frozen, data, trainer, state, step, workdir, deps)
+
+
+QUANTIZED_MARKER = "quantized.json"  # = quantize.MARKER (that module imports jax)
+
+
+def _open_quantized(workdir: Path, cfg, checkpoint) -> Run:
+    """A `genzoo quantize` copy: one set of int8 weights, dequantised onto the devices."""
+    import jax
+
+    from genzoo import quantize
+    from genzoo.train_step import TrainState
+    from genzoo.trainer import Trainer
+
+    if checkpoint != "latest":
+        raise UserError(f"{workdir} is a quantized copy with one set of weights: "
+                        "--checkpoint does not apply")  # fmt: skip
+    frozen = ml_collections.FrozenConfigDict(cfg)
+    deps = requires.open_all(cfg.model.get("requires"))
+    data = with_deps(models.get(cfg.model.family), data_lib.load(cfg.data, workdir), deps)
+    trainer = Trainer(frozen, deps=deps)
+    params, step = quantize.load(workdir, trainer.abstract_state.params)
+    params = jax.device_put(params, trainer.state_shardings.params)
+    return Run(frozen, data, trainer, TrainState(step, params, None, None), step, workdir, deps)
 
 
 class WriterLock:
