@@ -75,6 +75,13 @@ def base_config() -> ml_collections.ConfigDict:
         eps=1e-8,
         weight_decay=0.1,
         clip_norm=1.0,
+        # Magnitude pruning of the kernels (genzoo/pruning.py): 0 = dense; the sparsity rises
+        # from prune_begin to prune_end (-1: 3/4 of train.steps), masks renewed every prune_every.
+        prune_sparsity=0.0,
+        prune_scope="layer",  # or "global": one magnitude threshold over all kernels
+        prune_begin=0,
+        prune_end=-1,
+        prune_every=50,
         # Per parameter group overrides of the fields above, e.g. {"generator": {"lr": 2e-4}}:
         # each top-level group of the params gets its own optimizer (a GAN's two players).
         groups=ml_collections.ConfigDict(),
@@ -256,9 +263,16 @@ def _flatten(tree, prefix=""):
     return out
 
 
+# Keys added to every experiment after runs were saved without them, with the value that
+# behaves as the code did before: such a run resumes when its new config has that value.
+ADDED_KEYS = {"optim.prune_sparsity": 0.0, "optim.prune_scope": "layer", "optim.prune_begin": 0,
+              "optim.prune_end": -1, "optim.prune_every": 50}  # fmt: skip
+
+
 def resume_conflicts(saved: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:
     """Keys whose values differ and may not change on resume (model, data, optimizer...)."""
     a = _flatten(json.loads(to_json(saved)))
     b = _flatten(json.loads(to_json(new)))
+    a.update({k: v for k, v in ADDED_KEYS.items() if k not in a and k in b})
     keys = sorted(set(a) | set(b))
     return [k for k in keys if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_PREFIXES)]

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from genzoo import pruning
 from genzoo.errors import UserError
 
 GROUP_FIELDS = ("lr", "min_lr", "warmup_steps", "b1", "b2", "eps", "weight_decay", "clip_norm")
@@ -91,6 +92,25 @@ def trainable_mask(params, trainable: str):
 
 
 def build(o, params, trainable: str = "", model_state: str | None = None):
+    """`_build`'s optimizer, followed by magnitude pruning of the trained kernels when
+    `o.prune_sparsity > 0`."""
+    tx = _build(o, params, trainable, model_state)
+    if o.get("prune_sparsity", 0.0) <= 0:
+        return tx
+
+    def prunable(tree):
+        chosen = jax.tree.map(lambda k, t: k and t, pruning.kernels(tree),
+                              trainable_mask(tree, trainable))  # fmt: skip
+        if model_state:
+            chosen = {**chosen, model_state: jax.tree.map(lambda _: False, tree[model_state])}
+        return chosen
+
+    return optax.chain(tx, pruning.magnitude_pruning(
+        o.prune_sparsity, o.prune_begin, o.prune_end, o.prune_every, o.prune_scope, prunable
+    ))  # fmt: skip
+
+
+def _build(o, params, trainable: str = "", model_state: str | None = None):
     """AdamW (one per top-level group of `params` with `o.groups`); frozen parameters get none.
 
     `params` may be arrays or shapes. Frozen parameters (outside `trainable`) and the model

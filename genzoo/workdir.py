@@ -36,6 +36,8 @@ def resolve(cfg: ml_collections.ConfigDict, data) -> ml_collections.FrozenConfig
             raise UserError(f"model.{key}={tuple(current)} does not match the data ({value})")
     if cfg.optim.decay_steps == -1:
         cfg.optim.decay_steps = cfg.train.steps
+    if cfg.optim.get("prune_sparsity", 0.0) > 0 and cfg.optim.prune_end == -1:
+        cfg.optim.prune_end = max(cfg.optim.prune_begin + 1, int(0.75 * cfg.train.steps))
     if cfg.eval.batch_size == 0:
         cfg.eval.batch_size = cfg.train.batch_size // cfg.train.grad_accum
     if cfg.train.batch_size % cfg.train.grad_accum:
@@ -83,9 +85,10 @@ def prepare_training(cfg: ml_collections.ConfigDict, workdir: Path):
         cfg.model.requires = requires.pin(family, cfg.model.get("requires"), saved_pins)
     deps = requires.open_all(cfg.model.get("requires"))
     data = with_deps(family, data, deps)
-    if saved is not None and cfg.optim.decay_steps == -1:
-        # The schedule was fixed at first launch; a longer run keeps it (as nanoGPT does).
-        cfg.optim.decay_steps = saved.optim.decay_steps
+    for key in ("decay_steps", "prune_end"):
+        if saved is not None and cfg.optim.get(key) == -1 and key in saved.optim:
+            # Schedules are fixed at first launch; a longer run keeps them (as nanoGPT does).
+            cfg.optim[key] = saved.optim[key]
     frozen = resolve(cfg, data)
     if saved is not None:
         conflicts = experiment.resume_conflicts(saved, ml_collections.ConfigDict(frozen))
