@@ -10,18 +10,25 @@ in the README's bits-per-char table.
 
 from genzoo.experiment import base_config
 
-VARIANTS = ("smoke",)
+VARIANTS = ("smoke", "em")
 
 
 def get_config(variant=None):
     c = base_config()
-    c.model = dict(family="hmm", vocab_size=-1, num_states=128, init_scale=1.0)
+    c.model = dict(family="hmm", vocab_size=-1, num_states=128, init_scale=1.0,
+                   expected_counts=False)  # fmt: skip
     c.data = dict(name="tinyshakespeare_char", seq_len=128)
     c.train.update(steps=2000, batch_size=32, seed=0)
     c.optim.update(lr=0.05, min_lr=0.005, warmup_steps=50, weight_decay=0.0, clip_norm=0.0)
     c.eval.update(every_steps=500, batch_size=64)
     c.checkpoint.update(every_steps=500, keep=2)
     c.log.every_steps = 20
+    c.optim.update(em_power=0.7, em_smoothing=1e-3)  # used by optim.name=em only
+    if variant == "em":  # Baum-Welch, stepwise: the same model and data
+        c.model.expected_counts = True
+        c.optim.name = "em"
+        c.train.steps = 500
+        c.checkpoint.every_steps = 250
     if variant == "smoke":
         c.model.num_states = 8
         c.data.seq_len = 32

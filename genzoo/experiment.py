@@ -266,7 +266,8 @@ def _flatten(tree, prefix=""):
 # Keys added to every experiment after runs were saved without them, with the value that
 # behaves as the code did before: such a run resumes when its new config has that value.
 ADDED_KEYS = {"optim.prune_sparsity": 0.0, "optim.prune_scope": "layer", "optim.prune_begin": 0,
-              "optim.prune_end": -1, "optim.prune_every": 50}  # fmt: skip
+              "optim.prune_end": -1, "optim.prune_every": 50, "optim.em_power": 0.7,
+              "optim.em_smoothing": 1e-3, "model.expected_counts": False}  # fmt: skip
 
 
 def resume_conflicts(saved: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:

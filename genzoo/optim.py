@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from genzoo import pruning
+from genzoo import em, pruning
 from genzoo.errors import UserError
 
 GROUP_FIELDS = ("lr", "min_lr", "warmup_steps", "b1", "b2", "eps", "weight_decay", "clip_norm")
@@ -49,8 +49,10 @@ def decay_mask(params):
 
 
 def _single(o) -> optax.GradientTransformation:
+    if o.name == "em":  # needs a loss whose gradients are expected counts (see genzoo/em.py)
+        return em.em(o.get("em_power", 0.7), o.get("em_smoothing", 1e-3))
     if o.name != "adamw":
-        raise UserError(f"unknown optimizer {o.name!r} (known: adamw)")
+        raise UserError(f"unknown optimizer {o.name!r} (known: adamw, em)")
     return optax.chain(
         optax.clip_by_global_norm(o.clip_norm) if o.clip_norm > 0 else optax.identity(),
         optax.adamw(

@@ -59,6 +59,9 @@ class Trainer:
         # Shapes and logical axis names of the parameters, without allocating them.
         boxed = jax.eval_shape(lambda r: self.family.init(r, self.model_cfg), jax.random.PRNGKey(0))
         model_state = state_key(self.family, boxed)  # what the loss updates, not the optimizer
+        if (cfg.optim.name == "em") != bool(cfg.model.get("expected_counts", False)):
+            raise UserError("optim.name=em and model.expected_counts=true go together: the "
+                            "M-step reads the counts that loss's gradients give")  # fmt: skip
         self.tx = optim.build(cfg.optim, nn.unbox(boxed), cfg.train.trainable, model_state)
         statics = dict(family=self.family, model_cfg=self.model_cfg, tx=self.tx)
         ema = cfg.train.get("ema_decay", 0.0) > 0

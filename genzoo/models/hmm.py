@@ -3,8 +3,11 @@
 Parameters are unconstrained logits (initial [S], transition [S, S], emission [S, V]);
 the log-space forward algorithm (`lax.scan`) gives log p(x_t | x_<t) for every t, so the
 loss and the bits-per-char are computed exactly as for the GPT: every token of a window
-but the first is predicted. Baum-Welch EM is not offered: the shared trainer optimises
-the same likelihood with Adam (see docs/design.md).
+but the first is predicted. Trained by Adam, or by Baum-Welch EM (`optim.name=em` with
+`model.expected_counts=True`): with the softmax normalisers held constant in the
+gradient, d log p(x) / d logit is the expected count of that initial state, transition
+or emission (the forward-backward E-step, by autodiff), which `genzoo.em` turns into
+the M-step.
 """
 
 from __future__ import annotations
@@ -30,20 +33,23 @@ class HMMConfig(FromConfig):
     vocab_size: int
     num_states: int = 128
     init_scale: float = 1.0  # std of the initial logits: breaks the symmetry between states
+    expected_counts: bool = False  # loss gradients = expected counts (for optim.name=em)
 
 
-def log_probs(params):
-    """Normalised log initial [S], transition [S, S] and emission [S, V] probabilities."""
-    return (
-        jax.nn.log_softmax(params["initial_S"]),
-        jax.nn.log_softmax(params["transition_SxS"], axis=-1),
-        jax.nn.log_softmax(params["emission_SxV"], axis=-1),
-    )
+def log_probs(params, counts: bool = False):
+    """Normalised log initial [S], transition [S, S] and emission [S, V] probabilities.
+    `counts`: the same values, with the normalisers outside the gradient."""
+
+    def norm(logits, axis=-1):
+        lse = jax.nn.logsumexp(logits, axis=axis, keepdims=True)
+        return logits - (jax.lax.stop_gradient(lse) if counts else lse)
+
+    return norm(params["initial_S"]), norm(params["transition_SxS"]), norm(params["emission_SxV"])
 
 
-def forward(params, tokens_BxT):
+def forward(params, tokens_BxT, counts: bool = False):
     """log p(x_t | x_<t) for every t, [B, T], and the final filtered log posterior [B, S]."""
-    log_pi_S, log_A_SxS, log_E_SxV = log_probs(params)
+    log_pi_S, log_A_SxS, log_E_SxV = log_probs(params, counts)
     log_e_TxBxS = log_E_SxV.T[tokens_BxT.T]  # log p(x_t | state) for every t, row and state
     alpha_BxS = log_pi_S[None] + log_e_TxBxS[0]
     c0_B = jax.nn.logsumexp(alpha_BxS, axis=-1)
@@ -102,9 +108,13 @@ def init(rng, cfg):
 
 
 def loss(params, batch, rng, cfg, *, train: bool = True, step=0):
-    c_BxT, _ = forward(params, _windows(batch))
+    counts = HMMConfig.from_cfg(cfg).expected_counts
+    c_BxT, _ = forward(params, _windows(batch), counts=counts)
     mask_BxL = batch["mask"]
-    return -jnp.sum(c_BxT[:, 1:] * mask_BxL) / jnp.maximum(mask_BxL.sum(), 1.0), {}
+    nll = -jnp.sum(c_BxT[:, 1:] * mask_BxL)
+    if counts:  # the whole log p(x), first token too: its gradients are the E-step's counts
+        nll = nll - jnp.sum(c_BxT[:, 0] * mask_BxL[:, 0])
+    return nll / jnp.maximum(mask_BxL.sum(), 1.0), {}
 
 
 def eval_sums(params, batch, rng, cfg):
