@@ -12,6 +12,7 @@ benchmarks/results/gpt_speed.json. Needs torch (`pip install torch==2.13.0`).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -27,23 +28,26 @@ from flax.linen import unbox
 from genzoo import metrics
 from genzoo.models import gpt
 
-L, D, H, N_LAYER, V, B = 256, 384, 6, 6, 65, 16
-
-
-SHAPE = torch_gpt.Shape(N_LAYER, D, H, L, V)
+V = 65  # tiny Shakespeare's characters
+# name: (genzoo variant of gpt_shakespeare_char, torch shape, batch). "baby" is nanoGPT's baby
+# GPT (6x384, ctx 256); "demo" is what `make demo` trains (4x128, ctx 128).
+SHAPES = {
+    "baby": (None, torch_gpt.Shape(6, 384, 6, 256, V), 16),
+    "demo": ("cpu", torch_gpt.Shape(4, 128, 4, 128, V), 16),
+}
 
 
 # ---- the PyTorch reference (benchmarks/torch_gpt.py, eager) ---------------------------------
 
 
-def torch_train(steps: int) -> dict:
+def torch_train(shape: str, steps: int) -> dict:
+    _, s, B = SHAPES[shape]
     torch.manual_seed(0)
-    model = torch_gpt.GPT(SHAPE)
+    model = torch_gpt.GPT(s)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randint(0, V, (B, L))
-    y = torch.randint(0, V, (B, L))
+    x = torch.randint(0, V, (B, s.context))
+    y = torch.randint(0, V, (B, s.context))
     step = torch_gpt.train_step_fn(model, opt, x, y, V)
-
     t0 = time.perf_counter()
     step()
     first = time.perf_counter() - t0
@@ -55,13 +59,14 @@ def torch_train(steps: int) -> dict:
 
 
 @torch.no_grad()
-def torch_decode(new_tokens: int, cached: bool) -> float:
+def torch_decode(shape: str, new_tokens: int, cached: bool) -> float:
+    _, s, _ = SHAPES[shape]
     torch.manual_seed(0)
-    model = torch_gpt.GPT(SHAPE).eval()
+    model = torch_gpt.GPT(s).eval()
     idx = torch.zeros((1, 1), dtype=torch.long)
     t0 = time.perf_counter()
     if cached:
-        caches = [[] for _ in range(N_LAYER)]
+        caches = [[] for _ in range(s.num_layers)]
         logits = model(idx, caches, 0)
         for t in range(new_tokens):
             nxt = logits[:, -1].argmax(-1, keepdim=True)
@@ -76,18 +81,18 @@ def torch_decode(new_tokens: int, cached: bool) -> float:
 # ---- genzoo ---------------------------------------------------------------------------------
 
 
-def baby_config():
-    return char_gpt_config(None, [f"train.batch_size={B}", "model.dropout=0.0"])
+def genzoo_config(shape: str):
+    variant, _, B = SHAPES[shape]
+    return char_gpt_config(variant, [f"train.batch_size={B}", "model.dropout=0.0"])
 
 
-def genzoo_train(steps: int) -> dict:
-    return time_train_steps(baby_config(), steps)
+def genzoo_train(shape: str, steps: int) -> dict:
+    return time_train_steps(genzoo_config(shape), steps)
 
 
-@jax.jit
-def _uncached_decode(params, buffer_1xT, start):
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _uncached_decode(params, buffer_1xT, start, cfg):
     """Greedy decode recomputing the whole (causal, fixed-size) buffer for every token."""
-    cfg = baby_config().model
 
     def body(t, buf):
         logits = gpt.logits(params, buf, cfg)
@@ -96,8 +101,8 @@ def _uncached_decode(params, buffer_1xT, start):
     return jax.lax.fori_loop(start, buffer_1xT.shape[1] - 1, body, buffer_1xT)
 
 
-def genzoo_decode(new_tokens: int, cached: bool) -> float:
-    cfg = baby_config().model
+def genzoo_decode(shape: str, new_tokens: int, cached: bool) -> float:
+    cfg = genzoo_config(shape).model
     params = jax.jit(lambda r: unbox(gpt.init(r, cfg)))(jax.random.PRNGKey(0))
     prompt = np.zeros((1, 1), np.int32)
     if cached:
@@ -105,7 +110,7 @@ def genzoo_decode(new_tokens: int, cached: bool) -> float:
                                  max_new_tokens=new_tokens, temperature=0.0)  # fmt: skip
     else:
         buffer = jnp.zeros((1, new_tokens + 1), jnp.int32)
-        run = lambda: _uncached_decode(params, buffer, 0)
+        run = lambda: _uncached_decode(params, buffer, 0, cfg)
     jax.block_until_ready(run())  # compile
     t0 = time.perf_counter()
     jax.block_until_ready(run())
@@ -127,30 +132,23 @@ def matmul_peaks(n: int = 2048) -> dict:
     return best
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--train-steps", type=int, default=5)
-    p.add_argument("--new-tokens", type=int, default=L - 1, help="after a 1-token prompt")
-    p.add_argument("--out", default="benchmarks/results/gpt_speed.json")
-    args = p.parse_args()
-    peaks = matmul_peaks()
-    best_peak = max(peaks.values())
-    flops_per_step = gpt.flops_per_example(baby_config().model, {"inputs": (L,)}) * B
+def measure(shape: str, train_steps: int, best_peak: float) -> dict:
+    _, s, B = SHAPES[shape]
+    new_tokens = s.context - 1  # after a 1-token prompt: the whole context
+    flops_per_step = gpt.flops_per_example(genzoo_config(shape).model, {"inputs": (s.context,)})
     rows = {}
-    for name, train, decode in (
-        ("genzoo", genzoo_train, genzoo_decode),
-        ("pytorch", torch_train, torch_decode),
-    ):
-        t = train(args.train_steps)
+    for name, train, decode in (("genzoo", genzoo_train, genzoo_decode),
+                                ("pytorch", torch_train, torch_decode)):  # fmt: skip
+        t = train(shape, train_steps)
         rows[name] = {
             **t,
-            "train_tokens_per_s": B * L / t["step_s"],
-            "mfu_vs_best_peak": flops_per_step / t["step_s"] / best_peak,
-            "decode_cached_tokens_per_s": decode(args.new_tokens, True),
-            "decode_uncached_tokens_per_s": decode(args.new_tokens, False),
+            "train_tokens_per_s": B * s.context / t["step_s"],
+            "mfu_vs_best_peak": flops_per_step * B / t["step_s"] / best_peak,
+            "decode_cached_tokens_per_s": decode(shape, new_tokens, True),
+            "decode_uncached_tokens_per_s": decode(shape, new_tokens, False),
         }
     g, t = rows["genzoo"], rows["pytorch"]
-    ratios = {
+    rows["ratios"] = {
         "train_speedup_vs_pytorch": g["train_tokens_per_s"] / t["train_tokens_per_s"],
         "cached_decode_speedup_vs_pytorch": g["decode_cached_tokens_per_s"]
         / t["decode_cached_tokens_per_s"],
@@ -158,26 +156,37 @@ def main() -> None:
         "pytorch_cache_speedup": t["decode_cached_tokens_per_s"]
         / t["decode_uncached_tokens_per_s"],
     }
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--train-steps", type=int, default=5)
+    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    p.add_argument("--out", default="benchmarks/results/gpt_speed.json")
+    args = p.parse_args()
+    peaks = matmul_peaks()
+    best_peak = max(peaks.values())
     print(
         "fp32 matmul peak (GFLOP/s): " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items())
     )
-    header = ("", "train tok/s", "MFU", "1st step s", "decode+cache", "decode no cache")
-    print("{:8} {:>11} {:>6} {:>10} {:>12} {:>15}".format(*header))
-    for name, r in rows.items():
-        cells = (name, r["train_tokens_per_s"], r["mfu_vs_best_peak"], r["first_step_s"])
-        cells += (r["decode_cached_tokens_per_s"], r["decode_uncached_tokens_per_s"])
-        print("{:8} {:>11.0f} {:>6.1%} {:>10.2f} {:>12.0f} {:>15.0f}".format(*cells))
-    for k, v in ratios.items():
-        print(f"{k}: {v:.2f}x")
+    report = {"cpu": {**cpu_info(), "torch_threads": torch.get_num_threads()},
+              "matmul_peaks": peaks, "shapes": {}}  # fmt: skip
+    header = ("", "", "train tok/s", "MFU", "1st step s", "decode+cache", "decode no cache")
+    print("{:6} {:8} {:>11} {:>6} {:>10} {:>12} {:>15}".format(*header))
+    for shape in args.shapes:
+        rows = measure(shape, args.train_steps, best_peak)
+        report["shapes"][shape] = rows
+        for name in ("genzoo", "pytorch"):
+            r = rows[name]
+            cells = (shape, name, r["train_tokens_per_s"], r["mfu_vs_best_peak"],
+                     r["first_step_s"], r["decode_cached_tokens_per_s"],
+                     r["decode_uncached_tokens_per_s"])  # fmt: skip
+            print("{:6} {:8} {:>11.0f} {:>6.1%} {:>10.2f} {:>12.0f} {:>15.0f}".format(*cells))
+        for k, v in rows["ratios"].items():
+            print(f"  {shape} {k}: {v:.2f}x")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {
-        "cpu": {**cpu_info(), "torch_threads": torch.get_num_threads()},
-        "matmul_peaks": peaks,
-        "rows": rows,
-        "ratios": ratios,
-    }
-    report.update(batch=B, seq_len=L, new_tokens=args.new_tokens)
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
 
