@@ -1,6 +1,6 @@
 """The compression table: int8 copies and pruned fine-tunes against their float, dense originals.
 
-    .venv/bin/python benchmarks/compression.py --float runs/demo \\
+    .venv/bin/python benchmarks/compress_table.py --float runs/demo \\
         --pruned runs/prune/dense runs/prune/s50 runs/prune/s80 runs/prune/s80g
 
 For `--float`: quantizes it into a temporary workdir (`genzoo quantize`), then for both
