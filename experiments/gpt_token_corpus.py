@@ -10,7 +10,7 @@ array_record chunks and read by index while training, so host memory does not gr
 on one device; on 8 GPUs set `train.grad_accum=5` (nanoGPT's split). Expect: validation loss
 ~2.85 after 600k steps (published by nanoGPT on 8 A100s, about 4 days); not run here: it
 needs an accelerator pod. The `smoke`
-variant trains a tiny model for seconds on any folder of ids (the tests generate one).
+variant trains a tiny model for seconds on a generated corpus, or on `data.path`.
 """
 
 from genzoo import experiment
@@ -25,7 +25,7 @@ def get_config(variant=None):
         vocab_size=-1, block_size=1024, num_layers=12, num_heads=12, width=768,
         dropout=0.0, dtype="bfloat16", loss_chunk=128,
     )  # fmt: skip
-    c.data = dict(name="token_corpus", path="", tokenizer_dir="", seq_len=1024)
+    c.data = dict(name="token_corpus", path="", tokenizer_dir="", seq_len=1024, synthetic_tokens=0)
     c.train.update(steps=600_000, batch_size=12 * 40, grad_accum=40, seed=1337)
     c.optim.update(lr=6e-4, min_lr=6e-5, warmup_steps=2000, b2=0.95, weight_decay=0.1)
     c.eval.update(every_steps=2000, max_batches=200)
@@ -33,7 +33,7 @@ def get_config(variant=None):
     if variant == "smoke":
         c.model.update(block_size=32, num_layers=2, num_heads=2, width=32, dtype="float32",
                        loss_chunk=16)  # fmt: skip
-        c.data.seq_len = 32
+        c.data.update(seq_len=32, synthetic_tokens=200_000)  # unless data.path is given
         c.train.update(steps=20, batch_size=8, grad_accum=1)
         c.optim.update(warmup_steps=5, b2=0.99)
         c.eval.update(every_steps=10, max_batches=2)

@@ -1,11 +1,16 @@
-"""Hidden Markov model (128 states) over characters of tiny Shakespeare, trained with Adam.
+"""Hidden Markov model (128 states) over characters of tiny Shakespeare, by Adam or by EM.
 
     genzoo train hmm_shakespeare_char
     genzoo eval --workdir runs/hmm_shakespeare_char --json   # bits_per_char, same split as GPT
     genzoo sample --workdir runs/hmm_shakespeare_char --prompt "ROMEO:"
 
-Expect: bits per char between the bigram count baseline and the GPT; measured figures
-in the README's bits-per-char table.
+Expect: bits per char between the bigram count baseline and the GPT: 2.999 after 2000 steps
+of Adam (measured, 2 CPU cores, ~6-10 min). Baum-Welch instead:
+
+    genzoo train hmm_shakespeare_char --variant em     # 2.998 bits/char after 2000 steps
+
+(stepwise EM over the same batches, 571 s against Adam's 591 s on the same machine; 3.09
+bits/char after 500 steps, 154 s).
 """
 
 from genzoo.experiment import base_config
@@ -27,8 +32,6 @@ def get_config(variant=None):
     if variant == "em":  # Baum-Welch, stepwise: the same model and data
         c.model.expected_counts = True
         c.optim.name = "em"
-        c.train.steps = 500
-        c.checkpoint.every_steps = 250
     if variant == "smoke":
         c.model.num_states = 8
         c.data.seq_len = 32

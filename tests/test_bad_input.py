@@ -160,7 +160,7 @@ CASES = {
         None,
     ),  # fmt: skip
     # token corpora
-    "corpus path unset": (CORPUS, None),
+    "corpus path unset": ((*CORPUS, "--set", "data.synthetic_tokens=0"), None),
     "corpus path not a folder": ((*CORPUS, "--set", f"data.path={TMP}/afile"), "file"),
     "corpus without val.bin": ((*CORPUS, "--set", f"data.path={TMP}/corpus"), "corpus_noval"),
     "corpus not uint16": ((*CORPUS, "--set", f"data.path={TMP}/corpus"), "corpus_odd"),

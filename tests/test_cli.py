@@ -29,8 +29,10 @@ ALONE = [row[0] for row in experiment.list_experiments()
          if not experiment.load(row[0], "smoke").model.get("requires")]  # fmt: skip
 
 
-# A second experiment of an already covered family (CLIP) runs with `make test-slow`.
-ALONE = [pytest.param(n, marks=pytest.mark.slow) if n == "clip_fashion_mnist" else n for n in ALONE]
+# A second experiment of an already covered family (CLIP; GPT, whose corpus path
+# tests/test_corpus.py runs through the CLI) runs with `make test-slow`.
+SECOND = ("clip_fashion_mnist", "gpt_token_corpus")
+ALONE = [pytest.param(n, marks=pytest.mark.slow) if n in SECOND else n for n in ALONE]
 
 
 @pytest.mark.parametrize("name", ALONE)

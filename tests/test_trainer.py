@@ -60,7 +60,8 @@ def test_overfits_one_batch(make_config, char_data):
 
 
 # Experiments whose family another experiment already covers here run with `make test-slow`.
-REPEATS = {"clip_fashion_mnist": "clip_shapes", "shapes_judge": "classifier_fashion_mnist"}
+REPEATS = {"clip_fashion_mnist": "clip_shapes", "shapes_judge": "classifier_fashion_mnist",
+           "gpt_token_corpus": "gpt_shakespeare_char"}  # fmt: skip
 EXPERIMENTS = [pytest.param(row[0], marks=pytest.mark.slow) if row[0] in REPEATS else row[0]
                for row in experiment.list_experiments()]  # fmt: skip
 

@@ -116,12 +116,14 @@ def tinyshakespeare_gpt2(cfg, workdir=None) -> TokenStreamData:
 def token_corpus(cfg, workdir=None) -> TokenStreamData:
     """A corpus of uint16 token ids at `cfg.path` (train.bin, val.bin: nanoGPT's layout), read
     from disk by index, never loaded whole. Text through GPT-2's tokenizer when the workdir or
-    `cfg.tokenizer_dir` has its files, else as ids."""
-    if not cfg.path:
+    `cfg.tokenizer_dir` has its files, else as ids. Without a path, `cfg.synthetic_tokens` > 0
+    generates a corpus (tests, smoke runs)."""
+    path = cfg.path or (corpus.synthetic(cfg.synthetic_tokens) if cfg.synthetic_tokens else "")
+    if not path:
         raise UserError("data.path: set it to a folder with train.bin and val.bin (uint16 ids)")
-    if not Path(cfg.path).is_dir():
-        raise UserError(f"data.path={cfg.path!r} is not a folder")
-    splits, vocab_size = corpus.open_corpus(cfg.path)
+    if not Path(path).is_dir():
+        raise UserError(f"data.path={path!r} is not a folder")
+    splits, vocab_size = corpus.open_corpus(path)
     per_token = {s: 0.0 for s in splits}  # characters per token unknown: bits/token only
     folders = [Path(d) for d in (workdir, cfg.tokenizer_dir) if d]
     for folder in folders:

@@ -161,6 +161,18 @@ class RecordTokens:
         return table[where.reshape(index.shape), index % self._chunk]
 
 
+def synthetic(num_tokens: int) -> Path:
+    """A generated corpus folder in the cache (made once): token i is i % 500 plus 0 or 1, so a
+    model has something to learn; 1/10 of the size again as validation."""
+    folder = sources.cache_dir() / "synthetic_corpus" / str(num_tokens)
+    rng = np.random.default_rng(0)
+    for name, n in (("train.bin", num_tokens), ("val.bin", max(num_tokens // 10, 1024))):
+        if not (folder / name).is_file():
+            ids = (np.arange(n) % 500 + rng.integers(0, 2, n)).astype(np.uint16)
+            sources.write_atomic(folder / name, lambda f, ids=ids: f.write(ids.tobytes()))
+    return folder
+
+
 def open_corpus(folder) -> tuple[dict[str, RecordTokens], int]:
     """({split: RecordTokens}, vocabulary size) of a corpus folder, building it once into the
     genzoo cache (keyed by the files' fingerprint: a rewritten corpus is rebuilt)."""

@@ -48,6 +48,8 @@ class IdTokenizer:
             ids = [int(t) for t in text.split()]
         except ValueError:
             raise UserError("this corpus has no tokenizer: give prompts as token ids") from None
+        if not ids:
+            raise UserError("this corpus has no tokenizer: give at least one token id")
         if any(not 0 <= i < self.vocab_size for i in ids):
             raise UserError(f"token ids must be in [0, {self.vocab_size})")
         return ids
