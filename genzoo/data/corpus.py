@@ -101,7 +101,11 @@ def build(files: dict[str, Path], folder: Path) -> None:
             data_dir=tmp, features=FEATURES, split_infos=infos, check_data=False,
             description=__doc__, metadata=tfds.core.MetadataDict(meta), disable_shuffling=True,
         )  # fmt: skip
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process (of a multi-process run) finished the same build first
+            if not (folder / "dataset_info.json").is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
