@@ -28,8 +28,9 @@ def char_gpt_config(
     return ml_collections.FrozenConfigDict(cfg)
 
 
-def time_train_steps(cfg, steps: int, warmup: int = 2) -> dict:
-    """Seconds of the first (compiling) step and the mean of `steps` later ones, one device."""
+def time_train_steps(cfg, steps: int, warmup: int = 2, memory: bool = False) -> dict:
+    """Seconds of the first (compiling) step and the mean of `steps` later ones, one device;
+    `memory`: also the compiled step's temporaries (XLA's memory analysis), in GiB."""
     trainer = Trainer(cfg, devices=jax.devices()[:1])
     B, L, V = cfg.train.batch_size, cfg.data.seq_len, cfg.model.vocab_size
     rng = np.random.default_rng(0)
@@ -50,7 +51,14 @@ def time_train_steps(cfg, steps: int, warmup: int = 2) -> dict:
     for _ in range(steps):
         state, m = trainer.step(state, batch)
     jax.block_until_ready(m)
-    return {"first_step_s": first, "step_s": (time.perf_counter() - t0) / steps}
+    out = {"first_step_s": first, "step_s": (time.perf_counter() - t0) / steps}
+    if memory:
+        from genzoo import sharding
+
+        placed = sharding.put_batch(batch, trainer.batch_sharding, B)
+        compiled = trainer.train_step.lower(state, placed, trainer.deps).compile()
+        out["xla_temp_gib"] = compiled.memory_analysis().temp_size_in_bytes / 2**30
+    return out
 
 
 def cpu_info() -> dict:

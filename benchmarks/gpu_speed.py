@@ -7,7 +7,9 @@ both sides) and with bf16 compute (float32 master weights; autocast for torch), 
 GPT-2 124M shape (12x768, ctx 1024, vocab 50304, batch 16) in bf16. Random tokens, AdamW,
 gradient clipping, no dropout. MFU divides by the vendor's dense peak for the compute
 dtype (genzoo.metrics.peak_flops). Prints a table; writes benchmarks/results/gpu_speed.json
-with tokens/s, MFU, first-step (compile) seconds and peak memory.
+with tokens/s, MFU, first-step (compile) seconds, peak memory and (genzoo) the step's XLA
+temporaries. `--genzoo-extras chunk128,remat_dots` adds genzoo rows with those memory switches;
+`--only tiny_fp32 --impls genzoo` is a dry run without a GPU.
 """
 
 from __future__ import annotations
@@ -28,18 +30,25 @@ ROWS = {  # name: (shape, batch, bf16 compute)
     "baby_fp32": (torch_gpt.Shape(6, 384, 6, 256, 65), 64, False),
     "baby_bf16": (torch_gpt.Shape(6, 384, 6, 256, 65), 64, True),
     "gpt2_bf16": (torch_gpt.Shape(12, 768, 12, 1024, 50304), 16, True),
+    "tiny_fp32": (torch_gpt.Shape(2, 64, 2, 128, 65), 8, False),  # a dry run on any machine
+}
+# Extra genzoo rows: the same step with a memory switch (--genzoo-extras chunk128,remat_dots).
+GENZOO_EXTRAS = {
+    "chunk128": ["model.loss_chunk=128"],
+    "remat_dots": ["model.remat=dots"],
+    "remat_full": ["model.remat=full"],
 }
 
 
-def genzoo_row(shape, batch: int, bf16: bool, steps: int) -> dict:
-    overrides = [f"train.batch_size={batch}", "model.dropout=0.0",
+def genzoo_row(shape, batch: int, bf16: bool, steps: int, extra=()) -> dict:
+    overrides = [*extra, f"train.batch_size={batch}", "model.dropout=0.0",
                  f"model.num_layers={shape.num_layers}", f"model.width={shape.width}",
                  f"model.num_heads={shape.heads}", f"model.block_size={shape.context}",
                  f"data.seq_len={shape.context}",
                  f"model.dtype={'bfloat16' if bf16 else 'float32'}"]  # fmt: skip
     cfg = char_gpt_config(None, overrides, vocab=shape.vocab)
-    out = time_train_steps(cfg, steps)
-    stats = jax.devices()[0].memory_stats() or {}
+    out = time_train_steps(cfg, steps, memory=True)
+    stats = jax.devices()[0].memory_stats() or {}  # the process's peak so far (CPU: none)
     out["peak_memory_gib"] = stats.get("peak_bytes_in_use", 0) / 2**30
     return out
 
@@ -77,23 +86,27 @@ def torch_row(shape, batch: int, bf16: bool, steps: int, compiled: bool) -> dict
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--only", default=",".join(ROWS))
+    p.add_argument("--only", default="baby_fp32,baby_bf16,gpt2_bf16")
+    p.add_argument("--impls", default="torch_eager,torch_compile,genzoo")
+    p.add_argument("--genzoo-extras", default="", help=f"any of {','.join(GENZOO_EXTRAS)}")
     p.add_argument("--out", default="benchmarks/results/gpu_speed.json")
     args = p.parse_args()
     device = jax.devices()[0]
     report = {"device": device.device_kind, "torch": torch.__version__, "jax": jax.__version__,
               "rows": {}}  # fmt: skip
-    header = ("row", "impl", "tok/s", "MFU", "1st step s", "peak GiB", "vs compile")
-    print("{:10} {:14} {:>11} {:>6} {:>10} {:>9} {:>10}".format(*header), flush=True)
+    header = ("row", "impl", "tok/s", "MFU", "1st step s", "peak GiB", "XLA temp", "vs compile")
+    print("{:10} {:18} {:>11} {:>6} {:>10} {:>9} {:>9} {:>10}".format(*header), flush=True)
     for name in args.only.split(","):
         shape, batch, bf16 = ROWS[name]
         peak, source = metrics.known_peak(device, "bfloat16" if bf16 else "float32")
         tokens = batch * shape.context
         results = {}
-        for impl in ("torch_eager", "torch_compile", "genzoo"):
+        extras = [f"genzoo_{x}" for x in args.genzoo_extras.split(",") if x]
+        for impl in [*args.impls.split(","), *extras]:
             try:
-                if impl == "genzoo":
-                    r = genzoo_row(shape, batch, bf16, args.steps)
+                if impl.startswith("genzoo"):
+                    extra = GENZOO_EXTRAS[impl.removeprefix("genzoo_")] if impl != "genzoo" else ()
+                    r = genzoo_row(shape, batch, bf16, args.steps, extra)
                 else:
                     r = torch_row(shape, batch, bf16, args.steps, impl == "torch_compile")
             except Exception as e:  # noqa: BLE001 - one failed implementation keeps the table
@@ -106,9 +119,10 @@ def main() -> None:
         for impl, r in results.items():
             r["ratio_vs_torch_compile"] = r["tokens_per_s"] / ref if ref else None
             cells = (name, impl, r["tokens_per_s"], r["mfu"], r["first_step_s"],
-                     r["peak_memory_gib"], r["ratio_vs_torch_compile"] or float("nan"))  # fmt: skip
-            print("{:10} {:14} {:>11.0f} {:>6.1%} {:>10.1f} {:>9.2f} {:>9.2f}x".format(*cells),
-                  flush=True)  # fmt: skip
+                     r["peak_memory_gib"], r.get("xla_temp_gib", float("nan")),
+                     r["ratio_vs_torch_compile"] or float("nan"))  # fmt: skip
+            print("{:10} {:18} {:>11.0f} {:>6.1%} {:>10.1f} {:>9.2f} {:>9.2f} {:>9.2f}x".format(
+                *cells), flush=True)  # fmt: skip
         report["rows"][name] = {"peak_flops": peak, "peak_source": source, "batch": batch,
                                 "shape": shape.__dict__, "bf16": bf16, **results}  # fmt: skip
     out = Path(args.out)
