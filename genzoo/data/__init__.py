@@ -103,14 +103,19 @@ def tinyshakespeare_gpt2(cfg, workdir=None) -> TokenStreamData:
     The tokenizer files come from the workdir, else from `cfg.tokenizer_dir` (the run it was
     imported into or fine-tuned from), and are copied into every workdir that uses them.
     """
-    folders = [Path(d) for d in (workdir, cfg.tokenizer_dir) if d]
-    for folder in folders:
+    files = _gpt2_files(workdir, cfg.tokenizer_dir)
+    if files is None:
+        folders = ", ".join(str(d) for d in (workdir, cfg.tokenizer_dir) if d)
+        raise UserError(f"no GPT-2 tokenizer (vocab.json, merges.txt) in {folders}")
+    return _in_pieces(tokenizers.GPT2Tokenizer(files), cfg.seq_len, files)
+
+
+def _gpt2_files(*folders) -> dict[str, bytes] | None:
+    """GPT-2's tokenizer files from the first of `folders` (None or "" skipped) holding them."""
+    for folder in (Path(d) for d in folders if d):
         if all((folder / name).is_file() for name in tokenizers.GPT2_FILES):
-            files = {name: (folder / name).read_bytes() for name in tokenizers.GPT2_FILES}
-            return _in_pieces(tokenizers.GPT2Tokenizer(files), cfg.seq_len, files)
-    raise UserError(
-        f"no GPT-2 tokenizer (vocab.json, merges.txt) in {', '.join(map(str, folders))}"
-    )
+            return {name: (folder / name).read_bytes() for name in tokenizers.GPT2_FILES}
+    return None
 
 
 def token_corpus(cfg, workdir=None) -> TokenStreamData:
@@ -125,15 +130,13 @@ def token_corpus(cfg, workdir=None) -> TokenStreamData:
         raise UserError(f"data.path={path!r} is not a folder")
     splits, vocab_size = corpus.open_corpus(path)
     per_token = {s: 0.0 for s in splits}  # characters per token unknown: bits/token only
-    folders = [Path(d) for d in (workdir, cfg.tokenizer_dir) if d]
-    for folder in folders:
-        if all((folder / name).is_file() for name in tokenizers.GPT2_FILES):
-            files = {name: (folder / name).read_bytes() for name in tokenizers.GPT2_FILES}
-            tokenizer = tokenizers.GPT2Tokenizer(files)
-            if tokenizer.vocab_size < vocab_size:
-                raise UserError(f"{cfg.path} has ids up to {vocab_size - 1}, beyond GPT-2's")
-            return TokenStreamData(splits, tokenizer, cfg.seq_len, per_token, files)
-    return TokenStreamData(splits, IdTokenizer(vocab_size), cfg.seq_len, per_token)
+    files = _gpt2_files(workdir, cfg.tokenizer_dir)
+    if files is None:
+        return TokenStreamData(splits, IdTokenizer(vocab_size), cfg.seq_len, per_token)
+    tokenizer = tokenizers.GPT2Tokenizer(files)
+    if tokenizer.vocab_size < vocab_size:
+        raise UserError(f"{path} has ids up to {vocab_size - 1}, beyond GPT-2's")
+    return TokenStreamData(splits, tokenizer, cfg.seq_len, per_token, files)
 
 
 # Characters of the Bible's English that tiny Shakespeare lacks, mapped to ones it has, so a
