@@ -40,15 +40,13 @@ def masked_mean(nll_BxL, mask_BxL):
     return jnp.sum(nll_BxL * mask_BxL) / jnp.maximum(jnp.sum(mask_BxL), 1.0), {}
 
 
-def mean_nll(logits_BxLxV, targets_BxL, mask_BxL):
-    """Mean nats per unmasked token, and the metrics a trainer logs for it."""
-    return masked_mean(token_nll(logits_BxLxV, targets_BxL), mask_BxL)
+def masked_sums(nll_BxL, mask_BxL) -> dict:
+    """Sums that add up across batches: total nats and number of predicted tokens."""
+    return {"nll": jnp.sum(nll_BxL * mask_BxL), "num_tokens": jnp.sum(mask_BxL)}
 
 
 def nll_sums(logits_BxLxV, targets_BxL, mask_BxL) -> dict:
-    """Sums that add up across batches: total nats and number of predicted tokens."""
-    nll_BxL = token_nll(logits_BxLxV, targets_BxL)
-    return {"nll": jnp.sum(nll_BxL * mask_BxL), "num_tokens": jnp.sum(mask_BxL)}
+    return masked_sums(token_nll(logits_BxLxV, targets_BxL), mask_BxL)
 
 
 def summary(totals: dict, meta: dict) -> dict:

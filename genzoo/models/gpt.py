@@ -160,7 +160,7 @@ def loss(params, batch, rng, cfg, *, train: bool = True, step=0):
 
 def eval_sums(params, batch, rng, cfg):
     nll_BxL = _token_nll(params, batch, rng, GPTConfig.from_cfg(cfg), train=False)
-    return {"nll": jnp.sum(nll_BxL * batch["mask"]), "num_tokens": jnp.sum(batch["mask"])}
+    return lm.masked_sums(nll_BxL, batch["mask"])
 
 
 def eval_summary(totals, meta):
