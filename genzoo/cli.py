@@ -37,7 +37,7 @@ def _cmd_list(args) -> None:
 
 
 def _cmd_train(args) -> None:
-    from genzoo import distributed, experiment, workdir
+    from genzoo import distributed, experiment, quantize, workdir
 
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     overrides = list(args.set or ())
@@ -47,7 +47,7 @@ def _cmd_train(args) -> None:
     if cfg.train.steps < 1:
         raise UserError(f"train.steps must be at least 1, got {cfg.train.steps}")
     run_dir = Path(args.workdir or Path("runs") / cfg.experiment.name)
-    if (run_dir / workdir.QUANTIZED_MARKER).is_file():
+    if quantize.is_quantized(run_dir):
         raise UserError(f"{run_dir} is a quantized copy (eval and sample only): train the original")
     lock = workdir.WriterLock(run_dir, enabled=distributed.is_main())  # file, read-only, busy
     if run_dir.is_dir():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import ml_collections
 
-from genzoo import config_checks, experiment, models, requires
+from genzoo import config_checks, experiment, models, quantize, requires
 from genzoo import data as data_lib
 from genzoo.checkpoint import Checkpointer
 from genzoo.data import sources
@@ -150,8 +150,6 @@ def parse_checkpoint(text: str) -> str | int:
 def open_run(workdir: Path, overrides=(), checkpoint: str | int = "latest") -> Run:
     """The run in `workdir` at `checkpoint` (latest: the newest readable step; best; or a step
     number), with its dependencies. Read-only: safe while the run is still training."""
-    from genzoo.trainer import Trainer  # jax-heavy; keep `genzoo list` fast
-
     workdir = Path(workdir)
     if not workdir.is_dir():
         raise UserError(f"workdir {workdir} does not exist")
@@ -160,7 +158,7 @@ def open_run(workdir: Path, overrides=(), checkpoint: str | int = "latest") -> R
     config_checks.check(cfg)
     if not any(o.startswith("mesh.") for o in overrides):
         fit_mesh(cfg)
-    if (workdir / QUANTIZED_MARKER).is_file():
+    if quantize.is_quantized(workdir):
         return _open_quantized(workdir, cfg, checkpoint)
     checkpoints = workdir / "checkpoints"
     if not checkpoints.is_dir():
@@ -168,34 +166,33 @@ def open_run(workdir: Path, overrides=(), checkpoint: str | int = "latest") -> R
     ckpt = Checkpointer(checkpoints, keep_best=cfg.checkpoint.keep_best, read_only=True)
     try:
         ckpt.choose(checkpoint)  # a missing step or best is refused before the data loads
-        frozen = ml_collections.FrozenConfigDict(cfg)
-        deps = requires.open_all(cfg.model.get("requires"))
-        data = with_deps(models.get(cfg.model.family), data_lib.load(cfg.data, workdir), deps)
-        trainer = Trainer(frozen, deps=deps)
+        frozen, data, trainer, deps = _assemble(workdir, cfg)
         state, _, step, _ = trainer.restore(ckpt, checkpoint)
     finally:
         ckpt.close()
     return Run(frozen, data, trainer, state, step, workdir, deps)
 
 
-QUANTIZED_MARKER = "quantized.json"  # = quantize.MARKER (that module imports jax)
+def _assemble(workdir: Path, cfg):
+    """(frozen config, data, trainer, opened dependencies) of a saved run, before its state."""
+    from genzoo.trainer import Trainer  # jax-heavy; keep `genzoo list` fast
+
+    frozen = ml_collections.FrozenConfigDict(cfg)
+    deps = requires.open_all(cfg.model.get("requires"))
+    data = with_deps(models.get(cfg.model.family), data_lib.load(cfg.data, workdir), deps)
+    return frozen, data, Trainer(frozen, deps=deps), deps
 
 
 def _open_quantized(workdir: Path, cfg, checkpoint) -> Run:
     """A `genzoo quantize` copy: one set of int8 weights, dequantised onto the devices."""
     import jax
 
-    from genzoo import quantize
     from genzoo.train_step import TrainState
-    from genzoo.trainer import Trainer
 
     if checkpoint != "latest":
         raise UserError(f"{workdir} is a quantized copy with one set of weights: "
                         "--checkpoint does not apply")  # fmt: skip
-    frozen = ml_collections.FrozenConfigDict(cfg)
-    deps = requires.open_all(cfg.model.get("requires"))
-    data = with_deps(models.get(cfg.model.family), data_lib.load(cfg.data, workdir), deps)
-    trainer = Trainer(frozen, deps=deps)
+    frozen, data, trainer, deps = _assemble(workdir, cfg)
     params, step = quantize.load(workdir, trainer.abstract_state.params)
     params = jax.device_put(params, trainer.state_shardings.params)
     return Run(frozen, data, trainer, TrainState(step, params, None, None), step, workdir, deps)
