@@ -10,10 +10,10 @@ Writes benchmarks/results/bits_per_char.json.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import ml_collections
+from common import write_report
 
 from genzoo import data, workdir
 from genzoo.evaluation import baselines
@@ -47,8 +47,7 @@ def main() -> None:
     print(f"{'model':<45} {'bits/char':>9}")
     for r in rows:
         print(f"{r['model']:<45} {r['bits_per_char']:>9.3f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=2))
+    write_report(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -77,3 +78,11 @@ def cpu_info() -> dict:
     except (OSError, StopIteration):
         pass
     return info
+
+
+def write_report(path, report: dict) -> None:
+    """The benchmark's JSON (folders made as needed), and a line saying where."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")

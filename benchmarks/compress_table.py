@@ -13,12 +13,12 @@ validation loss. Writes benchmarks/results/compression.json.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import jax
+from common import write_report
 
 import genzoo
 from genzoo import pruning, quantize, workdir
@@ -63,8 +63,7 @@ def main() -> None:
         size = f"{r['weight_bytes'] / 2**20:.2f}" if "weight_bytes" in r else ""
         print(f"{name:>10} {r['loss']:>8.4f} {r.get('bits_per_char', float('nan')):>9.4f} "
               f"{r['sparsity']:>8.1%} {size:>11} {r['decode_tokens_per_s']:>12.0f}")  # fmt: skip
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"float": str(args.float), "rows": rows}, indent=1))
+    write_report(args.out, {"float": str(args.float), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -12,11 +12,10 @@ step, peak memory where the device reports it) and writes benchmarks/results/fam
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import jax
+from common import write_report
 
 from genzoo import data as data_lib
 from genzoo import experiment, metrics, models, requires, workdir
@@ -89,10 +88,7 @@ def main() -> None:
                  r["first_step_s"])  # fmt: skip
         print("{:26} {:8} {:>5} {:>9.1f} {:>10.1f} {:>10} {:>6} {:>10.1f}".format(*cells),
               flush=True)  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": jax.devices()[0].device_kind, "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    write_report(args.out, {"device": jax.devices()[0].device_kind, "rows": rows})
 
 
 if __name__ == "__main__":

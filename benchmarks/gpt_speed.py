@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 import torch_gpt
-from common import char_gpt_config, cpu_info, time_train_steps
+from common import char_gpt_config, cpu_info, time_train_steps, write_report
 from flax.linen import unbox
 
 from genzoo import metrics
@@ -185,10 +183,7 @@ def main() -> None:
             print("{:6} {:8} {:>11.0f} {:>6.1%} {:>10.2f} {:>12.0f} {:>15.0f}".format(*cells))
         for k, v in rows["ratios"].items():
             print(f"  {shape} {k}: {v:.2f}x")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,9 @@ from one run on one machine.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import jax
-from common import char_gpt_config, cpu_info, time_train_steps
+from common import char_gpt_config, cpu_info, time_train_steps, write_report
 
 from genzoo import metrics
 from genzoo.models import gpt
@@ -65,13 +63,8 @@ def main() -> None:
             f"{r['model_flops_per_s'] / 1e9:>8.1f} "
             f"{r['mfu_vs_xla_matmul_peak']:>6.1%}"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     machine = {**cpu_info(), "devices": len(jax.devices())}
-    out.write_text(
-        json.dumps({"machine": machine, "matmul_peak_flops": peak, "rows": rows}, indent=2)
-    )
-    print(f"wrote {out}")
+    write_report(args.out, {"machine": machine, "matmul_peak_flops": peak, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -15,14 +15,12 @@ temporaries. `--genzoo-extras chunk128,remat_dots` adds genzoo rows with those m
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import jax
 import torch
 import torch_gpt
-from common import char_gpt_config, time_train_steps
+from common import char_gpt_config, time_train_steps, write_report
 
 from genzoo import metrics
 
@@ -125,10 +123,7 @@ def main() -> None:
                 *cells), flush=True)  # fmt: skip
         report["rows"][name] = {"peak_flops": peak, "peak_source": source, "batch": batch,
                                 "shape": shape.__dict__, "bf16": bf16, **results}  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

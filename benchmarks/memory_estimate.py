@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-from pathlib import Path
 
 import jax
 import numpy as np
-from common import char_gpt_config
+from common import char_gpt_config, write_report
 
 from genzoo.trainer import Trainer
 
@@ -116,10 +114,7 @@ def main() -> None:
           f"{check['estimate_state_gib']:.3f}; XLA temporaries {check['xla_temp_gib']:.3f} GiB "
           "vs estimated grads+activations+logits "
           f"{check['estimate_step_temp_gib']:.3f}")  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"gpt2_xl": rows, "check": check}, indent=2))
-    print(f"wrote {out}")
+    write_report(args.out, {"gpt2_xl": rows, "check": check})
 
 
 if __name__ == "__main__":

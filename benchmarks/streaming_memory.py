@@ -13,7 +13,6 @@ data sets load). Writes benchmarks/results/streaming_memory.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import cpu_info
+from common import cpu_info, write_report
 
 GIB = 2**30
 BLOCK = 1 << 26  # tokens written per block: 128 MiB
@@ -98,10 +97,8 @@ def main():
     growth = rows[-1]["train_peak_rss_gib"] - rows[0]["train_peak_rss_gib"]
     grown = rows[-1]["corpus_gib"] - rows[0]["corpus_gib"]
     print(f"train peak RSS grew {growth:+.3f} GiB while the corpus grew {grown:g} GiB")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(cpu=cpu_info(), steps=args.steps, rows=rows,
-                                   rss_growth_gib=growth), indent=1))  # fmt: skip
+    write_report(args.out, dict(cpu=cpu_info(), steps=args.steps, rows=rows,
+                                rss_growth_gib=growth))  # fmt: skip
 
 
 if __name__ == "__main__":
