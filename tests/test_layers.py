@@ -57,3 +57,13 @@ def test_cross_attention_reads_the_source_and_its_mask():
     padded_changed = memory.at[:, 3:].add(50.0)
     np.testing.assert_allclose(out, f(x, memory_BxSxD=padded_changed, key_valid_BxT=valid),
                                atol=1e-5)  # fmt: skip
+
+
+def test_gelu_matches_jax_exact_gelu_in_value_and_gradient():
+    from genzoo.layers.basic import gelu
+
+    x = jnp.linspace(-12.0, 12.0, 20_001)
+    exact = lambda v: jax.nn.gelu(v, approximate=False)  # noqa: E731
+    np.testing.assert_allclose(gelu(x), exact(x), atol=2e-6)
+    np.testing.assert_allclose(jax.vmap(jax.grad(gelu))(x), jax.vmap(jax.grad(exact))(x), atol=1e-6)
+    assert float(jnp.abs(gelu(x) - jax.nn.gelu(x, approximate=True)).max()) > 1e-4  # not tanh's
