@@ -29,6 +29,7 @@ def get_config(variant=None):
         dropout=0.1,
         nsp=True,
         dtype="float32",
+        remat="none",  # or full / dots: recompute activations in the backward pass
     )
     c.data = dict(name="english_mlm", vocab_size=8000, max_len=128, seed=0, tokenizer_dir="")
     c.train.update(steps=20000, batch_size=128)

@@ -33,6 +33,7 @@ def get_config(variant=None):
         text_loss_weight=1.0 / 8,
         caption_dropout=0.1,
         dtype="float32",
+        remat="none",  # or full / dots: recompute activations in the backward pass
         requires={"image_tokenizer": "runs/dvae_shapes", "clip": "runs/clip_shapes"},
     )
     c.data = dict(name="shapes", max_caption_len=12)

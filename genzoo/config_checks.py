@@ -21,6 +21,7 @@ def _finite(v) -> bool:
 # against base_config() first, so the predicates see numbers where numbers are expected.
 RANGES = {
     "train.steps": (lambda v: v >= 0, "at least 0"),
+    "train.max_seconds": (lambda v: _finite(v) and v >= 0, "a finite number >= 0 (0: no limit)"),
     "train.batch_size": (lambda v: v >= 1, "at least 1"),
     "train.grad_accum": (lambda v: v >= 1, "at least 1"),
     "train.seed": (lambda v: v >= 0, "at least 0"),

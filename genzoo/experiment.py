@@ -22,8 +22,8 @@ from genzoo.errors import UserError
 # Keys that may differ between a run and its resume: run length, mesh layout, logging,
 # evaluation and checkpoint cadence. Everything else (model, data, optimizer) must match.
 # How a step is computed (rematerialisation, loss chunks) may change too: same values.
-RESUMABLE_PREFIXES = ("train.steps", "mesh.", "log.", "eval.", "checkpoint.", "experiment.",
-                      "model.remat", "model.loss_chunk")  # fmt: skip
+RESUMABLE_PREFIXES = ("train.steps", "train.max_seconds", "mesh.", "log.", "eval.", "checkpoint.",
+                      "experiment.", "model.remat", "model.loss_chunk")  # fmt: skip
 
 DEFAULT_RULES = (
     # Parameters: FSDP shards the model width, tensor parallelism the wide dimensions.
@@ -52,6 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(name=""))
     c.train = dict(
         steps=1000,
+        max_seconds=0.0,  # > 0: also stop (evaluate, save) at the first step past this wall time
         batch_size=32,
         grad_accum=1,
         seed=0,
@@ -267,7 +268,8 @@ def _flatten(tree, prefix=""):
 # behaves as the code did before: such a run resumes when its new config has that value.
 ADDED_KEYS = {"optim.prune_sparsity": 0.0, "optim.prune_scope": "layer", "optim.prune_begin": 0,
               "optim.prune_end": -1, "optim.prune_every": 50, "optim.em_power": 0.7,
-              "optim.em_smoothing": 1e-3, "model.expected_counts": False}  # fmt: skip
+              "optim.em_smoothing": 1e-3, "model.expected_counts": False,
+              "train.max_seconds": 0.0}  # fmt: skip
 
 
 def resume_conflicts(saved: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:

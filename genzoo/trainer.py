@@ -220,7 +220,8 @@ class Trainer:
         return state, step
 
     def fit(self, workdir: Path, data, init_params=None) -> TrainState:
-        """Trains to `train.steps`, resuming from the newest readable checkpoint in `workdir`.
+        """Trains to `train.steps` (or `train.max_seconds` of wall time, whichever comes
+        first), resuming from the newest readable checkpoint in `workdir`.
 
         A fresh run starts from `init_params` when given (fine-tuning), with a fresh optimizer.
         Raises `Preempted` after saving on SIGTERM/SIGINT, `NonFinite` after more than
@@ -255,6 +256,8 @@ class Trainer:
             say(self._evaluate_into(writer, state.eval_params(), data, 0)[0])
         window_start, window_steps = time.perf_counter(), 0
         last_save, saved_step, skipped = time.monotonic(), latest, 0
+        # A wall-time budget counts this invocation from here, compile included.
+        deadline = last_save + cfg.train.max_seconds if cfg.train.max_seconds > 0 else None
         previous = None  # (step, finite flag) checked one step late: no sync per step
 
         def check(pending) -> int:
@@ -285,7 +288,9 @@ class Trainer:
                         writer.write(step, {**first, **({"perf/peak_flops": peak} if peak else {})})
                         window_start, window_steps = time.perf_counter(), 0
                     bar.update(1)
-                    last = step == cfg.train.steps
+                    last = step == cfg.train.steps or (
+                        deadline is not None and time.monotonic() >= deadline
+                    )
                     if step % cfg.log.every_steps == 0 or last:
                         scalars = metrics_lib.host_scalars(step_metrics)
                         row = {f"train/{k}": v for k, v in scalars.items()}
@@ -314,6 +319,8 @@ class Trainer:
                         previous = None
                         ckpt.save(step, state, train_iter.get_state(), best_value=best)
                         last_save, saved_step = time.monotonic(), step
+                    if last:
+                        break
                     if stop.signal:
                         raise Preempted(
                             f"stopped by {stop.name} at step {step} with its "

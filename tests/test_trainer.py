@@ -12,6 +12,7 @@ from conftest import tiny_config, unbox
 
 from genzoo import data as data_lib
 from genzoo import experiment, models, workdir
+from genzoo import metrics as metrics_lib
 from genzoo import train_step as trainer_lib
 from genzoo.errors import UserError
 from genzoo.trainer import Trainer
@@ -257,3 +258,40 @@ def test_init_from_spec_parses_items_and_refuses_overlaps():
     for bad in ("text=", "=runs/a", "text=runs/a,runs/b", "a=x,a/b=y", "a=x,a=y"):
         with pytest.raises(UserError):
             init_from.parse(bad)
+
+
+def test_max_seconds_stops_early_with_a_checkpoint_and_an_evaluation(tmp_path):
+    """A wall-time budget ends the run like its last step: evaluated, saved, resumable."""
+    overrides = ("train.steps=50", "train.max_seconds=1e-6", "eval.every_steps=25",
+                 "checkpoint.every_steps=25", "log.progress=false")  # fmt: skip
+    cfg = make_config_for("gpt_shakespeare_char", *overrides)
+    state = Trainer(cfg, devices=jax.devices()[:1]).fit(tmp_path, _data("gpt_shakespeare_char"))
+    assert int(state.step) == 1  # the budget was spent by the first step
+    assert (tmp_path / "checkpoints" / "1").is_dir()
+    rows = metrics_lib.read(tmp_path / "metrics.jsonl")
+    assert any(r["step"] == 1 and np.isfinite(r["val/loss"]) for r in rows if "val/loss" in r)
+
+
+# Every Transformer family takes `model.remat`: each block recomputed in the backward pass,
+# the same loss and gradients (GPT's switches: tests/test_step_memory.py).
+REMAT_FAMILIES = {"bert_mlm_english": 1, "transformer_bible_es_en": 2, "dalle_shapes": 1}
+
+
+@pytest.mark.parametrize("name", list(REMAT_FAMILIES))
+def test_remat_keeps_every_transformer_familys_loss_and_gradients(name):
+    batch = next(_data(name).train_iterator(2, 0))
+    results = []
+    for policy in ("none", "full"):
+        cfg = make_config_for(name, f"model.remat={policy}")
+        family = models.get(cfg.model.family)
+        params = unbox(family.init(jax.random.PRNGKey(0), cfg.model))
+        f = jax.jit(lambda p, b, c=cfg.model, fam=family: trainer_lib._loss_and_grads(
+            fam, c, p, b, jax.random.PRNGKey(1), 0, _deps(name))[:2])  # fmt: skip
+        results.append(f(params, batch))
+        if policy == "full":
+            blocks = cfg.model.num_layers * REMAT_FAMILIES[name]
+            assert str(jax.make_jaxpr(f)(params, batch)).count("remat2[") == blocks
+    (loss0, grads0), (loss1, grads1) = results
+    np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
+    for g0, g1 in zip(jax.tree.leaves(grads0), jax.tree.leaves(grads1), strict=True):
+        np.testing.assert_allclose(g1, g0, atol=1e-7, rtol=1e-5)

@@ -1,7 +1,7 @@
 """Layers shared by every model family: attention, Transformer blocks, MLP, norms, embeddings."""
 
 from genzoo.layers.attention import Attention, cross_kv
-from genzoo.layers.basic import MLP, Embed, LayerNorm, partitioned, sinusoidal_positions
+from genzoo.layers.basic import MLP, Embed, LayerNorm, gelu, partitioned, sinusoidal_positions
 from genzoo.layers.conv import ConvDecoder, ConvEncoder
 from genzoo.layers.transformer import REMAT_POLICIES, TransformerBlock, call_block
 
@@ -15,6 +15,7 @@ __all__ = [
     "LayerNorm",
     "TransformerBlock",
     "call_block",
+    "gelu",
     "cross_kv",
     "partitioned",
     "sinusoidal_positions",

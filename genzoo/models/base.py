@@ -49,6 +49,10 @@ def require_transformer_shape(config, *sizes: str) -> None:
         f"model.width={config.width} is not divisible by num_heads={config.num_heads}",
     )
     require(0.0 <= config.dropout < 1.0, f"model.dropout must be in [0, 1), got {config.dropout}")
+    from genzoo.layers.transformer import REMAT_POLICIES
+
+    remat = getattr(config, "remat", "none")
+    require(remat in REMAT_POLICIES, f"model.remat={remat!r}: one of {', '.join(REMAT_POLICIES)}")
 
 
 def padded(size: int, multiple: int = 64) -> int:

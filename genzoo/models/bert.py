@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from genzoo.evaluation import lm
-from genzoo.layers import Embed, LayerNorm, TransformerBlock, partitioned
+from genzoo.layers import Embed, LayerNorm, TransformerBlock, call_block, gelu, partitioned
 from genzoo.models.base import FromConfig, require, require_transformer_shape
 
 KIND = "masked_lm"
@@ -43,6 +43,7 @@ class BertConfig(FromConfig):
     mask_id: int = 4  # the tokenizer's [MASK]; ids below `first_word_id` are never masked
     first_word_id: int = 7
     dtype: str = "float32"
+    remat: str = "none"  # activation rematerialisation per layer: none, full, dots
 
     def validate(self) -> None:
         require_transformer_shape(self, "num_layers", "num_heads", "width", "max_len")
@@ -100,12 +101,14 @@ class Bert(nn.Module):
         x_BxLxD = self.word(tokens_BxL) + self.position(positions_BxL) + self.segment(segments_BxL)
         x_BxLxD = self.drop(self.embed_ln(x_BxLxD), deterministic=deterministic)
         for layer in self.layers:
-            x_BxLxD, _ = layer(x_BxLxD, key_valid_BxL=valid_BxL, deterministic=deterministic)
+            x_BxLxD, _ = call_block(
+                layer, self.cfg.remat, x_BxLxD, deterministic, key_valid_BxL=valid_BxL
+            )
         return x_BxLxD
 
     def mlm_logits(self, h_BxLxD):
         c = self.cfg
-        h_BxLxD = self.mlm_ln(jax.nn.gelu(self.mlm_dense(h_BxLxD), approximate=False))
+        h_BxLxD = self.mlm_ln(gelu(self.mlm_dense(h_BxLxD)))
         logits_BxLxV = self.word.attend(h_BxLxD) + self.mlm_bias.astype(h_BxLxD.dtype)
         return logits_BxLxV[..., : c.vocab_size].astype(jnp.float32)
 

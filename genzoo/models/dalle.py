@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from genzoo import sampling
 from genzoo.evaluation import lm
-from genzoo.layers import Embed, LayerNorm, TransformerBlock, partitioned
+from genzoo.layers import Embed, LayerNorm, TransformerBlock, call_block, partitioned
 from genzoo.models.base import FromConfig, padded, require, require_transformer_shape
 
 KIND = "text_to_image"
@@ -49,6 +49,7 @@ class DalleConfig(FromConfig):
     text_loss_weight: float = 1.0 / 8
     caption_dropout: float = 0.1
     dtype: str = "float32"
+    remat: str = "none"  # activation rematerialisation per block: none, full, dots
 
     def validate(self) -> None:
         require_transformer_shape(self, "vocab_size", "num_layers", "num_heads", "width",
@@ -110,9 +111,9 @@ class DALLE(nn.Module):
         x_BxLxD = self.drop(x_BxLxD, deterministic=deterministic)
         new_layers = []
         for i, block in enumerate(self.blocks):
-            x_BxLxD, layer_cache = block(
-                x_BxLxD, cache=None if cache is None else cache["layers"][i], cache_index=start,
-                deterministic=deterministic,
+            x_BxLxD, layer_cache = call_block(
+                block, c.remat, x_BxLxD, deterministic, cache_index=start,
+                cache=None if cache is None else cache["layers"][i],
             )  # fmt: skip
             new_layers.append(layer_cache)
         new_cache = None if cache is None else {**cache, "index": start + L, "layers": new_layers}

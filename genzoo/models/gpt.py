@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from genzoo import sampling
 from genzoo.errors import UserError
 from genzoo.evaluation import lm
-from genzoo.layers import REMAT_POLICIES, Embed, LayerNorm, TransformerBlock, call_block
+from genzoo.layers import Embed, LayerNorm, TransformerBlock, call_block
 from genzoo.models.base import FromConfig, require_transformer_shape
 
 KIND = "language_model"
@@ -41,8 +41,6 @@ class GPTConfig(FromConfig):
         require_transformer_shape(
             self, "vocab_size", "num_layers", "num_heads", "width", "block_size"
         )
-        if self.remat not in REMAT_POLICIES:
-            raise UserError(f"model.remat={self.remat!r}: one of {', '.join(REMAT_POLICIES)}")
         if self.loss_chunk < 0:
             raise UserError(f"model.loss_chunk must be >= 0, got {self.loss_chunk}")
 

@@ -19,7 +19,14 @@ import jax.numpy as jnp
 from genzoo import sampling
 from genzoo.data.tokenizers import BOS, EOS
 from genzoo.evaluation import lm
-from genzoo.layers import Embed, LayerNorm, TransformerBlock, cross_kv, sinusoidal_positions
+from genzoo.layers import (
+    Embed,
+    LayerNorm,
+    TransformerBlock,
+    call_block,
+    cross_kv,
+    sinusoidal_positions,
+)
 from genzoo.models.base import FromConfig, require, require_transformer_shape
 
 KIND = "translator"
@@ -39,6 +46,7 @@ class TransformerConfig(FromConfig):
     share_embeddings: bool = True  # source, target and output: needs a joint vocabulary
     max_decode_len: int = 128  # the longest translation `sample` produces
     dtype: str = "float32"
+    remat: str = "none"  # activation rematerialisation per layer: none, full, dots
 
     def validate(self) -> None:
         require_transformer_shape(self, "num_layers", "num_heads", "width", "mlp_hidden")
@@ -96,11 +104,13 @@ class EncoderDecoder(nn.Module):
         table = self.tgt_embed if self.cfg.share_embeddings else self.src_embed
         x_BxSxD = self._embed(table, src_BxS, 0, deterministic, p.get("src_positions"))
         for layer in self.encoder:
-            x_BxSxD, _ = layer(
+            x_BxSxD, _ = call_block(
+                layer,
+                self.cfg.remat,
                 x_BxSxD,
+                deterministic,
                 key_valid_BxL=src_valid_BxS,
                 segments_BxL=p.get("src_segments"),
-                deterministic=deterministic,
             )
         return x_BxSxD if self.cfg.post_ln else self.enc_ln(x_BxSxD)
 
@@ -119,15 +129,17 @@ class EncoderDecoder(nn.Module):
         x_BxLxD = self._embed(self.tgt_embed, tgt_BxL, start, deterministic, p.get("tgt_positions"))
         layers = []
         for i, layer in enumerate(self.decoder):
-            x_BxLxD, layer_cache = layer(
+            x_BxLxD, layer_cache = call_block(
+                layer,
+                c.remat,
                 x_BxLxD,
+                deterministic,
                 memory_BxSxD=memory_BxSxD,
                 memory_valid_BxS=src_valid_BxS,
                 segments_BxL=p.get("tgt_segments"),
                 memory_segments_BxS=p.get("src_segments"),
                 cache=None if cache is None else cache["layers"][i],
                 cache_index=start,
-                deterministic=deterministic,
             )
             layers.append(layer_cache)
         if not c.post_ln:
