@@ -277,7 +277,10 @@ def test_max_seconds_stops_early_with_a_checkpoint_and_an_evaluation(tmp_path):
 REMAT_FAMILIES = {"bert_mlm_english": 1, "transformer_bible_es_en": 2, "dalle_shapes": 1}
 
 
-@pytest.mark.parametrize("name", list(REMAT_FAMILIES))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "dalle_shapes" else n
+             for n in REMAT_FAMILIES],  # DALL·E's blocks are GPT's: the slow run checks them
+)  # fmt: skip
 def test_remat_keeps_every_transformer_familys_loss_and_gradients(name):
     batch = next(_data(name).train_iterator(2, 0))
     results = []
