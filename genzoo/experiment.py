@@ -268,8 +268,7 @@ def _flatten(tree, prefix=""):
 # behaves as the code did before: such a run resumes when its new config has that value.
 ADDED_KEYS = {"optim.prune_sparsity": 0.0, "optim.prune_scope": "layer", "optim.prune_begin": 0,
               "optim.prune_end": -1, "optim.prune_every": 50, "optim.em_power": 0.7,
-              "optim.em_smoothing": 1e-3, "model.expected_counts": False,
-              "train.max_seconds": 0.0}  # fmt: skip
+              "optim.em_smoothing": 1e-3, "model.expected_counts": False}  # fmt: skip
 
 
 def resume_conflicts(saved: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:

@@ -257,7 +257,8 @@ class Trainer:
         window_start, window_steps = time.perf_counter(), 0
         last_save, saved_step, skipped = time.monotonic(), latest, 0
         # A wall-time budget counts this invocation from here, compile included.
-        deadline = last_save + cfg.train.max_seconds if cfg.train.max_seconds > 0 else None
+        budget = cfg.train.get("max_seconds", 0.0)  # configs saved before the key: no budget
+        deadline = last_save + budget if budget > 0 else None
         previous = None  # (step, finite flag) checked one step late: no sync per step
 
         def check(pending) -> int:

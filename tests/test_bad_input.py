@@ -125,6 +125,7 @@ CASES = {
     "best mode": ((*NEW, "--set", "checkpoint.best_mode=median"), None),
     "best metric": ((*NEW, "--set", "checkpoint.keep_best=loss"), None),
     "every seconds negative": ((*NEW, "--set", "checkpoint.every_seconds=-1.0"), None),
+    "time budget negative": ((*NEW, "--set", "train.max_seconds=-5"), None),
     "sequence past the context": ((*NEW, "--set", "data.seq_len=64"), None),
     "unknown remat policy": ((*NEW, "--set", "model.remat=some"), None),
     "loss chunk not dividing": ((*NEW, "--set", "model.loss_chunk=5"), None),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from genzoo.errors import UserError
+from genzoo.layers.transformer import REMAT_POLICIES
 
 # Keys of a `model` section that belong to the spine, not to the family's dataclass.
 SPINE_KEYS = ("family", "requires")  # requires: trained runs it needs (genzoo.requires)
@@ -49,8 +50,6 @@ def require_transformer_shape(config, *sizes: str) -> None:
         f"model.width={config.width} is not divisible by num_heads={config.num_heads}",
     )
     require(0.0 <= config.dropout < 1.0, f"model.dropout must be in [0, 1), got {config.dropout}")
-    from genzoo.layers.transformer import REMAT_POLICIES
-
     remat = getattr(config, "remat", "none")
     require(remat in REMAT_POLICIES, f"model.remat={remat!r}: one of {', '.join(REMAT_POLICIES)}")
 
