@@ -16,7 +16,6 @@ writes benchmarks/results/demo_race.json. Needs torch and the data ($GENZOO_DATA
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import subprocess
@@ -25,13 +24,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torch_gpt
 from common import cpu_info, write_report
 
 from genzoo import data as data_lib
-from genzoo import experiment
+from genzoo import experiment, optim
+from genzoo import metrics as metrics_lib
 
 EXPERIMENT, VARIANT = "gpt_shakespeare_char", "cpu"
 
@@ -45,22 +47,12 @@ def genzoo_run(seconds: float) -> dict:
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)
         wall = time.perf_counter() - t0
-        rows = [json.loads(x) for x in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()]
+        rows = metrics_lib.read(Path(tmp) / "run" / "metrics.jsonl")
     evals = [r for r in rows if "val/loss" in r]
     first = next(r["perf/first_step_seconds"] for r in rows if "perf/first_step_seconds" in r)
     return {"steps": evals[-1]["step"], "val_loss": evals[-1]["val/loss"],
             "first_step_s": first, "process_wall_s": wall,
             "curve": [(r["step"], r["val/loss"]) for r in evals]}  # fmt: skip
-
-
-def lr_at(step: int, o) -> float:
-    """optax.warmup_cosine_decay_schedule as genzoo's optimizer uses it."""
-    if step < o.warmup_steps:
-        return o.lr * step / o.warmup_steps
-    t = min(step - o.warmup_steps, o.decay_steps - o.warmup_steps) / (
-        o.decay_steps - o.warmup_steps
-    )
-    return o.min_lr + (o.lr - o.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 def nanogpt_init(model: torch.nn.Module, num_layers: int) -> None:
@@ -107,13 +99,15 @@ def torch_run(seconds: float) -> dict:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                              {"params": rest, "weight_decay": 0.0}],
                             lr=o.lr, betas=(o.b1, o.b2), eps=o.eps)  # fmt: skip
+    # genzoo's own schedule (warmup, cosine decay), tabulated once for every step.
+    lrs = np.asarray(jax.vmap(optim.schedule(o))(np.arange(cfg.train.steps)))
     batches = data.train_iterator(cfg.train.batch_size, cfg.train.seed)
     curve, step, first = [], 0, None
     t0 = time.perf_counter()
     while step < cfg.train.steps:
         b = next(batches)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, o)
+            group["lr"] = float(lrs[step])
         logits = model(torch.from_numpy(b["inputs"]).long())
         loss = F.cross_entropy(
             logits.reshape(-1, V), torch.from_numpy(b["targets"]).long().reshape(-1)

@@ -270,6 +270,13 @@ def test_max_seconds_stops_early_with_a_checkpoint_and_an_evaluation(tmp_path):
     assert (tmp_path / "checkpoints" / "1").is_dir()
     rows = metrics_lib.read(tmp_path / "metrics.jsonl")
     assert any(r["step"] == 1 and np.isfinite(r["val/loss"]) for r in rows if "val/loss" in r)
+    # The same run without a budget continues from that checkpoint.
+    cfg = make_config_for("gpt_shakespeare_char", *overrides[:1], *overrides[2:])
+    state = Trainer(cfg, devices=jax.devices()[:1]).fit(tmp_path, _data("gpt_shakespeare_char"))
+    assert int(state.step) == 50
+    firsts = [r["step"] for r in metrics_lib.read(tmp_path / "metrics.jsonl")
+              if "perf/first_step_seconds" in r]  # fmt: skip
+    assert firsts == [1, 2]  # the second launch's first step was step 2: it resumed
 
 
 # Every Transformer family takes `model.remat`: each block recomputed in the backward pass,
