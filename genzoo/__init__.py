@@ -6,11 +6,11 @@ lm.generate(["ROMEO:", "JULIET:"], max_new_tokens=50, temperature=0.8)
 lm.score(["To be, or not to be"])     # total log-likelihood, nats
 """
 
-from genzoo.host_memory import reuse_step_buffers
+from genzoo.host_memory import one_arena
 
 __version__ = "0.1.0"
 
-reuse_step_buffers()  # before XLA's threads first allocate: see genzoo/host_memory.py
+one_arena()  # before XLA's threads first allocate: see genzoo/host_memory.py
 
 
 def load(workdir, checkpoint="latest"):

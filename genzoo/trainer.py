@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from genzoo import distributed, init_from, models, optim, requires, sharding
+from genzoo import distributed, host_memory, init_from, models, optim, requires, sharding
 from genzoo import metrics as metrics_lib
 from genzoo.checkpoint import Checkpointer
 from genzoo.errors import NonFinite, Preempted, UserError
@@ -102,6 +102,7 @@ class Trainer:
             out_shardings=repl,
         )
         self.eval_step = lambda params, batch, rng: evaluate_step(params, batch, rng, self.deps)
+        self.compiled_step, self.step_temp_bytes = None, None  # by the first `step`
 
     def _place_deps(self, deps: dict):
         """The required runs' evaluation parameters on this mesh, sharded by their own
@@ -166,7 +167,27 @@ class Trainer:
     def step(self, state: TrainState, batch: dict):
         with sharding.activate(self.mesh, self.rules):
             batch = sharding.put_batch(batch, self.batch_sharding, self.cfg.train.batch_size)
-            return self.train_step(state, batch, self.deps)
+            if self.compiled_step is not None:
+                try:
+                    return self.compiled_step(state, batch, self.deps)
+                except TypeError:  # other shapes or dtypes than those compiled for
+                    pass
+            self.compiled_step = self._compile_step(state, batch)
+            return self.compiled_step(state, batch, self.deps)
+
+    def _compile_step(self, state: TrainState, batch: dict):
+        """The train step compiled ahead of time: its memory analysis is read once (logged,
+        and it decides how the CPU's malloc treats the step's temporaries)."""
+        compiled = self.train_step.lower(state, batch, self.deps).compile()
+        try:
+            self.step_temp_bytes = int(compiled.memory_analysis().temp_size_in_bytes)
+        except (AttributeError, NotImplementedError, TypeError):  # backends without analysis
+            self.step_temp_bytes = None
+        if self.step_temp_bytes is not None:
+            log.info("train step: %.1f MiB of XLA temporaries", self.step_temp_bytes / 2**20)
+            if jax.default_backend() == "cpu":
+                host_memory.reuse_large_blocks(self.step_temp_bytes)
+        return compiled
 
     def evaluate(self, params, data, split: str | None = None, max_batches: int | None = None):
         """Whole-split figures (or the first `max_batches` batches) from the family's summary."""
