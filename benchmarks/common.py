@@ -53,8 +53,10 @@ def time_train_steps(cfg, steps: int, warmup: int = 2, memory: bool = False) -> 
         state, m = trainer.step(state, batch)
     jax.block_until_ready(m)
     out = {"first_step_s": first, "step_s": (time.perf_counter() - t0) / steps}
-    if memory and trainer.step_temp_bytes is not None:  # the step's own analysis, no recompile
-        out["xla_temp_gib"] = trainer.step_temp_bytes / 2**30
+    if (
+        memory and trainer.step_program.temp_bytes is not None
+    ):  # the step's own analysis, no recompile
+        out["xla_temp_gib"] = trainer.step_program.temp_bytes / 2**30
     return out
 
 

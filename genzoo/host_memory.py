@@ -26,7 +26,7 @@ import sys
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 # Step temporaries up to this share of physical memory (and 2 GiB) keep their pages: the
 # heap's growth from fragmentation (a few blocks) then stays small next to the machine.
-_SHARE_OF_RAM, _MAX_BLOCK = 1 / 32, 2 << 30
+_SHARE_OF_RAM, _MAX_BLOCK = 1 / 16, 2 << 30
 
 _mallopt = None
 _large_blocks: bool | None = None

@@ -43,11 +43,13 @@ def test_golden_first_steps(single_device, char_data):
 
 def test_step_compiles_once(single_device, char_data):
     _run_steps(single_device, char_data, 1)
-    compiled = single_device.compiled_step  # ahead of time: its memory analysis is read
+    program = single_device.step_program  # compiled ahead of time: memory analysis read
+    compiled = program.compiled
     _run_steps(single_device, char_data, 3)  # init's state and a step's have the same types
-    assert single_device.compiled_step is compiled
+    assert program.compiled is compiled
     assert single_device.train_step._cache_size() == 0  # never traced a second way
-    assert 0 < single_device.step_temp_bytes < 64 << 20
+    assert 0 < program.temp_bytes < 64 << 20
+    assert set(program.seconds) == {"trace", "compile"}
 
 
 def test_overfits_one_batch(make_config, char_data):

@@ -68,10 +68,12 @@ class _Windows:
     def __call__(self, starts_B: np.ndarray) -> dict:
         idx_BxL1 = starts_B[:, None] + np.arange(self.seq_len + 1)[None, :]
         window_BxL1 = self.tokens[idx_BxL1].astype(np.int32)
+        # Contiguous copies here, in grain's worker threads: the training loop's transfer to
+        # the devices would otherwise copy the strided slices on the main thread.
         return {
-            "inputs": window_BxL1[:, :-1],
-            "targets": window_BxL1[:, 1:],
-            "mask": np.ones(window_BxL1[:, 1:].shape, np.float32),
+            "inputs": np.ascontiguousarray(window_BxL1[:, :-1]),
+            "targets": np.ascontiguousarray(window_BxL1[:, 1:]),
+            "mask": np.ones((len(starts_B), self.seq_len), np.float32),
         }
 
 

@@ -1,0 +1,131 @@
+"""Wall time of one training command, phase by phase, under a few compile settings.
+
+    python benchmarks/char_wall.py                      # the GPU target: bf16 char GPT < 30 s
+    python benchmarks/char_wall.py --variant smoke --runs default,second   # a CPU smoke run
+
+Each run is `genzoo -v train EXPERIMENT --set ...` in a fresh process, workdir and compile
+cache (`second` reuses the first run's cache: a second launch). From its log: when the
+initial state, the compiled train and eval steps and the first training step were ready; from
+metrics.jsonl: the first step (compile included), the median step and the last validation
+loss. The first run trains `--steps`, the others `--probe-steps`. Prints a table; writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import write_report
+
+# name: (environment, overrides) on top of the base command.
+RUNS = {
+    "default": ({}, []),
+    "second": ({}, []),  # the first run's compile cache: a second launch
+    "threefry_kernel": ({"GENZOO_THREEFRY": "kernel"}, []),
+    "rbg": ({}, ["train.rng_impl=rbg"]),
+    "no_autotune": ({"XLA_FLAGS": "--xla_gpu_autotune_level=0"}, []),
+    "no_triton_gemm": ({"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=false"}, []),
+    "no_dropout": ({}, ["model.dropout=0.0"]),
+}
+PHASES = {  # log line -> phase name (the time the line was written)
+    "initial state:": "init_ready_s",
+    "train step: traced": "step_compiled_s",
+    "eval step: traced": "eval_compiled_s",
+    "training from step": "training_from_s",
+}
+LINE = re.compile(r"^\s*(\d+) ms  (.*)$")
+
+
+def run(name: str, args, steps: int, root: Path, cache: Path) -> dict:
+    env_extra, overrides = RUNS[name]
+    env = {**os.environ, **env_extra, "JAX_COMPILATION_CACHE_DIR": str(cache)}
+    work = root / name
+    cmd = [sys.executable, "-m", "genzoo.cli", "-v", "train", args.experiment, "--workdir",
+           str(work), "--set", f"train.steps={steps}", "--set", "log.progress=false"]  # fmt: skip
+    cmd += ["--variant", args.variant] if args.variant else []
+    for o in [*args.set, *overrides]:
+        cmd += ["--set", o]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    row = {"wall_s": time.perf_counter() - t0, "rc": out.returncode, "steps": steps}
+    if out.returncode:
+        row["error"] = out.stderr.strip().splitlines()[-1:] or ["?"]
+    evals, saves = [], []
+    for line in out.stderr.splitlines():
+        m = LINE.match(line)
+        if not m:
+            continue
+        ms, text = int(m[1]), m[2]
+        for key, phase in PHASES.items():
+            if text.startswith(key):
+                row[phase] = ms / 1e3
+        if text.startswith(("train step: traced", "eval step: traced")):
+            kind = "step" if text.startswith("train") else "eval"
+            row[f"{kind}_trace_s"], row[f"{kind}_compile_s"] = map(
+                float, re.findall(r"in ([\d.]+) s", text)[:2]
+            )
+        if text.startswith("evaluation at step"):
+            evals.append(float(text.rsplit(" ", 2)[-2]))
+        if text.startswith("checkpoint "):
+            saves.append(float(text.split(": ")[1].split()[0]))
+    row.update(evals_s=sum(evals), num_evals=len(evals), saves_s=sum(saves))
+    rows = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines() if x.strip()] \
+        if (work / "metrics.jsonl").is_file() else []  # fmt: skip
+    steps_s = [r["perf/step_seconds"] for r in rows if "perf/step_seconds" in r]
+    first = [r["perf/first_step_seconds"] for r in rows if "perf/first_step_seconds" in r]
+    val = [r["val/loss"] for r in rows if "val/loss" in r]
+    row.update(first_step_s=first[0] if first else None,
+               step_ms=1e3 * statistics.median(steps_s) if steps_s else None,
+               val_loss=val[-1] if val else None)  # fmt: skip
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--experiment", default="gpt_shakespeare_char")
+    p.add_argument("--variant", default=None)
+    p.add_argument("--set", action="append", default=None, help="base overrides")
+    p.add_argument("--runs", default="default,second,no_autotune,no_dropout")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--probe-steps", type=int, default=300)
+    p.add_argument("--out", default="benchmarks/results/char_wall.json")
+    args = p.parse_args()
+    if args.set is None:
+        args.set = [] if args.variant else ["model.dtype=bfloat16"]
+    names = [n for n in args.runs.split(",") if n]
+    unknown = sorted(set(names) - set(RUNS))
+    if unknown:
+        sys.exit(f"char_wall: unknown runs {unknown}; choose from {sorted(RUNS)}")
+    import jax
+
+    report = {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
+              "command": f"genzoo train {args.experiment} "
+              + " ".join(f"--set {o}" for o in args.set), "runs": {}}  # fmt: skip
+    cols = ["wall_s", "first_step_s", "init_ready_s", "step_compiled_s", "step_trace_s",
+            "step_compile_s", "training_from_s", "step_ms", "evals_s", "saves_s",
+            "val_loss"]  # fmt: skip
+    print(f"{'run':14s} " + " ".join(f"{c:>15s}" for c in cols), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        root, first_cache = Path(tmp), None
+        for i, name in enumerate(names):
+            cache = first_cache if name == "second" and first_cache else root / f"cache_{name}"
+            first_cache = first_cache or cache
+            row = run(name, args, args.steps if i == 0 else args.probe_steps, root, cache)
+            report["runs"][name] = row
+            cells = [f"{row[c]:15.3f}" if isinstance(row.get(c), float) else f"{'-':>15s}"
+                     for c in cols]  # fmt: skip
+            print(f"{name:14s} " + " ".join(cells) + (f"  {row['error']}" if row["rc"] else ""),
+                  flush=True)  # fmt: skip
+            write_report(args.out, report)  # after every run: a timeout keeps what finished
+
+
+if __name__ == "__main__":
+    main()
