@@ -34,6 +34,8 @@ RUNS = {
     "no_autotune": ({"XLA_FLAGS": "--xla_gpu_autotune_level=0"}, []),
     "no_triton_gemm": ({"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=false"}, []),
     "no_dropout": ({}, ["model.dropout=0.0"]),
+    "serial_start": ({"GENZOO_OVERLAP": "0"}, []),  # init, then the step's compile
+    "overlap_start": ({"GENZOO_OVERLAP": "1"}, []),  # both at once (default with >= 4 cores)
 }
 PHASES = {  # log line -> phase name (the time the line was written)
     "initial state:": "init_ready_s",
@@ -44,10 +46,9 @@ PHASES = {  # log line -> phase name (the time the line was written)
 LINE = re.compile(r"^\s*(\d+) ms  (.*)$")
 
 
-def run(name: str, args, steps: int, root: Path, cache: Path) -> dict:
+def run(name: str, args, steps: int, work: Path, cache: Path) -> dict:
     env_extra, overrides = RUNS[name]
     env = {**os.environ, **env_extra, "JAX_COMPILATION_CACHE_DIR": str(cache)}
-    work = root / name
     cmd = [sys.executable, "-m", "genzoo.cli", "-v", "train", args.experiment, "--workdir",
            str(work), "--set", f"train.steps={steps}", "--set", "log.progress=false"]  # fmt: skip
     cmd += ["--variant", args.variant] if args.variant else []
@@ -116,10 +117,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root, first_cache = Path(tmp), None
         for i, name in enumerate(names):
-            cache = first_cache if name == "second" and first_cache else root / f"cache_{name}"
+            cache = first_cache if name == "second" and first_cache else root / f"cache_{i}"
             first_cache = first_cache or cache
-            row = run(name, args, args.steps if i == 0 else args.probe_steps, root, cache)
-            report["runs"][name] = row
+            steps = args.steps if i == 0 else args.probe_steps
+            row = run(name, args, steps, root / f"run_{i}", cache)
+            report["runs"][name if name not in report["runs"] else f"{name}_{i}"] = row
             cells = [f"{row[c]:15.3f}" if isinstance(row.get(c), float) else f"{'-':>15s}"
                      for c in cols]  # fmt: skip
             print(f"{name:14s} " + " ".join(cells) + (f"  {row['error']}" if row["rc"] else ""),

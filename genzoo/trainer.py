@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -45,14 +44,6 @@ def _throughput(step_seconds, batch_size, tokens_per_example, flops_per_example,
     return row
 
 
-def _gpu_compile_settings() -> None:
-    """GENZOO_THREEFRY=kernel: on GPU, threefry's random bits as one CUDA kernel rather than
-    unrolled HLO (the same bits). Off by default: on an H200 the bf16 char GPT's step then
-    compiled in 97.6 s instead of ~30 s and ran 16.1 ms instead of 13 ms (unfused masks)."""
-    if jax.default_backend() == "gpu" and os.environ.get("GENZOO_THREEFRY") == "kernel":
-        jax.config.update("jax_threefry_gpu_kernel_lowering", True)
-
-
 def _host_memory_for_step(program: aot.Program) -> None:
     """On CPU, small step temporaries keep their pages between steps (genzoo.host_memory)."""
     if program.temp_bytes is not None and jax.default_backend() == "cpu":
@@ -65,7 +56,7 @@ class Trainer:
     def __init__(self, cfg, devices=None, deps=None):
         """`deps`: {name: workdir.Run} of the runs `model.requires` names (genzoo.requires)."""
         self.cfg = cfg
-        _gpu_compile_settings()
+        aot.gpu_compile_settings()
         self.family = models.get(cfg.model.family)
         self.model_cfg = cfg.model  # a FrozenConfigDict: hashable, so a static jit argument
         self.mesh = sharding.make_mesh(cfg.mesh, devices)
@@ -229,7 +220,7 @@ class Trainer:
                             f"(these are: {', '.join(row)})")  # fmt: skip
         return float(row[metric])
 
-    def _start(self, ckpt: Checkpointer, train_iter, init_params, pool: ThreadPoolExecutor):
+    def _start(self, ckpt: Checkpointer, train_iter, init_params, pool):
         """A function giving the state to train from and its step, and that step: the newest
         readable checkpoint (damaged newer ones are moved aside, so that this run's saves can
         take their step numbers), or a fresh state made on `pool`'s thread, so that compiling
@@ -296,7 +287,8 @@ class Trainer:
         deadline = time.monotonic() + budget if budget > 0 else None
         train_iter = data.train_iterator(cfg.train.batch_size, cfg.train.seed, rows=rows)
         main = distributed.is_main()  # files and progress: process 0 only
-        pool = ThreadPoolExecutor(1, thread_name_prefix="genzoo-start")
+        overlap = aot.overlap_start()
+        pool = ThreadPoolExecutor(1, thread_name_prefix="genzoo-start") if overlap else aot.Inline()
         try:
             starting, start_step = self._start(ckpt, train_iter, init_params, pool)
             # TensorBoard's import takes ~2 s: on the same thread, after the initial state.
@@ -307,7 +299,7 @@ class Trainer:
                 batch = next(train_iter)
                 t_first = time.perf_counter()
                 self._precompile(batch)
-            if cfg.eval.every_steps > 0:  # compiles while training runs (the first eval waits)
+            if overlap and cfg.eval.every_steps > 0:  # compiles while training runs
                 pool.submit(self._precompile_eval, data)
             writer = writer.result()
             try:

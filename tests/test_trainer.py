@@ -285,6 +285,40 @@ def test_max_seconds_stops_early_with_a_checkpoint_and_an_evaluation(tmp_path):
     assert firsts == [1, 2]  # the second launch's first step was step 2: it resumed
 
 
+def test_overlapped_start_trains_as_the_serial_one(tmp_path, monkeypatch):
+    """The initial state built on a second thread (and the eval step compiled there) gives
+    the run a serial start gives, step for step; one train-step compile either way."""
+    overrides = ("train.steps=4", "eval.every_steps=2", "log.progress=false")
+    results = []
+    for overlap in ("1", "0"):
+        monkeypatch.setenv("GENZOO_OVERLAP", overlap)
+        trainer = Trainer(make_config_for("gpt_shakespeare_char", *overrides),
+                          devices=jax.devices()[:1])  # fmt: skip
+        state = trainer.fit(tmp_path / overlap, _data("gpt_shakespeare_char"))
+        rows = metrics_lib.read(tmp_path / overlap / "metrics.jsonl")
+        losses = [(r["step"], r["val/loss"]) for r in rows if "val/loss" in r]
+        results.append((jax.device_get(state.params), losses))
+        assert trainer.step_program.compiled is not None and trainer.eval_program.compiled
+    (params_a, losses_a), (params_b, losses_b) = results
+    assert losses_a == losses_b and [s for s, _ in losses_a] == [2, 4]
+    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+
+
+def test_program_compiles_again_for_other_argument_types():
+    from genzoo import aot
+
+    program = aot.Program(jax.jit(lambda x: x * 2), "double")
+    program.compile(jax.ShapeDtypeStruct((3,), jnp.float32))  # ahead, from shapes
+    first = program.compiled
+    np.testing.assert_array_equal(program(jnp.ones(3)), 2 * np.ones(3))
+    assert program.compiled is first and program.temp_bytes is not None
+    np.testing.assert_array_equal(program(jnp.ones(4, jnp.int32)), 2 * np.ones(4))  # recompiled
+    assert program.compiled is not first
+    failed = aot.Inline().submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failed.result()
+
+
 # Every Transformer family takes `model.remat`: each block recomputed in the backward pass,
 # the same loss and gradients (GPT's switches: tests/test_step_memory.py).
 REMAT_FAMILIES = {"bert_mlm_english": 1, "transformer_bible_es_en": 2, "dalle_shapes": 1}
