@@ -295,6 +295,7 @@ class Trainer:
             writer = pool.submit(metrics_lib.MetricsWriter, Path(workdir), cfg.log.tensorboard,
                                  enabled=main)  # fmt: skip
             batch, t_first = None, time.perf_counter()  # the first step's time: compile included
+            compiles = self.step_program.compiled is None  # else compiled before this fit
             if start_step < cfg.train.steps:
                 batch = next(train_iter)
                 t_first = time.perf_counter()
@@ -356,8 +357,9 @@ class Trainer:
                     if window_steps == 1 and step == int(latest or 0) + 1:
                         jax.block_until_ready(step_metrics)
                         first = {"perf/first_step_seconds": time.perf_counter() - t_first}
-                        for phase, seconds in self.step_program.seconds.items():  # trace, compile
-                            first[f"perf/{phase}_seconds"] = seconds
+                        if compiles:  # this launch's trace and compile of the step
+                            first.update({f"perf/{k}_seconds": v
+                                          for k, v in self.step_program.seconds.items()})  # fmt: skip
                         writer.write(step, {**first, **({"perf/peak_flops": peak} if peak else {})})
                         window_start, window_steps = time.perf_counter(), 0
                     bar.update(1)
