@@ -358,8 +358,8 @@ class Trainer:
                         jax.block_until_ready(step_metrics)
                         first = {"perf/first_step_seconds": time.perf_counter() - t_first}
                         if compiles:  # this launch's trace and compile of the step
-                            first.update({f"perf/{k}_seconds": v
-                                          for k, v in self.step_program.seconds.items()})  # fmt: skip
+                            phases = self.step_program.seconds.items()
+                            first.update({f"perf/{k}_seconds": v for k, v in phases})
                         writer.write(step, {**first, **({"perf/peak_flops": peak} if peak else {})})
                         window_start, window_steps = time.perf_counter(), 0
                     bar.update(1)
