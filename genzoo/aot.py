@@ -17,9 +17,9 @@ log = logging.getLogger(__name__)
 
 
 class Program:
-    """`fn` (a `jax.jit` function) compiled once for the argument types it is first given,
-    as arrays or `jax.ShapeDtypeStruct`s; arguments of other types compile again, as jit
-    would. `on_compile(program)` runs after each compile."""
+    """`fn` (a `jax.jit` function) compiled once per argument types (given as arrays or
+    `jax.ShapeDtypeStruct`s), as jit would; the latest executable is tried first, so a
+    fixed-type loop pays no lookup. `on_compile(program)` runs after each compile."""
 
     def __init__(self, fn, name: str, on_compile: Callable[[Program], None] | None = None):
         self.fn, self.name, self.on_compile = fn, name, on_compile
@@ -27,6 +27,7 @@ class Program:
         self.seconds: dict[str, float] = {}  # trace, compile
         self.temp_bytes: int | None = None  # XLA's temporaries, where the backend says
         self._lock = threading.Lock()  # one compile at a time: a caller waits for one in flight
+        self._by_types: dict = {}  # every executable, by its arguments' types
 
     def compile(self, *args, if_missing: bool = False):
         with self._lock:
@@ -48,25 +49,32 @@ class Program:
             )
             log.info("%s: traced in %.1f s, compiled in %.1f s%s", self.name, t1 - t0,
                      self.seconds["compile"], temps)  # fmt: skip
-            self.compiled = compiled
+            self.compiled = self._by_types[_types(args)] = compiled
         if self.on_compile is not None:
             self.on_compile(self)
         return compiled
 
     def __call__(self, *args):
         compiled = self.compiled
+        if compiled is None and self._lock.locked():  # compiling on another thread: wait
+            compiled = self.compile(*args, if_missing=True)
         if compiled is not None:
             try:
                 return compiled(*args)
             except TypeError:  # other shapes or dtypes than those compiled for
                 pass
-        elif self._lock.locked():  # compiling on another thread: wait for it
-            compiled = self.compile(*args, if_missing=True)
-            try:
-                return compiled(*args)
-            except TypeError:
-                pass
+        earlier = self._by_types.get(_types(args))
+        if earlier is not None:
+            self.compiled = earlier
+            return earlier(*args)
         return self.compile(*args)(*args)
+
+
+def _types(args) -> tuple:
+    """What an executable's argument check looks at, short of shardings."""
+    leaves, tree = jax.tree.flatten(args)
+    return tree, tuple((tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)))
+                       for x in leaves)  # fmt: skip
 
 
 def overlap_start() -> bool:

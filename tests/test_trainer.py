@@ -313,7 +313,11 @@ def test_program_compiles_again_for_other_argument_types():
     np.testing.assert_array_equal(program(jnp.ones(3)), 2 * np.ones(3))
     assert program.compiled is first and program.temp_bytes is not None
     np.testing.assert_array_equal(program(jnp.ones(4, jnp.int32)), 2 * np.ones(4))  # recompiled
-    assert program.compiled is not first
+    second = program.compiled
+    assert second is not first
+    for _ in range(3):  # alternating types (a smaller last batch, say) reuse both executables
+        program(jnp.ones(3)), program(jnp.ones(4, jnp.int32))
+    assert program.compiled is second and len(program._by_types) == 2
     failed = aot.Inline().submit(lambda: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         failed.result()
