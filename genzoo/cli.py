@@ -289,7 +289,7 @@ def _quiet_libraries(verbose: bool) -> None:
 
     absl.logging.set_verbosity(absl.logging.INFO if verbose else absl.logging.ERROR)
     level = logging.INFO if verbose else logging.WARNING
-    # -v: seconds since start on each line, so the phases of a run (data, compile, evals,
+    # -v: milliseconds since start on each line, so the phases of a run (data, compile, evals,
     # saves) can be read off the log.
     fmt = "%(relativeCreated)9.0f ms  %(message)s" if verbose else "%(message)s"
     logging.basicConfig(level=level, format=fmt, force=True)  # over any library's handler

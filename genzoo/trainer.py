@@ -244,11 +244,9 @@ class Trainer:
     def _precompile(self, batch: dict) -> None:
         """Compiles the train step from the state's shapes and the first batch's (this
         process's rows; the global batch has `train.batch_size`)."""
-        if self.step_program.compiled is not None:
-            return
         with sharding.activate(self.mesh, self.rules):
             batch = self._shapes(batch, self.cfg.train.batch_size)
-            self.step_program.compile(self.abstract_state, batch, self.deps)
+            self.step_program.compile(self.abstract_state, batch, self.deps, if_missing=True)
 
     def _precompile_eval(self, data) -> None:
         """Compiles the eval step from the parameters' shapes and the first eval batch's."""
