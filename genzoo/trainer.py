@@ -12,7 +12,6 @@ import functools
 import logging
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import flax.linen as nn
@@ -28,6 +27,7 @@ from genzoo.errors import NonFinite, Preempted, UserError
 from genzoo.models.protocols import CountsFlops
 from genzoo.preemption import StopRequest
 from genzoo.train_step import TrainState, eval_step, init_state, state_key, train_step
+from genzoo.trainer_start import StartUp
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def _host_memory_for_step(program: aot.Program) -> None:
         host_memory.reuse_large_blocks(program.temp_bytes)
 
 
-class Trainer:
+class Trainer(StartUp):
     """Compiled init/train/eval functions for one resolved config on one mesh."""
 
     def __init__(self, cfg, devices=None, deps=None):
@@ -87,10 +87,9 @@ class Trainer:
         )
         self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
 
-        self._init = jax.jit(
-            functools.partial(init_state, **statics, ema=ema),
-            out_shardings=self.state_shardings,
-        )
+        init = functools.partial(init_state, **statics, ema=ema)
+        init = jax.jit(init, out_shardings=self.state_shardings)
+        self._init = aot.Program(init, "initial state", compiler_options=aot.run_once_options())
         self.train_step = jax.jit(
             functools.partial(
                 train_step,
@@ -220,52 +219,6 @@ class Trainer:
                             f"(these are: {', '.join(row)})")  # fmt: skip
         return float(row[metric])
 
-    def _start(self, ckpt: Checkpointer, train_iter, init_params, pool):
-        """A function giving the state to train from and its step, and that step: the newest
-        readable checkpoint (damaged newer ones are moved aside, so that this run's saves can
-        take their step numbers), or a fresh state made on `pool`'s thread, so that compiling
-        the initialisation overlaps compiling the train step (XLA releases the GIL)."""
-        if not ckpt.steps():
-            fresh = pool.submit(self._fresh_state, init_params)
-            return (lambda: (fresh.result(), None)), 0
-        state, data_state, step, damaged = self.restore(ckpt)
-        for bad in damaged:
-            ckpt.set_aside(bad)
-        train_iter.set_state(data_state)
-        log.info("resumed from step %d", step)
-        return (lambda: (state, step)), step
-
-    def _fresh_state(self, init_params) -> TrainState:
-        t0 = time.perf_counter()
-        state = jax.block_until_ready(self.init_state(init_params))
-        log.info("initial state: %.1f s (compile included)", time.perf_counter() - t0)
-        return state
-
-    def _precompile(self, batch: dict) -> None:
-        """Compiles the train step from the state's shapes and the first batch's (this
-        process's rows; the global batch has `train.batch_size`)."""
-        with sharding.activate(self.mesh, self.rules):
-            batch = self._shapes(batch, self.cfg.train.batch_size)
-            self.step_program.compile(self.abstract_state, batch, self.deps, if_missing=True)
-
-    def _precompile_eval(self, data) -> None:
-        """Compiles the eval step from the parameters' shapes and the first eval batch's."""
-        e = self.cfg.eval
-        try:
-            first = next(iter(data.eval_batches(e.split, e.batch_size, 1)), None)
-            if first is None or self.eval_program.compiled is not None:
-                return
-            batch, rng = self._shapes(first, e.batch_size), jax.random.PRNGKey(e.seed)
-            with sharding.activate(self.mesh, self.rules):
-                self.eval_program.compile(self.abstract_state.params, batch, rng, self.deps)
-        except Exception as err:  # the first evaluation compiles it then, and says why
-            log.warning("eval step not compiled ahead: %s", err)
-
-    @staticmethod
-    def _shapes(batch: dict, rows: int) -> dict:
-        """A host batch's types with the global batch's `rows` (processes hold some rows)."""
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct((rows, *x.shape[1:]), x.dtype), batch)
-
     def fit(self, workdir: Path, data, init_params=None) -> TrainState:
         """Trains to `train.steps` (or `train.max_seconds` of wall time, whichever comes
         first), resuming from the newest readable checkpoint in `workdir`.
@@ -285,29 +238,9 @@ class Trainer:
         deadline = time.monotonic() + budget if budget > 0 else None
         train_iter = data.train_iterator(cfg.train.batch_size, cfg.train.seed, rows=rows)
         main = distributed.is_main()  # files and progress: process 0 only
-        overlap = aot.overlap_start()
-        pool = ThreadPoolExecutor(1, thread_name_prefix="genzoo-start") if overlap else aot.Inline()
-        try:
-            starting, start_step = self._start(ckpt, train_iter, init_params, pool)
-            # TensorBoard's import takes ~2 s: on the same thread, after the initial state.
-            writer = pool.submit(metrics_lib.MetricsWriter, Path(workdir), cfg.log.tensorboard,
-                                 enabled=main)  # fmt: skip
-            batch, t_first = None, time.perf_counter()  # the first step's time: compile included
-            compiles = self.step_program.compiled is None  # else compiled before this fit
-            if start_step < cfg.train.steps:
-                batch = next(train_iter)
-                t_first = time.perf_counter()
-                self._precompile(batch)
-            if overlap and cfg.eval.every_steps > 0:  # compiles while training runs
-                pool.submit(self._precompile_eval, data)
-            writer = writer.result()
-            try:
-                state, latest = starting()
-            except BaseException:
-                writer.close()
-                raise
-        finally:
-            pool.shutdown(wait=False)
+        compiles = self.step_program.compiled is None  # else compiled before this fit
+        state, latest, writer, batch, t_first = self._begin(workdir, ckpt, train_iter, data,
+                                                            init_params)  # fmt: skip
         step = int(state.step)
         # What one example looks like (per-field shapes) decides its cost, for every family.
         tokens = getattr(data, "tokens_per_example", None)

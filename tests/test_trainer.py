@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import tiny_config, unbox
 
+from genzoo import aot, experiment, models, workdir
 from genzoo import data as data_lib
-from genzoo import experiment, models, workdir
 from genzoo import metrics as metrics_lib
 from genzoo import train_step as trainer_lib
 from genzoo.errors import UserError
@@ -305,8 +305,6 @@ def test_overlapped_start_trains_as_the_serial_one(tmp_path, monkeypatch):
 
 
 def test_program_compiles_again_for_other_argument_types():
-    from genzoo import aot
-
     program = aot.Program(jax.jit(lambda x: x * 2), "double")
     program.compile(jax.ShapeDtypeStruct((3,), jnp.float32))  # ahead, from shapes
     first = program.compiled
@@ -321,6 +319,27 @@ def test_program_compiles_again_for_other_argument_types():
     failed = aot.Inline().submit(lambda: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         failed.result()
+
+
+def test_initial_state_compiled_for_speed_of_compiling_is_the_same_bit_for_bit(single_device):
+    """The trainer compiles the initial state at LLVM level 1 on CPU (aot.run_once_options):
+    the values equal plain jit's exactly; trace on one thread, compile on another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from genzoo.train_step import init_state
+
+    t = single_device
+    key = jax.random.PRNGKey(t.cfg.train.seed)
+    plain = jax.jit(functools.partial(init_state, family=t.family, model_cfg=t.model_cfg,
+                                      tx=t.tx, ema=False))(key)  # fmt: skip
+    assert t._init.compiler_options == {"xla_backend_optimization_level": 1}
+    program = aot.Program(t._init.fn, "init", compiler_options=t._init.compiler_options)
+    finish = program.trace(key)
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(finish).result()
+    assert program.seconds["compile"] > 0 and program.compiled is not None
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(program(key).params),
+                 jax.device_get(plain.params))  # fmt: skip
 
 
 # Every Transformer family takes `model.remat`: each block recomputed in the backward pass,
