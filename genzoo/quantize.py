@@ -3,10 +3,12 @@
 Every floating weight of two or more dimensions is stored as int8 with one float32
 scale per output channel (symmetric, absmax / 127): per row for embedding tables
 (a row is a token's vector, and a tied head's output channel), over the input axis
-for kernels. Norm scales and biases stay float32. The copy is a workdir: the run's
-config and tokenizer files, `params_int8.safetensors` and `quantized.json`; `eval`,
-`sample`, `genzoo.load` and `--init-from` read it like a trained run. Loading
-dequantises once into float32 on the devices (see docs/design.md: why not int8 matmuls).
+for kernels (both input axes of attention's output kernel [H, K, D]), so each scale
+factors out of its matmul. Norm scales and biases stay float32. The copy is a workdir: the
+run's config and tokenizer files, `params_int8.safetensors` and `quantized.json`; `eval`,
+`sample`, `genzoo.load` and `--init-from` read it like a trained run. Evaluation uses the
+weights dequantised once into float32; sampling from families with `INT8_MATMULS` keeps
+them int8 and multiplies int8 activations by them (`genzoo.layers.quant`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def is_quantized(workdir: Path) -> bool:
 
 def quantize_array(name: str, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(int8 values, float32 scales broadcastable against them)."""
-    axis = -1 if name.endswith("embedding") else 0
+    axis = -1 if name.endswith("embedding") else (0, 1) if name.endswith("out_kernel") else 0
     absmax = np.max(np.abs(w), axis=axis, keepdims=True).astype(np.float32)
     scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
     return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale
@@ -73,6 +75,29 @@ def dequantize(tensors: dict, abstract_params):
     return traverse_util.unflatten_dict(out, sep="/")
 
 
+def int8_params(tensors: dict, abstract_params):
+    """The param tree shaped like `abstract_params` with `quant.Int8` leaves where the
+    weights were quantized with scales that factor out of their matmul (per output channel,
+    or per row of an embedding table) and are big enough to gain (`quant.MIN_INT8_SIZE`);
+    float32 elsewhere. For `quant`-aware layers only."""
+    from genzoo.layers.quant import MIN_INT8_SIZE, Int8, per_output_channel
+
+    flat = traverse_util.flatten_dict(abstract_params, sep="/")
+    out = {}
+    for name, spec in flat.items():
+        w, scale = tensors[name], tensors.get(name + "::scale")
+        table = name.endswith("embedding") and scale is not None and scale.shape[-1] == 1
+        kernel = name.endswith("kernel") and scale is not None  # not a 3-D attention bias
+        big = w.size >= MIN_INT8_SIZE
+        if big and (table or (kernel and per_output_channel(scale.shape, w.shape))):
+            out[name] = Int8(w, scale)
+        else:
+            out[name] = (w.astype(np.float32) * scale if scale is not None else w).astype(
+                spec.dtype
+            )
+    return traverse_util.unflatten_dict(out, sep="/")
+
+
 def write(run, out: Path) -> dict:
     """Writes the quantized copy of `run` (a workdir.Run) into the new workdir `out`."""
     from safetensors.numpy import save
@@ -95,8 +120,9 @@ def write(run, out: Path) -> dict:
     return counts
 
 
-def load(workdir: Path, abstract_params) -> tuple[dict, int]:
-    """(float params on the host, step) of a quantized workdir."""
+def load(workdir: Path, abstract_params, int8: bool = False) -> tuple[dict, int, dict | None]:
+    """(float params on the host, step, and with `int8` the `int8_params` tree) of a
+    quantized workdir."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -105,4 +131,5 @@ def load(workdir: Path, abstract_params) -> tuple[dict, int]:
         step = int(json.loads((Path(workdir) / MARKER).read_text())["step"])
     except (OSError, SafetensorError, ValueError, KeyError) as e:
         raise UserError(f"{workdir}: the quantized weights cannot be read ({e})") from None
-    return dequantize(tensors, abstract_params), step
+    params = dequantize(tensors, abstract_params)  # checks every name and shape
+    return params, step, int8_params(tensors, abstract_params) if int8 else None

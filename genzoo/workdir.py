@@ -120,6 +120,8 @@ class Run:
     step: int
     path: Path | None = None  # the workdir (None for a run still in training)
     deps: dict = dataclasses.field(default_factory=dict)  # {name: Run} of model.requires
+    # Sampling's parameters where they differ from `params`: a quantized copy's int8 weights.
+    sampling_params: object = None
 
     @property
     def params(self):
@@ -193,9 +195,12 @@ def _open_quantized(workdir: Path, cfg, checkpoint) -> Run:
         raise UserError(f"{workdir} is a quantized copy with one set of weights: "
                         "--checkpoint does not apply")  # fmt: skip
     frozen, data, trainer, deps = _assemble(workdir, cfg)
-    params, step = quantize.load(workdir, trainer.abstract_state.params)
+    int8 = getattr(models.get(cfg.model.family), "INT8_MATMULS", False)
+    params, step, int8_params = quantize.load(workdir, trainer.abstract_state.params, int8)
     params = jax.device_put(params, trainer.state_shardings.params)
-    return Run(frozen, data, trainer, TrainState(step, params, None, None), step, workdir, deps)
+    state = TrainState(step, params, None, None)
+    int8_params = None if int8_params is None else jax.device_put(int8_params)
+    return Run(frozen, data, trainer, state, step, workdir, deps, sampling_params=int8_params)
 
 
 class WriterLock:

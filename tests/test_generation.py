@@ -109,3 +109,15 @@ def test_python_api_generate_and_score(tmp_path, capsys):
     assert score == pytest.approx(manual, abs=1e-3) and score < 0
     scores = lm.score(["KING:", text])
     assert scores[1] == pytest.approx(score, abs=1e-4) and math.isfinite(scores[0])
+
+
+def test_next_token_skips_only_what_the_knobs_switch_off():
+    """Greedy is the argmax; k=0, p=1 samples the scaled logits as they are (no filter)."""
+    rng = jax.random.PRNGKey(3)
+    logits = jax.random.normal(jax.random.PRNGKey(0), (4, 300)) * 3
+    greedy = sampling.next_token(rng, logits, 0.0, 0, 1.0)
+    np.testing.assert_array_equal(greedy, np.argmax(logits, axis=-1))
+    sampled = sampling.next_token(rng, logits, 0.7, 0, 1.0)
+    np.testing.assert_array_equal(sampled, jax.random.categorical(rng, logits / 0.7, axis=-1))
+    top1 = sampling.next_token(rng, logits, 0.7, 1, 1.0)  # a filter that leaves one token
+    np.testing.assert_array_equal(top1, greedy)

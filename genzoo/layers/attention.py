@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from genzoo.layers import quant
 from genzoo.layers.basic import Dtype, partitioned
 
 MODES = ("causal", "bidirectional", "cross")
@@ -69,6 +70,10 @@ def _project(x_BxLxD, w_DxNxHxK, dtype):
     """
     B, L, D = x_BxLxD.shape
     _, N, H, K = w_DxNxHxK.shape
+    if isinstance(w_DxNxHxK, quant.Int8):  # all N projections in one int8 matmul
+        out_MxNHK = quant.matmul(x_BxLxD.reshape(B * L, D), w_DxNxHxK.matrix(), dtype)
+        out_BxLxNxHxK = out_MxNHK.reshape(B, L, N, H, K)
+        return [out_BxLxNxHxK[:, :, i] for i in range(N)]
     w_DxNxHxK = w_DxNxHxK.astype(dtype)
     if L == 1:
         out_Bx1xNxHxK = jnp.einsum("bld,dnhk->blnhk", x_BxLxD, w_DxNxHxK)
@@ -213,7 +218,11 @@ class Attention(nn.Module):
             (H, K, D),
         )
         out_MxHK = out_BxLxHxK.reshape(B * L, H * K)
-        y_BxLxD = (out_MxHK @ w_HxKxD.astype(self.dtype).reshape(H * K, D)).reshape(B, L, D)
+        if isinstance(w_HxKxD, quant.Int8):
+            y_MxD = quant.matmul(out_MxHK, w_HxKxD.matrix(), self.dtype)
+        else:
+            y_MxD = out_MxHK @ w_HxKxD.astype(self.dtype).reshape(H * K, D)
+        y_BxLxD = y_MxD.reshape(B, L, D)
         if self.use_bias:
             b_D = self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (D,))
             y_BxLxD = y_BxLxD + b_D.astype(self.dtype)

@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from genzoo.layers import quant
+
 Dtype = Any
 
 
@@ -69,6 +71,28 @@ ACTIVATIONS = {
 }
 
 
+class Dense(nn.Module):
+    """nn.Dense's parameters (`kernel` [K, N] with logical `axes`, `bias` [N]) over [M, K]
+    inputs, through `quant.matmul`: an int8 kernel (a `genzoo quantize` copy) multiplies as
+    int8."""
+
+    features: int
+    axes: tuple
+    init_std: float = 0.02
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_MxK):
+        init = partitioned(nn.initializers.normal(self.init_std), self.axes)
+        w_KxN = self.param("kernel", init, (x_MxK.shape[-1], self.features))
+        y_MxN = quant.matmul(x_MxK.astype(self.dtype), w_KxN, self.dtype)
+        if self.use_bias:
+            bias_init = partitioned(nn.initializers.zeros, self.axes[-1:])
+            y_MxN = y_MxN + self.param("bias", bias_init, (self.features,)).astype(self.dtype)
+        return y_MxN
+
+
 class MLP(nn.Module):
     """Width D -> hidden F -> D; `out_std` lets residual projections init smaller."""
 
@@ -83,24 +107,18 @@ class MLP(nn.Module):
     def __call__(self, x_BxLxD, *, deterministic: bool = True):
         B, L, D = x_BxLxD.shape
         # Dense layers on [B*L, D]: XLA:CPU's backward of a dot over 3-D inputs is ~2x slower.
-        h_NxF = nn.Dense(
+        h_NxF = Dense(
             self.hidden,
+            ("embed", "mlp"),
             use_bias=self.use_bias,
             dtype=self.dtype,
-            kernel_init=partitioned(nn.initializers.normal(0.02), ("embed", "mlp")),
-            bias_init=partitioned(nn.initializers.zeros, ("mlp",)),
             name="fc",
         )(x_BxLxD.reshape(B * L, D))
         h_NxF = ACTIVATIONS[self.activation](h_NxF)
         h_NxF = nn.with_logical_constraint(h_NxF, ("batch", "act_mlp"))
-        y_NxD = nn.Dense(
-            D,
-            use_bias=self.use_bias,
-            dtype=self.dtype,
-            kernel_init=partitioned(nn.initializers.normal(self.out_std), ("mlp", "embed")),
-            bias_init=partitioned(nn.initializers.zeros, ("embed",)),
-            name="proj",
-        )(h_NxF)
+        y_NxD = Dense(D, ("mlp", "embed"), self.out_std, self.use_bias, self.dtype, name="proj")(
+            h_NxF
+        )
         y_BxLxD = y_NxD.reshape(B, L, D)
         return nn.Dropout(self.dropout_rate)(y_BxLxD, deterministic=deterministic)
 
@@ -122,12 +140,12 @@ class Embed(nn.Module):
         )
 
     def __call__(self, ids):
-        return jnp.take(self.table_NxD, ids, axis=0).astype(self.dtype)
+        return quant.take(self.table_NxD, ids, self.dtype)
 
     def attend(self, x_BxLxD):
         B, L, D = x_BxLxD.shape
         x_MxD = x_BxLxD.reshape(B * L, D)  # 2-D: see MLP
-        return (x_MxD @ self.table_NxD.astype(self.dtype).T).reshape(B, L, -1)
+        return quant.matmul(x_MxD, self.table_NxD, self.dtype, rows_out=True).reshape(B, L, -1)
 
 
 def sinusoidal_positions(positions_BxL, width: int, dtype=jnp.float32):

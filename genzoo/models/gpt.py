@@ -16,10 +16,11 @@ import jax.numpy as jnp
 from genzoo import sampling
 from genzoo.errors import UserError
 from genzoo.evaluation import lm
-from genzoo.layers import Embed, LayerNorm, TransformerBlock, call_block
+from genzoo.layers import Embed, LayerNorm, TransformerBlock, call_block, quant
 from genzoo.models.base import FromConfig, require_transformer_shape
 
 KIND = "language_model"
+INT8_MATMULS = True  # every weight goes through genzoo.layers.quant: int8 copies sample in int8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +106,7 @@ class GPT(nn.Module):
             new_layers.append(layer_cache)
         x_BxLxD = LayerNorm(c.ln_epsilon, c.use_bias, dtype, name="ln_f")(x_BxLxD)
         if hidden_only:  # for a loss that applies the tied head itself (chunked_token_nll)
-            return x_BxLxD, wte.table_NxD
+            return x_BxLxD, quant.dequantized(wte.table_NxD)
         # Constrain the padded vocabulary (divides any `tensor` axis), then drop the padding.
         logits_BxLxP = nn.with_logical_constraint(
             wte.attend(x_BxLxD), ("batch", "length", "act_vocab")
