@@ -34,9 +34,17 @@ def is_quantized(workdir: Path) -> bool:
     return (Path(workdir) / MARKER).is_file()
 
 
+def scale_axes(name: str, ndim: int) -> tuple[int, ...]:
+    """The axes one scale spans: an embedding's row; a kernel's input axes as genzoo's layers
+    contract them (attention's [H, K, D] output kernel: both H and K), so scales factor out."""
+    if name.endswith("embedding"):
+        return (ndim - 1,)
+    return (0, 1) if name.endswith("out_kernel") else (0,)
+
+
 def quantize_array(name: str, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(int8 values, float32 scales broadcastable against them)."""
-    axis = -1 if name.endswith("embedding") else (0, 1) if name.endswith("out_kernel") else 0
+    axis = scale_axes(name, w.ndim)
     absmax = np.max(np.abs(w), axis=axis, keepdims=True).astype(np.float32)
     scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
     return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale
@@ -80,16 +88,19 @@ def int8_params(tensors: dict, abstract_params):
     weights were quantized with scales that factor out of their matmul (per output channel,
     or per row of an embedding table) and are big enough to gain (`quant.MIN_INT8_SIZE`);
     float32 elsewhere. For `quant`-aware layers only."""
-    from genzoo.layers.quant import MIN_INT8_SIZE, Int8, per_output_channel
+    from genzoo.layers.quant import MIN_INT8_SIZE, Int8
 
     flat = traverse_util.flatten_dict(abstract_params, sep="/")
     out = {}
     for name, spec in flat.items():
         w, scale = tensors[name], tensors.get(name + "::scale")
-        table = name.endswith("embedding") and scale is not None and scale.shape[-1] == 1
-        kernel = name.endswith("kernel") and scale is not None  # not a 3-D attention bias
-        big = w.size >= MIN_INT8_SIZE
-        if big and (table or (kernel and per_output_channel(scale.shape, w.shape))):
+        axes = scale_axes(name, w.ndim)
+        # Copies written before the output kernel's scales spanned H and K stay float there.
+        fits = scale is not None and scale.shape == tuple(
+            1 if i in axes else n for i, n in enumerate(w.shape)
+        )
+        kind = name.endswith("embedding") or name.endswith("kernel")  # not a 3-D attention bias
+        if fits and kind and w.size >= MIN_INT8_SIZE:
             out[name] = Int8(w, scale)
         else:
             out[name] = (w.astype(np.float32) * scale if scale is not None else w).astype(

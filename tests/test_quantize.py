@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -87,7 +88,6 @@ def _int8(name, w):
 
 @pytest.mark.parametrize("rows", [1, 8, 128])  # padded to 2 on CPU; int8 operands; dequantized
 def test_int8_matmul_is_the_float_product_within_the_rounding(rows):
-    import jax
     import jax.numpy as jnp
 
     from genzoo.layers import quant
@@ -109,15 +109,23 @@ def test_int8_matmul_is_the_float_product_within_the_rounding(rows):
         np.testing.assert_allclose(exact, x @ np.asarray(w8.dequantize(jnp.float32)), rtol=1e-5)
 
 
-def test_scales_factor_out_of_their_matmuls():
-    from genzoo.layers.quant import per_output_channel
+def test_scales_factor_out_of_their_matmuls(monkeypatch):
+    from genzoo.layers import quant
 
     w = np.random.default_rng(0).normal(size=(4, 8, 16)).astype(np.float32)  # [H, K, D]
-    _, scale = quantize.quantize_array("block_0/attn/out_kernel", w)
-    assert scale.shape == (1, 1, 16) and per_output_channel(scale.shape, w.shape)
-    assert _int8("block_0/attn/out_kernel", w).matrix().values.shape == (32, 16)
-    assert per_output_channel((1, 3, 4, 8), (32, 3, 4, 8))  # qkv: [D, 3, H, K]
-    assert not per_output_channel((4, 1, 1), (4, 8, 16))  # a scale along a contraction axis
+    q, scale = quantize.quantize_array("block_0/attn/out_kernel", w)
+    assert scale.shape == (1, 1, 16)
+    assert quant.Int8(q, scale).matrix().values.shape == (32, 16)
+    qkv = np.ones((32, 3, 4, 8), np.float32)  # [D, 3, H, K]
+    assert quantize.quantize_array("attn/qkv_kernel", qkv)[1].shape == (1, 3, 4, 8)
+    monkeypatch.setattr(quant, "MIN_INT8_SIZE", 0)
+    over_h = np.max(np.abs(w), axis=0, keepdims=True) / 127  # [1, K, D]: how older copies scaled
+    old = {"attn/out_kernel": q, "attn/out_kernel::scale": over_h}
+    new = {"attn/out_kernel": q, "attn/out_kernel::scale": scale}
+    abstract = {"attn": {"out_kernel": jax.ShapeDtypeStruct(w.shape, np.float32)}}
+    assert isinstance(quantize.int8_params(new, abstract)["attn"]["out_kernel"], quant.Int8)
+    kept = quantize.int8_params(old, abstract)["attn"]["out_kernel"]  # an older copy: float
+    assert kept.dtype == np.float32 and kept.shape == w.shape
 
 
 def test_a_quantized_run_samples_with_int8_operands(runs, monkeypatch):
@@ -136,8 +144,6 @@ def test_a_quantized_run_samples_with_int8_operands(runs, monkeypatch):
 
 
 def jax_leaves(tree):
-    import jax
-
     from genzoo.layers.quant import Int8
 
     return jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, Int8))

@@ -52,15 +52,6 @@ class Int8:
         return (self.values.astype(jnp.float32) * self.scale).astype(dtype)
 
 
-def per_output_channel(scale_shape: tuple, value_shape: tuple) -> bool:
-    """Whether scales of this shape factor out of a matmul: size 1 on a leading run of axes,
-    full size on the rest (per output channel), so `Int8.matrix` applies."""
-    if len(scale_shape) != len(value_shape):
-        return False
-    c = next((i for i, n in enumerate(scale_shape) if n != 1), len(scale_shape))
-    return c >= 1 and tuple(scale_shape[c:]) == tuple(value_shape[c:])
-
-
 def int8_operands(rows: int) -> bool:
     """GENZOO_INT8=auto (the default): int8 operands for at most MAX_INT8_ROWS rows (decode
     steps); larger products dequantize the weight and multiply in float (prompts, scoring).
