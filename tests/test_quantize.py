@@ -147,3 +147,15 @@ def jax_leaves(tree):
     from genzoo.layers.quant import Int8
 
     return jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, Int8))
+
+
+def test_int8_switch(monkeypatch):
+    from genzoo.errors import UserError
+    from genzoo.layers import quant
+
+    assert quant.int8_operands(1) and not quant.int8_operands(quant.MAX_INT8_ROWS + 1)
+    monkeypatch.setenv("GENZOO_INT8", "off")
+    assert not quant.int8_operands(1)
+    monkeypatch.setenv("GENZOO_INT8", "fast")
+    with pytest.raises(UserError, match="GENZOO_INT8"):
+        quant.int8_operands(1)

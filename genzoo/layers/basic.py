@@ -116,9 +116,8 @@ class MLP(nn.Module):
         )(x_BxLxD.reshape(B * L, D))
         h_NxF = ACTIVATIONS[self.activation](h_NxF)
         h_NxF = nn.with_logical_constraint(h_NxF, ("batch", "act_mlp"))
-        y_NxD = Dense(D, ("mlp", "embed"), self.out_std, self.use_bias, self.dtype, name="proj")(
-            h_NxF
-        )
+        proj = Dense(D, ("mlp", "embed"), self.out_std, self.use_bias, self.dtype, name="proj")
+        y_NxD = proj(h_NxF)
         y_BxLxD = y_NxD.reshape(B, L, D)
         return nn.Dropout(self.dropout_rate)(y_BxLxD, deterministic=deterministic)
 

@@ -17,14 +17,16 @@ import os
 import jax
 import jax.numpy as jnp
 
+from genzoo.errors import UserError
+
 # Measured with XLA:CPU on the 2-core AMD EPYC (docs/design.md): int8 x int8 -> int32 beat
 # float32 from 2 to 64 rows (768 -> 3072: 1.3x at 2 rows, 2.1x at 8; the 768 -> 50304 head
 # 3.5x at 8 rows), lost at 2048 rows (0.7x), and at one row XLA:CPU has no fast int8 path
 # (5-10x slower), so one row is padded to two.
 MAX_INT8_ROWS = 64
 # Smaller weights stay float: with them the quantize/rescale ops cost more than the product
-# saves (the 4x128 demo model decoded at 0.72x of float with every weight int8; GPT-2's
-# 768-wide weights at 1.15x).
+# saves (the 4x128 demo model decoded at 0.72x of float with every weight int8; the GPT-2
+# shape's 768-wide weights at 1.22-1.31x: benchmarks/int8_decode.py).
 MIN_INT8_SIZE = 1 << 18
 
 
@@ -58,7 +60,7 @@ def int8_operands(rows: int) -> bool:
     GENZOO_INT8=off: always dequantize (the weight-only numerics of `genzoo eval`)."""
     mode = os.environ.get("GENZOO_INT8", "auto")
     if mode not in ("auto", "off"):
-        raise ValueError(f"GENZOO_INT8 is auto or off, got {mode!r}")
+        raise UserError(f"GENZOO_INT8 is auto or off, got {mode!r}")
     return mode == "auto" and rows <= MAX_INT8_ROWS
 
 
