@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/gpt_train_throughput.py
 	$(VENV)/bin/python benchmarks/family_speed.py
 	$(VENV)/bin/python benchmarks/bits_per_char.py
+	$(VENV)/bin/python benchmarks/int8_decode.py
 
 # Plants known bugs one at a time (tests/mutants.py); slow, outside CI.
 mutants: $(STAMP)
