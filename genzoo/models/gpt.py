@@ -191,7 +191,10 @@ def _generate(params, prompt_BxP, pad_B, rng, knobs, *, c: GPTConfig, max_new_to
     model = GPT(c)
     step = lambda tokens, cache: model.apply({"params": params}, tokens, cache=cache)
     temperature, top_k, top_p, repetition_penalty, length_penalty, eos_id = knobs
-    cache = init_cache(c, prompt_BxP.shape[0], c.block_size, pad_B)
+    # Slots for this call's tokens only (both lengths are static already): every decode step's
+    # attention reads the whole cache, and a 1024-slot one dominated GPT-2's steps at batch 8.
+    slots = min(c.block_size, prompt_BxP.shape[1] + max_new_tokens)
+    cache = init_cache(c, prompt_BxP.shape[0], slots, pad_B)
     if num_beams > 1:  # the search copies the cache per beam
         return sampling.beam_search(
             step, cache, prompt_BxP, beam_size=num_beams, max_new_tokens=max_new_tokens,
