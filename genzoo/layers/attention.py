@@ -218,10 +218,7 @@ class Attention(nn.Module):
             (H, K, D),
         )
         out_MxHK = out_BxLxHxK.reshape(B * L, H * K)
-        if isinstance(w_HxKxD, quant.Int8):
-            y_MxD = quant.matmul(out_MxHK, w_HxKxD.matrix(), self.dtype)
-        else:
-            y_MxD = out_MxHK @ w_HxKxD.astype(self.dtype).reshape(H * K, D)
+        y_MxD = quant.matmul(out_MxHK, quant.as_matrix(w_HxKxD, H * K), self.dtype)
         y_BxLxD = y_MxD.reshape(B, L, D)
         if self.use_bias:
             b_D = self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (D,))

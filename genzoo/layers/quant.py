@@ -96,8 +96,11 @@ def take(table_NxD, ids, dtype):
     return rows.astype(dtype)
 
 
-def dequantized(w, dtype=None):
-    """A float weight as it is; an `Int8` one as float32 (or `dtype`)."""
-    if isinstance(w, Int8):
-        return w.dequantize(dtype or jnp.float32)
-    return w if dtype is None else w.astype(dtype)
+def dequantized(w):
+    """A float weight as it is; an `Int8` one as float32."""
+    return w.dequantize(jnp.float32) if isinstance(w, Int8) else w
+
+
+def as_matrix(w, rows: int):
+    """The [rows, output] form of a weight whose leading axes (`rows` entries) contract."""
+    return w.matrix() if isinstance(w, Int8) else w.reshape(rows, -1)
