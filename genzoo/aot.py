@@ -15,6 +15,8 @@ from concurrent.futures import Future
 
 import jax
 
+from genzoo import executables
+
 log = logging.getLogger(__name__)
 
 
@@ -29,14 +31,19 @@ class Program:
         self.fn, self.name, self.on_compile = fn, name, on_compile
         self.compiler_options = compiler_options
         self.compiled = None
-        self.seconds: dict[str, float] = {}  # trace, compile
+        self.store: executables.Store | None = None  # where executables persist, if anywhere
+        self.seconds: dict[str, float] = {}  # trace and compile, or load
         self.temp_bytes: int | None = None  # XLA's temporaries, where the backend says
         self._lock = threading.Lock()  # one compile at a time: a caller waits for one in flight
         self._by_types: dict = {}  # every executable, by its arguments' types
 
     def trace(self, *args) -> Callable[[], object]:
         """Traces for `args` now (on this thread: tracing holds the GIL); the function
-        returned compiles that trace (on any thread: XLA releases the GIL)."""
+        returned compiles that trace (on any thread: XLA releases the GIL). With a stored
+        executable for `args`, loads that instead and traces nothing."""
+        stored = self._load(args)
+        if stored is not None:
+            return lambda: stored
         t0 = time.perf_counter()
         lowered = self.fn.lower(*args)
         return functools.partial(self._compile, lowered, args, time.perf_counter() - t0)
@@ -45,31 +52,54 @@ class Program:
         with self._lock:
             if if_missing and self.compiled is not None:
                 return self.compiled
+            stored = self._load(args, locked=True)
+            if stored is not None:
+                return stored
             t0 = time.perf_counter()
             lowered = self.fn.lower(*args)
             return self._compile(lowered, args, time.perf_counter() - t0, locked=True)
 
+    def _load(self, args, locked: bool = False):
+        """The executable `store` holds for `args` (installed as if compiled), or None."""
+        if self.store is None:
+            return None
+        t0 = time.perf_counter()
+        compiled = self.store.load(self.store.path(self.name, _types(args), self.compiler_options))
+        if compiled is None:
+            return None
+        with contextlib.nullcontext() if locked else self._lock:
+            self._install(compiled, args, {"load": time.perf_counter() - t0})
+        self._compiled_hook()
+        return compiled
+
     def _compile(self, lowered, args, trace_s: float, locked: bool = False):
         with contextlib.nullcontext() if locked else self._lock:
             t0 = time.perf_counter()
-            # The persistent cache answers here on a second launch.
-            compiled = lowered.compile(compiler_options=self.compiler_options)
-            self.seconds = {"trace": trace_s, "compile": time.perf_counter() - t0}
-            try:
-                self.temp_bytes = int(compiled.memory_analysis().temp_size_in_bytes)
-            except (AttributeError, NotImplementedError, TypeError):  # no analysis here
-                self.temp_bytes = None
-            temps = (
-                ""
-                if self.temp_bytes is None
-                else f"; {self.temp_bytes / 2**20:.1f} MiB of XLA temporaries"
-            )
-            log.info("%s: traced in %.1f s, compiled in %.1f s%s", self.name, trace_s,
-                     self.seconds["compile"], temps)  # fmt: skip
-            self.compiled = self._by_types[_types(args)] = compiled
+            # The persistent cache answers here on a second launch without a stored program.
+            with executables.compiled_fresh() as fresh:
+                compiled = lowered.compile(compiler_options=self.compiler_options)
+            self._install(compiled, args, {"trace": trace_s, "compile": time.perf_counter() - t0})
+            if self.store is not None and fresh.value:
+                path = self.store.path(self.name, _types(args), self.compiler_options)
+                self.store.save(path, compiled)
+        self._compiled_hook()
+        return compiled
+
+    def _install(self, compiled, args, seconds: dict[str, float]) -> None:
+        self.seconds = seconds
+        try:
+            self.temp_bytes = int(compiled.memory_analysis().temp_size_in_bytes)
+        except (AttributeError, NotImplementedError, TypeError):  # no analysis here
+            self.temp_bytes = None
+        mib = None if self.temp_bytes is None else self.temp_bytes / 2**20
+        temps = "" if mib is None else f"; {mib:.1f} MiB of XLA temporaries"
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
+        log.info("%s: %s%s", self.name, phases, temps)
+        self.compiled = self._by_types[_types(args)] = compiled
+
+    def _compiled_hook(self) -> None:
         if self.on_compile is not None:
             self.on_compile(self)
-        return compiled
 
     def __call__(self, *args):
         compiled = self.compiled

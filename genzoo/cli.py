@@ -63,10 +63,11 @@ def _train_locked(cfg, run_dir: Path, lock) -> None:
 
     _compilation_cache(run_dir)
     frozen, data, deps = workdir.prepare_training(cfg, run_dir)  # deps pinned, opened
-    from genzoo import metrics
+    from genzoo import executables, experiment, metrics
     from genzoo.trainer import Trainer
 
-    trainer = Trainer(frozen, deps=deps)  # compiles nothing yet; checks mesh and batch sizes
+    store = executables.for_training(experiment.to_json(frozen))  # a second launch loads
+    trainer = Trainer(frozen, deps=deps, executables=store)  # compiles nothing yet; checks sizes
     init_params = None
     # Orbax names step folders by number; an empty checkpoints/ (a run that died before its
     # first save) must still start from init_from.

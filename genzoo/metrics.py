@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -17,23 +18,43 @@ log = logging.getLogger(__name__)
 
 
 class MetricsWriter:
-    """Appends `{"step": s, **metrics}` lines to workdir/metrics.jsonl and TensorBoard events."""
+    """Appends `{"step": s, **metrics}` lines to workdir/metrics.jsonl and TensorBoard events.
 
-    def __init__(self, workdir: Path, tensorboard: bool = True, enabled: bool = True):
-        """`enabled=False` (processes other than 0 of a multi-process run) writes nothing."""
+    tensorboardX is imported on a thread of its own (~2 s on a 2-core CPU, which the first
+    step used to wait for); rows written before it is ready reach TensorBoard when it is."""
+
+    def __init__(self, workdir: Path, tensorboard: bool = True, enabled: bool = True,
+                 start: bool = True):  # fmt: skip
+        """`enabled=False` (processes other than 0 of a multi-process run) writes nothing;
+        `start=False` leaves TensorBoard's import to `start_tensorboard` (the trainer calls
+        it once the train step is compiled: the import would slow tracing down, both
+        holding the GIL)."""
         self.enabled = enabled
-        self._file = self._tb = None
+        self._file = self._tb = self._opening = None
+        self._pending: list[tuple[int, dict]] = []  # rows waiting for TensorBoard
         if not enabled:
             return
         self.path = Path(workdir) / "metrics.jsonl"
         self._file = open(self.path, "a")
         if _ends_torn(self.path):  # a killed run's half line stays on its own
             self._file.write("\n")
-        self._tb = None
         if tensorboard:
+            self._opening = threading.Thread(target=self._open_tensorboard, args=(workdir,),
+                                             name="genzoo-tensorboard", daemon=True)  # fmt: skip
+            if start:
+                self.start_tensorboard()
+
+    def start_tensorboard(self) -> None:
+        if self._opening is not None and self._opening.ident is None:
+            self._opening.start()
+
+    def _open_tensorboard(self, workdir: Path) -> None:
+        try:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        except Exception as err:  # metrics.jsonl still has every row
+            log.warning("no TensorBoard events: %s", err)
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -41,11 +62,22 @@ class MetricsWriter:
         clean = {k: float(v) for k, v in metrics.items()}
         self._file.write(json.dumps({"step": int(step), **json_safe(clean)}) + "\n")
         self._file.flush()
+        self._pending.append((int(step), clean))
+        if self._opening is None or self._opening.ident and not self._opening.is_alive():
+            self._flush_tensorboard()
+
+    def _flush_tensorboard(self) -> None:
+        rows, self._pending = self._pending, []
         if self._tb is not None:
-            for key, value in clean.items():
-                self._tb.add_scalar(key, value, int(step))
+            for step, clean in rows:
+                for key, value in clean.items():
+                    self._tb.add_scalar(key, value, step)
 
     def close(self) -> None:
+        if self._opening is not None:
+            self.start_tensorboard()
+            self._opening.join()
+            self._flush_tensorboard()
         if self._file is not None:
             self._file.close()
         if self._tb is not None:

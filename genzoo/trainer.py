@@ -53,8 +53,9 @@ def _host_memory_for_step(program: aot.Program) -> None:
 class Trainer(StartUp):
     """Compiled init/train/eval functions for one resolved config on one mesh."""
 
-    def __init__(self, cfg, devices=None, deps=None):
-        """`deps`: {name: workdir.Run} of the runs `model.requires` names (genzoo.requires)."""
+    def __init__(self, cfg, devices=None, deps=None, executables=None):
+        """`deps`: {name: workdir.Run} of the runs `model.requires` names (genzoo.requires);
+        `executables`: a `genzoo.executables.Store` that keeps the compiled programs."""
         self.cfg = cfg
         aot.gpu_compile_settings()
         self.family = models.get(cfg.model.family)
@@ -112,6 +113,11 @@ class Trainer(StartUp):
         self.step_program = aot.Program(self.train_step, "train step", _host_memory_for_step)
         self.eval_program = aot.Program(evaluate_step, "eval step")
         self.eval_step = lambda params, batch, rng: self.eval_program(params, batch, rng, self.deps)
+        if executables is not None:  # the mesh is not in the config when `devices` is given
+            ids = np.vectorize(lambda d: d.id)(self.mesh.devices).tolist()
+            executables = executables.narrowed(f"mesh {self.mesh.axis_names} {ids}")
+        for program in (self._init, self.step_program, self.eval_program):
+            program.store = executables
 
     def _place_deps(self, deps: dict):
         """The required runs' evaluation parameters on this mesh, sharded by their own

@@ -37,8 +37,8 @@ class StartUp:
         """(state, its checkpoint step or None, metrics writer, first batch or None, the
         first step's start time). Tracing holds the GIL and XLA's compiles do not, so a fresh
         state is traced first, then compiled on a worker thread while this one traces and
-        compiles the train step; the worker then imports TensorBoard (~2 s) and, while
-        training runs, compiles the eval step."""
+        compiles the train step; the worker then compiles the eval step while training runs.
+        With stored executables (`genzoo.executables`) both load instead, tracing nothing."""
         cfg = self.cfg
         overlap = aot.overlap_start()
         pool = ThreadPoolExecutor(1, thread_name_prefix="genzoo-start") if overlap else aot.Inline()
@@ -46,17 +46,17 @@ class StartUp:
             resumed = self._resume(ckpt, train_iter)
             if resumed is None:
                 fresh = pool.submit(self._fresh_state, init_params, self._trace_init(init_params))
-            writer = pool.submit(metrics_lib.MetricsWriter, Path(workdir), cfg.log.tensorboard,
-                                 enabled=distributed.is_main())  # fmt: skip
-            batch, t_first = None, time.perf_counter()
-            if (resumed[1] if resumed else 0) < cfg.train.steps:
-                batch = next(train_iter)
-                t_first = time.perf_counter()  # the first step's time: compile included
-                self._precompile(batch)
-            if overlap and cfg.eval.every_steps > 0:  # compiles while training runs
-                pool.submit(self._precompile_eval, data)
-            writer = writer.result()
+            main = distributed.is_main()
+            writer = metrics_lib.MetricsWriter(Path(workdir), cfg.log.tensorboard, main, False)
             try:
+                batch, t_first = None, time.perf_counter()
+                if (resumed[1] if resumed else 0) < cfg.train.steps:
+                    batch = next(train_iter)
+                    t_first = time.perf_counter()  # the first step's time: compile included
+                    self._precompile(batch)
+                writer.start_tensorboard()
+                if overlap and cfg.eval.every_steps > 0:  # compiles while training runs
+                    pool.submit(self._precompile_eval, data)
                 state, latest = resumed or (fresh.result(), None)
             except BaseException:
                 writer.close()

@@ -1,0 +1,135 @@
+"""Stored executables (genzoo.executables): a second launch loads its programs, traces
+nothing, and trains exactly as the launch that compiled them; anything that could change
+the program is part of the key; what XLA loaded from its own cache is never stored."""
+
+import os
+import random
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from genzoo import aot, data, executables, experiment
+from genzoo import metrics as metrics_lib
+from genzoo.trainer import Trainer
+
+
+def _fresh_constant() -> float:
+    """A constant no earlier test session compiled: XLA's persistent cache (shared across
+    sessions) must miss, or nothing is stored."""
+    return 1 + random.SystemRandom().random()
+
+
+def test_second_fit_loads_the_train_step_and_trains_bit_for_bit(tmp_path):
+    # A learning rate of its own makes the step's program new to XLA's persistent cache.
+    lr = f"optim.lr={1e-3 * _fresh_constant()!r}"
+    cfg = tiny_config("train.steps=3", "eval.every_steps=0", "log.progress=false", lr)
+    text = data.load(cfg.data)
+    store = executables.Store(tmp_path / "exe", experiment.to_json(cfg))
+    runs = []
+    for name in ("first", "second"):
+        trainer = Trainer(cfg, devices=jax.devices()[:1], executables=store)
+        state = trainer.fit(tmp_path / name, text)
+        rows = metrics_lib.read(tmp_path / name / "metrics.jsonl")
+        runs.append(
+            (
+                trainer,
+                jax.device_get(state.params),
+                [r["train/loss"] for r in rows if "train/loss" in r],
+            )
+        )
+    (first, params_a, losses_a), (second, params_b, losses_b) = runs
+    assert set(first.step_program.seconds) == {"trace", "compile"}
+    assert set(second.step_program.seconds) == {"load"}  # no trace, no compile
+    assert second.step_program.temp_bytes == first.step_program.temp_bytes  # hooks still run
+    assert losses_a == losses_b and losses_a
+    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+    # Another mesh is another program: not loaded for the same config.
+    two = Trainer(cfg, devices=jax.devices()[:2], executables=store)
+    assert two.step_program.store.fingerprint != second.step_program.store.fingerprint
+    # Another config is another key: it compiles (and stores) its own.
+    other = executables.Store(tmp_path / "exe", experiment.to_json(tiny_config("train.steps=4")))
+    assert other.fingerprint != store.fingerprint
+
+
+def test_program_stores_only_what_it_compiled_and_survives_a_corrupt_file(tmp_path):
+    scale = _fresh_constant()
+    fn = jax.jit(lambda x: x * scale)
+    x = jax.ShapeDtypeStruct((5,), jnp.float32)
+    store = executables.Store(tmp_path, "context")
+    program = aot.Program(fn, "scale")
+    program.store = store
+    program.compile(x)
+    (path,) = tmp_path.glob("*.jaxexec")
+    loaded = aot.Program(fn, "scale")
+    loaded.store = store
+    np.testing.assert_array_equal(
+        loaded(jnp.arange(5.0)), np.arange(5, dtype=np.float32) * np.float32(scale)
+    )
+    assert set(loaded.seconds) == {"load"}
+    # A damaged file is a miss: removed, compiled again, stored again.
+    path.write_bytes(b"not an executable")
+    again = aot.Program(fn, "scale")
+    again.store = store
+    np.testing.assert_array_equal(
+        again(jnp.arange(5.0)), np.arange(5, dtype=np.float32) * np.float32(scale)
+    )
+    assert set(again.seconds) == {"trace", "compile"} and path.stat().st_size > 100
+    # A compile XLA answered from its persistent cache is not stored.
+    with executables.compiled_fresh() as fresh:
+        executables._on_event("/jax/compilation_cache/cache_hits")
+    assert fresh.value is False
+    with executables.compiled_fresh() as fresh:
+        pass
+    assert fresh.value is True
+
+
+def test_key_covers_config_environment_and_source(tmp_path, monkeypatch):
+    base = executables.Store(tmp_path, "config A").fingerprint
+    assert executables.Store(tmp_path, "config A").fingerprint == base
+    assert executables.Store(tmp_path, "config B").fingerprint != base
+    monkeypatch.setenv(
+        "XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_thunk_runtime=true"
+    )
+    assert executables.Store(tmp_path, "config A").fingerprint != base
+    monkeypatch.undo()
+    # Code outside the installed packages (an experiment, a user's model) is read as source.
+    module = tmp_path / "user_model.py"
+    module.write_text("WIDTH = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import user_model  # noqa: F401
+
+    try:
+        with_module = executables.Store(tmp_path, "config A").fingerprint
+        module.write_text("WIDTH = 2\n")
+        assert executables.Store(tmp_path, "config A").fingerprint != with_module
+    finally:
+        sys.modules.pop("user_model")
+
+
+def test_store_is_off_for_several_processes_and_when_asked(monkeypatch):
+    monkeypatch.setenv("GENZOO_EXECUTABLES", "0")
+    assert executables.for_training("{}") is None
+    monkeypatch.delenv("GENZOO_EXECUTABLES")
+    assert executables.for_training("{}") is not None  # the tests configure a cache folder
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    assert executables.for_training("{}") is None
+
+
+@pytest.mark.parametrize("keep", [2])
+def test_store_keeps_the_newest_executables(tmp_path, monkeypatch, keep):
+    monkeypatch.setattr(executables, "KEEP", keep)
+    store = executables.Store(tmp_path, "context")
+    for i in range(4):
+        program = aot.Program(jax.jit(lambda x, i=i: x + i + _fresh_constant()), f"add{i}")
+        program.store = store
+        program.compile(jax.ShapeDtypeStruct((2,), jnp.float32))
+    assert len(list(tmp_path.glob("*.jaxexec"))) == keep
+    monkeypatch.setattr(executables, "KEEP_BYTES", 1)  # over any size: the newest stays
+    program = aot.Program(jax.jit(lambda x: x - _fresh_constant()), "subtract")
+    program.store = store
+    program.compile(jax.ShapeDtypeStruct((2,), jnp.float32))
+    assert len(list(tmp_path.glob("*.jaxexec"))) == 1
