@@ -63,10 +63,10 @@ def _train_locked(cfg, run_dir: Path, lock) -> None:
 
     _compilation_cache(run_dir)
     frozen, data, deps = workdir.prepare_training(cfg, run_dir)  # deps pinned, opened
-    from genzoo import executables, experiment, metrics
+    from genzoo import executables, metrics
     from genzoo.trainer import Trainer
 
-    store = executables.for_training(experiment.to_json(frozen))  # a second launch loads
+    store = executables.for_training(executables.config_context(frozen))  # a 2nd launch loads
     trainer = Trainer(frozen, deps=deps, executables=store)  # compiles nothing yet; checks sizes
     init_params = None
     # Orbax names step folders by number; an empty checkpoints/ (a run that died before its

@@ -194,6 +194,22 @@ class Store:
                 path.unlink(missing_ok=True)
 
 
+# Settings only the host loop reads: changing them between launches keeps the programs.
+HOST_ONLY = ("log", "checkpoint", "train.max_seconds")
+
+
+def config_context(cfg) -> str:
+    """A resolved config as the store keys it: whole, but for `HOST_ONLY`."""
+    tree = json.loads(json.dumps(cfg.to_dict(), default=list))
+    for path in HOST_ONLY:
+        *parents, leaf = path.split(".")
+        node = tree
+        for name in parents:
+            node = node.get(name, {})
+        node.pop(leaf, None)
+    return json.dumps(tree, sort_keys=True)
+
+
 def for_training(context: str) -> Store | None:
     """`genzoo train`'s store, beside XLA's persistent cache; None without that cache, with
     several processes (each would need its own shard of the executable) or with

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from genzoo import aot, data, executables, experiment
+from genzoo import aot, data, executables
 from genzoo import metrics as metrics_lib
 from genzoo.trainer import Trainer
 
@@ -28,7 +28,7 @@ def test_second_fit_loads_the_train_step_and_trains_bit_for_bit(tmp_path):
     lr = f"optim.lr={1e-3 * _fresh_constant()!r}"
     cfg = tiny_config("train.steps=3", "eval.every_steps=0", "log.progress=false", lr)
     text = data.load(cfg.data)
-    store = executables.Store(tmp_path / "exe", experiment.to_json(cfg))
+    store = executables.Store(tmp_path / "exe", executables.config_context(cfg))
     runs = []
     for name in ("first", "second"):
         trainer = Trainer(cfg, devices=jax.devices()[:1], executables=store)
@@ -50,9 +50,12 @@ def test_second_fit_loads_the_train_step_and_trains_bit_for_bit(tmp_path):
     # Another mesh is another program: not loaded for the same config.
     two = Trainer(cfg, devices=jax.devices()[:2], executables=store)
     assert two.step_program.store.fingerprint != second.step_program.store.fingerprint
-    # Another config is another key: it compiles (and stores) its own.
-    other = executables.Store(tmp_path / "exe", experiment.to_json(tiny_config("train.steps=4")))
-    assert other.fingerprint != store.fingerprint
+    # Another config is another key: it compiles (and stores) its own; settings only the host
+    # loop reads (logging, checkpoints, the time budget) are not part of it.
+    context = executables.config_context
+    assert context(tiny_config("train.steps=4")) != context(tiny_config())
+    for host_only in ("log.every_steps=7", "checkpoint.keep=9", "train.max_seconds=5"):
+        assert context(tiny_config(host_only)) == context(tiny_config())
 
 
 def test_program_stores_only_what_it_compiled_and_survives_a_corrupt_file(tmp_path):
