@@ -14,6 +14,9 @@ serialize_executable`) and skips tracing altogether.
 Only executables this process compiled are stored: one that XLA:CPU loaded from the
 persistent cache loses its kernels when serialised again ("Function ... not found" when
 run), so a launch whose compile hit that cache stores nothing (`compiled_fresh`).
+
+Loading runs the stored bytes (pickle, native code), as XLA's own cache does: the folder is
+as trusted as the user's other caches; never point it at files from elsewhere.
 """
 
 from __future__ import annotations
