@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import threading
 import time
 from pathlib import Path
@@ -231,6 +232,35 @@ def test_metrics_skip_a_torn_line_and_append_after_it(tmp_path):
     rows = metrics.read(path)
     assert [r["step"] for r in rows] == [1, 3] and rows[1]["val/loss"] is None
     assert metrics.plot_curves(tmp_path).is_file()
+
+
+def _scalars(event_file) -> list[tuple[int, str, float]]:
+    """(step, tag, value) of a TensorBoard event file (TFRecord framing, no checksums read)."""
+    from tensorboardX.proto import event_pb2
+
+    data, at, found = event_file.read_bytes(), 0, []
+    while at < len(data):
+        (length,) = struct.unpack("<Q", data[at : at + 8])
+        event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
+        at += 16 + length
+        found += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+    return found
+
+
+def test_tensorboard_opened_late_still_gets_every_row(tmp_path):
+    """The trainer starts TensorBoard's import after the step compiles: rows written before
+    reach the event file too, in order, once it is open."""
+    writer = metrics.MetricsWriter(tmp_path, tensorboard=True, start=False)
+    writer.write(1, {"train/loss": 3.0})
+    writer.write(2, {"train/loss": 2.5})
+    assert not (tmp_path / "tensorboard").exists()  # not imported, not opened yet
+    writer.start_tensorboard()
+    writer.write(3, {"train/loss": 2.0, "val/loss": 2.25})
+    writer.close()
+    (event_file,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    assert _scalars(event_file) == [(1, "train/loss", 3.0), (2, "train/loss", 2.5),
+                                    (3, "train/loss", 2.0), (3, "val/loss", 2.25)]  # fmt: skip
+    assert [r["step"] for r in metrics.read(tmp_path / "metrics.jsonl")] == [1, 2, 3]
 
 
 def test_a_torn_peak_flops_cache_is_measured_again(monkeypatch, tmp_path):
