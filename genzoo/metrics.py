@@ -75,9 +75,11 @@ class MetricsWriter:
 
     def close(self) -> None:
         if self._opening is not None:
-            self.start_tensorboard()
-            self._opening.join()
-            self._flush_tensorboard()
+            if self._pending:  # rows TensorBoard has not seen (never started: nothing to open)
+                self.start_tensorboard()
+            if self._opening.ident is not None:
+                self._opening.join()
+                self._flush_tensorboard()
         if self._file is not None:
             self._file.close()
         if self._tb is not None:
