@@ -42,8 +42,9 @@ def decode_speed(cfg, batches) -> list[dict]:
     params = jax.jit(lambda r: nn.unbox(gpt.init(r, cfg)))(jax.random.PRNGKey(0))
     tensors, _ = quantize.quantize_params(params)
     abstract = jax.eval_shape(lambda: params)
-    trees = {"float32": jax.device_put(quantize.dequantize(tensors, abstract)),
-             "int8": jax.device_put(quantize.int8_params(tensors, abstract))}  # fmt: skip
+    floats = quantize.dequantize(tensors, abstract)
+    trees = {"float32": jax.device_put(floats),
+             "int8": jax.device_put(quantize.int8_params(tensors, floats))}  # fmt: skip
     rows = []
     for B in batches:
         prompt = np.zeros((B, 1), np.int32)
@@ -74,11 +75,12 @@ def quality(path: Path) -> dict:
     tensors, _ = quantize.quantize_params(run.params)
     abstract = jax.eval_shape(lambda: run.params)
     out = {"float32": run.trainer.evaluate(run.params, run.data, max_batches=-1)["loss"]}
-    deq = jax.device_put(quantize.dequantize(tensors, abstract), run.trainer.state_shardings.params)
+    floats = quantize.dequantize(tensors, abstract)
+    deq = jax.device_put(floats, run.trainer.state_shardings.params)
     out["int8_weights"] = run.trainer.evaluate(deq, run.data, max_batches=-1)["loss"]
     # Every weight int8 and every product int8 x int8, whatever its size and row count.
     quant.MIN_INT8_SIZE, quant.MAX_INT8_ROWS = 0, 1 << 30
-    int8 = jax.device_put(quantize.int8_params(tensors, abstract))
+    int8 = jax.device_put(quantize.int8_params(tensors, floats))
     sums = jax.jit(lambda p, b: gpt.eval_sums(p, b, None, run.cfg.model))
     totals: dict = {}
     for batch in run.data.eval_batches(run.cfg.eval.split, run.cfg.eval.batch_size, -1):

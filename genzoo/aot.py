@@ -64,13 +64,16 @@ class Program:
         if self.store is None:
             return None
         t0 = time.perf_counter()
-        compiled = self.store.load(self.store.path(self.name, _types(args), self.compiler_options))
+        compiled = self.store.load(self._stored_at(args))
         if compiled is None:
             return None
         with contextlib.nullcontext() if locked else self._lock:
             self._install(compiled, args, {"load": time.perf_counter() - t0})
         self._compiled_hook()
         return compiled
+
+    def _stored_at(self, args):
+        return self.store.path(self.name, _types(args), self.compiler_options)
 
     def _compile(self, lowered, args, trace_s: float, locked: bool = False):
         with contextlib.nullcontext() if locked else self._lock:
@@ -80,8 +83,7 @@ class Program:
                 compiled = lowered.compile(compiler_options=self.compiler_options)
             self._install(compiled, args, {"trace": trace_s, "compile": time.perf_counter() - t0})
             if self.store is not None and fresh.value:
-                path = self.store.path(self.name, _types(args), self.compiler_options)
-                self.store.save(path, compiled)
+                self.store.save(self._stored_at(args), compiled)
         self._compiled_hook()
         return compiled
 

@@ -83,30 +83,25 @@ def dequantize(tensors: dict, abstract_params):
     return traverse_util.unflatten_dict(out, sep="/")
 
 
-def int8_params(tensors: dict, abstract_params):
-    """The param tree shaped like `abstract_params` with `quant.Int8` leaves where the
-    weights were quantized with scales that factor out of their matmul (per output channel,
-    or per row of an embedding table) and are big enough to gain (`quant.MIN_INT8_SIZE`);
-    float32 elsewhere. For `quant`-aware layers only."""
+def int8_params(tensors: dict, float_params):
+    """`float_params` (the `dequantize`d tree) with `quant.Int8` leaves where the weights
+    were quantized with scales that factor out of their matmul (per output channel, or per
+    row of an embedding table) and are big enough to gain (`quant.MIN_INT8_SIZE`). For
+    `quant`-aware layers only."""
     from genzoo.layers.quant import MIN_INT8_SIZE, Int8
 
-    flat = traverse_util.flatten_dict(abstract_params, sep="/")
-    out = {}
-    for name, spec in flat.items():
-        w, scale = tensors[name], tensors.get(name + "::scale")
-        axes = scale_axes(name, w.ndim)
+    flat = traverse_util.flatten_dict(float_params, sep="/")
+    for name in list(flat):
+        values, scale = tensors[name], tensors.get(name + "::scale")
+        axes = scale_axes(name, values.ndim)
         # Copies written before the output kernel's scales spanned H and K stay float there.
         fits = scale is not None and scale.shape == tuple(
-            1 if i in axes else n for i, n in enumerate(w.shape)
+            1 if i in axes else n for i, n in enumerate(values.shape)
         )
         kind = name.endswith("embedding") or name.endswith("kernel")  # not a 3-D attention bias
-        if fits and kind and w.size >= MIN_INT8_SIZE:
-            out[name] = Int8(w, scale)
-        else:
-            out[name] = (w.astype(np.float32) * scale if scale is not None else w).astype(
-                spec.dtype
-            )
-    return traverse_util.unflatten_dict(out, sep="/")
+        if fits and kind and values.size >= MIN_INT8_SIZE:
+            flat[name] = Int8(values, scale)
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def write(run, out: Path) -> dict:
@@ -143,4 +138,4 @@ def load(workdir: Path, abstract_params, int8: bool = False) -> tuple[dict, int,
     except (OSError, SafetensorError, ValueError, KeyError) as e:
         raise UserError(f"{workdir}: the quantized weights cannot be read ({e})") from None
     params = dequantize(tensors, abstract_params)  # checks every name and shape
-    return params, step, int8_params(tensors, abstract_params) if int8 else None
+    return params, step, int8_params(tensors, params) if int8 else None

@@ -123,8 +123,9 @@ def test_scales_factor_out_of_their_matmuls(monkeypatch):
     old = {"attn/out_kernel": q, "attn/out_kernel::scale": over_h}
     new = {"attn/out_kernel": q, "attn/out_kernel::scale": scale}
     abstract = {"attn": {"out_kernel": jax.ShapeDtypeStruct(w.shape, np.float32)}}
-    assert isinstance(quantize.int8_params(new, abstract)["attn"]["out_kernel"], quant.Int8)
-    kept = quantize.int8_params(old, abstract)["attn"]["out_kernel"]  # an older copy: float
+    int8 = lambda tensors: quantize.int8_params(tensors, quantize.dequantize(tensors, abstract))
+    assert isinstance(int8(new)["attn"]["out_kernel"], quant.Int8)
+    kept = int8(old)["attn"]["out_kernel"]  # an older copy: float
     assert kept.dtype == np.float32 and kept.shape == w.shape
 
 
