@@ -35,6 +35,11 @@ RUNS = {
     "no_autotune": ({"XLA_FLAGS": "--xla_gpu_autotune_level=0"}, []),
     "no_triton_gemm": ({"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=false"}, []),
     "no_dropout": ({}, ["model.dropout=0.0"]),
+    "blocks1": ({"GENZOO_ATTENTION_BLOCKS": "1"}, []),  # one attention block, not 4
+    "blocks1_no_autotune": (
+        {"GENZOO_ATTENTION_BLOCKS": "1", "XLA_FLAGS": "--xla_gpu_autotune_level=0"},
+        [],
+    ),
     "serial_start": ({"GENZOO_OVERLAP": "0"}, []),  # init, then the step's compile
     "overlap_start": ({"GENZOO_OVERLAP": "1"}, []),  # both at once (default with >= 4 cores)
 }

@@ -5,9 +5,10 @@
 #   speed  - genzoo vs torch eager / torch.compile (baby fp32, baby bf16, GPT-2 124M bf16)
 #   memory - the GPT-2 shape with chunked cross-entropy and remat (XLA temporaries, tok/s)
 #   char   - the bf16 char GPT's training command, phase by phase (target < 30 s wall)
+#   int8   - cached decoding of GPT-2's shape, float32 against int8 operands
 set -uo pipefail
 OUT="${OUT:-benchmarks/results/gpu}"
-STEPS="${STEPS:-char memory speed}"
+STEPS="${STEPS:-int8 char memory speed}"
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl >/dev/null 2>&1 || { echo "wheel install failed"; exit 1; }
@@ -18,8 +19,13 @@ quiet() { grep -v "^W\|^I0\|warn"; }
 
 case " $STEPS " in *" char "*)
   timeout "${CHAR_TIMEOUT:-330}" python3 benchmarks/char_wall.py --out "$OUT/char_wall.json" \
-    --runs "${CHAR_RUNS:-default,second,no_autotune,no_triton_gemm,no_dropout}" 2>&1 | quiet \
+    --runs "${CHAR_RUNS:-default,second,no_autotune,no_triton_gemm,no_dropout}" \
+    --probe-steps "${CHAR_PROBE_STEPS:-300}" 2>&1 | quiet \
     | tee "$OUT/char_wall.txt";;
+esac
+case " $STEPS " in *" int8 "*)
+  timeout "${INT8_TIMEOUT:-150}" python3 benchmarks/int8_decode.py --batches 1,8 \
+    --out "$OUT/int8_decode.json" 2>&1 | quiet | tee "$OUT/int8_decode.txt";;
 esac
 case " $STEPS " in *" memory "*)
   timeout 150 python3 benchmarks/gpu_speed.py --steps 20 --only gpt2_bf16 --impls genzoo \
