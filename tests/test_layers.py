@@ -67,3 +67,24 @@ def test_gelu_matches_jax_exact_gelu_in_value_and_gradient():
     np.testing.assert_allclose(gelu(x), exact(x), atol=2e-6)
     np.testing.assert_allclose(jax.vmap(jax.grad(gelu))(x), jax.vmap(jax.grad(exact))(x), atol=1e-6)
     assert float(jnp.abs(gelu(x) - jax.nn.gelu(x, approximate=True)).max()) > 1e-4  # not tanh's
+
+
+def test_attention_dropout_is_one_mask_whatever_the_query_blocks(monkeypatch):
+    """Causal attention over 4 query blocks equals one block, dropout included (one mask for
+    the whole square, sliced), and dropout keeps the expected output (inverted scaling)."""
+    attn = Attention(num_heads=2, head_dim=8, mode="causal", dropout_rate=0.3)
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 64, 16))
+    params = attn.init(jax.random.PRNGKey(1), x)
+
+    def outputs(blocks: str, seeds):
+        monkeypatch.setenv("GENZOO_ATTENTION_BLOCKS", blocks)
+        apply = jax.jit(lambda r: attn.apply(params, x, deterministic=False,
+                                             rngs={"dropout": r})[0])  # fmt: skip
+        return np.stack([apply(jax.random.PRNGKey(s)) for s in seeds])
+
+    exact = np.asarray(attn.apply(params, x)[0])
+    scale = np.abs(exact).mean()
+    four, one = outputs("4", range(3)), outputs("1", range(3))
+    np.testing.assert_allclose(four, one, atol=1e-6 * np.abs(exact).max())
+    assert np.abs(four[0] - four[1]).mean() > 0.2 * scale  # other keys, other masks
+    assert np.abs(outputs("4", range(400)).mean(0) - exact).mean() < 0.1 * scale
