@@ -63,6 +63,10 @@ def run(name: str, args, steps: int, work: Path, cache: Path) -> dict:
     t0 = time.perf_counter()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     row = {"wall_s": time.perf_counter() - t0, "rc": out.returncode, "steps": steps}
+    # The phase lines (and warnings) beside the JSON: what a surprise needs explaining.
+    log = Path(args.out).with_name(f"{Path(args.out).stem}_{work.name}_{name}.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("\n".join(x for x in out.stderr.splitlines() if LINE.match(x) or "WARN" in x))
     if out.returncode:
         row["error"] = out.stderr.strip().splitlines()[-1:] or ["?"]
     evals, saves = [], []

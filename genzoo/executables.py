@@ -22,6 +22,7 @@ as trusted as the user's other caches; never point it at files from elsewhere.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -77,13 +78,37 @@ class compiled_fresh:
         return False
 
 
-def _installed(path: Path) -> bool:
+def _installed(module: str, path: Path) -> bool:
+    """Whether `module` (file `path`) belongs to an installed library: under the interpreter's
+    prefixes or a site-packages folder, or part of a released (non-editable) distribution
+    wherever it lies (`pip install --target DIR` puts wheels outside both, as on the GPU
+    machines: read as source, which of their modules a launch imported changed the key)."""
     parts = set(path.parts)
     return (
         "site-packages" in parts
         or "dist-packages" in parts
         or any(prefix in path.parents for prefix in _PREFIXES)
+        or module.partition(".")[0] in _released_packages()
     )
+
+
+@functools.cache
+def _released_packages() -> frozenset[str]:
+    """Top-level import names of the installed distributions, editable installs excepted
+    (their source is someone's work in progress: read as source)."""
+    names = set()
+    for top, dists in metadata.packages_distributions().items():
+        if not any(_editable(name) for name in dists):
+            names.add(top)
+    return frozenset(names)
+
+
+def _editable(dist: str) -> bool:
+    try:
+        direct = json.loads(metadata.distribution(dist).read_text("direct_url.json") or "{}")
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+    return bool(direct.get("dir_info", {}).get("editable"))
 
 
 def _source_digest() -> str:
@@ -95,7 +120,7 @@ def _source_digest() -> str:
     files = set(package.rglob("*.py"))
     for module in list(sys.modules.values()):
         name = getattr(module, "__file__", None)
-        if name and not _installed(Path(name).resolve()):
+        if name and not _installed(getattr(module, "__name__", ""), Path(name).resolve()):
             files.add(Path(name).resolve())
     digest = hashlib.sha256()
     for path in sorted(files):

@@ -113,6 +113,28 @@ def test_key_covers_config_environment_and_source(tmp_path, monkeypatch):
         sys.modules.pop("user_model")
 
 
+def test_libraries_installed_outside_site_packages_are_not_read_as_source(tmp_path, monkeypatch):
+    """`pip install --target DIR` (the GPU machines): a launch that builds its data imports
+    more of such a library than the next launch does; the key must not change with that."""
+    site = tmp_path / "site"
+    (site / "wheelpkg").mkdir(parents=True)
+    (site / "wheelpkg" / "__init__.py").write_text("X = 1\n")
+    info = site / "wheelpkg-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: wheelpkg\nVersion: 1.0\n")
+    (info / "top_level.txt").write_text("wheelpkg\n")
+    monkeypatch.syspath_prepend(str(site))
+    executables._released_packages.cache_clear()
+    try:
+        before = executables.Store(tmp_path, "config A").fingerprint
+        import wheelpkg  # noqa: F401
+
+        assert executables.Store(tmp_path, "config A").fingerprint == before
+    finally:
+        sys.modules.pop("wheelpkg", None)
+        executables._released_packages.cache_clear()
+
+
 def test_store_is_off_for_several_processes_and_when_asked(monkeypatch):
     monkeypatch.setenv("GENZOO_EXECUTABLES", "0")
     assert executables.for_training("{}") is None
