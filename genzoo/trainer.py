@@ -110,7 +110,9 @@ class Trainer(StartUp):
             out_shardings=repl,
         )
         # Compiled ahead of time (fit starts both early); their memory analysis is read.
-        self.step_program = aot.Program(self.train_step, "train step", _host_memory_for_step)
+        self.step_program = aot.Program(
+            self.train_step, "train step", _host_memory_for_step, runs_often=True
+        )
         self.eval_program = aot.Program(evaluate_step, "eval step")
         self.eval_step = lambda params, batch, rng: self.eval_program(params, batch, rng, self.deps)
         if executables is not None:  # the mesh is not in the config when `devices` is given
