@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from genzoo.errors import UserError
 from genzoo.layers import quant
 from genzoo.layers.basic import Dtype, partitioned
 
@@ -69,7 +70,10 @@ def _query_blocks(L: int, causal_uncached: bool) -> int:
     blocks skip the fully masked upper blocks (~40% of attention work at L=256).
     `GENZOO_ATTENTION_BLOCKS=1` computes one block (A/B timing: on GPU each block is its own
     set of kernels to schedule and autotune)."""
-    blocks = int(os.environ.get("GENZOO_ATTENTION_BLOCKS", "4"))
+    value = os.environ.get("GENZOO_ATTENTION_BLOCKS", "4")
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"GENZOO_ATTENTION_BLOCKS must be a positive integer, got {value!r}")
+    blocks = int(value)
     return blocks if causal_uncached and L % blocks == 0 and L >= 16 * blocks else 1
 
 
