@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from genzoo import experiment
+from genzoo import executables, experiment
 from genzoo.trainer import Trainer
 
 VOCAB = 65  # tiny Shakespeare's characters
@@ -31,8 +32,16 @@ def char_gpt_config(
 
 def time_train_steps(cfg, steps: int, warmup: int = 2, memory: bool = False) -> dict:
     """Seconds of the first (compiling) step and the mean of `steps` later ones, one device;
-    `memory`: also the compiled step's temporaries (XLA's memory analysis), in GiB."""
-    trainer = Trainer(cfg, devices=jax.devices()[:1])
+    `memory`: also the compiled step's temporaries (XLA's memory analysis), in GiB. The step
+    runs as in a first `genzoo train` launch: compiled, stored (in a throwaway folder) and,
+    where the trainer does so (CPU), run from the stored copy."""
+    with tempfile.TemporaryDirectory() as folder:
+        store = executables.Store(Path(folder), executables.config_context(cfg))
+        return _time_steps(Trainer(cfg, devices=jax.devices()[:1], executables=store),
+                           cfg, steps, warmup, memory)  # fmt: skip
+
+
+def _time_steps(trainer, cfg, steps: int, warmup: int, memory: bool) -> dict:
     B, L, V = cfg.train.batch_size, cfg.data.seq_len, cfg.model.vocab_size
     rng = np.random.default_rng(0)
     batch = {
