@@ -5,8 +5,8 @@
 
 Expect: val loss 1.4697 after 5000 steps on one A100 (published by nanoGPT);
 the `cpu` variant reaches val loss 1.693 (2.44 bits/char) in 2000 steps: measured 1.6927 in
-423 s on a 2-core AMD EPYC (first launch, compile included), 227 s (`make demo`'s 3:47 in
-all) on a 2-core EPYC with AVX-512, ~4 min on a 2-core Intel Xeon.
+423 s on a 2-core AMD EPYC (first launch, compile included); on a 2-core EPYC with AVX-512
+`make demo` took 3:47 in all (training, evaluation, samples); ~4 min on a 2-core Intel Xeon.
 """
 
 from genzoo.experiment import base_config
