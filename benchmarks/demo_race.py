@@ -1,6 +1,6 @@
 """The README demo against PyTorch eager in the same wall-time budget: who ends better?
 
-    .venv/bin/python benchmarks/demo_race.py [--seconds 180]
+    .venv/bin/python benchmarks/demo_race.py [--seconds 180] [--seeds 1337,1,2]
 
 Both train `gpt_shakespeare_char --variant cpu` (4x128, ctx 128, batch 16; AdamW 2e-3, warmup
 100 then cosine to 1e-4 over 2000 steps, betas 0.9/0.99, weight decay 0.1 on matrices, clip
@@ -38,12 +38,12 @@ from genzoo import metrics as metrics_lib
 EXPERIMENT, VARIANT = "gpt_shakespeare_char", "cpu"
 
 
-def genzoo_run(seconds: float) -> dict:
+def genzoo_run(seconds: float, seed: int) -> dict:
     """The demo's own command with a time budget; its figures from metrics.jsonl."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [str(Path(sys.executable).with_name("genzoo")), "train", EXPERIMENT, "--variant",
                VARIANT, "--workdir", f"{tmp}/run", "--set", f"train.max_seconds={seconds}",
-               "--set", "log.progress=false"]  # fmt: skip
+               "--set", f"train.seed={seed}", "--set", "log.progress=false"]  # fmt: skip
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)
         wall = time.perf_counter() - t0
@@ -86,8 +86,8 @@ def torch_eval(model, data, vocab: int) -> float:
     return total / count
 
 
-def torch_run(seconds: float) -> dict:
-    cfg = experiment.load(EXPERIMENT, VARIANT)
+def torch_run(seconds: float, seed: int) -> dict:
+    cfg = experiment.load(EXPERIMENT, VARIANT, [f"train.seed={seed}"])
     cfg.optim.decay_steps = cfg.train.steps
     data = data_lib.load(cfg.data)
     V, m, o = data.tokenizer.vocab_size, cfg.model, cfg.optim
@@ -130,18 +130,34 @@ def torch_run(seconds: float) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seconds", type=float, default=180.0)
+    p.add_argument(
+        "--seeds",
+        default="1337",
+        help="comma-separated: one race per seed (the "
+        "seed draws both sides' weights and the batch order they share)",
+    )
     p.add_argument("--out", default="benchmarks/results/demo_race.json")
     args = p.parse_args()
     os.environ.setdefault("GENZOO_DATA_DIR", str(Path(__file__).parents[1] / "../shared/data"))
-    rows = {"genzoo": genzoo_run(args.seconds), "pytorch": torch_run(args.seconds)}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    races = {seed: {"genzoo": genzoo_run(args.seconds, seed),
+                    "pytorch": torch_run(args.seconds, seed)} for seed in seeds}  # fmt: skip
     print(f"{args.seconds:.0f} s each on {cpu_info().get('model', '?')}")
-    print("{:8} {:>6} {:>9} {:>11}".format("", "steps", "val loss", "1st step s"))
-    for name, r in rows.items():
-        print(f"{name:8} {r['steps']:>6} {r['val_loss']:>9.4f} {r['first_step_s']:>11.2f}")
-    winner = min(rows, key=lambda k: rows[k]["val_loss"])
-    print(f"better model: {winner}")
+    print("{:6} {:8} {:>6} {:>9} {:>11}".format("seed", "", "steps", "val loss", "1st step s"))
+    for seed, rows in races.items():
+        for name, r in rows.items():
+            print(f"{seed:<6} {name:8} {r['steps']:>6} {r['val_loss']:>9.4f} "
+                  f"{r['first_step_s']:>11.2f}")  # fmt: skip
+    mean = {name: float(np.mean([rows[name]["val_loss"] for rows in races.values()]))
+            for name in ("genzoo", "pytorch")}  # fmt: skip
+    winner = min(mean, key=mean.get)
+    print("mean val loss: " + ", ".join(f"{k} {v:.4f}" for k, v in mean.items())
+          + f" over {len(seeds)} seed(s); better model: {winner}")  # fmt: skip
+    first = races[seeds[0]]  # the single-seed report's shape, as before
     write_report(args.out, {"cpu": {**cpu_info(), "torch_threads": torch.get_num_threads()},
-                            "seconds": args.seconds, "winner": winner, **rows})  # fmt: skip
+                            "seconds": args.seconds, "winner": winner, **first,
+                            "seeds": {str(k): v for k, v in races.items()},
+                            "mean_val_loss": mean})  # fmt: skip
 
 
 if __name__ == "__main__":
