@@ -96,17 +96,15 @@ def _installed(module: str, path: Path) -> bool:
 def _released_packages() -> frozenset[str]:
     """Top-level import names of the installed distributions, editable installs excepted
     (their source is someone's work in progress: read as source)."""
-    names = set()
-    for top, dists in metadata.packages_distributions().items():
-        if not any(_editable(name) for name in dists):
-            names.add(top)
-    return frozenset(names)
+    editable = {dist.metadata["Name"] for dist in metadata.distributions() if _editable(dist)}
+    return frozenset(top for top, names in metadata.packages_distributions().items()
+                     if not editable.intersection(names))  # fmt: skip
 
 
-def _editable(dist: str) -> bool:
+def _editable(dist: metadata.Distribution) -> bool:
     try:
-        direct = json.loads(metadata.distribution(dist).read_text("direct_url.json") or "{}")
-    except (metadata.PackageNotFoundError, ValueError):
+        direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    except ValueError:
         return False
     return bool(direct.get("dir_info", {}).get("editable"))
 
