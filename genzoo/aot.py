@@ -85,11 +85,12 @@ class Program:
                 compiled = lowered.compile(compiler_options=self.compiler_options)
             self._install(compiled, args, {"trace": trace_s, "compile": time.perf_counter() - t0})
             if self.store is not None and fresh.value:
-                self.store.save(self._stored_at(args), compiled)
+                path = self._stored_at(args)
+                self.store.save(path, compiled)
                 if self.runs_often and jax.default_backend() == "cpu":
                     # XLA:CPU runs the stored copy faster than the executable it just built
-                    # (the demo's step: 92-94 against 96-98 ms, alternating launches).
-                    stored = self.store.load(self._stored_at(args))
+                    # (the demo's step: 92-95 against 96-98 ms, alternating launches).
+                    stored = self.store.load(path)
                     if stored is not None:
                         compiled = self.compiled = self._by_types[_types(args)] = stored
         self._compiled_hook()
