@@ -15,6 +15,7 @@ examples per row) pass segment ids, and a query sees only keys of its own segmen
 
 from __future__ import annotations
 
+import functools
 import os
 
 import flax.linen as nn
@@ -34,18 +35,70 @@ def _attend(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, allowed_BxLxT, keep_BxHxLxT, rate):
 
     The row maximum is subtracted for range only (no gradient needed: it cancels).
     Dropout (weights kept where `keep_BxHxLxT`, None for none) on the unnormalised weights
-    equals dropout on the probabilities.
+    equals dropout on the probabilities. Same values either way; the gradient is written by
+    hand where `_manual_grad()` says so.
     """
+    args = (q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, allowed_BxLxT, keep_BxHxLxT, rate)
+    return _attend_manual(*args) if _manual_grad() else _attend_forward(*args)[0]
+
+
+def _attend_forward(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, allowed_BxLxT, keep_BxHxLxT, rate):
+    """The output and what the hand-written backward reads."""
     scores_BxHxLxT = jnp.matmul(q_BxHxLxK, k_BxHxTxK.swapaxes(-1, -2)).astype(jnp.float32)
     scores_BxHxLxT = jnp.where(allowed_BxLxT[:, None], scores_BxHxLxT, jnp.finfo(jnp.float32).min)
     top_BxHxLx1 = lax.stop_gradient(scores_BxHxLxT.max(-1, keepdims=True))
     weights_BxHxLxT = jnp.exp(scores_BxHxLxT - top_BxHxLx1)
     total_BxHxLx1 = weights_BxHxLxT.sum(-1, keepdims=True)
-    if keep_BxHxLxT is not None:
-        weights_BxHxLxT = jnp.where(keep_BxHxLxT, weights_BxHxLxT / (1 - rate), 0)
-    kept_BxHxLxT = weights_BxHxLxT.astype(v_BxHxTxK.dtype)
+    kept_BxHxLxT = _dropped(weights_BxHxLxT, keep_BxHxLxT, rate).astype(v_BxHxTxK.dtype)
     out_BxHxLxK = jnp.matmul(kept_BxHxLxT, v_BxHxTxK).astype(jnp.float32) / total_BxHxLx1
-    return out_BxHxLxK.astype(v_BxHxTxK.dtype)
+    saved = (q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, weights_BxHxLxT, total_BxHxLx1, keep_BxHxLxT,
+             out_BxHxLxK)  # fmt: skip
+    return out_BxHxLxK.astype(v_BxHxTxK.dtype), saved
+
+
+def _dropped(x, keep, rate):
+    return x if keep is None else jnp.where(keep, x / (1 - rate), 0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _attend_manual(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, allowed_BxLxT, keep_BxHxLxT, rate):
+    return _attend_forward(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, allowed_BxLxT, keep_BxHxLxT, rate)[0]
+
+
+def _attend_backward(rate, saved, dout_BxHxLxK):
+    """Four batched matmuls and two elementwise passes over [L, T]. XLA:CPU's autodiff of
+    `_attend_forward` ran its two transposed products (dv, dk) at half the matmul rate."""
+    q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, weights_BxHxLxT, total_BxHxLx1, keep, out_BxHxLxK = saved
+    dout_BxHxLxK = dout_BxHxLxK.astype(jnp.float32)
+    dunnorm_BxHxLxK = (dout_BxHxLxK / total_BxHxLx1).astype(v_BxHxTxK.dtype)
+    kept_BxHxLxT = _dropped(weights_BxHxLxT, keep, rate).astype(v_BxHxTxK.dtype)
+    dv_BxHxTxK = _matmul_lhs_t(kept_BxHxLxT, dunnorm_BxHxLxK)
+    dkept_BxHxLxT = jnp.matmul(dunnorm_BxHxLxK, v_BxHxTxK.swapaxes(-1, -2)).astype(jnp.float32)
+    # total = sum of the weights: its gradient, -sum(dout * out) / total, reaches each weight
+    dtotal_BxHxLx1 = -(dout_BxHxLxK * out_BxHxLxK).sum(-1, keepdims=True) / total_BxHxLx1
+    dscores_BxHxLxT = weights_BxHxLxT * (_dropped(dkept_BxHxLxT, keep, rate) + dtotal_BxHxLx1)
+    dq_BxHxLxK = jnp.matmul(dscores_BxHxLxT.astype(q_BxHxLxK.dtype), k_BxHxTxK)
+    dk_BxHxTxK = _matmul_lhs_t(dscores_BxHxLxT.astype(k_BxHxTxK.dtype), q_BxHxLxK)
+    return dq_BxHxLxK, dk_BxHxTxK.astype(k_BxHxTxK.dtype), dv_BxHxTxK, None, None
+
+
+_attend_manual.defvjp(_attend_forward, _attend_backward)
+
+
+def _matmul_lhs_t(a_BxHxLxT, b_BxHxLxK):
+    """a^T @ b over the last two axes, [B, H, T, K]. XLA:CPU runs a batched dot that contracts
+    its lhs's rows at half speed (64x128x128x32: 47 against 90 GFLOP/s); the barrier keeps it
+    from folding the explicit (fusable) transpose back into the dot."""
+    return jnp.matmul(lax.optimization_barrier(a_BxHxLxT.swapaxes(-1, -2)), b_BxHxLxK)
+
+
+def _manual_grad() -> bool:
+    """The hand-written attention backward: on CPU, where it was measured (GPUs keep XLA's
+    autodiff until timed there). `GENZOO_ATTENTION_GRAD=manual|autodiff` for A/B timing."""
+    value = os.environ.get("GENZOO_ATTENTION_GRAD", "auto")
+    if value not in ("auto", "manual", "autodiff"):
+        raise UserError(f"GENZOO_ATTENTION_GRAD must be auto, manual or autodiff, got {value!r}")
+    return value == "manual" or (value == "auto" and jax.default_backend() == "cpu")
 
 
 def _fused(q_BxLxHxK, mode: str, masked: bool, dropout_active: bool):
