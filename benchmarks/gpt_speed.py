@@ -1,11 +1,12 @@
 """genzoo's GPT against a PyTorch eager reference of the same model, measured in one run.
 
-    .venv/bin/python benchmarks/gpt_speed.py [--train-steps 5] [--new-tokens 255]
+    .venv/bin/python benchmarks/gpt_speed.py [--shapes baby demo] [--rounds 8] [--train-steps 3]
 
 Same model (nanoGPT's baby GPT: 6 layers, 6 heads, width 384, context 256, vocab 65),
 same batch (16), float32, on this CPU. Reports the fp32 matmul peak each library reaches,
-training tokens/s and MFU against the best peak, first-step (compile) time, and batch-1
-decode tokens/s with and without a KV cache. Prints a table; writes
+training tokens/s (the two frameworks' steps take turns, `--rounds` of `--train-steps` steps;
+the ratio is the median of the rounds' ratios) and MFU against the best peak, first-step
+(compile) time, and batch-1 decode tokens/s with and without a KV cache. Prints a table; writes
 benchmarks/results/gpt_speed.json. Needs torch (`pip install torch==2.13.0`).
 """
 
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import torch_gpt
-from common import char_gpt_config, cpu_info, time_train_steps, write_report
+from common import char_gpt_config, cpu_info, interleaved, train_stepper, write_report
 from flax.linen import unbox
 
 from genzoo import host_memory, metrics
@@ -38,7 +39,8 @@ SHAPES = {
 # ---- the PyTorch reference (benchmarks/torch_gpt.py, eager) ---------------------------------
 
 
-def torch_train(shape: str, steps: int) -> dict:
+def torch_stepper(shape: str):
+    """PyTorch's train step after its first one: (first step seconds, one more step)."""
     _, s, B = SHAPES[shape]
     torch.manual_seed(0)
     model = torch_gpt.GPT(s)
@@ -48,12 +50,7 @@ def torch_train(shape: str, steps: int) -> dict:
     step = torch_gpt.train_step_fn(model, opt, x, y, V)
     t0 = time.perf_counter()
     step()
-    first = time.perf_counter() - t0
-    step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return {"first_step_s": first, "step_s": (time.perf_counter() - t0) / steps}
+    return time.perf_counter() - t0, step
 
 
 @torch.no_grad()
@@ -82,10 +79,6 @@ def torch_decode(shape: str, new_tokens: int, cached: bool) -> float:
 def genzoo_config(shape: str):
     variant, _, B = SHAPES[shape]
     return char_gpt_config(variant, [f"train.batch_size={B}", "model.dropout=0.0"])
-
-
-def genzoo_train(shape: str, steps: int) -> dict:
-    return time_train_steps(genzoo_config(shape), steps)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -130,14 +123,33 @@ def matmul_peaks(n: int = 2048) -> dict:
     return best
 
 
-def measure(shape: str, train_steps: int, best_peak: float) -> dict:
+def train_both(shape: str, rounds: int, steps: int) -> dict:
+    """Both train steps, taking turns (`common.interleaved`); per framework its first step
+    and median step, and the median over rounds of PyTorch's step time over genzoo's."""
+    with train_stepper(genzoo_config(shape)) as genzoo:
+        torch_first, torch_step = torch_stepper(shape)
+        for _ in range(2):  # warm-up
+            genzoo.step(), torch_step()
+        timed = interleaved({"genzoo": genzoo.step, "pytorch": torch_step}, rounds, steps)
+    g, t = timed["genzoo"], timed["pytorch"]
+    ratios = np.array(t["rounds_s"]) / np.array(g["rounds_s"])
+    return {
+        "genzoo": {"first_step_s": genzoo.first_step_s, "step_s": g["median_s"],
+                   "rounds_step_s": g["rounds_s"]},
+        "pytorch": {"first_step_s": torch_first, "step_s": t["median_s"],
+                    "rounds_step_s": t["rounds_s"]},
+        "train_speedup_vs_pytorch": float(np.median(ratios)),
+    }  # fmt: skip
+
+
+def measure(shape: str, rounds: int, train_steps: int, best_peak: float) -> dict:
     _, s, B = SHAPES[shape]
     new_tokens = s.context - 1  # after a 1-token prompt: the whole context
     flops_per_step = gpt.flops_per_example(genzoo_config(shape).model, {"inputs": (s.context,)})
+    trained = train_both(shape, rounds, train_steps)
     rows = {}
-    for name, train, decode in (("genzoo", genzoo_train, genzoo_decode),
-                                ("pytorch", torch_train, torch_decode)):  # fmt: skip
-        t = train(shape, train_steps)
+    for name, decode in (("genzoo", genzoo_decode), ("pytorch", torch_decode)):
+        t = trained[name]
         rows[name] = {
             **t,
             "train_tokens_per_s": B * s.context / t["step_s"],
@@ -147,7 +159,7 @@ def measure(shape: str, train_steps: int, best_peak: float) -> dict:
         }
     g, t = rows["genzoo"], rows["pytorch"]
     rows["ratios"] = {
-        "train_speedup_vs_pytorch": g["train_tokens_per_s"] / t["train_tokens_per_s"],
+        "train_speedup_vs_pytorch": trained["train_speedup_vs_pytorch"],
         "cached_decode_speedup_vs_pytorch": g["decode_cached_tokens_per_s"]
         / t["decode_cached_tokens_per_s"],
         "genzoo_cache_speedup": g["decode_cached_tokens_per_s"] / g["decode_uncached_tokens_per_s"],
@@ -159,7 +171,8 @@ def measure(shape: str, train_steps: int, best_peak: float) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--train-steps", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=8, help="turns each framework's training takes")
+    p.add_argument("--train-steps", type=int, default=3, help="train steps per turn")
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--out", default="benchmarks/results/gpt_speed.json")
     args = p.parse_args()
@@ -176,7 +189,7 @@ def main() -> None:
     header = ("", "", "train tok/s", "MFU", "1st step s", "decode+cache", "decode no cache")
     print("{:6} {:8} {:>11} {:>6} {:>10} {:>12} {:>15}".format(*header))
     for shape in args.shapes:
-        rows = measure(shape, args.train_steps, best_peak)
+        rows = measure(shape, args.rounds, args.train_steps, best_peak)
         report["shapes"][shape] = rows
         for name in ("genzoo", "pytorch"):
             r = rows[name]

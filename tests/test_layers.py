@@ -108,8 +108,9 @@ def test_hand_written_attention_gradient_equals_autodiff(monkeypatch, mode, dtyp
         monkeypatch.setenv("GENZOO_ATTENTION_GRAD", how)
 
         def loss(params, x):
+            rngs = {"dropout": jax.random.PRNGKey(3)}
             out = attn.apply(params, x, memory_BxSxD=memory, key_valid_BxT=valid,
-                             deterministic=dropout == 0, rngs={"dropout": jax.random.PRNGKey(3)})[0]  # fmt: skip
+                             deterministic=dropout == 0, rngs=rngs)[0]  # fmt: skip
             return (out.astype(jnp.float32) * jnp.cos(jnp.arange(16.0))).sum()
 
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
@@ -117,7 +118,7 @@ def test_hand_written_attention_gradient_equals_autodiff(monkeypatch, mode, dtyp
     (value, manual), (value_ad, autodiff) = grads("manual"), grads("autodiff")
     assert value == value_ad  # one forward
     tol = 2e-2 if dtype == jnp.bfloat16 else 1e-5
-    for got, want in zip(jax.tree.leaves(manual), jax.tree.leaves(autodiff)):
+    for got, want in zip(jax.tree.leaves(manual), jax.tree.leaves(autodiff), strict=True):
         got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
         assert np.abs(want).max() > 0
         np.testing.assert_allclose(got, want, atol=tol * np.abs(want).max())
