@@ -92,8 +92,12 @@ def test_attention_dropout_is_one_mask_whatever_the_query_blocks(monkeypatch):
 
 @pytest.mark.parametrize(
     "mode,dtype,dropout",
-    [("causal", jnp.float32, 0.0), ("causal", jnp.float32, 0.3), ("cross", jnp.float32, 0.0),
-     ("causal", jnp.bfloat16, 0.3)],  # fmt: skip
+    [
+        ("causal", jnp.float32, 0.0),
+        ("causal", jnp.float32, 0.3),
+        ("cross", jnp.float32, 0.0),
+        ("causal", jnp.bfloat16, 0.3),
+    ],  # fmt: skip
 )
 def test_hand_written_attention_gradient_equals_autodiff(monkeypatch, mode, dtype, dropout):
     """The CPU path's hand-written backward against XLA's autodiff of the same forward:
