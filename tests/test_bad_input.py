@@ -244,3 +244,19 @@ def test_a_busy_workdir_is_refused_before_loading_anything(runs, capsys):
     finally:
         lock.release()
     assert "another process" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name,value", [("GENZOO_ATTENTION_GRAD", "fast"), ("GENZOO_ATTENTION_BLOCKS", "zero")]
+)
+def test_a_bad_attention_knob_is_one_line_exit_2_and_writes_nothing(
+    name, value, runs, tmp_path, capsys, monkeypatch
+):
+    """The A/B environment knobs are read while the model is traced (`runs`: the data set is
+    built already, so its one-time message is not in the output)."""
+    monkeypatch.setenv(name, value)
+    code = cli.main([*CHAR, "--workdir", str(tmp_path / "new")])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.startswith("genzoo: error:") and name in err, err[-600:]
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and out == "", out
+    assert not (tmp_path / "new").exists()
