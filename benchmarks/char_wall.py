@@ -40,6 +40,8 @@ RUNS = {
         {"GENZOO_ATTENTION_BLOCKS": "1", "XLA_FLAGS": "--xla_gpu_autotune_level=0"},
         [],
     ),
+    "manual_grad": ({"GENZOO_ATTENTION_GRAD": "manual"}, []),  # attention's hand-written backward
+    "autodiff_grad": ({"GENZOO_ATTENTION_GRAD": "autodiff"}, []),  # CPU's A/B: XLA's autodiff
     "serial_start": ({"GENZOO_OVERLAP": "0"}, []),  # init, then the step's compile
     "overlap_start": ({"GENZOO_OVERLAP": "1"}, []),  # both at once (default with >= 4 cores)
 }
