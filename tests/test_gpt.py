@@ -58,9 +58,10 @@ def test_kv_cache_decoding_equals_full_recomputation(setup):
     model = gpt.GPT(c)
     cache = gpt.init_cache(c, 2, c.block_size)
     prefill_BxPxV, cache = model.apply({"params": params}, tokens_BxL[:, :5], cache=cache)
+    decode = jax.jit(lambda tok_Bx1, cache: model.apply({"params": params}, tok_Bx1, cache=cache))
     steps = [prefill_BxPxV]
-    for i in range(5, tokens_BxL.shape[1]):
-        logits_Bx1xV, cache = model.apply({"params": params}, tokens_BxL[:, i : i + 1], cache=cache)
+    for i in range(5, tokens_BxL.shape[1]):  # one compile for every step
+        logits_Bx1xV, cache = decode(tokens_BxL[:, i : i + 1], cache)
         steps.append(logits_Bx1xV)
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full_BxLxV, atol=1e-5, rtol=1e-5)
 

@@ -80,11 +80,12 @@ def test_cached_decoding_equals_full_recomputation(params):
     full = model.apply({"params": params}, src, valid, tgt)
     memory = model.apply({"params": params}, src, valid, method="encode")
     cache = transformer.init_cache(params, c, memory, valid, tgt.shape[1])
+    decode = jax.jit(  # one compile for every step (eagerly, each op dispatched each step)
+        lambda tok, cache: model.apply({"params": params}, tok, None, None, cache, method="decode")
+    )
     steps = []
     for t in range(tgt.shape[1]):  # one token at a time, then compare every position
-        logits, cache = model.apply(
-            {"params": params}, tgt[:, t : t + 1], None, None, cache, method="decode"
-        )
+        logits, cache = decode(tgt[:, t : t + 1], cache)
         steps.append(logits[:, 0])
     np.testing.assert_allclose(full, jnp.stack(steps, 1), atol=2e-4)
 
