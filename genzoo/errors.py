@@ -1,5 +1,7 @@
 """The exceptions a command ends with, and the exit codes the CLI maps them to."""
 
+import os
+
 EXIT_USER_ERROR = 2  # bad input: nothing was written
 EXIT_NONFINITE = 3  # training met a NaN/Inf loss or gradient; eval produced a non-finite figure
 EXIT_PREEMPTED = 75  # stopped by SIGTERM/SIGINT after saving (sysexits' EX_TEMPFAIL: retry)
@@ -15,3 +17,11 @@ class NonFinite(Exception):
 
 class Preempted(Exception):
     """Training stopped on a signal after saving a checkpoint (exit 75)."""
+
+
+def env_choice(name: str, choices: tuple[str, ...]) -> str:
+    """The environment knob `name` (`choices[0]` when unset); any other value is a UserError."""
+    value = os.environ.get(name, choices[0])
+    if value not in choices:
+        raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from genzoo.errors import UserError
+from genzoo.errors import UserError, env_choice
 from genzoo.layers import quant
 from genzoo.layers.basic import Dtype, partitioned
 
@@ -95,9 +95,7 @@ def _matmul_lhs_t(a_BxHxLxT, b_BxHxLxK):
 def _manual_grad() -> bool:
     """The hand-written attention backward: on CPU, where it was measured (GPUs keep XLA's
     autodiff until timed there). `GENZOO_ATTENTION_GRAD=manual|autodiff` for A/B timing."""
-    value = os.environ.get("GENZOO_ATTENTION_GRAD", "auto")
-    if value not in ("auto", "manual", "autodiff"):
-        raise UserError(f"GENZOO_ATTENTION_GRAD must be auto, manual or autodiff, got {value!r}")
+    value = env_choice("GENZOO_ATTENTION_GRAD", ("auto", "manual", "autodiff"))
     return value == "manual" or (value == "auto" and jax.default_backend() == "cpu")
 
 

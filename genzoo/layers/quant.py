@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 
-from genzoo.errors import UserError
+from genzoo.errors import env_choice
 
 # Measured with XLA:CPU on the 2-core AMD EPYC (docs/design.md): int8 x int8 -> int32 beat
 # float32 from 2 to 64 rows (768 -> 3072: 1.3x at 2 rows, 2.1x at 8; the 768 -> 50304 head
@@ -58,10 +57,7 @@ def int8_operands(rows: int) -> bool:
     """GENZOO_INT8=auto (the default): int8 operands for at most MAX_INT8_ROWS rows (decode
     steps); larger products dequantize the weight and multiply in float (prompts, scoring).
     GENZOO_INT8=off: always dequantize (the weight-only numerics of `genzoo eval`)."""
-    mode = os.environ.get("GENZOO_INT8", "auto")
-    if mode not in ("auto", "off"):
-        raise UserError(f"GENZOO_INT8 is auto or off, got {mode!r}")
-    return mode == "auto" and rows <= MAX_INT8_ROWS
+    return env_choice("GENZOO_INT8", ("auto", "off")) == "auto" and rows <= MAX_INT8_ROWS
 
 
 def matmul(x_MxK, w_KxN, dtype, rows_out: bool = False):
