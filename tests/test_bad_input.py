@@ -247,7 +247,12 @@ def test_a_busy_workdir_is_refused_before_loading_anything(runs, capsys):
 
 
 @pytest.mark.parametrize(
-    "name,value", [("GENZOO_ATTENTION_GRAD", "fast"), ("GENZOO_ATTENTION_BLOCKS", "zero")]
+    "name,value",
+    [
+        ("GENZOO_ATTENTION_GRAD", "fast"),
+        ("GENZOO_ATTENTION_BLOCKS", "zero"),
+        ("GENZOO_MATMUL_GRAD", "tall"),
+    ],
 )
 def test_a_bad_attention_knob_is_one_line_exit_2_and_writes_nothing(
     name, value, runs, tmp_path, capsys, monkeypatch

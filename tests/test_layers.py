@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from genzoo.layers import Attention, TransformerBlock
+from genzoo.layers import Attention, TransformerBlock, dots
 
 B, L, S, D, H = 2, 6, 5, 16, 4
 
@@ -125,4 +125,26 @@ def test_hand_written_attention_gradient_equals_autodiff(monkeypatch, mode, dtyp
     for got, want in zip(jax.tree.leaves(manual), jax.tree.leaves(autodiff), strict=True):
         got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
         assert np.abs(want).max() > 0
+        np.testing.assert_allclose(got, want, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize(
+    "K,N,dtype", [(48, 16, jnp.float32), (16, 48, jnp.float32), (48, 16, jnp.bfloat16)]
+)
+def test_matmul_backward_for_tall_and_wide_weights_equals_autodiff(monkeypatch, K, N, dtype):
+    """The CPU backward forms a tall weight's gradient as (dy^T x)^T; values must not move."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (40, K)).astype(dtype)
+    w = jax.random.normal(jax.random.PRNGKey(1), (K, N)).astype(dtype)
+    probe = jnp.cos(jnp.arange(40.0 * N)).reshape(40, N)
+
+    def grads(how: str):
+        monkeypatch.setenv("GENZOO_MATMUL_GRAD", how)
+        loss = lambda x, w: (dots.matmul(x, w).astype(jnp.float32) * probe).sum()
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
+
+    (dx, dw), (dx_ad, dw_ad) = grads("wide"), grads("autodiff")
+    assert dx.dtype == dx_ad.dtype == dtype and dw.dtype == dtype and dw.shape == (K, N)
+    tol = 1e-2 if dtype == jnp.bfloat16 else 1e-5
+    for got, want in ((dx, dx_ad), (dw, dw_ad)):
+        got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
         np.testing.assert_allclose(got, want, atol=tol * np.abs(want).max())

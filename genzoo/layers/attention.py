@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from genzoo.errors import UserError, env_choice
-from genzoo.layers import quant
+from genzoo.layers import dots, quant
 from genzoo.layers.basic import Dtype, partitioned
 
 MODES = ("causal", "bidirectional", "cross")
@@ -146,7 +146,8 @@ def _project(x_BxLxD, w_DxNxHxK, dtype):
         out_Bx1xNxHxK = jnp.einsum("bld,dnhk->blnhk", x_BxLxD, w_DxNxHxK)
         return [out_Bx1xNxHxK[:, :, i] for i in range(N)]
     x_MxD = x_BxLxD.reshape(B * L, D)
-    return [(x_MxD @ w_DxNxHxK[:, i].reshape(D, H * K)).reshape(B, L, H, K) for i in range(N)]
+    outs = [dots.matmul(x_MxD, w_DxNxHxK[:, i].reshape(D, H * K)) for i in range(N)]
+    return [out_MxHK.reshape(B, L, H, K) for out_MxHK in outs]
 
 
 def cross_kv(attn_params, memory_BxSxD, dtype=jnp.float32) -> dict:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from genzoo.errors import env_choice
+from genzoo.layers import dots
 
 # Measured with XLA:CPU on the 2-core AMD EPYC (docs/design.md): int8 x int8 -> int32 beat
 # float32 from 2 to 64 rows (768 -> 3072: 1.3x at 2 rows, 2.1x at 8; the 768 -> 50304 head
@@ -64,7 +65,9 @@ def matmul(x_MxK, w_KxN, dtype, rows_out: bool = False):
     """x @ w in `dtype` for a float weight or an `Int8` one ([K, N] values, [1, N] scales);
     `rows_out`: w is given as [N, K] (a tied head's table, scaled per row), x @ w.T."""
     if not isinstance(w_KxN, Int8):
-        return x_MxK @ (w_KxN.T if rows_out else w_KxN).astype(dtype)
+        if rows_out:
+            return x_MxK @ w_KxN.T.astype(dtype)
+        return dots.matmul(x_MxK.astype(dtype), w_KxN.astype(dtype))
     M = x_MxK.shape[0]
     if not int8_operands(M):
         w = w_KxN.dequantize(dtype)
