@@ -129,17 +129,30 @@ def test_hand_written_attention_gradient_equals_autodiff(monkeypatch, mode, dtyp
 
 
 @pytest.mark.parametrize(
-    "K,N,dtype", [(48, 16, jnp.float32), (16, 48, jnp.float32), (48, 16, jnp.bfloat16)]
+    "K,N,parts,dtype",
+    [
+        (48, 16, 1, jnp.float32),
+        (16, 48, 1, jnp.float32),
+        (48, 16, 1, jnp.bfloat16),
+        (16, 24, 3, jnp.float32),
+        (48, 24, 3, jnp.float32),
+    ],
 )
-def test_matmul_backward_for_tall_and_wide_weights_equals_autodiff(monkeypatch, K, N, dtype):
-    """The CPU backward forms a tall weight's gradient as (dy^T x)^T; values must not move."""
+def test_matmul_backward_equals_autodiff(monkeypatch, K, N, parts, dtype):
+    """The CPU backward forms a tall weight's gradient as (dy^T x)^T and joins the gradients
+    of a kernel's column blocks (q, k, v) into one product; values must not move."""
     x = jax.random.normal(jax.random.PRNGKey(0), (40, K)).astype(dtype)
     w = jax.random.normal(jax.random.PRNGKey(1), (K, N)).astype(dtype)
-    probe = jnp.cos(jnp.arange(40.0 * N)).reshape(40, N)
+    probes = jnp.cos(jnp.arange(40.0 * N)).reshape(parts, 40, N // parts)
 
     def grads(how: str):
         monkeypatch.setenv("GENZOO_MATMUL_GRAD", how)
-        loss = lambda x, w: (dots.matmul(x, w).astype(jnp.float32) * probe).sum()
+
+        def loss(x, w):
+            w_KxPxN = w.reshape(K, parts, -1)
+            ys = [dots.matmul(x, w)] if parts == 1 else dots.matmul_split(x, w_KxPxN)
+            return sum((y.astype(jnp.float32) * p).sum() for y, p in zip(ys, probes, strict=True))
+
         return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
 
     (dx, dw), (dx_ad, dw_ad) = grads("wide"), grads("autodiff")

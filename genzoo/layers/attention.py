@@ -146,7 +146,7 @@ def _project(x_BxLxD, w_DxNxHxK, dtype):
         out_Bx1xNxHxK = jnp.einsum("bld,dnhk->blnhk", x_BxLxD, w_DxNxHxK)
         return [out_Bx1xNxHxK[:, :, i] for i in range(N)]
     x_MxD = x_BxLxD.reshape(B * L, D)
-    outs = [dots.matmul(x_MxD, w_DxNxHxK[:, i].reshape(D, H * K)) for i in range(N)]
+    outs = dots.matmul_split(x_MxD, w_DxNxHxK.reshape(D, N, H * K))
     return [out_MxHK.reshape(B, L, H, K) for out_MxHK in outs]
 
 
