@@ -6,7 +6,8 @@ Same model (nanoGPT's baby GPT: 6 layers, 6 heads, width 384, context 256, vocab
 same batch (16), float32, on this CPU. Reports the fp32 matmul peak each library reaches,
 training tokens/s (the two frameworks' steps take turns, `--rounds` of `--train-steps` steps;
 the ratio is the median of the rounds' ratios) and MFU against the best peak, first-step
-(compile) time, and batch-1 decode tokens/s with and without a KV cache. Prints a table; writes
+(compile) time, and batch-1 greedy decode tokens/s with a KV cache (taking turns too, `--rounds`
+rounds) and without one (one run each). Prints a table; writes
 benchmarks/results/gpt_speed.json. Needs torch (`pip install torch==2.13.0`).
 """
 
@@ -21,7 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import torch_gpt
-from common import char_gpt_config, cpu_info, interleaved, train_stepper, write_report
+from common import (
+    char_gpt_config,
+    cpu_info,
+    interleaved,
+    seconds_per_call,
+    train_stepper,
+    write_report,
+)
 from flax.linen import unbox
 
 from genzoo import host_memory, metrics
@@ -53,24 +61,28 @@ def torch_stepper(shape: str):
     return time.perf_counter() - t0, step
 
 
-@torch.no_grad()
-def torch_decode(shape: str, new_tokens: int, cached: bool) -> float:
+def torch_decoder(shape: str, new_tokens: int, cached: bool):
+    """A call that greedily decodes `new_tokens` after a 1-token prompt (no grad)."""
     _, s, _ = SHAPES[shape]
     torch.manual_seed(0)
     model = torch_gpt.GPT(s).eval()
     idx = torch.zeros((1, 1), dtype=torch.long)
-    t0 = time.perf_counter()
-    if cached:
-        caches = [[] for _ in range(s.num_layers)]
-        logits = model(idx, caches, 0)
-        for t in range(new_tokens):
-            nxt = logits[:, -1].argmax(-1, keepdim=True)
-            logits = model(nxt, caches, t + 1)
-    else:
+
+    @torch.no_grad()
+    def run():
+        if cached:
+            caches = [[] for _ in range(s.num_layers)]
+            logits = model(idx, caches, 0)
+            for t in range(new_tokens):
+                nxt = logits[:, -1].argmax(-1, keepdim=True)
+                logits = model(nxt, caches, t + 1)
+            return nxt
+        out = idx
         for _ in range(new_tokens):
-            nxt = model(idx)[:, -1].argmax(-1, keepdim=True)
-            idx = torch.cat([idx, nxt], 1)
-    return new_tokens / (time.perf_counter() - t0)
+            out = torch.cat([out, model(out)[:, -1].argmax(-1, keepdim=True)], 1)
+        return out
+
+    return run
 
 
 # ---- genzoo ---------------------------------------------------------------------------------
@@ -92,7 +104,8 @@ def _uncached_decode(params, buffer_1xT, start, cfg):
     return jax.lax.fori_loop(start, buffer_1xT.shape[1] - 1, body, buffer_1xT)
 
 
-def genzoo_decode(shape: str, new_tokens: int, cached: bool) -> float:
+def genzoo_decoder(shape: str, new_tokens: int, cached: bool):
+    """A call that greedily decodes `new_tokens` after a 1-token prompt (compiled already)."""
     cfg = genzoo_config(shape).model
     params = jax.jit(lambda r: unbox(gpt.init(r, cfg)))(jax.random.PRNGKey(0))
     prompt = np.zeros((1, 1), np.int32)
@@ -103,9 +116,29 @@ def genzoo_decode(shape: str, new_tokens: int, cached: bool) -> float:
         buffer = jnp.zeros((1, new_tokens + 1), jnp.int32)
         run = lambda: _uncached_decode(params, buffer, 0, cfg)
     jax.block_until_ready(run())  # compile
-    t0 = time.perf_counter()
-    jax.block_until_ready(run())
-    return new_tokens / (time.perf_counter() - t0)
+    return run
+
+
+def decode_speeds(shape: str, new_tokens: int, rounds: int) -> dict:
+    """Batch-1 greedy decode tokens/s per framework. With the KV cache (the target) the two
+    take turns for `rounds` rounds, ratio = median of the rounds' ratios; without it (only
+    the cache's own speed-up reads it; genzoo's takes ~10 s at the baby shape) one run each."""
+    cached = interleaved(
+        {"genzoo": genzoo_decoder(shape, new_tokens, True),
+         "pytorch": torch_decoder(shape, new_tokens, True)},
+        rounds, 1,
+    )  # fmt: skip
+    out = {}
+    for name, decoder in (("genzoo", genzoo_decoder), ("pytorch", torch_decoder)):
+        uncached = seconds_per_call(decoder(shape, new_tokens, False), 1)
+        out[name] = {
+            "decode_cached_tokens_per_s": new_tokens / cached[name]["median_s"],
+            "decode_cached_rounds_s": cached[name]["rounds_s"],
+            "decode_uncached_tokens_per_s": new_tokens / uncached,
+        }
+    ratios = np.array(cached["pytorch"]["rounds_s"]) / np.array(cached["genzoo"]["rounds_s"])
+    out["cached_decode_speedup_vs_pytorch"] = float(np.median(ratios))
+    return out
 
 
 def matmul_peaks(n: int = 2048) -> dict:
@@ -147,21 +180,20 @@ def measure(shape: str, rounds: int, train_steps: int, best_peak: float) -> dict
     new_tokens = s.context - 1  # after a 1-token prompt: the whole context
     flops_per_step = gpt.flops_per_example(genzoo_config(shape).model, {"inputs": (s.context,)})
     trained = train_both(shape, rounds, train_steps)
+    decoded = decode_speeds(shape, new_tokens, rounds)
     rows = {}
-    for name, decode in (("genzoo", genzoo_decode), ("pytorch", torch_decode)):
+    for name in ("genzoo", "pytorch"):
         t = trained[name]
         rows[name] = {
             **t,
             "train_tokens_per_s": B * s.context / t["step_s"],
             "mfu_vs_best_peak": flops_per_step * B / t["step_s"] / best_peak,
-            "decode_cached_tokens_per_s": decode(shape, new_tokens, True),
-            "decode_uncached_tokens_per_s": decode(shape, new_tokens, False),
+            **decoded[name],
         }
     g, t = rows["genzoo"], rows["pytorch"]
     rows["ratios"] = {
         "train_speedup_vs_pytorch": trained["train_speedup_vs_pytorch"],
-        "cached_decode_speedup_vs_pytorch": g["decode_cached_tokens_per_s"]
-        / t["decode_cached_tokens_per_s"],
+        "cached_decode_speedup_vs_pytorch": decoded["cached_decode_speedup_vs_pytorch"],
         "genzoo_cache_speedup": g["decode_cached_tokens_per_s"] / g["decode_uncached_tokens_per_s"],
         "pytorch_cache_speedup": t["decode_cached_tokens_per_s"]
         / t["decode_uncached_tokens_per_s"],
