@@ -254,7 +254,7 @@ def test_a_busy_workdir_is_refused_before_loading_anything(runs, capsys):
         ("GENZOO_MATMUL_GRAD", "tall"),
     ],
 )
-def test_a_bad_attention_knob_is_one_line_exit_2_and_writes_nothing(
+def test_a_bad_speed_knob_is_one_line_exit_2_and_writes_nothing(
     name, value, runs, tmp_path, capsys, monkeypatch
 ):
     """The A/B environment knobs are read while the model is traced (`runs`: the data set is
