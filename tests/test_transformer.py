@@ -1,6 +1,7 @@
 """The encoder-decoder Transformer: loss at init, learning, cached decoding, beams."""
 
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -181,3 +182,55 @@ def test_transformer_base_for_wmt14_builds_and_steps():
     batch = next(data.load(cfg.data).train_iterator(2, 0))
     state, metrics = trainer.step(state, batch)
     assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1
+
+
+def _built_wmt14(root: Path, pairs: list) -> None:
+    """A stand-in for TFDS's `wmt14_translate/de-en` (the same folder, splits and fields),
+    built as array_record under `root` the way `tfds build` lays it out."""
+    import tensorflow_datasets as tfds
+
+    from genzoo.data import sources
+
+    class Wmt14Translate(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = tfds.core.Version("1.0.0")
+        BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="de-en")]
+        name = "wmt14_translate"
+
+        def _info(self):
+            fields = {"en": ((None,), np.uint8), "de": ((None,), np.uint8)}
+            return sources.tensor_dataset_info(self, "test", "", fields)
+
+        def _split_generators(self, dl_manager):
+            return {s: self._generate_examples(s) for s in ("train", "validation", "test")}
+
+        def _generate_examples(self, split):
+            as_bytes = lambda s: np.frombuffer(s.encode(), np.uint8)
+            for i, (en, de) in enumerate(pairs):
+                yield i, {"en": as_bytes(f"{en} {split}"), "de": as_bytes(de)}
+
+    Wmt14Translate(data_dir=str(root), file_format="array_record").download_and_prepare()
+
+
+def test_wmt14_reads_its_built_tfds_folder_or_says_how_to_build_it(tmp_path, monkeypatch):
+    from genzoo import data, experiment
+    from genzoo.errors import UserError
+
+    cfg = experiment.load("transformer_wmt14_en_de", None, ["data.vocab_size=300"])
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    with pytest.raises(UserError, match="not built in .*tfds build wmt14_translate/de-en"):
+        data.load(cfg.data)
+    words = "the house is small and green with a red door near our old garden".split()
+    pairs = [(" ".join(words[i % 9 : i % 9 + 5]), f"das haus {i} ist klein") for i in range(40)]
+    _built_wmt14(tmp_path / "tfds", pairs)
+    loaded = data.load(cfg.data)
+    assert {s: len(loaded.texts[s]["src"]) for s in loaded.texts} == {
+        "train": 40, "validation": 40, "test": 40,
+    }  # fmt: skip
+    texts = loaded.texts  # in TFDS's order (it shuffles by key when building)
+    assert sorted(texts["validation"]["src"]) == sorted(f"{en} validation" for en, _ in pairs)
+    assert sorted(zip(texts["test"]["src"], texts["test"]["tgt"], strict=True)) == sorted(
+        (f"{en} test", de) for en, de in pairs
+    )
+    (tmp_path / "tfds/wmt14_translate/de-en/1.0.0/dataset_info.json").write_text("{")
+    with pytest.raises(UserError, match="cannot be read"):
+        data.load(cfg.data)

@@ -12,6 +12,7 @@ Loaders take the `data` config section and the workdir (None before one exists).
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -215,6 +216,20 @@ def bible_es_en(cfg, workdir=None) -> ExampleData:
     return ExampleData(splits, lengths, texts, tokens, fields, artifacts, pack=pack)
 
 
+def _built_tfds(name: str) -> Path:
+    """The newest built version of TFDS data set `name` under $TFDS_DATA_DIR (default
+    ~/tensorflow_datasets), read from its folder: looking it up by name makes TFDS import
+    its whole catalogue, whose `fashion_mnist` collides with genzoo's builder (a logged
+    traceback), and a missing set lists hundreds of names."""
+    root = Path(os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
+    versions = [p for p in (root / name).glob("*.*.*") if (p / "dataset_info.json").is_file()]
+    if not versions:
+        build = f"tfds build {name} --file_format=array_record"
+        raise UserError(f"TFDS {name} is not built in {root} (set TFDS_DATA_DIR to its folder, "
+                        f"or build it once: {build})")  # fmt: skip
+    return max(versions, key=lambda p: tuple(int(x) for x in p.name.split(".") if x.isdigit()))
+
+
 def wmt14_en_de(cfg, workdir=None) -> ExampleData:
     """WMT 2014 English -> German from TFDS (`wmt14_translate/de-en`, built once by the user),
     or `cfg.synthetic_examples` random id pairs (tests: the model builds and steps)."""
@@ -229,11 +244,13 @@ def wmt14_en_de(cfg, workdir=None) -> ExampleData:
         fields = {"src_vocab_size": cfg.vocab_size, "tgt_vocab_size": cfg.vocab_size}
         lengths = {"src": cfg.max_src_len, "tgt": cfg.max_tgt_len}
         return ExampleData(splits, lengths, texts, {}, fields)
+    folder = _built_tfds("wmt14_translate/de-en")
     try:
-        sources_ = {s: tfds.data_source("wmt14_translate/de-en", split=s)
-                    for s in ("train", "validation", "test")}  # fmt: skip
-    except Exception as e:  # TFDS raises several kinds when a data set is not built
-        raise UserError(f"TFDS wmt14_translate/de-en is not available: {e}") from None
+        builder = tfds.builder_from_directory(str(folder))
+        sources_ = {s: builder.as_data_source(split=s) for s in ("train", "validation", "test")}
+    except Exception as e:  # a damaged folder, or one built as tfrecord (no random access)
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"TFDS wmt14_translate/de-en cannot be read: {first}") from None
     pairs = {s: [(bytes(r["en"]).decode(), bytes(r["de"]).decode()) for r in src]
              for s, src in sources_.items()}  # fmt: skip
     sample = [t for pair in pairs["train"][: cfg.tokenizer_sentences // 2] for t in pair]
