@@ -1,7 +1,8 @@
 """`genzoo chain EXPERIMENT`: train an experiment after every run it depends on.
 
-The links are the workdirs its config names: `model.requires` (runs it needs to train)
-and the evaluators' `*_workdir` options (runs that score it, such as the shapes judge).
+The links are the workdirs its config names: `model.requires` (runs it needs to train),
+`train.init_from` (the run a fine-tune starts from) and the evaluators' `*_workdir`
+options (runs that score it, such as the shapes judge).
 A workdir `runs/NAME` is trained by experiment NAME, or by NAME without a trailing
 `_VARIANT` (`runs/dvae_shapes_smoke` by `dvae_shapes --variant smoke`), with the chain's
 variant where the experiment has it. Links whose latest checkpoint has reached their
@@ -21,6 +22,16 @@ def _links(cfg) -> list[str]:
     for options in (cfg.eval.get("evaluators") or {}).values():
         paths += [v for k, v in dict(options).items() if k.endswith("_workdir") and v]
     return paths
+
+
+def _pretrained(cfg, variant: str | None) -> list[str]:
+    """The run a fine-tune starts from (`train.init_from`), where an experiment of that name
+    trains it (`runs/demo`, made by `make demo`, is left to `train`'s own check)."""
+    path = requires.split(cfg.train.get("init_from") or "")[0]
+    try:
+        return [path] if path and _experiment_of(path, variant) else []
+    except UserError:
+        return []
 
 
 def _experiment_of(path: str, variant: str | None) -> str:
@@ -47,7 +58,7 @@ def plan(name: str, variant: str | None, workdir: str | None = None) -> list[tup
         if path in seen:
             return
         cfg = experiment.load(exp, var)
-        for link in _links(cfg):
+        for link in _links(cfg) + _pretrained(cfg, variant):
             dep = _experiment_of(link, variant)
             visit(dep, _variant_for(dep, variant), link, (*stack, path))
         seen.add(path)

@@ -119,3 +119,18 @@ def test_init_from_starts_where_the_source_run_ended(trained, tmp_path, capsys):
     source_last = [r["val/loss"] for r in read(trained) if r["step"] == 20 and "val/loss" in r]
     first = read(new)[0]
     assert first["step"] == 0 and first["val/loss"] == pytest.approx(source_last[0], abs=1e-6)
+
+
+def test_chain_links_a_fine_tune_to_the_run_it_starts_from():
+    from genzoo import chain
+
+    plan = chain.plan("bert_bible_genre", "cpu")
+    assert plan == [("bert_mlm_english", "cpu", "runs/bert_mlm_english"),
+                    ("bert_bible_genre", "cpu", "runs/bert_bible_genre")]  # fmt: skip
+    # `runs/demo` (made by `make demo`) has no experiment of its name: no link, train's own check
+    assert chain.plan("gpt_bible_finetune", "cpu") == [
+        ("gpt_bible_finetune", "cpu", "runs/gpt_bible_finetune")
+    ]
+    assert [p[0] for p in chain.plan("gpt_bible_finetune", None)] == [
+        "gpt_shakespeare_char", "gpt_bible_finetune"
+    ]  # fmt: skip
