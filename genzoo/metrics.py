@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import platform
 import threading
 import time
 from pathlib import Path
@@ -168,8 +171,9 @@ def save_image_grid(images_NxHxWxC: np.ndarray, path: Path, columns: int = 0) ->
     return Path(path)
 
 
-def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """Best achieved float32 FLOP/s of one jitted n x n matmul on the default device."""
+def measure_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """Best achieved float32 FLOP/s of one jitted n x n matmul on the default device (the best
+    of several: a peak, so a moment of load elsewhere on the machine does not lower it)."""
     a = jnp.ones((n, n), jnp.float32)
     f = jax.jit(lambda x, y: x @ y)
     f(a, a).block_until_ready()
@@ -214,9 +218,35 @@ def peak_flops(configured: float, dtype: str = "float32") -> tuple[float, str]:
     return known_peak(jax.devices()[0], dtype)
 
 
+def _peak_key(device) -> str:
+    """A measured peak's cache key: the device kind and, on CPUs (all of kind "cpu"), what sets
+    their rate, so a home folder shared by other hosts or a process pinned to fewer cores
+    measures again rather than divide by another machine's figure."""
+    key = f"{device.platform}:{device.device_kind}"
+    return f"{key}:{_cpu_signature()}" if device.platform == "cpu" else key
+
+
+def _cpu_signature() -> str:
+    """'model|N cores|hash of the vector extensions' (VMs often show only the vendor's name)."""
+    model, flags = "", ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == "model name" and not model:
+                model = value.strip()
+            elif name.strip() == "flags" and not flags:
+                flags = value
+    except OSError:
+        pass
+    isa = ",".join(sorted(f for f in flags.split() if f.startswith(("avx", "amx", "fma"))))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    digest = hashlib.sha256(isa.encode()).hexdigest()[:8]
+    return f"{model or platform.machine()}|{cores} cores|{digest}"
+
+
 def _measured_peak(device) -> float:
     cache = sources.cache_dir() / "peak_flops.json"
-    key = f"{device.platform}:{device.device_kind}"
+    key = _peak_key(device)
     try:
         table = json.loads(cache.read_text()) if cache.is_file() else {}
         table = table if isinstance(table, dict) else {}

@@ -36,3 +36,24 @@ def test_unknown_devices_measure_and_a_configured_peak_wins(monkeypatch, tmp_pat
     monkeypatch.setattr(metrics, "measure_matmul_peak", lambda: 7e10)
     assert metrics.peak_flops(0.0, "bfloat16") == (7e10, "Some CPU measured float32 matmul")
     assert metrics.peak_flops(3e12)[0] == 3e12
+
+
+def test_a_cpu_peak_is_measured_again_on_another_cpu(monkeypatch, tmp_path):
+    """The cache is keyed by what sets a CPU's rate: another host (or fewer cores) sharing the
+    home folder must not divide by this one's figure."""
+    monkeypatch.setenv("GENZOO_CACHE_DIR", str(tmp_path))
+    fake = SimpleNamespace(device_kind="cpu", platform="cpu")
+    monkeypatch.setattr(metrics.jax, "devices", lambda: [fake])
+    monkeypatch.setattr(metrics, "_cpu_signature", lambda: "EPYC|2 cores|avx2")
+    monkeypatch.setattr(metrics, "measure_matmul_peak", lambda: 1e11)
+    assert metrics.peak_flops(0.0)[0] == 1e11
+    monkeypatch.setattr(metrics, "measure_matmul_peak", lambda: pytest.fail("measured twice"))
+    assert metrics.peak_flops(0.0)[0] == 1e11  # same CPU: cached
+    monkeypatch.setattr(metrics, "_cpu_signature", lambda: "EPYC|2 cores|avx512")
+    monkeypatch.setattr(metrics, "measure_matmul_peak", lambda: 2e11)
+    assert metrics.peak_flops(0.0)[0] == 2e11
+
+
+def test_the_cpu_signature_names_cores_and_vector_extensions():
+    model, cores, isa = metrics._cpu_signature().split("|")
+    assert model and cores.endswith(" cores") and int(cores.split()[0]) >= 1 and len(isa) == 8

@@ -269,7 +269,7 @@ def test_a_torn_peak_flops_cache_is_measured_again(monkeypatch, tmp_path):
     monkeypatch.setattr(metrics, "measure_matmul_peak", lambda: 5e9)
     assert metrics.peak_flops(0.0)[0] == 5e9
     assert json.loads((tmp_path / "peak_flops.json").read_text()) == {
-        f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}": 5e9
+        metrics._peak_key(jax.devices()[0]): 5e9
     }
 
 
