@@ -3,8 +3,12 @@
     .venv/bin/python benchmarks/family_speed.py [--steps 10] [--only gpt_shakespeare_char,...]
 
 Each experiment's `cpu` variant (its default config where it has none), real data from
-$GENZOO_DATA_DIR (or the package), one device; families that require trained runs use the
-runs named in their config when they exist and are skipped otherwise. Prints one table
+$GENZOO_DATA_DIR (or the package), one device. Experiments that start from trained runs
+(DALL·E's tokenizer and CLIP, a fine-tune's pretrained model) use the runs their config names
+when they exist here; otherwise (unless `--no-build`) `genzoo chain`'s links are trained for one
+step each in a scratch folder: a step's time depends on the runs' shapes, not on how well they
+trained. Experiments that still cannot run here (WMT14, a token corpus) are listed as skipped.
+Prints one table
 (examples/s, tokens/s where the data has tokens, MFU where the family counts FLOPs, first
 step, peak memory where the device reports it) and writes benchmarks/results/family_speed.json.
 """
@@ -12,20 +16,49 @@ step, peak memory where the device reports it) and writes benchmarks/results/fam
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 from common import write_report
 
+from genzoo import chain, experiment, metrics, models, requires, workdir
 from genzoo import data as data_lib
-from genzoo import experiment, metrics, models, requires, workdir
+from genzoo.checkpoint import saved_steps
 from genzoo.errors import UserError
 from genzoo.models.protocols import CountsFlops
 from genzoo.trainer import Trainer
 
 
+def _variant(name: str) -> str | None:
+    return "cpu" if "cpu" in experiment.variants(name) else None
+
+
+def runs_folder(name: str, scratch: Path | None) -> Path:
+    """Where `name`'s linked runs are: here when each has a checkpoint (or without `scratch`),
+    else `scratch`, after training the missing ones there for one step each."""
+    links = chain.plan(name, _variant(name))[:-1]
+    if scratch is None or all(saved_steps(Path(path)) for _, _, path in links):
+        return Path.cwd()
+    genzoo = Path(sys.executable).with_name("genzoo")
+    for exp, var, path in links:
+        if saved_steps(scratch / path):
+            continue
+        print(f"{'':26} (training {path} for one step in a scratch folder)", flush=True)
+        subprocess.run([str(genzoo), "train", exp, *(["--variant", var] if var else []),
+                        "--workdir", path, "--set", "train.steps=1", "--set", "eval.every_steps=0",
+                        "--set", "log.progress=false"], cwd=scratch, check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+    return scratch
+
+
 def measure(name: str, steps: int) -> dict:
-    variant = "cpu" if "cpu" in experiment.variants(name) else None
+    variant = _variant(name)
     cfg = experiment.load(name, variant, ["log.progress=false"])
     family = models.get(cfg.model.family)
     deps = {}
@@ -69,7 +102,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--only", default="")
     p.add_argument("--out", default="benchmarks/results/family_speed.json")
+    p.add_argument(
+        "--no-build",
+        action="store_true",
+        help="skip experiments whose linked runs do not exist, rather than build them",
+    )
     args = p.parse_args()
+    out = Path(args.out).absolute()
+    if os.environ.get("GENZOO_DATA_DIR"):  # read from the scratch folder too
+        os.environ["GENZOO_DATA_DIR"] = str(Path(os.environ["GENZOO_DATA_DIR"]).absolute())
+    scratch = contextlib.ExitStack()
+    folder = None if args.no_build else Path(scratch.enter_context(tempfile.TemporaryDirectory()))
     names = args.only.split(",") if args.only else [r[0] for r in experiment.list_experiments()]
     header = ("experiment", "variant", "batch", "step ms", "examples/s", "tokens/s", "MFU",
               "1st step s")  # fmt: skip
@@ -77,9 +120,13 @@ def main() -> None:
     rows = []
     for name in names:
         try:
-            r = measure(name, args.steps)
-        except UserError as e:  # a required run is missing: say so, keep the table
+            with contextlib.chdir(runs_folder(name, folder)):
+                r = measure(name, args.steps)
+        except UserError as e:  # data or a run this machine lacks: say so, keep the table
             print(f"{name:26} skipped: {e}"[:160], flush=True)
+            continue
+        except subprocess.CalledProcessError as e:
+            print(f"{name:26} skipped: building a linked run failed: {e}"[:160], flush=True)
             continue
         rows.append(r)
         tok = f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else "-"
@@ -88,7 +135,8 @@ def main() -> None:
                  r["first_step_s"])  # fmt: skip
         print("{:26} {:8} {:>5} {:>9.1f} {:>10.1f} {:>10} {:>6} {:>10.1f}".format(*cells),
               flush=True)  # fmt: skip
-    write_report(args.out, {"device": jax.devices()[0].device_kind, "rows": rows})
+    scratch.close()
+    write_report(out, {"device": jax.devices()[0].device_kind, "rows": rows})
 
 
 if __name__ == "__main__":
