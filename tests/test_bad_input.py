@@ -265,3 +265,20 @@ def test_a_bad_speed_knob_is_one_line_exit_2_and_writes_nothing(
     assert code == 2 and err.startswith("genzoo: error:") and name in err, err[-600:]
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and out == "", out
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "unreadable"])
+def test_wmt14_not_built_is_one_line_exit_2_and_writes_nothing(damage, tmp_path, capsys,
+                                                                monkeypatch):  # fmt: skip
+    """A data set the user builds with TFDS: no catalogue lookup (its logged traceback and list
+    of hundreds of names), no download, no workdir."""
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    if damage == "unreadable":
+        version = tmp_path / "tfds" / "wmt14_translate" / "de-en" / "1.0.0"
+        version.mkdir(parents=True)
+        (version / "dataset_info.json").write_text("not json")
+    code = cli.main(["train", "transformer_wmt14_en_de", "--workdir", str(tmp_path / "new")])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.startswith("genzoo: error: TFDS wmt14_translate/de-en"), err[-600:]
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and out == "", err[-600:]
+    assert not (tmp_path / "new").exists()
