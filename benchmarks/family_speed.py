@@ -97,6 +97,32 @@ def measure(name: str, steps: int) -> dict:
     return row
 
 
+def measure_all(names: list[str], steps: int, scratch: Path | None) -> list[dict]:
+    """One row per experiment that runs here, printed as it comes; a line for each skipped."""
+    header = ("experiment", "variant", "batch", "step ms", "examples/s", "tokens/s", "MFU",
+              "1st step s")  # fmt: skip
+    print("{:26} {:8} {:>5} {:>9} {:>10} {:>10} {:>6} {:>10}".format(*header), flush=True)
+    rows = []
+    for name in names:
+        try:
+            with contextlib.chdir(runs_folder(name, scratch)):
+                r = measure(name, steps)
+        except UserError as e:  # data or a run this machine lacks: say so, keep the table
+            print(f"{name:26} skipped: {e}"[:160], flush=True)
+            continue
+        except subprocess.CalledProcessError as e:
+            print(f"{name:26} skipped: building a linked run failed: {e}"[:160], flush=True)
+            continue
+        rows.append(r)
+        tok = f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else "-"
+        mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
+        cells = (name, r["variant"], r["batch"], r["step_s"] * 1e3, r["examples_per_s"], tok, mfu,
+                 r["first_step_s"])  # fmt: skip
+        print("{:26} {:8} {:>5} {:>9.1f} {:>10.1f} {:>10} {:>6} {:>10.1f}".format(*cells),
+              flush=True)  # fmt: skip
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=10)
@@ -111,31 +137,9 @@ def main() -> None:
     out = Path(args.out).absolute()
     if os.environ.get("GENZOO_DATA_DIR"):  # read from the scratch folder too
         os.environ["GENZOO_DATA_DIR"] = str(Path(os.environ["GENZOO_DATA_DIR"]).absolute())
-    scratch = contextlib.ExitStack()
-    folder = None if args.no_build else Path(scratch.enter_context(tempfile.TemporaryDirectory()))
     names = args.only.split(",") if args.only else [r[0] for r in experiment.list_experiments()]
-    header = ("experiment", "variant", "batch", "step ms", "examples/s", "tokens/s", "MFU",
-              "1st step s")  # fmt: skip
-    print("{:26} {:8} {:>5} {:>9} {:>10} {:>10} {:>6} {:>10}".format(*header), flush=True)
-    rows = []
-    for name in names:
-        try:
-            with contextlib.chdir(runs_folder(name, folder)):
-                r = measure(name, args.steps)
-        except UserError as e:  # data or a run this machine lacks: say so, keep the table
-            print(f"{name:26} skipped: {e}"[:160], flush=True)
-            continue
-        except subprocess.CalledProcessError as e:
-            print(f"{name:26} skipped: building a linked run failed: {e}"[:160], flush=True)
-            continue
-        rows.append(r)
-        tok = f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else "-"
-        mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
-        cells = (name, r["variant"], r["batch"], r["step_s"] * 1e3, r["examples_per_s"], tok, mfu,
-                 r["first_step_s"])  # fmt: skip
-        print("{:26} {:8} {:>5} {:>9.1f} {:>10.1f} {:>10} {:>6} {:>10.1f}".format(*cells),
-              flush=True)  # fmt: skip
-    scratch.close()
+    with tempfile.TemporaryDirectory() as scratch:  # the one-step linked runs, removed after
+        rows = measure_all(names, args.steps, None if args.no_build else Path(scratch))
     write_report(out, {"device": jax.devices()[0].device_kind, "rows": rows})
 
 
