@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -102,24 +100,6 @@ def interleaved(contenders: dict[str, Callable[[], object]], rounds: int, calls:
         for name in order:
             times[name].append(seconds_per_call(contenders[name], calls))
     return {name: {"median_s": float(np.median(t)), "rounds_s": t} for name, t in times.items()}
-
-
-def cpu_info() -> dict:
-    """The CPU model, core count and vector-instruction flags (they decide who wins)."""
-    info = {
-        "machine": platform.machine(),
-        "cores": os.cpu_count(),
-    }
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        info["model"] = next(
-            x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")
-        )
-        flags = next(x.split(":", 1)[1].split() for x in lines if x.startswith("flags"))
-        info["flags"] = sorted(f for f in flags if f.startswith(("avx", "fma", "amx")))
-    except (OSError, StopIteration):
-        pass
-    return info
 
 
 def write_report(path, report: dict) -> None:

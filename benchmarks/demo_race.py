@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torch_gpt
-from common import cpu_info, write_report
+from common import write_report
 
 from genzoo import data as data_lib
 from genzoo import experiment, host_memory, optim
@@ -142,7 +142,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     races = {seed: {"genzoo": genzoo_run(args.seconds, seed),
                     "pytorch": torch_run(args.seconds, seed)} for seed in seeds}  # fmt: skip
-    print(f"{args.seconds:.0f} s each on {cpu_info().get('model', '?')}")
+    print(f"{args.seconds:.0f} s each on {metrics_lib.cpu_info().get('model', '?')}")
     print("{:6} {:8} {:>6} {:>9} {:>11}".format("seed", "", "steps", "val loss", "1st step s"))
     for seed, rows in races.items():
         for name, r in rows.items():
@@ -154,7 +154,8 @@ def main() -> None:
     print("mean val loss: " + ", ".join(f"{k} {v:.4f}" for k, v in mean.items())
           + f" over {len(seeds)} seed(s); better model: {winner}")  # fmt: skip
     first = races[seeds[0]]  # the single-seed report's shape, as before
-    write_report(args.out, {"cpu": {**cpu_info(), "torch_threads": torch.get_num_threads()},
+    cpu = {**metrics_lib.cpu_info(), "torch_threads": torch.get_num_threads()}
+    write_report(args.out, {"cpu": cpu,
                             "seconds": args.seconds, "winner": winner, **first,
                             "seeds": {str(k): v for k, v in races.items()},
                             "mean_val_loss": mean})  # fmt: skip

@@ -24,7 +24,6 @@ import torch
 import torch_gpt
 from common import (
     char_gpt_config,
-    cpu_info,
     interleaved,
     seconds_per_call,
     train_stepper,
@@ -216,7 +215,7 @@ def main() -> None:
     print(
         "fp32 matmul peak (GFLOP/s): " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items())
     )
-    report = {"cpu": {**cpu_info(), "torch_threads": torch.get_num_threads()},
+    report = {"cpu": {**metrics.cpu_info(), "torch_threads": torch.get_num_threads()},
               "matmul_peaks": peaks, "shapes": {}}  # fmt: skip
     header = ("", "", "train tok/s", "MFU", "1st step s", "decode+cache", "decode no cache")
     print("{:6} {:8} {:>11} {:>6} {:>10} {:>12} {:>15}".format(*header))

@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 
 import jax
-from common import char_gpt_config, cpu_info, time_train_steps, write_report
+from common import char_gpt_config, time_train_steps, write_report
 
 from genzoo import metrics
+from genzoo.metrics import cpu_info
 from genzoo.models import gpt
 
 SIZES = {  # name: (experiment variant, overrides)

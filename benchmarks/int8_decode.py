@@ -22,10 +22,11 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from common import cpu_info, write_report
+from common import write_report
 
 from genzoo import experiment, quantize, workdir
 from genzoo.layers import quant
+from genzoo.metrics import cpu_info
 from genzoo.models import gpt
 
 NEW_TOKENS = 32

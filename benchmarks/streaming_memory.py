@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import cpu_info, write_report
+from common import write_report
 
 GIB = 2**30
 BLOCK = 1 << 26  # tokens written per block: 128 MiB
@@ -97,6 +97,8 @@ def main():
     growth = rows[-1]["train_peak_rss_gib"] - rows[0]["train_peak_rss_gib"]
     grown = rows[-1]["corpus_gib"] - rows[0]["corpus_gib"]
     print(f"train peak RSS grew {growth:+.3f} GiB while the corpus grew {grown:g} GiB")
+    from genzoo.metrics import cpu_info  # here: the parent stays free of jax while it measures
+
     write_report(args.out, dict(cpu=cpu_info(), steps=args.steps, rows=rows,
                                 rss_growth_gib=growth))  # fmt: skip
 

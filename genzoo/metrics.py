@@ -226,22 +226,28 @@ def _peak_key(device) -> str:
     return f"{key}:{_cpu_signature()}" if device.platform == "cpu" else key
 
 
-def _cpu_signature() -> str:
-    """'model|N cores|hash of the vector extensions' (VMs often show only the vendor's name)."""
-    model, flags = "", ""
+def cpu_info() -> dict:
+    """The CPU model, core count and vector-instruction flags (they decide its matmul rate)."""
+    info = {"machine": platform.machine(), "cores": os.cpu_count()}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name.strip() == "model name" and not model:
-                model = value.strip()
-            elif name.strip() == "flags" and not flags:
-                flags = value
-    except OSError:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        info["model"] = next(
+            x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")
+        )
+        flags = next(x.split(":", 1)[1].split() for x in lines if x.startswith("flags"))
+        info["flags"] = sorted(f for f in flags if f.startswith(("avx", "fma", "amx")))
+    except (OSError, StopIteration):
         pass
-    isa = ",".join(sorted(f for f in flags.split() if f.startswith(("avx", "amx", "fma"))))
+    return info
+
+
+def _cpu_signature() -> str:
+    """'model|N cores|hash of the vector extensions' (VMs often show only the vendor's name);
+    cores are those this process may use."""
+    info = cpu_info()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    digest = hashlib.sha256(isa.encode()).hexdigest()[:8]
-    return f"{model or platform.machine()}|{cores} cores|{digest}"
+    digest = hashlib.sha256(",".join(info.get("flags", [])).encode()).hexdigest()[:8]
+    return f"{info.get('model') or info['machine']}|{cores} cores|{digest}"
 
 
 def _measured_peak(device) -> float:
