@@ -35,11 +35,21 @@ def _attend(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, allowed_BxLxT, keep_BxHxLxT, rate):
 
     The row maximum is subtracted for range only (no gradient needed: it cancels).
     Dropout (weights kept where `keep_BxHxLxT`, None for none) on the unnormalised weights
-    equals dropout on the probabilities. Same values either way; the gradient is written by
-    hand where `_manual_grad()` says so.
+    equals dropout on the probabilities. Same function on every path; `_grad_path()` picks
+    XLA's autodiff, the hand-written backward, or (float32 without dropout) the fused form.
     """
     args = (q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, allowed_BxLxT, keep_BxHxLxT, rate)
-    return _attend_manual(*args) if _manual_grad() else _attend_forward(*args)[0]
+    path = _grad_path()
+    if path == "fused" and keep_BxHxLxT is None and q_BxHxLxK.dtype == jnp.float32:
+        bias_BxLxT = jnp.where(allowed_BxLxT, 0.0, _MASKED).astype(jnp.float32)
+        return _attend_fused(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_BxLxT[:, None])
+    return _attend_forward(*args)[0] if path == "autodiff" else _attend_manual(*args)
+
+
+# An additive mask, not `where`: XLA:CPU hands a dot, an add, the row max, exp and the value
+# product to YNNPACK as one fusion; a select splits it there. Finite, so a fully masked row
+# gives uniform weights (as `where` with the float minimum did), never inf - inf.
+_MASKED = -1e30
 
 
 def _attend_forward(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, allowed_BxLxT, keep_BxHxLxT, rate):
@@ -85,6 +95,50 @@ def _attend_backward(rate, saved, dout_BxHxLxK):
 _attend_manual.defvjp(_attend_forward, _attend_backward)
 
 
+def _fused_forward(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT):
+    """The output and the weights' row totals [B, H, L, 1], all in one YNNPACK fusion on CPU:
+    the totals come out of the value product through a column of ones appended to v (a
+    separate row sum would be a second output, which splits the fusion)."""
+    scores_BxHxLxT = jnp.matmul(q_BxHxLxK, k_BxHxTxK.swapaxes(-1, -2)) + bias_Bx1xLxT
+    weights_BxHxLxT = jnp.exp(scores_BxHxLxT - scores_BxHxLxT.max(-1, keepdims=True))
+    ones_BxHxTx1 = jnp.ones((*v_BxHxTxK.shape[:-1], 1), v_BxHxTxK.dtype)
+    sums_BxHxLxK1 = jnp.matmul(weights_BxHxLxT, jnp.concatenate([v_BxHxTxK, ones_BxHxTx1], -1))
+    total_BxHxLx1 = sums_BxHxLxK1[..., -1:]
+    return sums_BxHxLxK1[..., :-1] / total_BxHxLx1, total_BxHxLx1
+
+
+@jax.custom_vjp
+def _attend_fused(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT):
+    """Attention that keeps no [L, T] array for its backward (as a flash kernel does): the
+    backward recomputes the weights from q, k and the row totals. Float32, no dropout. A
+    fully masked row (padding that sees no key) averages v as before; the gradient of such a
+    row reaches q and k here, where `where` stopped it: padding's loss is masked anyway."""
+    return _fused_forward(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT)[0]
+
+
+def _attend_fused_forward(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT):
+    out_BxHxLxK, total_BxHxLx1 = _fused_forward(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT)
+    return out_BxHxLxK, (q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT, out_BxHxLxK, total_BxHxLx1)
+
+
+def _attend_fused_backward(saved, dout_BxHxLxK):
+    q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT, out_BxHxLxK, total_BxHxLx1 = saved
+    scores_BxHxLxT = jnp.matmul(q_BxHxLxK, k_BxHxTxK.swapaxes(-1, -2)) + bias_Bx1xLxT
+    top_BxHxLx1 = scores_BxHxLxT.max(-1, keepdims=True)
+    probs_BxHxLxT = jnp.exp(scores_BxHxLxT - top_BxHxLx1) / total_BxHxLx1
+    dv_BxHxTxK = _matmul_lhs_t(probs_BxHxLxT, dout_BxHxLxK)
+    dprobs_BxHxLxT = jnp.matmul(dout_BxHxLxK, v_BxHxTxK.swapaxes(-1, -2))
+    # softmax's Jacobian: dscores = p * (dp - sum_t p dp), and sum_t p dp = sum_k dout * out
+    dot_BxHxLx1 = (dout_BxHxLxK * out_BxHxLxK).sum(-1, keepdims=True)
+    dscores_BxHxLxT = probs_BxHxLxT * (dprobs_BxHxLxT - dot_BxHxLx1)
+    dq_BxHxLxK = jnp.matmul(dscores_BxHxLxT, k_BxHxTxK)
+    dk_BxHxTxK = _matmul_lhs_t(dscores_BxHxLxT, q_BxHxLxK)
+    return dq_BxHxLxK, dk_BxHxTxK, dv_BxHxTxK, None
+
+
+_attend_fused.defvjp(_attend_fused_forward, _attend_fused_backward)
+
+
 def _matmul_lhs_t(a_BxHxLxT, b_BxHxLxK):
     """a^T @ b over the last two axes, [B, H, T, K]. XLA:CPU runs a batched dot that contracts
     its lhs's rows at half speed (64x128x128x32: 47 against 90 GFLOP/s); the barrier keeps it
@@ -92,11 +146,14 @@ def _matmul_lhs_t(a_BxHxLxT, b_BxHxLxK):
     return jnp.matmul(lax.optimization_barrier(a_BxHxLxT.swapaxes(-1, -2)), b_BxHxLxK)
 
 
-def _manual_grad() -> bool:
-    """The hand-written attention backward: on CPU, where it was measured (GPUs keep XLA's
-    autodiff until timed there). `GENZOO_ATTENTION_GRAD=manual|autodiff` for A/B timing."""
-    value = env_choice("GENZOO_ATTENTION_GRAD", ("auto", "manual", "autodiff"))
-    return value == "manual" or (value == "auto" and jax.default_backend() == "cpu")
+def _grad_path() -> str:
+    """`fused` or `manual` (hand-written backwards) on CPU, where they were measured; GPUs keep
+    XLA's autodiff until timed there. `GENZOO_ATTENTION_GRAD=fused|manual|autodiff` for A/B
+    timing (`fused` falls back to `manual` with dropout or 16-bit compute)."""
+    value = env_choice("GENZOO_ATTENTION_GRAD", ("auto", "fused", "manual", "autodiff"))
+    if value == "auto":
+        return "fused" if jax.default_backend() == "cpu" else "autodiff"
+    return value
 
 
 def _fused(q_BxLxHxK, mode: str, masked: bool, dropout_active: bool):
