@@ -36,13 +36,14 @@ def _attend(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, allowed_BxLxT, keep_BxHxLxT, rate):
     The row maximum is subtracted for range only (no gradient needed: it cancels).
     Dropout (weights kept where `keep_BxHxLxT`, None for none) on the unnormalised weights
     equals dropout on the probabilities. Same function on every path; `_grad_path()` picks
-    XLA's autodiff, the hand-written backward, or (float32 without dropout) the fused form.
+    XLA's autodiff, the hand-written backward, or (float32) the fused form.
     """
     args = (q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, allowed_BxLxT, keep_BxHxLxT, rate)
     path = _grad_path()
-    if path == "fused" and keep_BxHxLxT is None and q_BxHxLxK.dtype == jnp.float32:
+    if path == "fused" and all(t.dtype == jnp.float32 for t in args[:3]):
         bias_BxLxT = jnp.where(allowed_BxLxT, 0.0, _MASKED).astype(jnp.float32)
-        return _attend_fused(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_BxLxT[:, None])
+        scale = None if keep_BxHxLxT is None else jnp.where(keep_BxHxLxT, 1 / (1 - rate), 0.0)
+        return _attend_fused(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_BxLxT[:, None], scale)
     return _attend_forward(*args)[0] if path == "autodiff" else _attend_manual(*args)
 
 
@@ -95,12 +96,16 @@ def _attend_backward(rate, saved, dout_BxHxLxK):
 _attend_manual.defvjp(_attend_forward, _attend_backward)
 
 
-def _fused_forward(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT):
-    """The output and the weights' row totals [B, H, L, 1], all in one YNNPACK fusion on CPU:
-    the totals come out of the value product through a column of ones appended to v (a
-    separate row sum would be a second output, which splits the fusion)."""
+def _fused_forward(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT, scale_BxHxLxT):
+    """The output and (without dropout) the weights' row totals [B, H, L, 1], in one YNNPACK
+    fusion on CPU: there the totals come out of the value product through a column of ones
+    appended to v (a separate row sum would be a second output, which splits the fusion).
+    With dropout (`scale` = kept / (1 - rate), else 0) the probabilities are formed first."""
     scores_BxHxLxT = jnp.matmul(q_BxHxLxK, k_BxHxTxK.swapaxes(-1, -2)) + bias_Bx1xLxT
     weights_BxHxLxT = jnp.exp(scores_BxHxLxT - scores_BxHxLxT.max(-1, keepdims=True))
+    if scale_BxHxLxT is not None:
+        probs_BxHxLxT = weights_BxHxLxT / weights_BxHxLxT.sum(-1, keepdims=True)
+        return jnp.matmul(probs_BxHxLxT * scale_BxHxLxT, v_BxHxTxK), None
     ones_BxHxTx1 = jnp.ones((*v_BxHxTxK.shape[:-1], 1), v_BxHxTxK.dtype)
     sums_BxHxLxK1 = jnp.matmul(weights_BxHxLxT, jnp.concatenate([v_BxHxTxK, ones_BxHxTx1], -1))
     total_BxHxLx1 = sums_BxHxLxK1[..., -1:]
@@ -108,32 +113,38 @@ def _fused_forward(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT):
 
 
 @jax.custom_vjp
-def _attend_fused(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT):
-    """Attention that keeps no [L, T] array for its backward (as a flash kernel does): the
-    backward recomputes the weights from q, k and the row totals. Float32, no dropout. A
-    fully masked row (padding that sees no key) averages v as before; the gradient of such a
-    row reaches q and k here, where `where` stopped it: padding's loss is masked anyway."""
-    return _fused_forward(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT)[0]
+def _attend_fused(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT, scale_BxHxLxT):
+    """Attention that keeps no [L, T] array of its own for the backward (as a flash kernel
+    does): the backward recomputes the weights from q and k. Float32. A fully masked row
+    (padding that sees no key) averages v as before; the gradient of such a row reaches q
+    and k here, where `where` stopped it: padding's loss is masked anyway."""
+    return _fused_forward(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT, scale_BxHxLxT)[0]
 
 
-def _attend_fused_forward(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT):
-    out_BxHxLxK, total_BxHxLx1 = _fused_forward(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT)
-    return out_BxHxLxK, (q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT, out_BxHxLxK, total_BxHxLx1)
+def _attend_fused_forward(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT, scale_BxHxLxT):
+    inputs = (q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT, scale_BxHxLxT)
+    out_BxHxLxK, total_BxHxLx1 = _fused_forward(*inputs)
+    return out_BxHxLxK, (*inputs, out_BxHxLxK, total_BxHxLx1)
 
 
 def _attend_fused_backward(saved, dout_BxHxLxK):
-    q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT, out_BxHxLxK, total_BxHxLx1 = saved
+    q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT, scale, out_BxHxLxK, total_BxHxLx1 = saved
     scores_BxHxLxT = jnp.matmul(q_BxHxLxK, k_BxHxTxK.swapaxes(-1, -2)) + bias_Bx1xLxT
-    top_BxHxLx1 = scores_BxHxLxT.max(-1, keepdims=True)
-    probs_BxHxLxT = jnp.exp(scores_BxHxLxT - top_BxHxLx1) / total_BxHxLx1
-    dv_BxHxTxK = _matmul_lhs_t(probs_BxHxLxT, dout_BxHxLxK)
+    weights_BxHxLxT = jnp.exp(scores_BxHxLxT - scores_BxHxLxT.max(-1, keepdims=True))
+    if total_BxHxLx1 is None:
+        total_BxHxLx1 = weights_BxHxLxT.sum(-1, keepdims=True)
+    probs_BxHxLxT = weights_BxHxLxT / total_BxHxLx1
+    kept_BxHxLxT = probs_BxHxLxT if scale is None else probs_BxHxLxT * scale
+    dv_BxHxTxK = _matmul_lhs_t(kept_BxHxLxT, dout_BxHxLxK)
     dprobs_BxHxLxT = jnp.matmul(dout_BxHxLxK, v_BxHxTxK.swapaxes(-1, -2))
+    if scale is not None:
+        dprobs_BxHxLxT = dprobs_BxHxLxT * scale
     # softmax's Jacobian: dscores = p * (dp - sum_t p dp), and sum_t p dp = sum_k dout * out
     dot_BxHxLx1 = (dout_BxHxLxK * out_BxHxLxK).sum(-1, keepdims=True)
     dscores_BxHxLxT = probs_BxHxLxT * (dprobs_BxHxLxT - dot_BxHxLx1)
     dq_BxHxLxK = jnp.matmul(dscores_BxHxLxT, k_BxHxTxK)
     dk_BxHxTxK = _matmul_lhs_t(dscores_BxHxLxT, q_BxHxLxK)
-    return dq_BxHxLxK, dk_BxHxTxK, dv_BxHxTxK, None
+    return dq_BxHxLxK, dk_BxHxTxK, dv_BxHxTxK, None, None
 
 
 _attend_fused.defvjp(_attend_fused_forward, _attend_fused_backward)
@@ -149,7 +160,7 @@ def _matmul_lhs_t(a_BxHxLxT, b_BxHxLxK):
 def _grad_path() -> str:
     """`fused` or `manual` (hand-written backwards) on CPU, where they were measured; GPUs keep
     XLA's autodiff until timed there. `GENZOO_ATTENTION_GRAD=fused|manual|autodiff` for A/B
-    timing (`fused` falls back to `manual` with dropout or 16-bit compute)."""
+    timing (`fused` falls back to `manual` for 16-bit compute)."""
     value = env_choice("GENZOO_ATTENTION_GRAD", ("auto", "fused", "manual", "autodiff"))
     if value == "auto":
         return "fused" if jax.default_backend() == "cpu" else "autodiff"
