@@ -208,6 +208,7 @@ def measure(shape: str, rounds: int, train_steps: int, best_peak: float) -> dict
             **decoded[name],
         }
     g, t = rows["genzoo"], rows["pytorch"]
+    rows["warmup_steps"] = trained["warmup_steps"]
     rows["ratios"] = {
         "train_speedup_vs_pytorch": trained["train_speedup_vs_pytorch"],
         "cached_decode_speedup_vs_pytorch": decoded["cached_decode_speedup_vs_pytorch"],
