@@ -158,16 +158,16 @@ def _matmul_lhs_t(a_BxHxLxT, b_BxHxLxK):
 
 
 def _grad_path() -> str:
-    """`fused` or `manual` (hand-written backwards) on CPU, where they were measured; GPUs keep
-    XLA's autodiff until timed there. `GENZOO_ATTENTION_GRAD=fused|manual|autodiff` for A/B
-    timing (`fused` falls back to `manual` for 16-bit compute)."""
+    """`fused` on CPU, where it was measured (16-bit compute falls back to the hand-written
+    `manual` backward); GPUs keep XLA's autodiff until timed there.
+    `GENZOO_ATTENTION_GRAD=fused|manual|autodiff` for A/B timing."""
     value = env_choice("GENZOO_ATTENTION_GRAD", ("auto", "fused", "manual", "autodiff"))
     if value == "auto":
         return "fused" if jax.default_backend() == "cpu" else "autodiff"
     return value
 
 
-def _fused(q_BxLxHxK, mode: str, masked: bool, dropout_active: bool):
+def _cudnn(q_BxLxHxK, mode: str, masked: bool, dropout_active: bool):
     """Whether cuDNN's fused (flash) attention computes this call: on GPU, in 16-bit, for
     plain self-attention (no padding, packing or cache: the pre-training hot path) without
     dropout on the weights, which the fused kernel does not apply. `GENZOO_ATTENTION=xla`
@@ -303,7 +303,7 @@ class Attention(nn.Module):
 
         masked = kv_cache is not None or key_valid_BxT is not None or segments_BxL is not None
         dropout_active = not deterministic and self.dropout_rate > 0
-        if _fused(q_BxLxHxK.astype(self.dtype), self.mode, masked, dropout_active):
+        if _cudnn(q_BxLxHxK.astype(self.dtype), self.mode, masked, dropout_active):
             out_BxLxHxK = jax.nn.dot_product_attention(
                 q_BxLxHxK.astype(self.dtype),
                 k_BxTxHxK.astype(self.dtype),
