@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session's measurements, in one go (../shared/gpu/README.md has the machine recipe).
 # Run from the checkout root on the GPU machine with .whl/ beside it; results land in $OUT
-# (default benchmarks/results/gpu). STEPS picks parts (default all, ~10 minutes on an H200):
+# (default benchmarks/results/gpu). STEPS picks parts (default all, ~15 minutes on an H200: more
+# than one session's device time, so name them, `char` first):
 #   speed  - genzoo vs torch eager / torch.compile (baby fp32, baby bf16, GPT-2 124M bf16)
 #   memory - the GPT-2 shape with chunked cross-entropy and remat (XLA temporaries, tok/s)
 #   char   - the bf16 char GPT's training command, phase by phase (target < 30 s wall)
