@@ -15,7 +15,6 @@ import jax
 from common import char_gpt_config, time_train_steps, write_report
 
 from genzoo import metrics
-from genzoo.metrics import cpu_info
 from genzoo.models import gpt
 
 SIZES = {  # name: (experiment variant, overrides)
@@ -64,7 +63,7 @@ def main() -> None:
             f"{r['model_flops_per_s'] / 1e9:>8.1f} "
             f"{r['mfu_vs_xla_matmul_peak']:>6.1%}"
         )
-    machine = {**cpu_info(), "devices": len(jax.devices())}
+    machine = {**metrics.cpu_info(), "devices": len(jax.devices())}
     write_report(args.out, {"machine": machine, "matmul_peak_flops": peak, "rows": rows})
 
 

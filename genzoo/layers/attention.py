@@ -96,13 +96,18 @@ def _attend_backward(rate, saved, dout_BxHxLxK):
 _attend_manual.defvjp(_attend_forward, _attend_backward)
 
 
+def _unnormalised_weights(q_BxHxLxK, k_BxHxTxK, bias_Bx1xLxT):
+    """exp(scores - row max) of the fused path: its forward, and its backward's recompute."""
+    scores_BxHxLxT = jnp.matmul(q_BxHxLxK, k_BxHxTxK.swapaxes(-1, -2)) + bias_Bx1xLxT
+    return jnp.exp(scores_BxHxLxT - scores_BxHxLxT.max(-1, keepdims=True))
+
+
 def _fused_forward(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT, scale_BxHxLxT):
     """The output and (without dropout) the weights' row totals [B, H, L, 1], in one YNNPACK
     fusion on CPU: there the totals come out of the value product through a column of ones
     appended to v (a separate row sum would be a second output, which splits the fusion).
     With dropout (`scale` = kept / (1 - rate), else 0) the probabilities are formed first."""
-    scores_BxHxLxT = jnp.matmul(q_BxHxLxK, k_BxHxTxK.swapaxes(-1, -2)) + bias_Bx1xLxT
-    weights_BxHxLxT = jnp.exp(scores_BxHxLxT - scores_BxHxLxT.max(-1, keepdims=True))
+    weights_BxHxLxT = _unnormalised_weights(q_BxHxLxK, k_BxHxTxK, bias_Bx1xLxT)
     if scale_BxHxLxT is not None:
         probs_BxHxLxT = weights_BxHxLxT / weights_BxHxLxT.sum(-1, keepdims=True)
         return jnp.matmul(probs_BxHxLxT * scale_BxHxLxT, v_BxHxTxK), None
@@ -129,8 +134,7 @@ def _attend_fused_forward(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT, scale_B
 
 def _attend_fused_backward(saved, dout_BxHxLxK):
     q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, bias_Bx1xLxT, scale, out_BxHxLxK, total_BxHxLx1 = saved
-    scores_BxHxLxT = jnp.matmul(q_BxHxLxK, k_BxHxTxK.swapaxes(-1, -2)) + bias_Bx1xLxT
-    weights_BxHxLxT = jnp.exp(scores_BxHxLxT - scores_BxHxLxT.max(-1, keepdims=True))
+    weights_BxHxLxT = _unnormalised_weights(q_BxHxLxK, k_BxHxTxK, bias_Bx1xLxT)
     if total_BxHxLx1 is None:
         total_BxHxLx1 = weights_BxHxLxT.sum(-1, keepdims=True)
     probs_BxHxLxT = weights_BxHxLxT / total_BxHxLx1
