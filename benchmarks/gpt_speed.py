@@ -1,6 +1,6 @@
 """genzoo's GPT against a PyTorch eager reference of the same model, measured in one run.
 
-    .venv/bin/python benchmarks/gpt_speed.py [--shapes baby demo] [--rounds 8] [--train-steps 3]
+    .venv/bin/python benchmarks/gpt_speed.py [--shapes baby demo] [--rounds 16] [--train-steps 2]
 
 Same model (nanoGPT's baby GPT: 6 layers, 6 heads, width 384, context 256, vocab 65),
 same batch (16), float32, on this CPU. Reports the fp32 matmul peak each library reaches,
@@ -221,8 +221,8 @@ def measure(shape: str, rounds: int, train_steps: int, best_peak: float) -> dict
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--rounds", type=int, default=8, help="turns each framework's training takes")
-    p.add_argument("--train-steps", type=int, default=3, help="train steps per turn")
+    p.add_argument("--rounds", type=int, default=16, help="turns each framework's training takes")
+    p.add_argument("--train-steps", type=int, default=2, help="train steps per turn")
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--out", default="benchmarks/results/gpt_speed.json")
     args = p.parse_args()
