@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from genzoo.layers import Attention, TransformerBlock, dots
+from genzoo.layers.dropout import Dropout, keep_mask, quantized_rate
 
 B, L, S, D, H = 2, 6, 5, 16, 4
 
@@ -67,6 +68,35 @@ def test_gelu_matches_jax_exact_gelu_in_value_and_gradient():
     np.testing.assert_allclose(gelu(x), exact(x), atol=2e-6)
     np.testing.assert_allclose(jax.vmap(jax.grad(gelu))(x), jax.vmap(jax.grad(exact))(x), atol=1e-6)
     assert float(jnp.abs(gelu(x) - jax.nn.gelu(x, approximate=True)).max()) > 1e-4  # not tanh's
+
+
+def test_dropout_masks_from_bytes_keep_the_quantised_rate_and_the_expectation():
+    """Four decisions per 32-bit word, any size (not a multiple of 4 here): the kept share is
+    1 - 51/256 for rate 0.2, masks differ by key and repeat for one key, and inverted
+    scaling by the realised rate keeps the mean of many draws at the input."""
+    assert quantized_rate(0.2) == 51 / 256 and quantized_rate(0.001) == 0.0
+    shape = (7, 333, 5)
+    masks = np.stack([keep_mask(jax.random.PRNGKey(s), 0.2, shape) for s in range(20)])
+    assert masks.shape == (20, *shape) and masks.dtype == bool
+    n = masks.size
+    assert abs(masks.mean() - (1 - 51 / 256)) < 4 * np.sqrt(0.2 * 0.8 / n)
+    assert (masks[0] != masks[1]).mean() > 0.2  # other keys, other masks
+    np.testing.assert_array_equal(masks[0], keep_mask(jax.random.PRNGKey(0), 0.2, shape))
+    # each byte of a word decides on its own: neighbours agree only by chance
+    flat = masks.reshape(20, -1)
+    assert abs((flat[:, :-1] == flat[:, 1:]).mean() - (0.8**2 + 0.2**2)) < 0.01
+
+    x = jax.random.normal(jax.random.PRNGKey(9), (64, 32))
+    drop = Dropout(0.3)
+    assert (drop.apply({}, x) == x).all() and (Dropout(0.001).apply({}, x, False) == x).all()
+    apply = jax.jit(lambda r: drop.apply({}, x, False, rngs={"dropout": r}))
+    outs = np.stack([apply(jax.random.PRNGKey(s)) for s in range(2000)])
+    kept = outs != 0
+    assert abs(kept.mean() - (1 - quantized_rate(0.3))) < 0.01
+    q = quantized_rate(0.3)
+    np.testing.assert_allclose(outs[0][kept[0]], (x / (1 - q))[kept[0]], rtol=1e-6)
+    sigma = np.abs(np.asarray(x)) * np.sqrt(q / (1 - q) / len(outs))
+    assert (np.abs(outs.mean(0) - x) <= 5 * sigma + 1e-6).all()
 
 
 def test_attention_dropout_is_one_mask_whatever_the_query_blocks(monkeypatch):

@@ -25,6 +25,7 @@ from jax import lax
 from genzoo.layers import dots, quant
 from genzoo.layers.attend import attend, query_blocks
 from genzoo.layers.basic import Dtype, partitioned
+from genzoo.layers.dropout import Dropout, keep_mask, quantized_rate
 
 MODES = ("causal", "bidirectional", "cross")
 
@@ -152,7 +153,8 @@ class Attention(nn.Module):
         q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK, ("batch", "length", "act_heads", "kv"))
 
         masked = kv_cache is not None or key_valid_BxT is not None or segments_BxL is not None
-        dropout_active = not deterministic and self.dropout_rate > 0
+        rate = quantized_rate(self.dropout_rate)  # what the masks realise
+        dropout_active = not deterministic and rate > 0
         if _cudnn(q_BxLxHxK.astype(self.dtype), self.mode, masked, dropout_active):
             out_BxLxHxK = jax.nn.dot_product_attention(
                 q_BxLxHxK.astype(self.dtype),
@@ -184,10 +186,10 @@ class Attention(nn.Module):
             keep_BxHxLxT = None
             if dropout_active:
                 rng = self.make_rng("dropout")
-                keep_BxHxLxT = jax.random.bernoulli(rng, 1 - self.dropout_rate, (B, H, L, T))
+                keep_BxHxLxT = keep_mask(rng, rate, (B, H, L, T))
             blocks = query_blocks(L, causal and kv_cache is None)
             out_BxHxLxK = attend(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, allowed_BxLxT, keep_BxHxLxT,
-                                 self.dropout_rate, blocks)  # fmt: skip
+                                 rate, blocks)  # fmt: skip
             out_BxLxHxK = out_BxHxLxK.transpose(0, 2, 1, 3)
 
         w_HxKxD = self.param(
@@ -201,5 +203,5 @@ class Attention(nn.Module):
         if self.use_bias:
             b_D = self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (D,))
             y_BxLxD = y_BxLxD + b_D.astype(self.dtype)
-        y_BxLxD = nn.Dropout(self.dropout_rate)(y_BxLxD, deterministic=deterministic)
+        y_BxLxD = Dropout(self.dropout_rate)(y_BxLxD, deterministic=deterministic)
         return y_BxLxD, new_cache

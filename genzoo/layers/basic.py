@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from genzoo.layers import quant
+from genzoo.layers.dropout import Dropout
 
 Dtype = Any
 
@@ -119,7 +120,7 @@ class MLP(nn.Module):
         proj = Dense(D, ("mlp", "embed"), self.out_std, self.use_bias, self.dtype, name="proj")
         y_NxD = proj(h_NxF)
         y_BxLxD = y_NxD.reshape(B, L, D)
-        return nn.Dropout(self.dropout_rate)(y_BxLxD, deterministic=deterministic)
+        return Dropout(self.dropout_rate)(y_BxLxD, deterministic=deterministic)
 
 
 class Embed(nn.Module):

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from genzoo.evaluation import lm
 from genzoo.layers import Embed, LayerNorm, TransformerBlock, call_block, gelu, partitioned
+from genzoo.layers.dropout import Dropout
 from genzoo.models.base import FromConfig, require, require_transformer_shape
 
 KIND = "masked_lm"
@@ -75,7 +76,7 @@ class Bert(nn.Module):
         self.position = Embed(c.max_len, c.width, ("pos", "embed"), dtype, name="position")
         self.segment = Embed(c.type_vocab_size, c.width, (None, "embed"), dtype, name="segment")
         self.embed_ln = LayerNorm(c.ln_epsilon, dtype=dtype)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
         self.layers = [
             TransformerBlock(
                 num_heads=c.num_heads, mlp_hidden=c.mlp_hidden, mode="bidirectional",

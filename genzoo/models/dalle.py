@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from genzoo import sampling
 from genzoo.evaluation import lm
 from genzoo.layers import Embed, LayerNorm, TransformerBlock, call_block, partitioned
+from genzoo.layers.dropout import Dropout
 from genzoo.models.base import FromConfig, padded, require, require_transformer_shape
 
 KIND = "text_to_image"
@@ -90,7 +91,7 @@ class DALLE(nn.Module):
         self.ln_f = LayerNorm(dtype=dtype)
         self.text_head = _head(padded(c.vocab_size), "text_head")
         self.image_head = _head(padded(c.image_vocab_size), "image_head")
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
 
     def __call__(self, tokens_BxL, *, cache=None, deterministic=True):
         """Final features [B, L, D] of slots `cache.index`.. (0.. without a cache), and the

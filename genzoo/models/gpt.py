@@ -17,6 +17,7 @@ from genzoo import sampling
 from genzoo.errors import UserError
 from genzoo.evaluation import lm
 from genzoo.layers import Embed, LayerNorm, TransformerBlock, call_block, quant
+from genzoo.layers.dropout import Dropout
 from genzoo.models.base import FromConfig, require_transformer_shape
 
 KIND = "language_model"
@@ -73,7 +74,7 @@ class GPT(nn.Module):
         wte = Embed(c.padded_vocab, c.width, ("vocab", "embed"), dtype, name="wte")
         wpe = Embed(c.block_size, c.width, ("pos", "embed"), dtype, name="wpe")
         x_BxLxD = wte(tokens_BxL) + wpe(positions_BxL)
-        x_BxLxD = nn.Dropout(c.dropout)(x_BxLxD, deterministic=deterministic)
+        x_BxLxD = Dropout(c.dropout)(x_BxLxD, deterministic=deterministic)
         x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "act_embed"))
         # Left padding (ragged prompt batches) is never attended to.
         key_valid_BxT = None

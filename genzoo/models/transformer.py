@@ -27,6 +27,7 @@ from genzoo.layers import (
     cross_kv,
     sinusoidal_positions,
 )
+from genzoo.layers.dropout import Dropout
 from genzoo.models.base import FromConfig, require, require_transformer_shape
 
 KIND = "translator"
@@ -83,7 +84,7 @@ class EncoderDecoder(nn.Module):
         if not c.post_ln:  # pre-LN stacks end with a norm; post-LN blocks already end normed
             self.enc_ln = LayerNorm(dtype=dtype)
             self.dec_ln = LayerNorm(dtype=dtype)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
 
     def _embed(self, table, ids_BxL, start, deterministic, positions_BxL=None):
         c = self.cfg
