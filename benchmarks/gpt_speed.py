@@ -1,9 +1,11 @@
 """genzoo's GPT against a PyTorch eager reference of the same model, measured in one run.
 
     .venv/bin/python benchmarks/gpt_speed.py [--shapes baby demo] [--rounds 16] [--train-steps 2]
+        [--dropout 0.0]
 
 Same model (nanoGPT's baby GPT: 6 layers, 6 heads, width 384, context 256, vocab 65),
-same batch (16), float32, on this CPU. Reports the fp32 matmul peak each library reaches,
+same batch (16), float32, no dropout unless `--dropout` (nanoGPT trains the baby GPT with
+0.2), on this CPU. Reports the fp32 matmul peak each library reaches,
 training tokens/s (the two frameworks' steps take turns, `--rounds` of `--train-steps` steps,
 after warm-up steps that last until genzoo's step page-faults no memory; the ratio is the
 median of the rounds' ratios) and MFU against the best peak, first-step
@@ -15,6 +17,7 @@ benchmarks/results/gpt_speed.json. Needs torch (`pip install torch==2.13.0`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import resource
 import time
@@ -48,11 +51,11 @@ SHAPES = {
 # ---- the PyTorch reference (benchmarks/torch_gpt.py, eager) ---------------------------------
 
 
-def torch_stepper(shape: str):
+def torch_stepper(shape: str, dropout: float = 0.0):
     """PyTorch's train step after its first one: (first step seconds, one more step)."""
     _, s, B = SHAPES[shape]
     torch.manual_seed(0)
-    model = torch_gpt.GPT(s)
+    model = torch_gpt.GPT(dataclasses.replace(s, dropout=dropout))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randint(0, V, (B, s.context))
     y = torch.randint(0, V, (B, s.context))
@@ -89,9 +92,9 @@ def torch_decoder(shape: str, new_tokens: int, cached: bool):
 # ---- genzoo ---------------------------------------------------------------------------------
 
 
-def genzoo_config(shape: str):
+def genzoo_config(shape: str, dropout: float = 0.0):
     variant, _, B = SHAPES[shape]
-    return char_gpt_config(variant, [f"train.batch_size={B}", "model.dropout=0.0"])
+    return char_gpt_config(variant, [f"train.batch_size={B}", f"model.dropout={dropout}"])
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -173,11 +176,11 @@ def warm_up(genzoo_step, torch_step, most: int = 12) -> int:
     return most
 
 
-def train_both(shape: str, rounds: int, steps: int) -> dict:
+def train_both(shape: str, rounds: int, steps: int, dropout: float) -> dict:
     """Both train steps, taking turns (`common.interleaved`); per framework its first step
     and median step, and the median over rounds of PyTorch's step time over genzoo's."""
-    with train_stepper(genzoo_config(shape)) as genzoo:
-        torch_first, torch_step = torch_stepper(shape)
+    with train_stepper(genzoo_config(shape, dropout)) as genzoo:
+        torch_first, torch_step = torch_stepper(shape, dropout)
         warmup = warm_up(genzoo.step, torch_step)
         timed = interleaved({"genzoo": genzoo.step, "pytorch": torch_step}, rounds, steps)
     g, t = timed["genzoo"], timed["pytorch"]
@@ -192,11 +195,11 @@ def train_both(shape: str, rounds: int, steps: int) -> dict:
     }  # fmt: skip
 
 
-def measure(shape: str, rounds: int, train_steps: int, best_peak: float) -> dict:
+def measure(shape: str, rounds: int, train_steps: int, best_peak: float, dropout: float) -> dict:
     _, s, B = SHAPES[shape]
     new_tokens = s.context - 1  # after a 1-token prompt: the whole context
     flops_per_step = gpt.flops_per_example(genzoo_config(shape).model, {"inputs": (s.context,)})
-    trained = train_both(shape, rounds, train_steps)
+    trained = train_both(shape, rounds, train_steps, dropout)
     decoded = decode_speeds(shape, new_tokens, rounds)
     rows = {}
     for name in ("genzoo", "pytorch"):
@@ -224,6 +227,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=16, help="turns each framework's training takes")
     p.add_argument("--train-steps", type=int, default=2, help="train steps per turn")
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    p.add_argument("--dropout", type=float, default=0.0, help="training dropout, both sides")
     p.add_argument("--out", default="benchmarks/results/gpt_speed.json")
     args = p.parse_args()
     # The malloc settings genzoo's trainer applies to these shapes (their step temporaries
@@ -235,11 +239,11 @@ def main() -> None:
         "fp32 matmul peak (GFLOP/s): " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items())
     )
     report = {"cpu": {**metrics.cpu_info(), "torch_threads": torch.get_num_threads()},
-              "matmul_peaks": peaks, "shapes": {}}  # fmt: skip
+              "dropout": args.dropout, "matmul_peaks": peaks, "shapes": {}}  # fmt: skip
     header = ("", "", "train tok/s", "MFU", "1st step s", "decode+cache", "decode no cache")
     print("{:6} {:8} {:>11} {:>6} {:>10} {:>12} {:>15}".format(*header))
     for shape in args.shapes:
-        rows = measure(shape, args.rounds, args.train_steps, best_peak)
+        rows = measure(shape, args.rounds, args.train_steps, best_peak, args.dropout)
         report["shapes"][shape] = rows
         for name in ("genzoo", "pytorch"):
             r = rows[name]

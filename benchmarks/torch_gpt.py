@@ -20,6 +20,7 @@ class Shape:
     heads: int
     context: int
     vocab: int
+    dropout: float = 0.0  # nanoGPT's places: embeddings, attention weights, both residuals
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token, nanoGPT's formula: 6N + 12 * layers * width * seq_len."""
@@ -34,6 +35,7 @@ class Block(nn.Module):
         self.ln_1, self.ln_2 = nn.LayerNorm(s.width), nn.LayerNorm(s.width)
         self.qkv, self.proj = nn.Linear(s.width, 3 * s.width), nn.Linear(s.width, s.width)
         self.fc, self.out = nn.Linear(s.width, 4 * s.width), nn.Linear(4 * s.width, s.width)
+        self.drop = nn.Dropout(s.dropout) if s.dropout else nn.Identity()
 
     def forward(self, x, cache=None):
         B, T, D = x.shape
@@ -44,9 +46,10 @@ class Block(nn.Module):
             if cache:
                 k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
             cache[:] = [k, v]
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None or T > 1)
-        x = x + self.proj(y.transpose(1, 2).reshape(B, T, D))
-        return x + self.out(F.gelu(self.fc(self.ln_2(x))))
+        p = self.s.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=cache is None or T > 1)
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, T, D)))
+        return x + self.drop(self.out(F.gelu(self.fc(self.ln_2(x)))))
 
 
 class GPT(nn.Module):
@@ -55,10 +58,11 @@ class GPT(nn.Module):
         self.wte, self.wpe = nn.Embedding(s.vocab, s.width), nn.Embedding(s.context, s.width)
         self.blocks = nn.ModuleList(Block(s) for _ in range(s.num_layers))
         self.ln_f = nn.LayerNorm(s.width)
+        self.drop = nn.Dropout(s.dropout) if s.dropout else nn.Identity()
 
     def forward(self, idx, caches=None, start=0):
         pos = torch.arange(start, start + idx.shape[1], device=idx.device)
-        x = self.wte(idx) + self.wpe(pos)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
         for i, block in enumerate(self.blocks):
             x = block(x, None if caches is None else caches[i])
         return self.ln_f(x) @ self.wte.weight.T  # tied head
