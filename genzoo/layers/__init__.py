@@ -3,6 +3,7 @@
 from genzoo.layers.attention import Attention, cross_kv
 from genzoo.layers.basic import MLP, Embed, LayerNorm, gelu, partitioned, sinusoidal_positions
 from genzoo.layers.conv import ConvDecoder, ConvEncoder
+from genzoo.layers.dropout import Dropout
 from genzoo.layers.transformer import REMAT_POLICIES, TransformerBlock, call_block
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "Attention",
     "ConvDecoder",
     "ConvEncoder",
+    "Dropout",
     "Embed",
     "LayerNorm",
     "TransformerBlock",
