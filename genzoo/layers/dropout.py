@@ -4,7 +4,7 @@
 `jax.random.bits` for uint8 still costs a word each. Masks are the bulk of a dropout
 step's random bits (the char GPT's attention draws [B, H, L, T] per layer), so words are
 drawn for a quarter of the elements and split into bytes: the [16, 6, 256, 256] mask took
-9.7 ms against 92.8 on the 2-core AMD EPYC (PyTorch's `bernoulli_`: 65). The price is a
+9.7 ms against 92.8 on the 2-core AMD EPYC (PyTorch's `bernoulli_`: 54-65). The price is a
 rate in steps of 1/256: 0.2 drops 51/256 = 0.1992 (`quantized_rate`); the kept values are
 scaled by 1 / (1 - that rate), so the expectation stays exact. Still a pure function of the
 key, so resumed runs draw the same masks.
