@@ -91,9 +91,8 @@ def test_dropout_masks_from_bytes_keep_the_quantised_rate_and_the_expectation():
     assert (drop.apply({}, x) == x).all() and (Dropout(0.001).apply({}, x, False) == x).all()
     apply = jax.jit(lambda r: drop.apply({}, x, False, rngs={"dropout": r}))
     outs = np.stack([apply(jax.random.PRNGKey(s)) for s in range(2000)])
-    kept = outs != 0
-    assert abs(kept.mean() - (1 - quantized_rate(0.3))) < 0.01
-    q = quantized_rate(0.3)
+    kept, q = outs != 0, quantized_rate(0.3)
+    assert abs(kept.mean() - (1 - q)) < 0.01
     np.testing.assert_allclose(outs[0][kept[0]], (x / (1 - q))[kept[0]], rtol=1e-6)
     sigma = np.abs(np.asarray(x)) * np.sqrt(q / (1 - q) / len(outs))
     assert (np.abs(outs.mean(0) - x) <= 5 * sigma + 1e-6).all()

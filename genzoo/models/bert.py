@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from genzoo.evaluation import lm
-from genzoo.layers import Embed, LayerNorm, TransformerBlock, call_block, gelu, partitioned
-from genzoo.layers.dropout import Dropout
+from genzoo.layers import Dropout, Embed, LayerNorm, TransformerBlock, call_block, gelu, partitioned
 from genzoo.models.base import FromConfig, require, require_transformer_shape
 
 KIND = "masked_lm"

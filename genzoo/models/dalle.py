@@ -28,8 +28,7 @@ import jax.numpy as jnp
 
 from genzoo import sampling
 from genzoo.evaluation import lm
-from genzoo.layers import Embed, LayerNorm, TransformerBlock, call_block, partitioned
-from genzoo.layers.dropout import Dropout
+from genzoo.layers import Dropout, Embed, LayerNorm, TransformerBlock, call_block, partitioned
 from genzoo.models.base import FromConfig, padded, require, require_transformer_shape
 
 KIND = "text_to_image"

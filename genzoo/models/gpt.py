@@ -16,8 +16,7 @@ import jax.numpy as jnp
 from genzoo import sampling
 from genzoo.errors import UserError
 from genzoo.evaluation import lm
-from genzoo.layers import Embed, LayerNorm, TransformerBlock, call_block, quant
-from genzoo.layers.dropout import Dropout
+from genzoo.layers import Dropout, Embed, LayerNorm, TransformerBlock, call_block, quant
 from genzoo.models.base import FromConfig, require_transformer_shape
 
 KIND = "language_model"

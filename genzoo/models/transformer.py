@@ -20,6 +20,7 @@ from genzoo import sampling
 from genzoo.data.tokenizers import BOS, EOS
 from genzoo.evaluation import lm
 from genzoo.layers import (
+    Dropout,
     Embed,
     LayerNorm,
     TransformerBlock,
@@ -27,7 +28,6 @@ from genzoo.layers import (
     cross_kv,
     sinusoidal_positions,
 )
-from genzoo.layers.dropout import Dropout
 from genzoo.models.base import FromConfig, require, require_transformer_shape
 
 KIND = "translator"
