@@ -30,6 +30,7 @@ from common import write_report
 RUNS = {
     "default": ({}, []),
     "second": ({}, []),  # the first run's command and compile cache: a second launch
+    "pallas": ({"GENZOO_ATTENTION": "pallas"}, []),  # layers/flash.py: dropout in the kernel
     "threefry_kernel": ({"GENZOO_THREEFRY": "kernel"}, []),
     "rbg": ({}, ["train.rng_impl=rbg"]),
     "no_autotune": ({"XLA_FLAGS": "--xla_gpu_autotune_level=0"}, []),
@@ -54,8 +55,8 @@ PHASES = {  # log line -> phase name (the time the line was written)
 LINE = re.compile(r"^\s*(\d+) ms  (.*)$")
 
 
-def run(name: str, args, steps: int, work: Path, cache: Path) -> dict:
-    env_extra, overrides = RUNS[name]
+def run(name: str, args, steps: int, work: Path, cache: Path, like: str) -> dict:
+    env_extra, overrides = RUNS[like]
     env = {**os.environ, **env_extra, "JAX_COMPILATION_CACHE_DIR": str(cache)}
     cmd = [sys.executable, "-m", "genzoo.cli", "-v", "train", args.experiment, "--workdir",
            str(work), "--set", f"train.steps={steps}", "--set", "log.progress=false"]  # fmt: skip
@@ -133,7 +134,8 @@ def main() -> None:
             # A second launch is the same command: other steps would be another LR schedule,
             # another program (what made the H200's "second launch" recompile its step).
             steps = args.steps if i == 0 or name == "second" else args.probe_steps
-            row = run(name, args, steps, root / f"run_{i}", cache)
+            like = names[0] if name == "second" else name  # a second launch of the first
+            row = run(name, args, steps, root / f"run_{i}", cache, like)
             report["runs"][name if name not in report["runs"] else f"{name}_{i}"] = row
             cells = [f"{row[c]:15.3f}" if isinstance(row.get(c), float) else f"{'-':>15s}"
                      for c in cols]  # fmt: skip

@@ -3,7 +3,8 @@
 # Run from the checkout root on the GPU machine with .whl/ beside it; results land in $OUT
 # (default benchmarks/results/gpu). STEPS picks parts (default all, ~15 minutes on an H200: more
 # than one session's device time, so name them, `char` first):
-#   speed  - genzoo vs torch eager / torch.compile (baby fp32, baby bf16, GPT-2 124M bf16)
+#   speed  - genzoo (XLA/cuDNN attention, and the Pallas flash kernels) vs torch eager /
+#            torch.compile (baby fp32, baby bf16, GPT-2 124M bf16)
 #   memory - the GPT-2 shape with chunked cross-entropy and remat (XLA temporaries, tok/s)
 #   char   - the bf16 char GPT's training command, phase by phase (target < 30 s wall)
 #   int8   - cached decoding of GPT-2's shape, float32 against int8 operands
@@ -19,10 +20,12 @@ python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/gp
 quiet() { grep -v "^W\|^I0\|warn"; }
 
 case " $STEPS " in *" char "*)
-  # The default run (2000 steps) first, then what could explain its 123 s compile (Triton GEMM
-  # fusions autotuned with dropout's bits inside; threefry itself), then a second launch.
+  # The first run trains 2000 steps, the others --probe-steps. First the Pallas flash kernels
+  # (dropout inside the kernel: no cuDNN fallback, no [L, T] mask) and their second launch,
+  # then today's default and what could explain its 123 s compile (Triton GEMM fusions
+  # autotuned with dropout's bits inside).
   timeout "${CHAR_TIMEOUT:-540}" python3 benchmarks/char_wall.py --out "$OUT/char_wall.json" \
-    --runs "${CHAR_RUNS:-default,no_triton_gemm,rbg,second}" \
+    --runs "${CHAR_RUNS:-pallas,second,default,no_triton_gemm}" \
     --probe-steps "${CHAR_PROBE_STEPS:-300}" 2>&1 | quiet \
     | tee "$OUT/char_wall.txt";;
 esac
@@ -36,6 +39,7 @@ case " $STEPS " in *" memory "*)
     | tee "$OUT/gpu_memory.txt";;
 esac
 case " $STEPS " in *" speed "*)
-  timeout 270 python3 benchmarks/gpu_speed.py --steps 20 --out "$OUT/gpu_speed.json" 2>&1 \
+  timeout 330 python3 benchmarks/gpu_speed.py --steps 20 --genzoo-extras pallas \
+    --out "$OUT/gpu_speed.json" 2>&1 \
     | quiet | tee "$OUT/gpu_speed.txt";;
 esac

@@ -8,14 +8,17 @@ GPT-2 124M shape (12x768, ctx 1024, vocab 50304, batch 16) in bf16. Random token
 gradient clipping, no dropout. MFU divides by the vendor's dense peak for the compute
 dtype (genzoo.metrics.peak_flops). Prints a table; writes benchmarks/results/gpu_speed.json
 with tokens/s, MFU, first-step (compile) seconds, peak memory and (genzoo) the step's XLA
-temporaries. `--genzoo-extras chunk128,remat_dots` adds genzoo rows with those memory switches;
-`--only tiny_fp32 --impls genzoo` is a dry run without a GPU.
+temporaries. `--genzoo-extras chunk128,remat_dots,pallas` adds genzoo rows with those memory
+switches or the Pallas flash kernels; `--only tiny_fp32 --impls genzoo` is a dry run without
+a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from unittest import mock
 
 import jax
 import torch
@@ -30,22 +33,26 @@ ROWS = {  # name: (shape, batch, bf16 compute)
     "gpt2_bf16": (torch_gpt.Shape(12, 768, 12, 1024, 50304), 16, True),
     "tiny_fp32": (torch_gpt.Shape(2, 64, 2, 128, 65), 8, False),  # a dry run on any machine
 }
-# Extra genzoo rows: the same step with a memory switch (--genzoo-extras chunk128,remat_dots).
+# Extra genzoo rows: the same step with a memory switch or another attention kernel
+# (--genzoo-extras chunk128,remat_dots,pallas): name -> (environment, overrides).
 GENZOO_EXTRAS = {
-    "chunk128": ["model.loss_chunk=128"],
-    "remat_dots": ["model.remat=dots"],
-    "remat_full": ["model.remat=full"],
+    "chunk128": ({}, ["model.loss_chunk=128"]),
+    "remat_dots": ({}, ["model.remat=dots"]),
+    "remat_full": ({}, ["model.remat=full"]),
+    "pallas": ({"GENZOO_ATTENTION": "pallas"}, []),  # layers/flash.py
 }
 
 
-def genzoo_row(shape, batch: int, bf16: bool, steps: int, extra=()) -> dict:
+def genzoo_row(shape, batch: int, bf16: bool, steps: int, extra=({}, ())) -> dict:
+    env, extra = extra
     overrides = [*extra, f"train.batch_size={batch}", "model.dropout=0.0",
                  f"model.num_layers={shape.num_layers}", f"model.width={shape.width}",
                  f"model.num_heads={shape.heads}", f"model.block_size={shape.context}",
                  f"data.seq_len={shape.context}",
                  f"model.dtype={'bfloat16' if bf16 else 'float32'}"]  # fmt: skip
     cfg = char_gpt_config(None, overrides, vocab=shape.vocab)
-    out = time_train_steps(cfg, steps, memory=True)
+    with mock.patch.dict(os.environ, env):  # read while the step is traced
+        out = time_train_steps(cfg, steps, memory=True)
     stats = jax.devices()[0].memory_stats() or {}  # the process's peak so far (CPU: none)
     out["peak_memory_gib"] = stats.get("peak_bytes_in_use", 0) / 2**30
     return out
@@ -103,7 +110,8 @@ def main() -> None:
         for impl in [*args.impls.split(","), *extras]:
             try:
                 if impl.startswith("genzoo"):
-                    extra = GENZOO_EXTRAS[impl.removeprefix("genzoo_")] if impl != "genzoo" else ()
+                    extra = GENZOO_EXTRAS[impl.removeprefix("genzoo_")] if impl != "genzoo" \
+                        else ({}, ())  # fmt: skip
                     r = genzoo_row(shape, batch, bf16, args.steps, extra)
                 else:
                     r = torch_row(shape, batch, bf16, args.steps, impl == "torch_compile")

@@ -250,6 +250,7 @@ def test_a_busy_workdir_is_refused_before_loading_anything(runs, capsys):
     "name,value",
     [
         ("GENZOO_ATTENTION_GRAD", "fast"),
+        ("GENZOO_ATTENTION", "flash"),
         ("GENZOO_ATTENTION_BLOCKS", "zero"),
         ("GENZOO_MATMUL_GRAD", "tall"),
     ],

@@ -15,14 +15,13 @@ examples per row) pass segment ids, and a query sees only keys of its own segmen
 
 from __future__ import annotations
 
-import os
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from genzoo.layers import dots, quant
+from genzoo.errors import env_choice
+from genzoo.layers import dots, flash, quant
 from genzoo.layers.attend import attend, query_blocks
 from genzoo.layers.basic import Dtype, partitioned
 from genzoo.layers.dropout import Dropout, keep_mask, quantized_rate
@@ -30,21 +29,27 @@ from genzoo.layers.dropout import Dropout, keep_mask, quantized_rate
 MODES = ("causal", "bidirectional", "cross")
 
 
-def _cudnn(q_BxLxHxK, mode: str, masked: bool, dropout_active: bool):
-    """Whether cuDNN's fused (flash) attention computes this call: on GPU, in 16-bit, for
-    plain self-attention (no padding, packing or cache: the pre-training hot path) without
-    dropout on the weights, which the fused kernel does not apply. `GENZOO_ATTENTION=xla`
-    turns it off (A/B timing). Elsewhere `attend` (XLA) keeps CPU results as they were."""
-    return (
-        jax.default_backend() == "gpu"
-        and os.environ.get("GENZOO_ATTENTION", "auto") != "xla"
+def _implementation(q_BxLxHxK, k_BxTxHxK, mode: str, masked: bool, dropout_active: bool):
+    """Which kernel computes softmax(q k^T) v: "cudnn" (its fused flash attention: on GPU, in
+    16-bit, plain self-attention without padding, packing, cache or dropout on the weights,
+    which cuDNN would draw from state, not from the step's key), "pallas" (`layers.flash`:
+    self-attention with dropout inside the kernel; opt-in with `GENZOO_ATTENTION=pallas` until
+    timed on a GPU, interpreted elsewhere) or "xla" (`attend`: everything, CPU's fused path).
+    `GENZOO_ATTENTION=xla` forces the last (A/B timing)."""
+    choice = env_choice("GENZOO_ATTENTION", ("auto", "xla", "pallas"))
+    self_attention = mode != "cross" and not masked
+    if choice == "pallas" and self_attention and flash.supports(q_BxLxHxK, k_BxTxHxK):
+        return "pallas"
+    cudnn = (
+        choice == "auto"
+        and jax.default_backend() == "gpu"
         and q_BxLxHxK.dtype in (jnp.bfloat16, jnp.float16)
         and q_BxLxHxK.shape[-1] % 8 == 0
         and q_BxLxHxK.shape[-1] <= 128
-        and mode != "cross"
-        and not masked
+        and self_attention
         and not dropout_active
     )
+    return "cudnn" if cudnn else "xla"
 
 
 def _project(x_BxLxD, w_DxNxHxK, dtype):
@@ -155,7 +160,9 @@ class Attention(nn.Module):
         masked = kv_cache is not None or key_valid_BxT is not None or segments_BxL is not None
         rate = quantized_rate(self.dropout_rate)  # what the masks realise
         dropout_active = not deterministic and rate > 0
-        if _cudnn(q_BxLxHxK.astype(self.dtype), self.mode, masked, dropout_active):
+        how = _implementation(q_BxLxHxK.astype(self.dtype), k_BxTxHxK, self.mode, masked,
+                              dropout_active)  # fmt: skip
+        if how == "cudnn":
             out_BxLxHxK = jax.nn.dot_product_attention(
                 q_BxLxHxK.astype(self.dtype),
                 k_BxTxHxK.astype(self.dtype),
@@ -163,6 +170,15 @@ class Attention(nn.Module):
                 is_causal=self.mode == "causal",
                 implementation="cudnn",
             )
+        elif how == "pallas":
+            seed = jnp.zeros((), jnp.uint32)
+            if dropout_active:
+                seed = jax.random.bits(self.make_rng("dropout"), (), jnp.uint32)
+            out_BxLxHxK = flash.attention(
+                *(t.astype(self.dtype) for t in (q_BxLxHxK, k_BxTxHxK, v_BxTxHxK)),
+                seed, self.mode == "causal", rate if dropout_active else 0.0,
+                jax.default_backend() != "gpu",  # elsewhere interpreted: tests, not speed
+            )  # fmt: skip
         else:
             T = k_BxTxHxK.shape[1]
             causal = self.mode == "causal"
