@@ -124,3 +124,11 @@ def test_attention_takes_the_kernels_with_genzoo_attention_pallas(monkeypatch):
     valid = jnp.arange(64)[None] < jnp.array([[64], [40]])
     padded = run("pallas", valid=valid)(rng)[0]
     np.testing.assert_array_equal(padded, run("auto", valid=valid)(rng)[0])
+
+
+def test_supports_only_shapes_that_tile_into_powers_of_two():
+    shape = lambda L, K=64: jax.ShapeDtypeStruct((2, L, 4, K), jnp.float32)  # noqa: E731
+    assert flash.supports(shape(256), shape(256)) and flash.supports(shape(384), shape(384))
+    assert not flash.supports(shape(96), shape(96))  # one 96-row tile: not a power of two
+    assert not flash.supports(shape(256, 48), shape(256, 48))  # head width
+    assert not flash.supports(shape(128), shape(256))  # not self-attention

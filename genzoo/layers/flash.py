@@ -34,10 +34,12 @@ _BLOCK_FWD, _BLOCK_BWD = 128, 32
 
 
 def supports(q_BxLxHxK, k_BxTxHxK) -> bool:
-    """Whether `attention` takes these shapes (else keep the XLA path)."""
+    """Whether `attention` takes these shapes (else keep the XLA path): self-attention whose
+    blocks (Triton's tiles are powers of two) divide the length."""
     _, L, _, K = q_BxLxHxK.shape
-    return L == k_BxTxHxK.shape[1] and K in (16, 32, 64, 128) and L % min(L, _BLOCK_FWD) == 0 \
-        and L % _BLOCK_BWD == 0  # fmt: skip
+    block = min(L, _BLOCK_FWD)
+    return L == k_BxTxHxK.shape[1] and K in (16, 32, 64, 128) and block & (block - 1) == 0 \
+        and L % block == 0 and L % _BLOCK_BWD == 0  # fmt: skip
 
 
 def _mix(x):
