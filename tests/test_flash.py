@@ -26,9 +26,11 @@ def _reference(q, k, v, seed, causal, rate):
 
 @pytest.mark.parametrize("causal,rate", [(True, 0.0), (True, 0.2), (False, 0.1)])
 def test_kernels_equal_plain_attention_values_and_gradients(monkeypatch, causal, rate):
-    """Three forward and three backward blocks (so the online softmax crosses blocks and the
-    causal bounds skip some), dropout included: outputs and q/k/v gradients to 1e-5."""
+    """Three query blocks of six key blocks forward, three blocks backward (so the online
+    softmax crosses blocks and the causal bounds skip some), dropout included: outputs and
+    q/k/v gradients to 1e-5."""
     monkeypatch.setattr(flash, "_BLOCK_FWD", 32)
+    monkeypatch.setattr(flash, "_BLOCK_KEYS", 16)
     B, L, H, K = 2, 96, 2, 16
     keys = jax.random.split(jax.random.key(0), 4)
     q, k, v, dout = (jax.random.normal(key, (B, L, H, K)) for key in keys)

@@ -30,16 +30,18 @@ from genzoo.layers.dropout import quantized_rate
 
 _LOG2E = math.log2(math.e)
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: no inf - inf in a masked row
-_BLOCK_FWD, _BLOCK_BWD = 128, 32
+# Tiles: forward 128 queries x 64 keys (FlashAttention-2's Triton default for head width 64:
+# a 128 x 128 float32 score tile is 128 registers a thread on 4 warps), backward 32 x 32.
+_BLOCK_FWD, _BLOCK_KEYS, _BLOCK_BWD = 128, 64, 32
 
 
 def supports(q_BxLxHxK, k_BxTxHxK) -> bool:
     """Whether `attention` takes these shapes (else keep the XLA path): self-attention whose
     blocks (Triton's tiles are powers of two) divide the length."""
     _, L, _, K = q_BxLxHxK.shape
-    block = min(L, _BLOCK_FWD)
-    return L == k_BxTxHxK.shape[1] and K in (16, 32, 64, 128) and block & (block - 1) == 0 \
-        and L % block == 0 and L % _BLOCK_BWD == 0  # fmt: skip
+    blocks = (min(L, _BLOCK_FWD), min(L, _BLOCK_KEYS), _BLOCK_BWD)
+    return L == k_BxTxHxK.shape[1] and K in (16, 32, 64, 128) \
+        and all(b & (b - 1) == 0 and L % b == 0 for b in blocks)  # fmt: skip
 
 
 def _mix(x):
@@ -91,7 +93,7 @@ def _forward_kernel(seed_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, causal, sc
                     heads):  # fmt: skip
     block_q, K = q_ref.shape
     L = k_ref.shape[0]
-    block_k = min(L, _BLOCK_FWD)
+    block_k = min(L, _BLOCK_KEYS)
     i = pl.program_id(0)
     seed_bh = head_seed(seed_ref[()], pl.program_id(1), pl.program_id(2), heads)
     q = q_ref[...]
