@@ -70,21 +70,29 @@ def test_gelu_matches_jax_exact_gelu_in_value_and_gradient():
     assert float(jnp.abs(gelu(x) - jax.nn.gelu(x, approximate=True)).max()) > 1e-4  # not tanh's
 
 
-def test_dropout_masks_from_bytes_keep_the_quantised_rate_and_the_expectation():
-    """Four decisions per 32-bit word, any size (not a multiple of 4 here): the kept share is
-    1 - 51/256 for rate 0.2, masks differ by key and repeat for one key, and inverted
-    scaling by the realised rate keeps the mean of many draws at the input."""
+def test_hashed_dropout_masks_keep_the_quantised_rate_look_independent_and_keep_the_mean():
+    """Masks from the counter hash: the kept share is 1 - 51/256 for rate 0.2; masks repeat for
+    one key; two keys, two streams (batch rows, heads), neighbouring counters and the rows of a
+    stream agree as often as independent draws do (p^2 + (1 - p)^2); inverted scaling by the
+    realised rate keeps the mean of many draws at the input."""
     assert quantized_rate(0.2) == 51 / 256 and quantized_rate(0.001) == 0.0
-    shape = (7, 333, 5)
-    masks = np.stack([keep_mask(jax.random.PRNGKey(s), 0.2, shape) for s in range(20)])
-    assert masks.shape == (20, *shape) and masks.dtype == bool
-    n = masks.size
-    assert abs(masks.mean() - (1 - 51 / 256)) < 4 * np.sqrt(0.2 * 0.8 / n)
-    assert (masks[0] != masks[1]).mean() > 0.2  # other keys, other masks
-    np.testing.assert_array_equal(masks[0], keep_mask(jax.random.PRNGKey(0), 0.2, shape))
-    # each byte of a word decides on its own: neighbours agree only by chance
-    flat = masks.reshape(20, -1)
-    assert abs((flat[:, :-1] == flat[:, 1:]).mean() - (0.8**2 + 0.2**2)) < 0.01
+    p = 1 - 51 / 256
+    mask = np.asarray(keep_mask(jax.random.PRNGKey(0), 0.2, (4, 6, 256, 256), stream_axes=2))
+    other = np.asarray(keep_mask(jax.random.PRNGKey(1), 0.2, mask.shape, stream_axes=2))
+    assert mask.dtype == bool and abs(mask.mean() - p) < 5 * np.sqrt(p * (1 - p) / mask.size)
+    np.testing.assert_array_equal(mask, keep_mask(jax.random.PRNGKey(0), 0.2, mask.shape, 2))
+    independent = p * p + (1 - p) ** 2
+    for a, b in [
+        (mask, other),  # keys
+        (mask[:, 0], mask[:, 1]),  # heads
+        (mask[0], mask[1]),  # batch rows
+        (mask[..., :-1], mask[..., 1:]),  # neighbouring keys
+        (mask[..., :-1, :], mask[..., 1:, :]),  # neighbouring queries
+    ]:
+        agree = (a == b).mean()
+        assert abs(agree - independent) < 5 * np.sqrt(independent * (1 - independent) / a.size)
+    odd = keep_mask(jax.random.PRNGKey(2), 0.2, (7, 333, 5))  # any shape, one stream axis
+    assert odd.shape == (7, 333, 5) and abs(float(odd.mean()) - p) < 0.01
 
     x = jax.random.normal(jax.random.PRNGKey(9), (64, 32))
     drop = Dropout(0.3)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from genzoo.errors import env_choice
-from genzoo.layers import dots, flash, quant
+from genzoo.layers import dots, dropout, flash, quant
 from genzoo.layers.attend import attend, query_blocks
 from genzoo.layers.basic import Dtype, partitioned
 from genzoo.layers.dropout import Dropout, keep_mask, quantized_rate
@@ -171,12 +171,12 @@ class Attention(nn.Module):
                 implementation="cudnn",
             )
         elif how == "pallas":
-            seed = jnp.zeros((), jnp.uint32)
-            if dropout_active:
-                seed = jax.random.bits(self.make_rng("dropout"), (), jnp.uint32)
+            seeds = (jnp.zeros((), jnp.uint32),) * 2
+            if dropout_active:  # the same masks as the XLA path's below
+                seeds = dropout.seeds(self.make_rng("dropout"))
             out_BxLxHxK = flash.attention(
                 *(t.astype(self.dtype) for t in (q_BxLxHxK, k_BxTxHxK, v_BxTxHxK)),
-                seed, self.mode == "causal", rate if dropout_active else 0.0,
+                seeds, self.mode == "causal", rate if dropout_active else 0.0,
                 jax.default_backend() != "gpu",  # elsewhere interpreted: tests, not speed
             )  # fmt: skip
         else:
@@ -197,12 +197,13 @@ class Attention(nn.Module):
                 same_BxLxT = segments_BxL[:, :, None] == key_segments_BxT[:, None]
                 allowed_BxLxT = allowed_BxLxT & same_BxLxT
             # One dropout mask for the whole [L, T] square, sliced per query block: each
-            # random-bit site is its own chain of threefry ops to compile (4 per layer cost the
-            # char GPT's step 11.2 s of XLA:CPU compile against 7.6 s for one; steps equal).
+            # random-bit site is its own chain of ops to compile (with threefry, 4 per layer
+            # cost the char GPT's step 11.2 s of XLA:CPU compile against 7.6 s for one).
+            # Streams by (batch, head), as the Pallas kernels draw them.
             keep_BxHxLxT = None
             if dropout_active:
                 rng = self.make_rng("dropout")
-                keep_BxHxLxT = keep_mask(rng, rate, (B, H, L, T))
+                keep_BxHxLxT = keep_mask(rng, rate, (B, H, L, T), stream_axes=2)
             blocks = query_blocks(L, causal and kv_cache is None)
             out_BxHxLxK = attend(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, allowed_BxLxT, keep_BxHxLxT,
                                  rate, blocks)  # fmt: skip

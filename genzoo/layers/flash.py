@@ -4,9 +4,10 @@ Why: on GPU genzoo hands 16-bit self-attention to cuDNN's fused kernel, but not 
 weights take dropout. cuDNN's dropout draws from a Philox offset kept as state inside the
 executable, so its masks are not a function of the step's key and a resumed run would drop
 other weights. Without it the bf16 char GPT's step took 13.5 ms against 6.5 with dropout 0
-(one H200). Here the mask is a counter hash of (seed, batch, head, query, key), computed
-where the weights are, in the forward and again in the backward: no [L, T] array reaches
-memory and resume stays exact. Float32 inputs take TF32 products, as PyTorch's do.
+(one H200). Here the mask is `layers.dropout`'s counter hash of (key, batch, head, query,
+key position), computed where the weights are, in the forward and again in the backward: no
+[L, T] array reaches memory, resume stays exact, and the masks are the XLA path's, so the
+switch changes speed, not numbers. Float32 inputs take TF32 products, as PyTorch's do.
 
 Self-attention only (L = T; causal or not), no padding or cache, head width a power of two
 in [16, 128]: the pre-training hot path (`supports`). `Attention` uses it on GPU with
@@ -26,7 +27,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from genzoo.layers.dropout import quantized_rate
+from genzoo.layers.dropout import hashed_keep, stream_key, threshold
 
 _LOG2E = math.log2(math.e)
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: no inf - inf in a masked row
@@ -44,58 +45,25 @@ def supports(q_BxLxHxK, k_BxTxHxK) -> bool:
         and all(b & (b - 1) == 0 and L % b == 0 for b in blocks)  # fmt: skip
 
 
-def _mix(x):
-    """murmur3's 32-bit finaliser: a bijection of uint32 whose every output bit depends on
-    every input bit (what makes consecutive counters look independent)."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = x * jnp.uint32(0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
-_GOLDEN = 0x9E3779B9  # odd: multiplying by it permutes uint32
-
-
-def head_seed(seed, b, h, heads: int):
-    """The stream of batch row b, head h (int32 scalars or arrays) under a uint32 seed."""
-    bh = (b * heads + h).astype(jnp.uint32) + jnp.uint32(1)
-    return _mix(seed ^ _mix(bh * jnp.uint32(_GOLDEN)))
-
-
-def keep_block(seed_bh, rows, cols, length: int, threshold: int):
-    """Keep decisions [len(rows), len(cols)] of one (batch, head): the top byte of a hash of
-    the flat index, kept when >= threshold, so P(drop) = threshold / 256."""
-    flat = rows.astype(jnp.uint32)[:, None] * jnp.uint32(length) + cols.astype(jnp.uint32)[None]
-    return (_mix((flat * jnp.uint32(_GOLDEN)) ^ seed_bh) >> 24) >= jnp.uint32(threshold)
-
-
-def keep_mask(seed, rate: float, B: int, H: int, L: int) -> jax.Array:
-    """The kernels' whole mask [B, H, L, L] (True = kept), for references and tests."""
-    b, h = jnp.arange(B)[:, None], jnp.arange(H)[None]
-    seeds_BxH = head_seed(seed, b, h, H)
-    rows = jnp.arange(L)
-    keep = jax.vmap(jax.vmap(lambda s: keep_block(s, rows, rows, L, _threshold(rate))))
-    return keep(seeds_BxH)
-
-
-def _threshold(rate: float) -> int:
-    return round(quantized_rate(rate) * 256)
-
-
 def _scores(q, k, rows, cols, causal, scale):
     """Scores in base 2 (exp2 of them is the softmax's exp), masked above the diagonal."""
     s = pl.dot(q, k.T) * (scale * _LOG2E)
     return jnp.where(rows[:, None] >= cols[None, :], s, _MASKED) if causal else s
 
 
-def _forward_kernel(seed_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, causal, scale, threshold,
-                    heads):  # fmt: skip
+def _keep(seed0_ref, seed1_ref, b, h, heads, rows, cols, length, level):
+    """`layers.dropout.keep_mask(..., stream_axes=2)` of a [B, H, L, T] mask, one tile."""
+    key = stream_key(seed0_ref[()], b * heads + h)
+    counters = rows.astype(jnp.uint32)[:, None] * jnp.uint32(length) + cols.astype(jnp.uint32)
+    return hashed_keep(key, seed1_ref[()], counters, level)
+
+
+def _forward_kernel(seed0_ref, seed1_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, causal, scale,
+                    level, heads):  # fmt: skip
     block_q, K = q_ref.shape
     L = k_ref.shape[0]
     block_k = min(L, _BLOCK_KEYS)
-    i = pl.program_id(0)
-    seed_bh = head_seed(seed_ref[()], pl.program_id(1), pl.program_id(2), heads)
+    i, b, h = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     q = q_ref[...]
     rows = i * block_q + jnp.arange(block_q)
 
@@ -108,8 +76,8 @@ def _forward_kernel(seed_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, causal, sc
         w = jnp.exp2(s - new_top[:, None])
         fix = jnp.exp2(top - new_top)
         total = total * fix + w.sum(-1)  # the softmax's denominator counts dropped weights too
-        if threshold:
-            w = jnp.where(keep_block(seed_bh, rows, cols, L, threshold), w, 0.0)
+        if level:
+            w = jnp.where(_keep(seed0_ref, seed1_ref, b, h, heads, rows, cols, L, level), w, 0.0)
         acc = acc * fix[:, None] + pl.dot(w.astype(v_ref.dtype), v_ref[keys, :])
         return acc, new_top, total
 
@@ -117,25 +85,24 @@ def _forward_kernel(seed_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, causal, sc
     init = (jnp.zeros((block_q, K), jnp.float32), jnp.full((block_q,), _MASKED, jnp.float32),
             jnp.zeros((block_q,), jnp.float32))  # fmt: skip
     acc, top, total = lax.fori_loop(0, stop, body, init)
-    keep_prob = 1.0 - threshold / 256
+    keep_prob = 1.0 - level / 256
     o_ref[...] = (acc / (total[:, None] * keep_prob)).astype(o_ref.dtype)
     lse_ref[...] = top + jnp.log2(total)
 
 
-def _backward_kernel(seed_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dk_ref,
-                     dv_ref, *, causal, scale, threshold, heads):  # fmt: skip
+def _backward_kernel(seed0_ref, seed1_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref,
+                     dk_ref, dv_ref, *, causal, scale, level, heads):  # fmt: skip
     L = q_ref.shape[0]
     n = _BLOCK_BWD
-    j = pl.program_id(2)
-    seed_bh = head_seed(seed_ref[()], pl.program_id(0), pl.program_id(1), heads)
-    inv_keep = 1.0 / (1.0 - threshold / 256)
+    b, h, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    inv_keep = 1.0 / (1.0 - level / 256)
 
     def grads(q, k, v, do, lse, delta, rows, cols):
         """Probabilities' share of the value gradient and the scores' gradient."""
         p = jnp.exp2(_scores(q, k, rows, cols, causal, scale) - lse[:, None])
         dp = pl.dot(do, v.T)
-        if threshold:  # dropout: the kept probabilities, scaled, reached the value product
-            keep = keep_block(seed_bh, rows, cols, L, threshold)
+        if level:  # dropout: the kept probabilities, scaled, reached the value product
+            keep = _keep(seed0_ref, seed1_ref, b, h, heads, rows, cols, L, level)
             p_kept, dp = jnp.where(keep, p * inv_keep, 0.0), jnp.where(keep, dp * inv_keep, 0.0)
         else:
             p_kept = p
@@ -182,63 +149,66 @@ def _heads_spec(block, K, index):
 
 
 def _call(kernel, name, interpret, grid, in_specs, out_specs, out_shape, *args):
-    K = args[1].shape[-1]
+    K = args[2].shape[-1]
     params = plgpu.CompilerParams(num_warps=4 if K <= 64 else 8, num_stages=2)
     return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs,
                           out_shape=out_shape, compiler_params=params, interpret=interpret,
                           name=name)(*args)  # fmt: skip
 
 
-def _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seed, causal, rate, interpret):
+def _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seeds, causal, rate, interpret):
     B, L, H, K = q_BxLxHxK.shape
     block_q = min(L, _BLOCK_FWD)
     kernel = functools.partial(_forward_kernel, causal=causal, scale=1 / math.sqrt(K),
-                               threshold=_threshold(rate), heads=H)  # fmt: skip
+                               level=threshold(rate), heads=H)  # fmt: skip
     whole = _heads_spec(L, K, lambda i, b, h: (b, 0, h, 0))
     tile = _heads_spec(block_q, K, lambda i, b, h: (b, i, h, 0))
+    scalar = pl.BlockSpec((), lambda i, b, h: ())
     out_BxLxHxK, lse_BxHxL = _call(
         kernel, "genzoo_flash_forward", interpret, (L // block_q, B, H),
-        [pl.BlockSpec((), lambda i, b, h: ()), tile, whole, whole],
+        [scalar, scalar, tile, whole, whole],
         [tile, pl.BlockSpec((None, None, block_q), lambda i, b, h: (b, h, i))],
         [jax.ShapeDtypeStruct(q_BxLxHxK.shape, q_BxLxHxK.dtype),
          jax.ShapeDtypeStruct((B, H, L), jnp.float32)],
-        seed, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK,
+        *seeds, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK,
     )  # fmt: skip
     return out_BxLxHxK, lse_BxHxL
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seed, causal=True, rate=0.0, interpret=False):
+def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seeds, causal=True, rate=0.0, interpret=False):
     """Softmax attention [B, L, H, K] of self-attention heads; dropout on the weights at
-    `rate` (quantised to 1/256 as `layers.dropout`), its mask drawn from the uint32 `seed`."""
-    return _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seed, causal, rate, interpret)[0]
+    `rate` with the mask `layers.dropout.keep_mask` draws over [B, H, L, L] (two stream axes)
+    from a key whose `layers.dropout.seeds` are `seeds`."""
+    return _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seeds, causal, rate, interpret)[0]
 
 
-def _attention_fwd(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seed, causal, rate, interpret):
-    out_BxLxHxK, lse_BxHxL = _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seed, causal, rate,
+def _attention_fwd(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seeds, causal, rate, interpret):
+    out_BxLxHxK, lse_BxHxL = _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seeds, causal, rate,
                                       interpret)  # fmt: skip
-    return out_BxLxHxK, (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seed, out_BxLxHxK, lse_BxHxL)
+    return out_BxLxHxK, (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seeds, out_BxLxHxK, lse_BxHxL)
 
 
 def _attention_bwd(causal, rate, interpret, saved, dout_BxLxHxK):
-    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seed, out_BxLxHxK, lse_BxHxL = saved
+    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seeds, out_BxLxHxK, lse_BxHxL = saved
     B, L, H, K = q_BxLxHxK.shape
     dout = dout_BxLxHxK.astype(jnp.float32)
     delta_BxHxL = (dout * out_BxLxHxK.astype(jnp.float32)).sum(-1).transpose(0, 2, 1)
     kernel = functools.partial(_backward_kernel, causal=causal, scale=1 / math.sqrt(K),
-                               threshold=_threshold(rate), heads=H)  # fmt: skip
+                               level=threshold(rate), heads=H)  # fmt: skip
     whole = _heads_spec(L, K, lambda b, h, j: (b, 0, h, 0))
     tile = _heads_spec(_BLOCK_BWD, K, lambda b, h, j: (b, j, h, 0))
     rows = pl.BlockSpec((None, None, L), lambda b, h, j: (b, h, 0))
+    scalar = pl.BlockSpec((), lambda b, h, j: ())
     like = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731
     dq, dk, dv = _call(
         kernel, "genzoo_flash_backward", interpret, (B, H, L // _BLOCK_BWD),
-        [pl.BlockSpec((), lambda b, h, j: ()), whole, whole, whole, whole, rows, rows],
+        [scalar, scalar, whole, whole, whole, whole, rows, rows],
         [tile, tile, tile], [like(q_BxLxHxK), like(k_BxLxHxK), like(v_BxLxHxK)],
-        seed, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, dout_BxLxHxK.astype(q_BxLxHxK.dtype), lse_BxHxL,
+        *seeds, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, dout_BxLxHxK.astype(q_BxLxHxK.dtype), lse_BxHxL,
         delta_BxHxL,
     )  # fmt: skip
-    return dq, dk, dv, None
+    return dq, dk, dv, (None, None)
 
 
 attention.defvjp(_attention_fwd, _attention_bwd)
