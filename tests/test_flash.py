@@ -25,11 +25,15 @@ def _reference(q, k, v, rng, causal, rate):
     return jnp.einsum("bhlt,bthk->blhk", p, v, precision="highest")
 
 
-@pytest.mark.parametrize("causal,rate", [(True, 0.0), (True, 0.2), (False, 0.1)])
-def test_kernels_equal_plain_attention_values_and_gradients(monkeypatch, causal, rate):
+@pytest.mark.parametrize(
+    "causal,rate,dtype",
+    [(True, 0.0, jnp.float32), (True, 0.2, jnp.float32), (False, 0.1, jnp.float32),
+     (True, 0.2, jnp.bfloat16)],
+)  # fmt: skip
+def test_kernels_equal_plain_attention_values_and_gradients(monkeypatch, causal, rate, dtype):
     """Three query blocks of six key blocks forward, three blocks backward (so the online
     softmax crosses blocks and the causal bounds skip some), dropout included: outputs and
-    q/k/v gradients to 1e-5."""
+    q/k/v gradients to 1e-5 of float32 attention (bf16 inputs: 2e-2)."""
     monkeypatch.setattr(flash, "_BLOCK_FWD", 32)
     monkeypatch.setattr(flash, "_BLOCK_KEYS", 16)
     B, L, H, K = 2, 96, 2, 16
@@ -40,13 +44,17 @@ def test_kernels_equal_plain_attention_values_and_gradients(monkeypatch, causal,
     def grads(fn):
         return jax.grad(lambda *qkv: (fn(*qkv) * dout).sum(), argnums=(0, 1, 2))(q, k, v)
 
-    kernel = lambda q, k, v: flash.attention(q, k, v, seeds(rng), causal, rate, True)  # noqa: E731
+    def kernel(q, k, v):
+        qkv = (t.astype(dtype) for t in (q, k, v))
+        return flash.attention(*qkv, seeds(rng), causal, rate, True).astype(jnp.float32)
+
     plain = lambda q, k, v: _reference(q, k, v, rng, causal, rate)  # noqa: E731
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
     want = plain(q, k, v)
-    np.testing.assert_allclose(kernel(q, k, v), want, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(kernel(q, k, v), want, atol=tol * np.abs(want).max())
     for got, want in zip(grads(kernel), grads(plain), strict=True):
         assert np.abs(want).max() > 0
-        np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
+        np.testing.assert_allclose(got, want, atol=tol * np.abs(want).max())
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
