@@ -7,8 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh
 
 from genzoo.layers import Attention, flash
+from genzoo.layers.attention import _implementation
 from genzoo.layers.dropout import keep_mask, quantized_rate, seeds
 
 
@@ -112,3 +114,15 @@ def test_supports_only_shapes_that_tile_into_powers_of_two():
     assert not flash.supports(shape(96), shape(96))  # one 96-row tile: not a power of two
     assert not flash.supports(shape(256, 48), shape(256, 48))  # head width
     assert not flash.supports(shape(128), shape(256))  # not self-attention
+
+
+def test_a_mesh_of_several_devices_keeps_the_xla_path(monkeypatch):
+    """Pallas calls carry no partitioning rule: under a multi-device mesh the switch is ignored
+    (one device: taken)."""
+    monkeypatch.setenv("GENZOO_ATTENTION", "pallas")
+    q = jax.ShapeDtypeStruct((8, 256, 4, 64), jnp.float32)
+    picks = []
+    for n in (1, 8):
+        with jax.set_mesh(Mesh(np.array(jax.devices()[:n]), ("data",))):
+            picks.append(_implementation(q, q, "causal", False, True))
+    assert picks == ["pallas", "xla"]

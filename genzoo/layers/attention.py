@@ -35,10 +35,19 @@ def _implementation(q_BxLxHxK, k_BxTxHxK, mode: str, masked: bool, dropout_activ
     which cuDNN would draw from state, not from the step's key), "pallas" (`layers.flash`:
     self-attention with dropout inside the kernel; opt-in with `GENZOO_ATTENTION=pallas` until
     timed on a GPU, interpreted elsewhere) or "xla" (`attend`: everything, CPU's fused path).
-    `GENZOO_ATTENTION=xla` forces the last (A/B timing)."""
+    `GENZOO_ATTENTION=xla` forces the last (A/B timing). A Pallas call has no partitioning
+    rule (XLA would gather its operands onto every device), so a mesh of several devices keeps
+    XLA until a shard_map wrapper with global dropout streams is written and timed."""
     choice = env_choice("GENZOO_ATTENTION", ("auto", "xla", "pallas"))
     self_attention = mode != "cross" and not masked
-    if choice == "pallas" and self_attention and flash.supports(q_BxLxHxK, k_BxTxHxK):
+    mesh = jax.sharding.get_abstract_mesh()
+    one_device = mesh.empty or mesh.size == 1
+    if (
+        choice == "pallas"
+        and self_attention
+        and one_device
+        and flash.supports(q_BxLxHxK, k_BxTxHxK)
+    ):
         return "pallas"
     cudnn = (
         choice == "auto"
