@@ -26,14 +26,14 @@ _LEVELS = 256  # one byte per decision
 _GOLDEN = 0x9E3779B9  # odd: multiplying by it permutes uint32
 
 
-def quantized_rate(rate: float) -> float:
-    """The drop probability the masks realise for `rate`: the nearest multiple of 1/256."""
-    return round(rate * _LEVELS) / _LEVELS
-
-
 def threshold(rate: float) -> int:
     """Top bytes below this are dropped."""
     return round(rate * _LEVELS)
+
+
+def quantized_rate(rate: float) -> float:
+    """The drop probability the masks realise for `rate`: the nearest multiple of 1/256."""
+    return threshold(rate) / _LEVELS
 
 
 def mix(x):

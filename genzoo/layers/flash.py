@@ -27,7 +27,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from genzoo.layers.dropout import hashed_keep, stream_key, threshold
+from genzoo.layers.dropout import hashed_keep, quantized_rate, stream_key, threshold
 
 _LOG2E = math.log2(math.e)
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: no inf - inf in a masked row
@@ -51,19 +51,20 @@ def _scores(q, k, rows, cols, causal, scale):
     return jnp.where(rows[:, None] >= cols[None, :], s, _MASKED) if causal else s
 
 
-def _keep(seed0_ref, seed1_ref, b, h, heads, rows, cols, length, level):
-    """`layers.dropout.keep_mask(..., stream_axes=2)` of a [B, H, L, T] mask, one tile."""
-    key = stream_key(seed0_ref[()], b * heads + h)
+def _keep(key, seed1, rows, cols, length, level):
+    """`layers.dropout.keep_mask(..., stream_axes=2)` of a [B, H, L, T] mask, one tile of the
+    (batch, head) stream whose `stream_key` is `key`."""
     counters = rows.astype(jnp.uint32)[:, None] * jnp.uint32(length) + cols.astype(jnp.uint32)
-    return hashed_keep(key, seed1_ref[()], counters, level)
+    return hashed_keep(key, seed1, counters, level)
 
 
 def _forward_kernel(seed0_ref, seed1_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, causal, scale,
-                    level, heads):  # fmt: skip
+                    level, keep_scale, heads):  # fmt: skip
     block_q, K = q_ref.shape
     L = k_ref.shape[0]
     block_k = min(L, _BLOCK_KEYS)
     i, b, h = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    key, seed1 = stream_key(seed0_ref[()], b * heads + h), seed1_ref[()]
     q = q_ref[...]
     rows = i * block_q + jnp.arange(block_q)
 
@@ -77,7 +78,7 @@ def _forward_kernel(seed0_ref, seed1_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *
         fix = jnp.exp2(top - new_top)
         total = total * fix + w.sum(-1)  # the softmax's denominator counts dropped weights too
         if level:
-            w = jnp.where(_keep(seed0_ref, seed1_ref, b, h, heads, rows, cols, L, level), w, 0.0)
+            w = jnp.where(_keep(key, seed1, rows, cols, L, level), w, 0.0)
         acc = acc * fix[:, None] + pl.dot(w.astype(v_ref.dtype), v_ref[keys, :])
         return acc, new_top, total
 
@@ -85,25 +86,25 @@ def _forward_kernel(seed0_ref, seed1_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *
     init = (jnp.zeros((block_q, K), jnp.float32), jnp.full((block_q,), _MASKED, jnp.float32),
             jnp.zeros((block_q,), jnp.float32))  # fmt: skip
     acc, top, total = lax.fori_loop(0, stop, body, init)
-    keep_prob = 1.0 - level / 256
-    o_ref[...] = (acc / (total[:, None] * keep_prob)).astype(o_ref.dtype)
+    o_ref[...] = (acc * (keep_scale / total[:, None])).astype(o_ref.dtype)
     lse_ref[...] = top + jnp.log2(total)
 
 
 def _backward_kernel(seed0_ref, seed1_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref,
-                     dk_ref, dv_ref, *, causal, scale, level, heads):  # fmt: skip
+                     dk_ref, dv_ref, *, causal, scale, level, keep_scale, heads):  # fmt: skip
     L = q_ref.shape[0]
     n = _BLOCK_BWD
     b, h, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    inv_keep = 1.0 / (1.0 - level / 256)
+    key, seed1 = stream_key(seed0_ref[()], b * heads + h), seed1_ref[()]
 
     def grads(q, k, v, do, lse, delta, rows, cols):
         """Probabilities' share of the value gradient and the scores' gradient."""
         p = jnp.exp2(_scores(q, k, rows, cols, causal, scale) - lse[:, None])
         dp = pl.dot(do, v.T)
         if level:  # dropout: the kept probabilities, scaled, reached the value product
-            keep = _keep(seed0_ref, seed1_ref, b, h, heads, rows, cols, L, level)
-            p_kept, dp = jnp.where(keep, p * inv_keep, 0.0), jnp.where(keep, dp * inv_keep, 0.0)
+            keep = _keep(key, seed1, rows, cols, L, level)
+            p_kept = jnp.where(keep, p * keep_scale, 0.0)
+            dp = jnp.where(keep, dp * keep_scale, 0.0)
         else:
             p_kept = p
         return p_kept, p * (dp - delta[:, None]) * scale  # sum_t p dp = sum_k do * o = delta
@@ -143,6 +144,11 @@ def _backward_kernel(seed0_ref, seed1_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
     dq_ref[...] = dq.astype(dq_ref.dtype)
 
 
+def _dropout_args(rate):
+    """The kernels' dropout constants: the top-byte level, and 1 / (1 - the realised rate)."""
+    return {"level": threshold(rate), "keep_scale": 1 / (1 - quantized_rate(rate))}
+
+
 def _heads_spec(block, K, index):
     """A [block, K] tile of one (batch, head) of a [B, L, H, K] array."""
     return pl.BlockSpec((None, block, None, K), index)
@@ -160,7 +166,7 @@ def _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seeds, causal, rate, interpret):
     B, L, H, K = q_BxLxHxK.shape
     block_q = min(L, _BLOCK_FWD)
     kernel = functools.partial(_forward_kernel, causal=causal, scale=1 / math.sqrt(K),
-                               level=threshold(rate), heads=H)  # fmt: skip
+                               **_dropout_args(rate), heads=H)  # fmt: skip
     whole = _heads_spec(L, K, lambda i, b, h: (b, 0, h, 0))
     tile = _heads_spec(block_q, K, lambda i, b, h: (b, i, h, 0))
     scalar = pl.BlockSpec((), lambda i, b, h: ())
@@ -195,7 +201,7 @@ def _attention_bwd(causal, rate, interpret, saved, dout_BxLxHxK):
     dout = dout_BxLxHxK.astype(jnp.float32)
     delta_BxHxL = (dout * out_BxLxHxK.astype(jnp.float32)).sum(-1).transpose(0, 2, 1)
     kernel = functools.partial(_backward_kernel, causal=causal, scale=1 / math.sqrt(K),
-                               level=threshold(rate), heads=H)  # fmt: skip
+                               **_dropout_args(rate), heads=H)  # fmt: skip
     whole = _heads_spec(L, K, lambda b, h, j: (b, 0, h, 0))
     tile = _heads_spec(_BLOCK_BWD, K, lambda b, h, j: (b, j, h, 0))
     rows = pl.BlockSpec((None, None, L), lambda b, h, j: (b, h, 0))
