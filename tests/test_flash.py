@@ -2,13 +2,17 @@
 lowering for CUDA (what a GPU would compile), checked without a GPU."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from genzoo import sharding
+from genzoo.experiment import DEFAULT_RULES
 from genzoo.layers import Attention, flash
 from genzoo.layers.attention import _implementation
 from genzoo.layers.dropout import keep_mask, quantized_rate, seeds
@@ -59,19 +63,25 @@ def test_kernels_equal_plain_attention_values_and_gradients(monkeypatch, causal,
         np.testing.assert_allclose(got, want, atol=tol * np.abs(want).max())
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_kernels_lower_to_triton_for_cuda(dtype):
+@pytest.mark.parametrize("dtype,sharded", [(jnp.float32, False), (jnp.bfloat16, False),
+                                           (jnp.bfloat16, True)])  # fmt: skip
+def test_kernels_lower_to_triton_for_cuda(dtype, sharded):
     """What a GPU session would find first: Pallas lowers both kernels (dropout on) to Triton
-    for CUDA, here on CPU (the step after, PTX, needs the GPU)."""
-    q = jax.ShapeDtypeStruct((4, 256, 6, 64), dtype)
+    for CUDA, here on CPU (the step after, PTX, needs the GPU); on a mesh, inside shard_map."""
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "tensor"))
+    spec = P("data", None, "tensor", None) if sharded else None
+    where = {"sharding": NamedSharding(mesh, spec)} if sharded else {}
+    q = jax.ShapeDtypeStruct((8, 256, 6, 64), dtype, **where)
 
     def loss(q, k, v, seeds):
-        return flash.attention(q, k, v, seeds, True, 0.2).astype(jnp.float32).sum()
+        return flash.attention(q, k, v, seeds, True, 0.2, False, spec).astype(jnp.float32).sum()
 
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-    lowered = grad.trace(q, q, q, (jax.ShapeDtypeStruct((), jnp.uint32),) * 2)
-    text = lowered.lower(lowering_platforms=("cuda",)).as_text()
+    with jax.set_mesh(mesh):
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+        lowered = grad.trace(q, q, q, (jax.ShapeDtypeStruct((), jnp.uint32),) * 2)
+        text = lowered.lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("__gpu$xla.gpu.triton") == 2  # forward and backward
+    assert text.count("sdy.manual_computation") == (2 if sharded else 0)
 
 
 def test_attention_takes_the_kernels_with_genzoo_attention_pallas(monkeypatch):
@@ -116,13 +126,59 @@ def test_supports_only_shapes_that_tile_into_powers_of_two():
     assert not flash.supports(shape(128), shape(256))  # not self-attention
 
 
-def test_a_mesh_of_several_devices_keeps_the_xla_path(monkeypatch):
-    """Pallas calls carry no partitioning rule: under a multi-device mesh the switch is ignored
-    (one device: taken)."""
+def _mesh_and_rules(data, fsdp, tensor, **rules):
+    mesh = Mesh(np.array(jax.devices()[: data * fsdp * tensor]).reshape(data, fsdp, tensor),
+                sharding.AXES)  # fmt: skip
+    return mesh, tuple((name, rules.get(name, axes)) for name, axes in DEFAULT_RULES)
+
+
+def test_on_a_mesh_the_kernels_run_per_shard_unless_length_or_width_is_split(monkeypatch):
+    """A Pallas call has no partitioning rule: on several devices the kernels run per shard of
+    q's logical axes (batch, heads), and not at all when length or head width would be split
+    or a shard count does not divide."""
     monkeypatch.setenv("GENZOO_ATTENTION", "pallas")
     q = jax.ShapeDtypeStruct((8, 256, 4, 64), jnp.float32)
-    picks = []
-    for n in (1, 8):
-        with jax.set_mesh(Mesh(np.array(jax.devices()[:n]), ("data",))):
-            picks.append(_implementation(q, q, "causal", False, True))
-    assert picks == ["pallas", "xla"]
+
+    def pick(mesh, rules, q=q):
+        with sharding.activate(mesh, rules):
+            return _implementation(q, q, "causal", False, True)
+
+    assert pick(*_mesh_and_rules(1, 1, 1)) == ("pallas", None)
+    assert pick(*_mesh_and_rules(2, 2, 2)) == ("pallas", P(("data", "fsdp"), None, "tensor", None))
+    assert pick(*_mesh_and_rules(2, 1, 4, length="tensor", act_heads=None))[0] == "xla"
+    assert pick(*_mesh_and_rules(1, 1, 8))[0] == "xla"  # 4 heads over 8 shards
+    three = jax.ShapeDtypeStruct((3, 256, 4, 64), jnp.float32)
+    assert pick(*_mesh_and_rules(2, 1, 1), three)[0] == "xla"
+
+
+def test_kernels_per_shard_equal_the_xla_path_on_the_same_mesh(monkeypatch):
+    """Batch over data x fsdp, heads over tensor (8 devices): outputs and gradients with
+    dropout equal the XLA path's (dropout streams are numbered globally), and nothing of the
+    attention is gathered across devices."""
+    mesh, rules = _mesh_and_rules(2, 2, 2)
+    attn = Attention(num_heads=2, head_dim=16, mode="causal", dropout_rate=0.3)
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 64, 32))
+    params = attn.init(jax.random.PRNGKey(1), x)
+    rng = jax.random.PRNGKey(3)
+
+    def run(how):
+        monkeypatch.setenv("GENZOO_ATTENTION", how)
+
+        def loss(params, x):
+            out = attn.apply(params, x, deterministic=False, rngs={"dropout": rng})[0]
+            return (out * jnp.cos(jnp.arange(32.0))).sum(), out
+
+        with sharding.activate(mesh, rules):
+            x_sharded = jax.device_put(x, sharding.batch_sharding(mesh, rules))
+            step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+            (_, out), grads = step(params, x_sharded)
+            hlo = step.lower(params, x_sharded).compile().as_text()
+        return np.asarray(out), grads, hlo
+
+    want, want_grads, xla_hlo = run("auto")
+    got, got_grads, hlo = run("pallas")
+    np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
+    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5 * np.abs(w).max())
+    gathered = lambda hlo: sorted(re.findall(r"= (\S+) all-gather\(", hlo))  # noqa: E731
+    assert gathered(hlo) == gathered(xla_hlo)  # FSDP's parameters only: f32[32] biases

@@ -27,6 +27,7 @@ from genzoo.layers.basic import Dtype, partitioned
 from genzoo.layers.dropout import Dropout, keep_mask, quantized_rate
 
 MODES = ("causal", "bidirectional", "cross")
+_Q_AXES = ("batch", "length", "act_heads", "kv")  # logical axes of the [B, L, H, K] heads
 
 
 def _implementation(q_BxLxHxK, k_BxTxHxK, mode: str, masked: bool, dropout_active: bool):
@@ -35,20 +36,22 @@ def _implementation(q_BxLxHxK, k_BxTxHxK, mode: str, masked: bool, dropout_activ
     which cuDNN would draw from state, not from the step's key), "pallas" (`layers.flash`:
     self-attention with dropout inside the kernel; opt-in with `GENZOO_ATTENTION=pallas` until
     timed on a GPU, interpreted elsewhere) or "xla" (`attend`: everything, CPU's fused path).
-    `GENZOO_ATTENTION=xla` forces the last (A/B timing). A Pallas call has no partitioning
-    rule (XLA would gather its operands onto every device), so a mesh of several devices keeps
-    XLA until a shard_map wrapper with global dropout streams is written and timed."""
+    `GENZOO_ATTENTION=xla` forces the last (A/B timing). Also the mesh spec the Pallas
+    kernels run per shard of (None on one device): q's logical axes under the config's rules,
+    if `flash.shardable` (else XLA)."""
     choice = env_choice("GENZOO_ATTENTION", ("auto", "xla", "pallas"))
     self_attention = mode != "cross" and not masked
     mesh = jax.sharding.get_abstract_mesh()
-    one_device = mesh.empty or mesh.size == 1
+    spec = None
+    if not (mesh.empty or mesh.size == 1):
+        spec = nn.logical_to_mesh_axes(_Q_AXES)
     if (
         choice == "pallas"
         and self_attention
-        and one_device
         and flash.supports(q_BxLxHxK, k_BxTxHxK)
+        and (spec is None or flash.shardable(q_BxLxHxK, spec, mesh))
     ):
-        return "pallas"
+        return "pallas", spec
     cudnn = (
         choice == "auto"
         and jax.default_backend() == "gpu"
@@ -58,7 +61,7 @@ def _implementation(q_BxLxHxK, k_BxTxHxK, mode: str, masked: bool, dropout_activ
         and self_attention
         and not dropout_active
     )
-    return "cudnn" if cudnn else "xla"
+    return ("cudnn" if cudnn else "xla"), None
 
 
 def _project(x_BxLxD, w_DxNxHxK, dtype):
@@ -164,12 +167,12 @@ class Attention(nn.Module):
                 k_BxTxHxK = put(kv_cache["k"], k_BxLxHxK)
                 v_BxTxHxK = put(kv_cache["v"], v_BxLxHxK)
                 new_cache = {"k": k_BxTxHxK, "v": v_BxTxHxK}
-        q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK, ("batch", "length", "act_heads", "kv"))
+        q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK, _Q_AXES)
 
         masked = kv_cache is not None or key_valid_BxT is not None or segments_BxL is not None
         rate = quantized_rate(self.dropout_rate)  # what the masks realise
         dropout_active = not deterministic and rate > 0
-        how = _implementation(q_BxLxHxK.astype(self.dtype), k_BxTxHxK, self.mode, masked,
+        how, spec = _implementation(q_BxLxHxK.astype(self.dtype), k_BxTxHxK, self.mode, masked,
                               dropout_active)  # fmt: skip
         if how == "cudnn":
             out_BxLxHxK = jax.nn.dot_product_attention(
@@ -187,6 +190,7 @@ class Attention(nn.Module):
                 *(t.astype(self.dtype) for t in (q_BxLxHxK, k_BxTxHxK, v_BxTxHxK)),
                 seeds, self.mode == "causal", rate if dropout_active else 0.0,
                 jax.default_backend() != "gpu",  # elsewhere interpreted: tests, not speed
+                spec,
             )  # fmt: skip
         else:
             T = k_BxTxHxK.shape[1]

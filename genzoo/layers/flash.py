@@ -14,6 +14,12 @@ in [16, 128]: the pre-training hot path (`supports`). `Attention` uses it on GPU
 `GENZOO_ATTENTION=pallas` until it is timed there; `interpret=True` runs the kernels through
 XLA on any backend (the tests, on CPU). The backward follows FlashAttention-2: one kernel
 sweeps query blocks for a key block's dk and dv, then key blocks for a query block's dq.
+
+On a mesh of several devices a Pallas call has no partitioning rule (XLA would gather its
+operands onto every device), so `attention` takes the operands' PartitionSpec and runs the
+kernels per shard under `shard_map` (batch and heads may be sharded, length and head width
+not: `shardable`); each shard numbers its dropout streams globally, so the masks do not
+depend on the mesh.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
+from jax.sharding import PartitionSpec as P
 
 from genzoo.layers.dropout import hashed_keep, quantized_rate, stream_key, threshold
 
@@ -45,10 +52,31 @@ def supports(q_BxLxHxK, k_BxTxHxK) -> bool:
         and all(b & (b - 1) == 0 and L % b == 0 for b in blocks)  # fmt: skip
 
 
+def _shards(mesh, axes) -> int:
+    axes = (axes,) if isinstance(axes, str) else (axes or ())
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def shardable(q_BxLxHxK, spec, mesh) -> bool:
+    """Whether `attention` can run per shard of `spec` on `mesh`: length and head width whole,
+    batch and heads divisible by their shard counts."""
+    spec = tuple(spec) + (None,) * (4 - len(spec))
+    B, _, H, _ = q_BxLxHxK.shape
+    return not spec[1] and not spec[3] \
+        and B % _shards(mesh, spec[0]) == 0 and H % _shards(mesh, spec[2]) == 0  # fmt: skip
+
+
 def _scores(q, k, rows, cols, causal, scale):
     """Scores in base 2 (exp2 of them is the softmax's exp), masked above the diagonal."""
     s = pl.dot(q, k.T) * (scale * _LOG2E)
     return jnp.where(rows[:, None] >= cols[None, :], s, _MASKED) if causal else s
+
+
+def _stream(seed0_ref, first_ref, b, h, heads):
+    """The key of this program's (batch, head) stream: numbered over the whole batch and all
+    `heads` (a shard's first stream is `first`), as `keep_mask` numbers them."""
+    stream = first_ref[()] + (b * heads + h).astype(jnp.uint32)
+    return stream_key(seed0_ref[()], stream)
 
 
 def _keep(key, seed1, rows, cols, length, level):
@@ -58,13 +86,13 @@ def _keep(key, seed1, rows, cols, length, level):
     return hashed_keep(key, seed1, counters, level)
 
 
-def _forward_kernel(seed0_ref, seed1_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, causal, scale,
-                    level, keep_scale, heads):  # fmt: skip
+def _forward_kernel(seed0_ref, seed1_ref, first_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *,
+                    causal, scale, level, keep_scale, heads):  # fmt: skip
     block_q, K = q_ref.shape
     L = k_ref.shape[0]
     block_k = min(L, _BLOCK_KEYS)
     i, b, h = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    key, seed1 = stream_key(seed0_ref[()], b * heads + h), seed1_ref[()]
+    key, seed1 = _stream(seed0_ref, first_ref, b, h, heads), seed1_ref[()]
     q = q_ref[...]
     rows = i * block_q + jnp.arange(block_q)
 
@@ -90,12 +118,13 @@ def _forward_kernel(seed0_ref, seed1_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *
     lse_ref[...] = top + jnp.log2(total)
 
 
-def _backward_kernel(seed0_ref, seed1_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref,
-                     dk_ref, dv_ref, *, causal, scale, level, keep_scale, heads):  # fmt: skip
+def _backward_kernel(seed0_ref, seed1_ref, first_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
+                     delta_ref, dq_ref, dk_ref, dv_ref, *, causal, scale, level, keep_scale,
+                     heads):  # fmt: skip
     L = q_ref.shape[0]
     n = _BLOCK_BWD
     b, h, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    key, seed1 = stream_key(seed0_ref[()], b * heads + h), seed1_ref[()]
+    key, seed1 = _stream(seed0_ref, first_ref, b, h, heads), seed1_ref[()]
 
     def grads(q, k, v, do, lse, delta, rows, cols):
         """Probabilities' share of the value gradient and the scores' gradient."""
@@ -155,53 +184,51 @@ def _heads_spec(block, K, index):
 
 
 def _call(kernel, name, interpret, grid, in_specs, out_specs, out_shape, *args):
-    K = args[2].shape[-1]
+    K = out_shape[0].shape[-1]  # head width: the first output is q-shaped
     params = plgpu.CompilerParams(num_warps=4 if K <= 64 else 8, num_stages=2)
     return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs,
                           out_shape=out_shape, compiler_params=params, interpret=interpret,
                           name=name)(*args)  # fmt: skip
 
 
-def _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seeds, causal, rate, interpret):
+def _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, causal, rate, interpret, heads):
     B, L, H, K = q_BxLxHxK.shape
     block_q = min(L, _BLOCK_FWD)
     kernel = functools.partial(_forward_kernel, causal=causal, scale=1 / math.sqrt(K),
-                               **_dropout_args(rate), heads=H)  # fmt: skip
+                               **_dropout_args(rate), heads=heads)  # fmt: skip
     whole = _heads_spec(L, K, lambda i, b, h: (b, 0, h, 0))
     tile = _heads_spec(block_q, K, lambda i, b, h: (b, i, h, 0))
     scalar = pl.BlockSpec((), lambda i, b, h: ())
     out_BxLxHxK, lse_BxHxL = _call(
         kernel, "genzoo_flash_forward", interpret, (L // block_q, B, H),
-        [scalar, scalar, tile, whole, whole],
+        [scalar, scalar, scalar, tile, whole, whole],
         [tile, pl.BlockSpec((None, None, block_q), lambda i, b, h: (b, h, i))],
         [jax.ShapeDtypeStruct(q_BxLxHxK.shape, q_BxLxHxK.dtype),
          jax.ShapeDtypeStruct((B, H, L), jnp.float32)],
-        *seeds, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK,
+        *scalars, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK,
     )  # fmt: skip
     return out_BxLxHxK, lse_BxHxL
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seeds, causal=True, rate=0.0, interpret=False):
-    """Softmax attention [B, L, H, K] of self-attention heads; dropout on the weights at
-    `rate` with the mask `layers.dropout.keep_mask` draws over [B, H, L, L] (two stream axes)
-    from a key whose `layers.dropout.seeds` are `seeds`."""
-    return _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seeds, causal, rate, interpret)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _flash(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, causal, rate, interpret, heads):
+    """The kernels on one device's [B, L, H, K]; `scalars` = (seed0, seed1, first stream)."""
+    return _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, causal, rate, interpret, heads)[0]
 
 
-def _attention_fwd(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seeds, causal, rate, interpret):
-    out_BxLxHxK, lse_BxHxL = _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seeds, causal, rate,
-                                      interpret)  # fmt: skip
-    return out_BxLxHxK, (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seeds, out_BxLxHxK, lse_BxHxL)
+def _flash_fwd(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, causal, rate, interpret, heads):
+    out_BxLxHxK, lse_BxHxL = _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, causal, rate,
+                                      interpret, heads)  # fmt: skip
+    return out_BxLxHxK, (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, out_BxLxHxK, lse_BxHxL)
 
 
-def _attention_bwd(causal, rate, interpret, saved, dout_BxLxHxK):
-    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seeds, out_BxLxHxK, lse_BxHxL = saved
+def _flash_bwd(causal, rate, interpret, heads, saved, dout_BxLxHxK):
+    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, out_BxLxHxK, lse_BxHxL = saved
     B, L, H, K = q_BxLxHxK.shape
     dout = dout_BxLxHxK.astype(jnp.float32)
     delta_BxHxL = (dout * out_BxLxHxK.astype(jnp.float32)).sum(-1).transpose(0, 2, 1)
     kernel = functools.partial(_backward_kernel, causal=causal, scale=1 / math.sqrt(K),
-                               **_dropout_args(rate), heads=H)  # fmt: skip
+                               **_dropout_args(rate), heads=heads)  # fmt: skip
     whole = _heads_spec(L, K, lambda b, h, j: (b, 0, h, 0))
     tile = _heads_spec(_BLOCK_BWD, K, lambda b, h, j: (b, j, h, 0))
     rows = pl.BlockSpec((None, None, L), lambda b, h, j: (b, h, 0))
@@ -209,12 +236,38 @@ def _attention_bwd(causal, rate, interpret, saved, dout_BxLxHxK):
     like = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731
     dq, dk, dv = _call(
         kernel, "genzoo_flash_backward", interpret, (B, H, L // _BLOCK_BWD),
-        [scalar, scalar, whole, whole, whole, whole, rows, rows],
+        [scalar, scalar, scalar, whole, whole, whole, whole, rows, rows],
         [tile, tile, tile], [like(q_BxLxHxK), like(k_BxLxHxK), like(v_BxLxHxK)],
-        *seeds, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, dout_BxLxHxK.astype(q_BxLxHxK.dtype), lse_BxHxL,
+        *scalars, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, dout_BxLxHxK.astype(q_BxLxHxK.dtype), lse_BxHxL,
         delta_BxHxL,
     )  # fmt: skip
-    return dq, dk, dv, (None, None)
+    return dq, dk, dv, (None, None, None)
 
 
-attention.defvjp(_attention_fwd, _attention_bwd)
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seeds, causal=True, rate=0.0, interpret=False,
+              spec=None):  # fmt: skip
+    """Softmax attention [B, L, H, K] of self-attention heads; dropout on the weights at
+    `rate` with the mask `layers.dropout.keep_mask` draws over [B, H, L, L] (two stream axes)
+    from a key whose `layers.dropout.seeds` are `seeds`. `spec`: the operands' PartitionSpec
+    on the current mesh (`shardable`); None runs the kernels on the whole arrays."""
+    B, L, H, K = q_BxLxHxK.shape
+    if spec is None:
+        return _flash(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, (*seeds, jnp.uint32(0)), causal, rate,
+                      interpret, H)  # fmt: skip
+    spec = P(*tuple(spec) + (None,) * (4 - len(spec)))
+
+    def per_shard(q_bxLxhxK, k_bxLxhxK, v_bxLxhxK, seed0, seed1):
+        b, _, h, _ = q_bxLxhxK.shape
+        first_b = lax.axis_index(spec[0]) * b if spec[0] else 0
+        first_h = lax.axis_index(spec[2]) * h if spec[2] else 0
+        first = jnp.asarray(first_b * H + first_h).astype(jnp.uint32)
+        return _flash(q_bxLxhxK, k_bxLxhxK, v_bxLxhxK, (seed0, seed1, first), causal, rate,
+                      interpret, H)  # fmt: skip
+
+    # check_vma off: Pallas calls carry no varying-axes rule; every output varies as `spec`.
+    sharded = jax.shard_map(per_shard, in_specs=(spec, spec, spec, P(), P()), out_specs=spec,
+                            check_vma=False)  # fmt: skip
+    return sharded(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *seeds)
