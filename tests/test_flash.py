@@ -18,12 +18,14 @@ from genzoo.layers.attention import _implementation
 from genzoo.layers.dropout import keep_mask, quantized_rate, seeds
 
 
-def _reference(q, k, v, rng, causal, rate):
+def _reference(q, k, v, rng, causal, rate, segments=None):
     """Softmax attention [B, L, H, K] written plainly, dropout from the XLA path's mask."""
     B, L, H, K = q.shape
     s = jnp.einsum("blhk,bthk->bhlt", q, k, precision="highest") / math.sqrt(K)
     if causal:
         s = jnp.where(jnp.tril(jnp.ones((L, L), bool)), s, -jnp.inf)
+    if segments is not None:
+        s = jnp.where((segments[0][:, :, None] == segments[1][:, None])[:, None], s, -jnp.inf)
     p = jax.nn.softmax(s, -1)
     if rate:
         keep = keep_mask(rng, rate, (B, H, L, L), stream_axes=2)
@@ -31,15 +33,27 @@ def _reference(q, k, v, rng, causal, rate):
     return jnp.einsum("bhlt,bthk->blhk", p, v, precision="highest")
 
 
+def _packed_segments(B, L):
+    """Row 0: three examples (ids 1, 2, 3) then padding (id 0); row 1: one example, the last
+    40 keys padding (a key segment no query has)."""
+    pos = jnp.arange(L)
+    row0 = jnp.select([pos < 20, pos < 50, pos < 80], [1, 2, 3], 0)
+    return (jnp.stack([row0, jnp.zeros(L, int)]),
+            jnp.stack([row0, jnp.where(pos < L - 40, 0, -99)]))  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    "causal,rate,dtype",
-    [(True, 0.0, jnp.float32), (True, 0.2, jnp.float32), (False, 0.1, jnp.float32),
-     (True, 0.2, jnp.bfloat16)],
+    "causal,rate,dtype,segmented",
+    [(True, 0.0, jnp.float32, False), (True, 0.2, jnp.float32, False),
+     (False, 0.1, jnp.float32, False), (True, 0.2, jnp.bfloat16, False),
+     (True, 0.2, jnp.float32, True), (False, 0.1, jnp.float32, True)],
 )  # fmt: skip
-def test_kernels_equal_plain_attention_values_and_gradients(monkeypatch, causal, rate, dtype):
+def test_kernels_equal_plain_attention_values_and_gradients(monkeypatch, causal, rate, dtype,
+                                                            segmented):  # fmt: skip
     """Three query blocks of six key blocks forward, three blocks backward (so the online
-    softmax crosses blocks and the causal bounds skip some), dropout included: outputs and
-    q/k/v gradients to 1e-5 of float32 attention (bf16 inputs: 2e-2)."""
+    softmax crosses blocks and the causal bounds skip some), dropout included, packed and
+    padded rows as segments (blocks that see no key of their own segment, segments that
+    cross blocks): outputs and q/k/v gradients to 1e-5 of float32 attention (bf16: 2e-2)."""
     monkeypatch.setattr(flash, "_BLOCK_FWD", 32)
     monkeypatch.setattr(flash, "_BLOCK_KEYS", 16)
     B, L, H, K = 2, 96, 2, 16
@@ -50,11 +64,14 @@ def test_kernels_equal_plain_attention_values_and_gradients(monkeypatch, causal,
     def grads(fn):
         return jax.grad(lambda *qkv: (fn(*qkv) * dout).sum(), argnums=(0, 1, 2))(q, k, v)
 
+    segments = _packed_segments(B, L) if segmented else None
+
     def kernel(q, k, v):
         qkv = (t.astype(dtype) for t in (q, k, v))
-        return flash.attention(*qkv, seeds(rng), causal, rate, True).astype(jnp.float32)
+        out = flash.attention(*qkv, seeds(rng), causal, rate, True, segments=segments)
+        return out.astype(jnp.float32)
 
-    plain = lambda q, k, v: _reference(q, k, v, rng, causal, rate)  # noqa: E731
+    plain = lambda q, k, v: _reference(q, k, v, rng, causal, rate, segments)  # noqa: E731
     tol = 1e-5 if dtype == jnp.float32 else 2e-2
     want = plain(q, k, v)
     np.testing.assert_allclose(kernel(q, k, v), want, atol=tol * np.abs(want).max())
@@ -67,18 +84,22 @@ def test_kernels_equal_plain_attention_values_and_gradients(monkeypatch, causal,
                                            (jnp.bfloat16, True)])  # fmt: skip
 def test_kernels_lower_to_triton_for_cuda(dtype, sharded):
     """What a GPU session would find first: Pallas lowers both kernels (dropout on) to Triton
-    for CUDA, here on CPU (the step after, PTX, needs the GPU); on a mesh, inside shard_map."""
+    for CUDA, here on CPU (the step after, PTX, needs the GPU); on a mesh, inside shard_map,
+    with padding as segments."""
     mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "tensor"))
     spec = P("data", None, "tensor", None) if sharded else None
     where = {"sharding": NamedSharding(mesh, spec)} if sharded else {}
     q = jax.ShapeDtypeStruct((8, 256, 6, 64), dtype, **where)
 
-    def loss(q, k, v, seeds):
-        return flash.attention(q, k, v, seeds, True, 0.2, False, spec).astype(jnp.float32).sum()
+    segments = (jax.ShapeDtypeStruct((8, 256), jnp.int32),) * 2 if sharded else None
+
+    def loss(q, k, v, seeds, segments):
+        out = flash.attention(q, k, v, seeds, True, 0.2, False, spec, segments)
+        return out.astype(jnp.float32).sum()
 
     with jax.set_mesh(mesh):
         grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-        lowered = grad.trace(q, q, q, (jax.ShapeDtypeStruct((), jnp.uint32),) * 2)
+        lowered = grad.trace(q, q, q, (jax.ShapeDtypeStruct((), jnp.uint32),) * 2, segments)
         text = lowered.lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("__gpu$xla.gpu.triton") == 2  # forward and backward
     assert text.count("sdy.manual_computation") == (2 if sharded else 0)
@@ -86,8 +107,8 @@ def test_kernels_lower_to_triton_for_cuda(dtype, sharded):
 
 def test_attention_takes_the_kernels_with_genzoo_attention_pallas(monkeypatch):
     """`GENZOO_ATTENTION=pallas` changes the kernel, not the numbers: outputs and gradients
-    equal the XLA path's to 1e-5 with and without dropout (the kernels hash the same masks from
-    the same key), and another key draws another mask. Padding keeps the XLA path."""
+    equal the XLA path's to 1e-5 with and without dropout and padding (the kernels hash the
+    same masks from the same key), and another key draws another mask. A cache keeps XLA."""
     attn = Attention(num_heads=2, head_dim=16, mode="causal", dropout_rate=0.3)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 64, 32))
     params = attn.init(jax.random.PRNGKey(1), x)
@@ -105,17 +126,20 @@ def test_attention_takes_the_kernels_with_genzoo_attention_pallas(monkeypatch):
 
     rng, other = jax.random.split(jax.random.PRNGKey(3))
     exact = run("auto", rng)[0]
-    for dropout in (False, True):
-        want, want_grads = run("auto", rng, dropout=dropout)
-        got, got_grads = run("pallas", rng, dropout=dropout)
+    padding = jnp.arange(64)[None] < jnp.array([[64], [40]])
+    for dropout, valid in [(False, None), (True, None), (True, padding)]:
+        want, want_grads = run("auto", rng, dropout=dropout, valid=valid)
+        got, got_grads = run("pallas", rng, dropout=dropout, valid=valid)
         np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
         for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
             np.testing.assert_allclose(g, w, atol=1e-5 * np.abs(w).max())
+    unpadded = run("pallas", rng, dropout=True)[0]  # row 1's queries 40+ lose keys 40+
+    np.testing.assert_allclose(got[1, :40], unpadded[1, :40], atol=1e-6)
+    assert np.abs(got[1, 40:] - unpadded[1, 40:]).mean() > 0.2 * np.abs(unpadded[1, 40:]).mean()
     assert np.abs(got - exact).mean() > 0.2 * np.abs(exact).mean()  # dropout dropped
     assert np.abs(run("pallas", other, dropout=True)[0] - got).mean() > 0.2 * np.abs(exact).mean()
-    valid = jnp.arange(64)[None] < jnp.array([[64], [40]])
-    padded = run("pallas", rng, valid=valid)[0]
-    np.testing.assert_array_equal(padded, run("auto", rng, valid=valid)[0])
+    q = jax.ShapeDtypeStruct((2, 64, 2, 16), jnp.float32)
+    assert _implementation(q, q, "causal", True, False, False)[0] == "xla"  # a cache
 
 
 def test_supports_only_shapes_that_tile_into_powers_of_two():
@@ -141,7 +165,7 @@ def test_on_a_mesh_the_kernels_run_per_shard_unless_length_or_width_is_split(mon
 
     def pick(mesh, rules, q=q):
         with sharding.activate(mesh, rules):
-            return _implementation(q, q, "causal", False, True)
+            return _implementation(q, q, "causal", False, False, True)
 
     assert pick(*_mesh_and_rules(1, 1, 1)) == ("pallas", None)
     assert pick(*_mesh_and_rules(2, 2, 2)) == ("pallas", P(("data", "fsdp"), None, "tensor", None))
@@ -153,19 +177,21 @@ def test_on_a_mesh_the_kernels_run_per_shard_unless_length_or_width_is_split(mon
 
 def test_kernels_per_shard_equal_the_xla_path_on_the_same_mesh(monkeypatch):
     """Batch over data x fsdp, heads over tensor (8 devices): outputs and gradients with
-    dropout equal the XLA path's (dropout streams are numbered globally), and nothing of the
-    attention is gathered across devices."""
+    dropout and padding equal the XLA path's (dropout streams are numbered globally), and
+    nothing of the attention is gathered across devices."""
     mesh, rules = _mesh_and_rules(2, 2, 2)
     attn = Attention(num_heads=2, head_dim=16, mode="causal", dropout_rate=0.3)
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 64, 32))
     params = attn.init(jax.random.PRNGKey(1), x)
     rng = jax.random.PRNGKey(3)
+    valid = jnp.arange(64)[None] < jnp.array([[64], [40], [50], [64]])
 
     def run(how):
         monkeypatch.setenv("GENZOO_ATTENTION", how)
 
         def loss(params, x):
-            out = attn.apply(params, x, deterministic=False, rngs={"dropout": rng})[0]
+            out = attn.apply(params, x, key_valid_BxT=valid, deterministic=False,
+                             rngs={"dropout": rng})[0]  # fmt: skip
             return (out * jnp.cos(jnp.arange(32.0))).sum(), out
 
         with sharding.activate(mesh, rules):

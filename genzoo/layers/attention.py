@@ -30,17 +30,19 @@ MODES = ("causal", "bidirectional", "cross")
 _Q_AXES = ("batch", "length", "act_heads", "kv")  # logical axes of the [B, L, H, K] heads
 
 
-def _implementation(q_BxLxHxK, k_BxTxHxK, mode: str, masked: bool, dropout_active: bool):
+def _implementation(q_BxLxHxK, k_BxTxHxK, mode: str, cached: bool, masked: bool,
+                    dropout_active: bool):  # fmt: skip
     """Which kernel computes softmax(q k^T) v: "cudnn" (its fused flash attention: on GPU, in
     16-bit, plain self-attention without padding, packing, cache or dropout on the weights,
     which cuDNN would draw from state, not from the step's key), "pallas" (`layers.flash`:
-    self-attention with dropout inside the kernel; opt-in with `GENZOO_ATTENTION=pallas` until
-    timed on a GPU, interpreted elsewhere) or "xla" (`attend`: everything, CPU's fused path).
+    self-attention without a cache, padding and packing as segments, dropout inside the
+    kernel; opt-in with `GENZOO_ATTENTION=pallas` until timed on a GPU, interpreted
+    elsewhere) or "xla" (`attend`: everything, CPU's fused path).
     `GENZOO_ATTENTION=xla` forces the last (A/B timing). Also the mesh spec the Pallas
     kernels run per shard of (None on one device): q's logical axes under the config's rules,
     if `flash.shardable` (else XLA)."""
     choice = env_choice("GENZOO_ATTENTION", ("auto", "xla", "pallas"))
-    self_attention = mode != "cross" and not masked
+    self_attention = mode != "cross" and not cached
     mesh = jax.sharding.get_abstract_mesh()
     spec = None
     if not (mesh.empty or mesh.size == 1):
@@ -59,9 +61,20 @@ def _implementation(q_BxLxHxK, k_BxTxHxK, mode: str, masked: bool, dropout_activ
         and q_BxLxHxK.shape[-1] % 8 == 0
         and q_BxLxHxK.shape[-1] <= 128
         and self_attention
+        and not masked
         and not dropout_active
     )
     return ("cudnn" if cudnn else "xla"), None
+
+
+def _segments(segments_BxL, key_segments_BxT, key_valid_BxT, B, L):
+    """Padding and packing as the flash kernels' (query, key) segments: padded keys take a
+    segment no query has."""
+    q_seg_BxL = jnp.zeros((B, L), jnp.int32) if segments_BxL is None else segments_BxL
+    k_seg_BxT = q_seg_BxL if key_segments_BxT is None else key_segments_BxT
+    if key_valid_BxT is not None:
+        k_seg_BxT = jnp.where(key_valid_BxT, k_seg_BxT, jnp.iinfo(jnp.int32).min)
+    return q_seg_BxL.astype(jnp.int32), k_seg_BxT.astype(jnp.int32)
 
 
 def _project(x_BxLxD, w_DxNxHxK, dtype):
@@ -169,11 +182,11 @@ class Attention(nn.Module):
                 new_cache = {"k": k_BxTxHxK, "v": v_BxTxHxK}
         q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK, _Q_AXES)
 
-        masked = kv_cache is not None or key_valid_BxT is not None or segments_BxL is not None
+        masked = key_valid_BxT is not None or segments_BxL is not None
         rate = quantized_rate(self.dropout_rate)  # what the masks realise
         dropout_active = not deterministic and rate > 0
-        how, spec = _implementation(q_BxLxHxK.astype(self.dtype), k_BxTxHxK, self.mode, masked,
-                              dropout_active)  # fmt: skip
+        how, spec = _implementation(q_BxLxHxK.astype(self.dtype), k_BxTxHxK, self.mode,
+                                    kv_cache is not None, masked, dropout_active)  # fmt: skip
         if how == "cudnn":
             out_BxLxHxK = jax.nn.dot_product_attention(
                 q_BxLxHxK.astype(self.dtype),
@@ -190,7 +203,8 @@ class Attention(nn.Module):
                 *(t.astype(self.dtype) for t in (q_BxLxHxK, k_BxTxHxK, v_BxTxHxK)),
                 seeds, self.mode == "causal", rate if dropout_active else 0.0,
                 jax.default_backend() != "gpu",  # elsewhere interpreted: tests, not speed
-                spec,
+                spec, _segments(segments_BxL, key_segments_BxT, key_valid_BxT, B, L) if masked
+                else None,
             )  # fmt: skip
         else:
             T = k_BxTxHxK.shape[1]

@@ -9,11 +9,13 @@ key position), computed where the weights are, in the forward and again in the b
 [L, T] array reaches memory, resume stays exact, and the masks are the XLA path's, so the
 switch changes speed, not numbers. Float32 inputs take TF32 products, as PyTorch's do.
 
-Self-attention only (L = T; causal or not), no padding or cache, head width a power of two
-in [16, 128]: the pre-training hot path (`supports`). `Attention` uses it on GPU with
-`GENZOO_ATTENTION=pallas` until it is timed there; `interpret=True` runs the kernels through
-XLA on any backend (the tests, on CPU). The backward follows FlashAttention-2: one kernel
-sweeps query blocks for a key block's dk and dv, then key blocks for a query block's dq.
+Self-attention only (L = T; causal or not), no cache, head width a power of two in
+[16, 128] (`supports`): pre-training's hot path in every Transformer family. Padding and
+packed rows arrive as segment ids (a query sees keys of its own segment). `Attention` uses
+it on GPU with `GENZOO_ATTENTION=pallas` until it is timed there; `interpret=True` runs the
+kernels through XLA on any backend (the tests, on CPU). The backward follows
+FlashAttention-2: one kernel sweeps query blocks for a key block's dk and dv, then key
+blocks for a query block's dq.
 
 On a mesh of several devices a Pallas call has no partitioning rule (XLA would gather its
 operands onto every device), so `attention` takes the operands' PartitionSpec and runs the
@@ -66,10 +68,15 @@ def shardable(q_BxLxHxK, spec, mesh) -> bool:
         and B % _shards(mesh, spec[0]) == 0 and H % _shards(mesh, spec[2]) == 0  # fmt: skip
 
 
-def _scores(q, k, rows, cols, causal, scale):
-    """Scores in base 2 (exp2 of them is the softmax's exp), masked above the diagonal."""
+def _scores(q, k, rows, cols, causal, scale, segs):
+    """Scores in base 2 (exp2 of them is the softmax's exp), masked above the diagonal and
+    where the query's and the key's segments differ (`segs`: theirs, or None)."""
     s = pl.dot(q, k.T) * (scale * _LOG2E)
-    return jnp.where(rows[:, None] >= cols[None, :], s, _MASKED) if causal else s
+    allowed = rows[:, None] >= cols[None, :] if causal else None
+    if segs is not None:
+        same = segs[0][:, None] == segs[1][None, :]
+        allowed = same if allowed is None else allowed & same
+    return s if allowed is None else jnp.where(allowed, s, _MASKED)
 
 
 def _stream(seed0_ref, first_ref, b, h, heads):
@@ -86,8 +93,16 @@ def _keep(key, seed1, rows, cols, length, level):
     return hashed_keep(key, seed1, counters, level)
 
 
-def _forward_kernel(seed0_ref, seed1_ref, first_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *,
-                    causal, scale, level, keep_scale, heads):  # fmt: skip
+def _segment_refs(refs, count, segmented):
+    """The kernel's first `count` refs, then its two segment refs (None, None without)."""
+    return (*refs[:count], *(refs[count : count + 2] if segmented else (None, None)))
+
+
+def _forward_kernel(*refs, causal, scale, level, keep_scale, heads, segmented):
+    seed0_ref, seed1_ref, first_ref, q_ref, k_ref, v_ref, qseg_ref, kseg_ref = _segment_refs(
+        refs, 6, segmented
+    )
+    o_ref, lse_ref = refs[-2:]
     block_q, K = q_ref.shape
     L = k_ref.shape[0]
     block_k = min(L, _BLOCK_KEYS)
@@ -95,12 +110,14 @@ def _forward_kernel(seed0_ref, seed1_ref, first_ref, q_ref, k_ref, v_ref, o_ref,
     key, seed1 = _stream(seed0_ref, first_ref, b, h, heads), seed1_ref[()]
     q = q_ref[...]
     rows = i * block_q + jnp.arange(block_q)
+    qseg = qseg_ref[...] if segmented else None
 
     def body(j, carry):  # online softmax over key blocks
         acc, top, total = carry
         keys = pl.ds(j * block_k, block_k)
         cols = j * block_k + jnp.arange(block_k)
-        s = _scores(q, k_ref[keys, :], rows, cols, causal, scale)
+        segs = (qseg, kseg_ref[keys]) if segmented else None
+        s = _scores(q, k_ref[keys, :], rows, cols, causal, scale, segs)
         new_top = jnp.maximum(top, s.max(-1))
         w = jnp.exp2(s - new_top[:, None])
         fix = jnp.exp2(top - new_top)
@@ -118,17 +135,22 @@ def _forward_kernel(seed0_ref, seed1_ref, first_ref, q_ref, k_ref, v_ref, o_ref,
     lse_ref[...] = top + jnp.log2(total)
 
 
-def _backward_kernel(seed0_ref, seed1_ref, first_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
-                     delta_ref, dq_ref, dk_ref, dv_ref, *, causal, scale, level, keep_scale,
-                     heads):  # fmt: skip
+def _backward_kernel(*refs, causal, scale, level, keep_scale, heads, segmented):
+    seed0_ref, seed1_ref, first_ref, q_ref, k_ref, v_ref, qseg_ref, kseg_ref = _segment_refs(
+        refs, 6, segmented
+    )
+    do_ref, lse_ref, delta_ref, dq_ref, dk_ref, dv_ref = refs[-6:]
     L = q_ref.shape[0]
     n = _BLOCK_BWD
     b, h, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     key, seed1 = _stream(seed0_ref, first_ref, b, h, heads), seed1_ref[()]
 
-    def grads(q, k, v, do, lse, delta, rows, cols):
-        """Probabilities' share of the value gradient and the scores' gradient."""
-        p = jnp.exp2(_scores(q, k, rows, cols, causal, scale) - lse[:, None])
+    def grads(q, k, v, do, lse, delta, i, t):
+        """Probabilities' share of the value gradient and the scores' gradient, query block i
+        against key block t."""
+        rows, cols = i * n + jnp.arange(n), t * n + jnp.arange(n)
+        segs = (qseg_ref[pl.ds(i * n, n)], kseg_ref[pl.ds(t * n, n)]) if segmented else None
+        p = jnp.exp2(_scores(q, k, rows, cols, causal, scale, segs) - lse[:, None])
         dp = pl.dot(do, v.T)
         if level:  # dropout: the kept probabilities, scaled, reached the value product
             keep = _keep(key, seed1, rows, cols, L, level)
@@ -140,15 +162,13 @@ def _backward_kernel(seed0_ref, seed1_ref, first_ref, q_ref, k_ref, v_ref, do_re
 
     # Key block j: its dk and dv over the query blocks that see it.
     keys = pl.ds(j * n, n)
-    cols = j * n + jnp.arange(n)
     k, v = k_ref[keys, :], v_ref[keys, :]
 
     def dkdv(i, carry):
         dk, dv = carry
         rows_sl = pl.ds(i * n, n)
         q, do = q_ref[rows_sl, :], do_ref[rows_sl, :]
-        p_kept, ds = grads(q, k, v, do, lse_ref[rows_sl], delta_ref[rows_sl], i * n + jnp.arange(n),
-                           cols)  # fmt: skip
+        p_kept, ds = grads(q, k, v, do, lse_ref[rows_sl], delta_ref[rows_sl], i, j)
         dv = dv + pl.dot(p_kept.astype(do.dtype).T, do)
         dk = dk + pl.dot(ds.astype(q.dtype).T, q)
         return dk, dv
@@ -160,22 +180,23 @@ def _backward_kernel(seed0_ref, seed1_ref, first_ref, q_ref, k_ref, v_ref, do_re
 
     # Query block j: its dq over the key blocks it sees.
     rows_sl = pl.ds(j * n, n)
-    rows = j * n + jnp.arange(n)
     q, do, lse, delta = q_ref[rows_sl, :], do_ref[rows_sl, :], lse_ref[rows_sl], delta_ref[rows_sl]
 
     def dq_step(t, dq):
         keys = pl.ds(t * n, n)
         k = k_ref[keys, :]
-        _, ds = grads(q, k, v_ref[keys, :], do, lse, delta, rows, t * n + jnp.arange(n))
+        _, ds = grads(q, k, v_ref[keys, :], do, lse, delta, j, t)
         return dq + pl.dot(ds.astype(k.dtype), k)
 
     dq = lax.fori_loop(0, j + 1 if causal else L // n, dq_step, zeros)
     dq_ref[...] = dq.astype(dq_ref.dtype)
 
 
-def _dropout_args(rate):
-    """The kernels' dropout constants: the top-byte level, and 1 / (1 - the realised rate)."""
-    return {"level": threshold(rate), "keep_scale": 1 / (1 - quantized_rate(rate))}
+def _bind(kernel, K, causal, rate, heads, segs):
+    """The kernel with its constants: dropout's top-byte level and 1 / (1 - the realised rate)."""
+    return functools.partial(kernel, causal=causal, scale=1 / math.sqrt(K), level=threshold(rate),
+                             keep_scale=1 / (1 - quantized_rate(rate)), heads=heads,
+                             segmented=bool(segs))  # fmt: skip
 
 
 def _heads_spec(block, K, index):
@@ -191,83 +212,90 @@ def _call(kernel, name, interpret, grid, in_specs, out_specs, out_shape, *args):
                           name=name)(*args)  # fmt: skip
 
 
-def _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, causal, rate, interpret, heads):
+def _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, segs, causal, rate, interpret, heads):
     B, L, H, K = q_BxLxHxK.shape
     block_q = min(L, _BLOCK_FWD)
-    kernel = functools.partial(_forward_kernel, causal=causal, scale=1 / math.sqrt(K),
-                               **_dropout_args(rate), heads=heads)  # fmt: skip
+    kernel = _bind(_forward_kernel, K, causal, rate, heads, segs)
     whole = _heads_spec(L, K, lambda i, b, h: (b, 0, h, 0))
     tile = _heads_spec(block_q, K, lambda i, b, h: (b, i, h, 0))
     scalar = pl.BlockSpec((), lambda i, b, h: ())
+    seg_specs = [pl.BlockSpec((None, block_q), lambda i, b, h: (b, i)),
+                 pl.BlockSpec((None, L), lambda i, b, h: (b, 0))][: len(segs)]  # fmt: skip
     out_BxLxHxK, lse_BxHxL = _call(
         kernel, "genzoo_flash_forward", interpret, (L // block_q, B, H),
-        [scalar, scalar, scalar, tile, whole, whole],
+        [scalar, scalar, scalar, tile, whole, whole, *seg_specs],
         [tile, pl.BlockSpec((None, None, block_q), lambda i, b, h: (b, h, i))],
         [jax.ShapeDtypeStruct(q_BxLxHxK.shape, q_BxLxHxK.dtype),
          jax.ShapeDtypeStruct((B, H, L), jnp.float32)],
-        *scalars, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK,
+        *scalars, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *segs,
     )  # fmt: skip
     return out_BxLxHxK, lse_BxHxL
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _flash(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, causal, rate, interpret, heads):
-    """The kernels on one device's [B, L, H, K]; `scalars` = (seed0, seed1, first stream)."""
-    return _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, causal, rate, interpret, heads)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _flash(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, segs, causal, rate, interpret, heads):
+    """The kernels on one device's [B, L, H, K]; `scalars` = (seed0, seed1, first stream),
+    `segs` = (query segments, key segments) [B, L] int32, or () for no such mask."""
+    return _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, segs, causal, rate, interpret,
+                    heads)[0]  # fmt: skip
 
 
-def _flash_fwd(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, causal, rate, interpret, heads):
-    out_BxLxHxK, lse_BxHxL = _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, causal, rate,
-                                      interpret, heads)  # fmt: skip
-    return out_BxLxHxK, (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, out_BxLxHxK, lse_BxHxL)
+def _flash_fwd(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, segs, causal, rate, interpret, heads):
+    out_BxLxHxK, lse_BxHxL = _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, segs, causal,
+                                      rate, interpret, heads)  # fmt: skip
+    return out_BxLxHxK, (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, segs, out_BxLxHxK, lse_BxHxL)
 
 
 def _flash_bwd(causal, rate, interpret, heads, saved, dout_BxLxHxK):
-    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, out_BxLxHxK, lse_BxHxL = saved
+    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, segs, out_BxLxHxK, lse_BxHxL = saved
     B, L, H, K = q_BxLxHxK.shape
     dout = dout_BxLxHxK.astype(jnp.float32)
     delta_BxHxL = (dout * out_BxLxHxK.astype(jnp.float32)).sum(-1).transpose(0, 2, 1)
-    kernel = functools.partial(_backward_kernel, causal=causal, scale=1 / math.sqrt(K),
-                               **_dropout_args(rate), heads=heads)  # fmt: skip
+    kernel = _bind(_backward_kernel, K, causal, rate, heads, segs)
     whole = _heads_spec(L, K, lambda b, h, j: (b, 0, h, 0))
     tile = _heads_spec(_BLOCK_BWD, K, lambda b, h, j: (b, j, h, 0))
     rows = pl.BlockSpec((None, None, L), lambda b, h, j: (b, h, 0))
     scalar = pl.BlockSpec((), lambda b, h, j: ())
+    seg = pl.BlockSpec((None, L), lambda b, h, j: (b, 0))
     like = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731
     dq, dk, dv = _call(
         kernel, "genzoo_flash_backward", interpret, (B, H, L // _BLOCK_BWD),
-        [scalar, scalar, scalar, whole, whole, whole, whole, rows, rows],
+        [scalar, scalar, scalar, whole, whole, whole, *(seg for _ in segs), whole, rows, rows],
         [tile, tile, tile], [like(q_BxLxHxK), like(k_BxLxHxK), like(v_BxLxHxK)],
-        *scalars, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, dout_BxLxHxK.astype(q_BxLxHxK.dtype), lse_BxHxL,
-        delta_BxHxL,
+        *scalars, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *segs, dout_BxLxHxK.astype(q_BxLxHxK.dtype),
+        lse_BxHxL, delta_BxHxL,
     )  # fmt: skip
-    return dq, dk, dv, (None, None, None)
+    return dq, dk, dv, (None, None, None), tuple(None for _ in segs)
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seeds, causal=True, rate=0.0, interpret=False,
-              spec=None):  # fmt: skip
+              spec=None, segments=None):  # fmt: skip
     """Softmax attention [B, L, H, K] of self-attention heads; dropout on the weights at
     `rate` with the mask `layers.dropout.keep_mask` draws over [B, H, L, L] (two stream axes)
-    from a key whose `layers.dropout.seeds` are `seeds`. `spec`: the operands' PartitionSpec
-    on the current mesh (`shardable`); None runs the kernels on the whole arrays."""
+    from a key whose `layers.dropout.seeds` are `seeds`. `segments`: (query's, key's) [B, L]
+    int32; a query sees only keys of its own segment (padding: a key segment no query has).
+    A query that sees no key at all gets some average of values (not zeros): padding's
+    output, which no loss reads. `spec`: the operands' PartitionSpec on the current mesh
+    (`shardable`); None runs the kernels on the whole arrays."""
     B, L, H, K = q_BxLxHxK.shape
+    segs = () if segments is None else tuple(t.astype(jnp.int32) for t in segments)
     if spec is None:
-        return _flash(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, (*seeds, jnp.uint32(0)), causal, rate,
-                      interpret, H)  # fmt: skip
+        return _flash(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, (*seeds, jnp.uint32(0)), segs, causal,
+                      rate, interpret, H)  # fmt: skip
     spec = P(*tuple(spec) + (None,) * (4 - len(spec)))
 
-    def per_shard(q_bxLxhxK, k_bxLxhxK, v_bxLxhxK, seed0, seed1):
+    def per_shard(q_bxLxhxK, k_bxLxhxK, v_bxLxhxK, seed0, seed1, *segs):
         b, _, h, _ = q_bxLxhxK.shape
         first_b = lax.axis_index(spec[0]) * b if spec[0] else 0
         first_h = lax.axis_index(spec[2]) * h if spec[2] else 0
         first = jnp.asarray(first_b * H + first_h).astype(jnp.uint32)
-        return _flash(q_bxLxhxK, k_bxLxhxK, v_bxLxhxK, (seed0, seed1, first), causal, rate,
-                      interpret, H)  # fmt: skip
+        return _flash(q_bxLxhxK, k_bxLxhxK, v_bxLxhxK, (seed0, seed1, first), segs, causal,
+                      rate, interpret, H)  # fmt: skip
 
     # check_vma off: Pallas calls carry no varying-axes rule; every output varies as `spec`.
-    sharded = jax.shard_map(per_shard, in_specs=(spec, spec, spec, P(), P()), out_specs=spec,
-                            check_vma=False)  # fmt: skip
-    return sharded(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *seeds)
+    in_specs = (spec, spec, spec, P(), P(), *(P(spec[0], None) for _ in segs))
+    sharded = jax.shard_map(per_shard, in_specs=in_specs, out_specs=spec, check_vma=False)
+    return sharded(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *seeds, *segs)
