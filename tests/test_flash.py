@@ -108,7 +108,8 @@ def test_kernels_lower_to_triton_for_cuda(dtype, sharded):
 def test_attention_takes_the_kernels_with_genzoo_attention_pallas(monkeypatch):
     """`GENZOO_ATTENTION=pallas` changes the kernel, not the numbers: outputs and gradients
     equal the XLA path's to 1e-5 with and without dropout and padding (the kernels hash the
-    same masks from the same key), and another key draws another mask. A cache keeps XLA."""
+    same masks from the same key), and another key draws another mask. A cache or a TPU keeps
+    XLA."""
     attn = Attention(num_heads=2, head_dim=16, mode="causal", dropout_rate=0.3)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 64, 32))
     params = attn.init(jax.random.PRNGKey(1), x)
@@ -140,6 +141,8 @@ def test_attention_takes_the_kernels_with_genzoo_attention_pallas(monkeypatch):
     assert np.abs(run("pallas", other, dropout=True)[0] - got).mean() > 0.2 * np.abs(exact).mean()
     q = jax.ShapeDtypeStruct((2, 64, 2, 16), jnp.float32)
     assert _implementation(q, q, "causal", True, False, False)[0] == "xla"  # a cache
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")  # Triton kernels: not there
+    assert _implementation(q, q, "causal", False, False, True)[0] == "xla"
 
 
 def test_supports_only_shapes_that_tile_into_powers_of_two():
