@@ -145,10 +145,12 @@ def test_attention_takes_the_kernels_with_genzoo_attention_pallas(monkeypatch):
     assert _implementation(q, q, "causal", False, False, True)[0] == "xla"
 
 
-def test_supports_only_shapes_that_tile_into_powers_of_two():
+def test_supports_lengths_the_tiles_divide():
     shape = lambda L, K=64: jax.ShapeDtypeStruct((2, L, 4, K), jnp.float32)  # noqa: E731
     assert flash.supports(shape(256), shape(256)) and flash.supports(shape(384), shape(384))
-    assert not flash.supports(shape(96), shape(96))  # one 96-row tile: not a power of two
+    assert flash.supports(shape(96), shape(96))  # 32 x 32 tiles (the translation shape)
+    assert flash._tile(96, flash._BLOCK_FWD) == 32 and flash._tile(256, flash._BLOCK_FWD) == 128
+    assert not flash.supports(shape(80), shape(80))  # 16-row tiles: under the backward's 32
     assert not flash.supports(shape(256, 48), shape(256, 48))  # head width
     assert not flash.supports(shape(128), shape(256))  # not self-attention
 

@@ -40,18 +40,22 @@ from genzoo.layers.dropout import hashed_keep, quantized_rate, stream_key, thres
 
 _LOG2E = math.log2(math.e)
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: no inf - inf in a masked row
-# Tiles: forward 128 queries x 64 keys (FlashAttention-2's Triton default for head width 64:
-# a 128 x 128 float32 score tile is 128 registers a thread on 4 warps), backward 32 x 32.
+# Tiles: forward up to 128 queries x 64 keys (FlashAttention-2's Triton default for head
+# width 64: a 128 x 128 float32 score tile is 128 registers a thread on 4 warps), backward
+# 32 x 32. Triton's tiles are powers of two: a length of 96 takes 32 x 32 forward tiles.
 _BLOCK_FWD, _BLOCK_KEYS, _BLOCK_BWD = 128, 64, 32
+
+
+def _tile(L: int, most: int) -> int:
+    """The largest power of two up to `most` (one) that divides L."""
+    return math.gcd(L, most)
 
 
 def supports(q_BxLxHxK, k_BxTxHxK) -> bool:
     """Whether `attention` takes these shapes (else keep the XLA path): self-attention whose
-    blocks (Triton's tiles are powers of two) divide the length."""
+    length the backward's tiles divide, head width a power of two in [16, 128]."""
     _, L, _, K = q_BxLxHxK.shape
-    blocks = (min(L, _BLOCK_FWD), min(L, _BLOCK_KEYS), _BLOCK_BWD)
-    return L == k_BxTxHxK.shape[1] and K in (16, 32, 64, 128) \
-        and all(b & (b - 1) == 0 and L % b == 0 for b in blocks)  # fmt: skip
+    return L == k_BxTxHxK.shape[1] and K in (16, 32, 64, 128) and L % _BLOCK_BWD == 0
 
 
 def _shards(mesh, axes) -> int:
@@ -105,7 +109,7 @@ def _forward_kernel(*refs, causal, scale, level, keep_scale, heads, segmented):
     o_ref, lse_ref = refs[-2:]
     block_q, K = q_ref.shape
     L = k_ref.shape[0]
-    block_k = min(L, _BLOCK_KEYS)
+    block_k = _tile(L, _BLOCK_KEYS)
     i, b, h = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     key, seed1 = _stream(seed0_ref, first_ref, b, h, heads), seed1_ref[()]
     q = q_ref[...]
@@ -214,7 +218,7 @@ def _call(kernel, name, interpret, grid, in_specs, out_specs, out_shape, *args):
 
 def _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, segs, causal, rate, interpret, heads):
     B, L, H, K = q_BxLxHxK.shape
-    block_q = min(L, _BLOCK_FWD)
+    block_q = _tile(L, _BLOCK_FWD)
     kernel = _bind(_forward_kernel, K, causal, rate, heads, segs)
     whole = _heads_spec(L, K, lambda i, b, h: (b, 0, h, 0))
     tile = _heads_spec(block_q, K, lambda i, b, h: (b, i, h, 0))
