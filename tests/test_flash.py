@@ -145,6 +145,41 @@ def test_attention_takes_the_kernels_with_genzoo_attention_pallas(monkeypatch):
     assert _implementation(q, q, "causal", False, False, True)[0] == "xla"
 
 
+def test_cross_attention_of_equal_lengths_takes_the_kernels(monkeypatch):
+    """A translation decoder's cross-attention (sources padded to the targets' length): the
+    kernels equal the XLA path with dropout, padded sources and packed rows."""
+    attn = Attention(num_heads=2, head_dim=16, mode="cross", dropout_rate=0.2)
+    x, memory = jax.random.normal(jax.random.PRNGKey(0), (2, 2, 64, 32))
+    params = attn.init(jax.random.PRNGKey(1), x, memory_BxSxD=memory)
+    segments, key_segments = _packed_segments(2, 64)
+    valid = jnp.arange(64)[None] < jnp.array([[60], [40]])
+    q = jax.ShapeDtypeStruct((2, 64, 2, 16), jnp.float32)
+
+    def run(how):
+        monkeypatch.setenv("GENZOO_ATTENTION", how)
+        assert _implementation(q, q, "cross", False, True, True)[0] == how.replace("auto", "xla")
+
+        def loss(params):
+            out = attn.apply(
+                params,
+                x,
+                memory_BxSxD=memory,
+                key_valid_BxT=valid,
+                segments_BxL=segments,
+                key_segments_BxT=key_segments,
+                deterministic=False,
+                rngs={"dropout": jax.random.PRNGKey(3)},
+            )[0]
+            return (out * jnp.cos(jnp.arange(32.0))).sum()  # fmt: skip
+
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    (want, want_grads), (got, got_grads) = run("auto"), run("pallas")
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5 * np.abs(w).max())
+
+
 def test_supports_lengths_the_tiles_divide():
     shape = lambda L, K=64: jax.ShapeDtypeStruct((2, L, 4, K), jnp.float32)  # noqa: E731
     assert flash.supports(shape(256), shape(256)) and flash.supports(shape(384), shape(384))

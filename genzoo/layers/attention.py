@@ -35,9 +35,9 @@ def _implementation(q_BxLxHxK, k_BxTxHxK, mode: str, cached: bool, masked: bool,
     """Which kernel computes softmax(q k^T) v: "cudnn" (its fused flash attention: on GPU, in
     16-bit, plain self-attention without padding, packing, cache or dropout on the weights,
     which cuDNN would draw from state, not from the step's key), "pallas" (`layers.flash`:
-    self-attention without a cache, padding and packing as segments, dropout inside the
-    kernel; opt-in with `GENZOO_ATTENTION=pallas` until timed on a GPU, interpreted on CPU,
-    never on TPU) or "xla" (`attend`: everything, CPU's fused path).
+    self- or cross-attention of equal lengths without a cache, padding and packing as
+    segments, dropout inside the kernel; opt-in with `GENZOO_ATTENTION=pallas` until timed on
+    a GPU, interpreted on CPU, never on TPU) or "xla" (`attend`: everything, CPU's fused path).
     `GENZOO_ATTENTION=xla` forces the last (A/B timing). Also the mesh spec the Pallas
     kernels run per shard of (None on one device): q's logical axes under the config's rules,
     if `flash.shardable` (else XLA)."""
@@ -50,7 +50,7 @@ def _implementation(q_BxLxHxK, k_BxTxHxK, mode: str, cached: bool, masked: bool,
     if (
         choice == "pallas"
         and jax.default_backend() in ("gpu", "cpu")  # Triton kernels; CPU interprets (tests)
-        and self_attention
+        and not cached
         and flash.supports(q_BxLxHxK, k_BxTxHxK)
         and (spec is None or flash.shardable(q_BxLxHxK, spec, mesh))
     ):

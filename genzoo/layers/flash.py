@@ -9,9 +9,10 @@ key position), computed where the weights are, in the forward and again in the b
 [L, T] array reaches memory, resume stays exact, and the masks are the XLA path's, so the
 switch changes speed, not numbers. Float32 inputs take TF32 products, as PyTorch's do.
 
-Self-attention only (L = T; causal or not), no cache, head width a power of two in
-[16, 128] (`supports`): pre-training's hot path in every Transformer family. Padding and
-packed rows arrive as segment ids (a query sees keys of its own segment). `Attention` uses
+Queries and keys of one length (self-attention, causal or not; a translation model's
+cross-attention over sources padded to the targets' length), no cache, head width a power
+of two in [16, 128] (`supports`): training's hot path in every Transformer family. Padding
+and packed rows arrive as segment ids (a query sees keys of its own segment). `Attention` uses
 it on GPU with `GENZOO_ATTENTION=pallas` until it is timed there; `interpret=True` runs the
 kernels through XLA on any backend (the tests, on CPU). The backward follows
 FlashAttention-2: one kernel sweeps query blocks for a key block's dk and dv, then key
@@ -52,8 +53,8 @@ def _tile(L: int, most: int) -> int:
 
 
 def supports(q_BxLxHxK, k_BxTxHxK) -> bool:
-    """Whether `attention` takes these shapes (else keep the XLA path): self-attention whose
-    length the backward's tiles divide, head width a power of two in [16, 128]."""
+    """Whether `attention` takes these shapes (else keep the XLA path): queries and keys of
+    one length that the backward's tiles divide, head width a power of two in [16, 128]."""
     _, L, _, K = q_BxLxHxK.shape
     return L == k_BxTxHxK.shape[1] and K in (16, 32, 64, 128) and L % _BLOCK_BWD == 0
 
@@ -277,7 +278,7 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seeds, causal=True, rate=0.0, interpret=False,
               spec=None, segments=None):  # fmt: skip
-    """Softmax attention [B, L, H, K] of self-attention heads; dropout on the weights at
+    """Softmax attention [B, L, H, K] over keys of the same length; dropout on the weights at
     `rate` with the mask `layers.dropout.keep_mask` draws over [B, H, L, L] (two stream axes)
     from a key whose `layers.dropout.seeds` are `seeds`. `segments`: (query's, key's) [B, L]
     int32; a query sees only keys of its own segment (padding: a key segment no query has).
