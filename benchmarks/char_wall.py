@@ -69,7 +69,10 @@ def run(name: str, args, steps: int, work: Path, cache: Path, like: str) -> dict
     # The phase lines (and warnings) beside the JSON: what a surprise needs explaining.
     log = Path(args.out).with_name(f"{Path(args.out).stem}_{work.name}_{name}.log")
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("\n".join(x for x in out.stderr.splitlines() if LINE.match(x) or "WARN" in x))
+    kept = [x for x in out.stderr.splitlines() if LINE.match(x) or "WARN" in x]
+    if out.returncode:  # a failure's traceback too (a GPU session is too short to rerun it)
+        kept += ["--- stderr tail ---", *out.stderr.splitlines()[-80:]]
+    log.write_text("\n".join(kept))
     if out.returncode:
         row["error"] = out.stderr.strip().splitlines()[-1:] or ["?"]
     evals, saves = [], []
