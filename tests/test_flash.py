@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 from genzoo import sharding
 from genzoo.experiment import DEFAULT_RULES
-from genzoo.layers import Attention, flash
+from genzoo.layers import Attention, attention, flash
 from genzoo.layers.attention import _implementation
 from genzoo.layers.dropout import keep_mask, quantized_rate, seeds
 
@@ -178,6 +178,15 @@ def test_cross_attention_of_equal_lengths_takes_the_kernels(monkeypatch):
     np.testing.assert_allclose(got, want, rtol=1e-5)
     for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
         np.testing.assert_allclose(g, w, atol=1e-5 * np.abs(w).max())
+
+
+def test_the_switch_on_cpu_warns_once_that_kernels_are_interpreted(monkeypatch, caplog):
+    monkeypatch.setenv("GENZOO_ATTENTION", "pallas")
+    attention._warn_interpreted.cache_clear()
+    q = jax.ShapeDtypeStruct((2, 64, 2, 16), jnp.float32)
+    for _ in range(2):
+        assert _implementation(q, q, "causal", False, False, True)[0] == "pallas"
+    assert [r.getMessage().count("interpreted") for r in caplog.records] == [1]
 
 
 def test_supports_lengths_the_tiles_divide():

@@ -15,6 +15,9 @@ examples per row) pass segment ids, and a query sees only keys of its own segmen
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,6 +29,7 @@ from genzoo.layers.attend import attend, query_blocks
 from genzoo.layers.basic import Dtype, partitioned
 from genzoo.layers.dropout import Dropout, keep_mask, quantized_rate
 
+log = logging.getLogger(__name__)
 MODES = ("causal", "bidirectional", "cross")
 _Q_AXES = ("batch", "length", "act_heads", "kv")  # logical axes of the [B, L, H, K] heads
 
@@ -54,6 +58,8 @@ def _implementation(q_BxLxHxK, k_BxTxHxK, mode: str, cached: bool, masked: bool,
         and flash.supports(q_BxLxHxK, k_BxTxHxK)
         and (spec is None or flash.shardable(q_BxLxHxK, spec, mesh))
     ):
+        if jax.default_backend() == "cpu":
+            _warn_interpreted()
         return "pallas", spec
     cudnn = (
         choice == "auto"
@@ -66,6 +72,12 @@ def _implementation(q_BxLxHxK, k_BxTxHxK, mode: str, cached: bool, masked: bool,
         and not dropout_active
     )
     return ("cudnn" if cudnn else "xla"), None
+
+
+@functools.cache
+def _warn_interpreted():
+    log.warning("GENZOO_ATTENTION=pallas on CPU: the GPU kernels run interpreted (for tests); "
+                "expect steps many times slower")  # fmt: skip
 
 
 def _segments(segments_BxL, key_segments_BxT, key_valid_BxT, B, L):
