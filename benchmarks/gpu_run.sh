@@ -2,7 +2,9 @@
 # One GPU session's measurements, in one go (../shared/gpu/README.md has the machine recipe).
 # Run from the checkout root on the GPU machine with .whl/ beside it; results land in $OUT
 # (default benchmarks/results/gpu). STEPS picks parts (default all, ~15 minutes on an H200: more
-# than one session's device time, so name them, `char` first):
+# than one session's device time, so name them, `flash char` first):
+#   flash  - the Pallas flash kernels against the XLA path and cuDNN, attention alone: same
+#            numbers? compile time and fwd+bwd ms per shape (~1-2 min)
 #   speed  - genzoo (XLA/cuDNN attention, and the Pallas flash kernels) vs torch eager /
 #            torch.compile (baby fp32, baby bf16, GPT-2 124M bf16)
 #   memory - the GPT-2 shape with chunked cross-entropy and remat (XLA temporaries, tok/s)
@@ -10,7 +12,7 @@
 #   int8   - cached decoding of GPT-2's shape, float32 against int8 operands
 set -uo pipefail
 OUT="${OUT:-benchmarks/results/gpu}"
-STEPS="${STEPS:-int8 char memory speed}"
+STEPS="${STEPS:-flash int8 char memory speed}"
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl >/dev/null 2>&1 || { echo "wheel install failed"; exit 1; }
@@ -19,6 +21,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
 quiet() { grep -v "^W\|^I0\|warn"; }
 
+case " $STEPS " in *" flash "*)
+  timeout "${FLASH_TIMEOUT:-180}" python3 benchmarks/flash_check.py --out "$OUT/flash_check.json" \
+    2>&1 | quiet | tee "$OUT/flash_check.txt";;
+esac
 case " $STEPS " in *" char "*)
   # The first run trains 2000 steps, the others --probe-steps. First the Pallas flash kernels
   # (dropout inside the kernel: no cuDNN fallback, no [L, T] mask) and their second launch,

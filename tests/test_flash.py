@@ -3,6 +3,7 @@ lowering for CUDA (what a GPU would compile), checked without a GPU."""
 
 import math
 import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -257,3 +258,15 @@ def test_kernels_per_shard_equal_the_xla_path_on_the_same_mesh(monkeypatch):
         np.testing.assert_allclose(g, w, atol=1e-5 * np.abs(w).max())
     gathered = lambda hlo: sorted(re.findall(r"= (\S+) all-gather\(", hlo))  # noqa: E731
     assert gathered(hlo) == gathered(xla_hlo)  # FSDP's parameters only: f32[32] biases
+
+
+def test_the_gpu_sessions_flash_check_runs_and_agrees(monkeypatch):
+    """`benchmarks/flash_check.py` (the GPU session's first step) works before a GPU session
+    needs it: at small shapes, interpreted, the kernels' gradients match the XLA path's."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    import flash_check
+
+    row = flash_check.check("char_fp32", (2, 64, 2, 16, jnp.float32, True, True, (0.2,)), 0.2,
+                            True, rounds=1, calls=1)  # fmt: skip
+    assert row["pallas_grad_rel_err"] < 1e-5 and row["xla_ms"] > 0 and row["pallas_ms"] > 0
+    assert not [k for k in row if k.endswith("_error")]

@@ -1,0 +1,136 @@
+"""The Pallas flash kernels against the XLA path (and cuDNN) on one device, attention alone.
+
+    python benchmarks/flash_check.py            # on a GPU: `gpu_run.sh`'s `flash` step (~1-2 min)
+    python benchmarks/flash_check.py --small    # anywhere (CPU: interpreted), checks the script
+
+Per case (the char GPT's attention in bf16 and fp32, GPT-2 124M's, BERT's padded rows; with
+and without dropout): how far `layers.flash`'s outputs and q/k/v gradients are from the XLA
+path's (`layers.attend`, what `Attention` runs otherwise; relative to its largest value: the
+masks are the same, so only rounding may differ), the compile time and the milliseconds of one
+forward and backward of each, taking turns, and cuDNN's where it applies (16-bit, no dropout,
+no padding). A failing contender is recorded and the rest still run: a GPU session is short.
+Prints a line per case; writes JSON (default benchmarks/results/flash_check.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+from common import interleaved, write_report
+
+from genzoo.layers import flash
+from genzoo.layers.attend import attend, query_blocks
+from genzoo.layers.attention import _segments
+from genzoo.layers.dropout import keep_mask, quantized_rate, seeds
+
+# name: (B, L, H, K, dtype, causal, padded, dropout rates)
+CASES = {
+    "char_bf16": (64, 256, 6, 64, jnp.bfloat16, True, False, (0.0, 0.2)),
+    "char_fp32": (64, 256, 6, 64, jnp.float32, True, False, (0.2,)),
+    "gpt2_bf16": (16, 1024, 12, 64, jnp.bfloat16, True, False, (0.0, 0.1)),
+    "bert_bf16": (32, 128, 12, 64, jnp.bfloat16, False, True, (0.1,)),
+}
+
+
+def xla_path(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, rng, causal, rate, valid_BxL):
+    """`Attention`'s XLA branch for self-attention: [B, H, L, K] heads through `attend`."""
+    B, L, H, K = q_BxLxHxK.shape
+    q_BxHxLxK = q_BxLxHxK.transpose(0, 2, 1, 3) / jnp.sqrt(K).astype(q_BxLxHxK.dtype)
+    k_BxHxLxK, v_BxHxLxK = (t.transpose(0, 2, 1, 3) for t in (k_BxLxHxK, v_BxLxHxK))
+    allowed_BxLxL = jnp.tril(jnp.ones((L, L), bool))[None] if causal else jnp.ones((1, L, L), bool)
+    if valid_BxL is not None:
+        allowed_BxLxL = allowed_BxLxL & valid_BxL[:, None, :]
+    rate = quantized_rate(rate)  # what the masks realise, as `Attention` passes it
+    keep = keep_mask(rng, rate, (B, H, L, L), stream_axes=2) if rate else None
+    out_BxHxLxK = attend(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, allowed_BxLxL, keep, rate,
+                         query_blocks(L, causal))  # fmt: skip
+    return out_BxHxLxK.transpose(0, 2, 1, 3)
+
+
+def contenders(case, rate, interpret):
+    B, L, H, K, dtype, causal, padded, _ = case
+    rng = jax.random.key(7)
+    valid_BxL = None
+    if padded:  # lengths from half to all of L
+        lengths_B = jax.random.randint(jax.random.key(8), (B,), L // 2, L + 1)
+        valid_BxL = jnp.arange(L)[None] < lengths_B[:, None]
+    segments = None if valid_BxL is None else _segments(None, None, valid_BxL, B, L)
+    out = {
+        "xla": lambda q, k, v: xla_path(q, k, v, rng, causal, rate, valid_BxL),
+        "pallas": lambda q, k, v: flash.attention(
+            q, k, v, seeds(rng), causal, rate, interpret, None, segments
+        ),  # fmt: skip
+    }
+    if jax.default_backend() == "gpu" and dtype != jnp.float32 and not rate and not padded:
+        out["cudnn"] = lambda q, k, v: jax.nn.dot_product_attention(
+            q, k, v, is_causal=causal, implementation="cudnn"
+        )
+    return out
+
+
+def check(name, case, rate, interpret, rounds, calls) -> dict:
+    B, L, H, K, dtype = case[:5]
+    q, k, v, dout = (jax.random.normal(key, (B, L, H, K), dtype)
+                     for key in jax.random.split(jax.random.key(0), 4))  # fmt: skip
+    row = {"case": name, "shape": [B, L, H, K], "dtype": jnp.dtype(dtype).name, "dropout": rate}
+    steps, results = {}, {}
+    for impl, fn in contenders(case, rate, interpret).items():
+
+        def loss(q, k, v, fn=fn):
+            return (fn(q, k, v).astype(jnp.float32) * dout.astype(jnp.float32)).sum()
+
+        try:
+            t0 = time.perf_counter()
+            step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(q, k, v).compile()
+            row[f"{impl}_compile_s"] = time.perf_counter() - t0
+            results[impl] = jax.block_until_ready(step(q, k, v))
+            steps[impl] = lambda step=step: step(q, k, v)
+        except Exception as err:  # noqa: BLE001 - recorded; the other contenders still run
+            row[f"{impl}_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+    if "xla" in results:
+        want = jax.tree.leaves(results["xla"][1])
+        for impl in results.keys() - {"xla"}:
+            got = jax.tree.leaves(results[impl][1])
+            row[f"{impl}_grad_rel_err"] = max(
+                float(jnp.abs(g.astype(jnp.float32) - w.astype(jnp.float32)).max())
+                / float(jnp.abs(w.astype(jnp.float32)).max())
+                for g, w in zip(got, want, strict=True)
+            )
+    for impl, timing in interleaved(steps, rounds, calls).items():
+        row[f"{impl}_ms"] = timing["median_s"] * 1e3
+    if "pallas_ms" in row and "xla_ms" in row:
+        row["xla_over_pallas"] = row["xla_ms"] / row["pallas_ms"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="2 x 64 x 2 x 16 shapes")
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--out", default="benchmarks/results/flash_check.json")
+    args = parser.parse_args()
+    interpret = jax.default_backend() != "gpu"
+    rows = []
+    for name in args.cases.split(","):
+        case = CASES[name]
+        if args.small:
+            case = (2, 64, 2, 16, *case[4:])
+        for rate in case[-1]:
+            rows.append(check(name, case, rate, interpret, args.rounds, args.calls))
+            r = rows[-1]
+            cells = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in r.items() if k not in ("case", "shape", "dtype")]  # fmt: skip
+            print(f"{name:<10} {' '.join(cells)}", flush=True)
+    device = jax.devices()[0]
+    write_report(args.out, {"device": getattr(device, "device_kind", str(device)),
+                            "backend": jax.default_backend(), "interpreted": interpret,
+                            "jax": jax.__version__, "rows": rows})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
