@@ -270,3 +270,25 @@ def test_the_gpu_sessions_flash_check_runs_and_agrees(monkeypatch):
                             True, rounds=1, calls=1)  # fmt: skip
     assert row["pallas_grad_rel_err"] < 1e-5 and row["xla_ms"] > 0 and row["pallas_ms"] > 0
     assert not [k for k in row if k.endswith("_error")]
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_a_rematerialised_gpt_with_the_kernels_keeps_the_xla_paths_gradients(monkeypatch, remat):
+    """The kernels' custom VJP under `nn.remat` (recomputed forward, dropout from the same
+    key): loss and gradients of a 2-layer GPT with dropout equal the plain XLA step's."""
+    from genzoo.models import gpt
+
+    cfg = dict(vocab_size=50, block_size=64, num_layers=2, num_heads=2, width=64, dropout=0.1)
+    params = jax.tree.map(jnp.asarray, gpt.init(jax.random.PRNGKey(0), cfg))
+    tokens = np.random.default_rng(0).integers(0, 50, (4, 65), dtype=np.int32)
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": np.ones((4, 64), "f4")}
+
+    def grads(how, extra):
+        monkeypatch.setenv("GENZOO_ATTENTION", how)
+        loss = lambda p: gpt.loss(p, batch, jax.random.PRNGKey(1), {**cfg, **extra})[0]  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    (want, want_grads), (got, got_grads) = grads("xla", {}), grads("pallas", {"remat": remat})
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5 * np.abs(w).max())
