@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from concurrent.futures import Future
 import jax
 
 from genzoo import executables
+from genzoo.errors import env_choice
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def overlap_start() -> bool:
     while the train step compiles. On by default: even on 2 cores, where the two compiles
     slow each other down, the demo started training 3-6 s sooner (20.5-24.1 s after launch
     against 24.6-27.7 s, alternating). GENZOO_OVERLAP=0 turns it off."""
-    return os.environ.get("GENZOO_OVERLAP", "1") != "0"
+    return env_choice("GENZOO_OVERLAP") == "1"
 
 
 class Inline:
@@ -169,5 +169,5 @@ def gpu_compile_settings() -> None:
     """GENZOO_THREEFRY=kernel: on GPU, threefry's random bits as one CUDA kernel rather than
     unrolled HLO (the same bits). Off by default: on an H200 the bf16 char GPT's steps ran
     16.1 ms with it against 14.1 ms (compiles 97.6 s and 123.5 s, in separate launches)."""
-    if jax.default_backend() == "gpu" and os.environ.get("GENZOO_THREEFRY") == "kernel":
+    if jax.default_backend() == "gpu" and env_choice("GENZOO_THREEFRY") == "kernel":
         jax.config.update("jax_threefry_gpu_kernel_lowering", True)

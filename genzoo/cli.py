@@ -19,6 +19,7 @@ from genzoo.errors import (
     NonFinite,
     Preempted,
     UserError,
+    check_environment,
 )
 
 
@@ -303,6 +304,7 @@ def _quiet_libraries(verbose: bool) -> None:
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        check_environment()
         _quiet_libraries(args.verbose)
         args.fn(args)
     except UserError as e:

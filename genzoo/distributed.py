@@ -14,6 +14,8 @@ import os
 
 import jax
 
+from genzoo.errors import env_choice
+
 _ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
@@ -32,7 +34,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
             int(os.environ["JAX_NUM_PROCESSES"]),
             int(os.environ["JAX_PROCESS_ID"]),
         )
-    elif os.environ.get("GENZOO_DISTRIBUTED") == "auto":
+    elif env_choice("GENZOO_DISTRIBUTED") == "auto":
         jax.distributed.initialize()  # SLURM, Open MPI, TPU pod metadata
 
 

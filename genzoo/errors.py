@@ -19,9 +19,34 @@ class Preempted(Exception):
     """Training stopped on a signal after saving a checkpoint (exit 75)."""
 
 
-def env_choice(name: str, choices: tuple[str, ...]) -> str:
-    """The environment knob `name` (`choices[0]` when unset); any other value is a UserError."""
+# Every environment knob with a fixed set of values, the default first (docs/usage.md has
+# the table). `check_environment` refuses any other value before a command starts, so a typo
+# is one line and exit 2, not a silently ignored switch.
+KNOBS = {
+    "GENZOO_ATTENTION": ("auto", "xla", "pallas"),  # attention kernel (layers/attention.py)
+    "GENZOO_ATTENTION_GRAD": ("auto", "fused", "manual", "autodiff"),  # its backward (attend.py)
+    "GENZOO_MATMUL_GRAD": ("auto", "wide", "autodiff"),  # weight gradients' form (dots.py)
+    "GENZOO_INT8": ("auto", "off"),  # int8 operands in decode steps (quant.py)
+    "GENZOO_OVERLAP": ("1", "0"),  # init and eval compile beside the train step (aot.py)
+    "GENZOO_EXECUTABLES": ("1", "0"),  # keep compiled programs for the next launch
+    "GENZOO_THREEFRY": ("xla", "kernel"),  # GPU: threefry as XLA ops or one CUDA kernel
+    "GENZOO_OFFLINE": ("0", "1"),  # 1: never download data sets
+    "GENZOO_DISTRIBUTED": ("off", "auto"),  # auto: join the cluster JAX detects
+    "GENZOO_MALLOC": ("reuse", "default"),  # glibc malloc tuning (host_memory.py)
+}
+
+
+def env_choice(name: str, choices: tuple[str, ...] | None = None) -> str:
+    """The environment knob `name` (its first choice when unset; `choices` default to
+    `KNOBS[name]`); any other value is a UserError."""
+    choices = choices or KNOBS[name]
     value = os.environ.get(name, choices[0])
     if value not in choices:
         raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
     return value
+
+
+def check_environment() -> None:
+    """UserError for the first knob in `KNOBS` set to a value it does not take."""
+    for name in KNOBS:
+        env_choice(name)

@@ -36,6 +36,8 @@ from pathlib import Path
 import jax
 from jax.experimental import serialize_executable
 
+from genzoo.errors import env_choice
+
 log = logging.getLogger(__name__)
 
 # The newest executables kept per store folder, by count and by size (a CPU step of the demo
@@ -241,6 +243,6 @@ def for_training(context: str) -> Store | None:
     several processes (each would need its own shard of the executable) or with
     GENZOO_EXECUTABLES=0."""
     folder = jax.config.jax_compilation_cache_dir
-    if not folder or jax.process_count() > 1 or os.environ.get("GENZOO_EXECUTABLES") == "0":
+    if not folder or jax.process_count() > 1 or env_choice("GENZOO_EXECUTABLES") == "0":
         return None
     return Store(Path(folder) / "genzoo-executables", context)

@@ -5,13 +5,14 @@ before and after)."""
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from genzoo import cli, workdir
+from genzoo import cli, errors, workdir
 from genzoo.data import tokenizers
 
 CHAR = ("train", "gpt_shakespeare_char", "--variant", "smoke", "--set", "log.progress=false")
@@ -253,13 +254,21 @@ def test_a_busy_workdir_is_refused_before_loading_anything(runs, capsys):
         ("GENZOO_ATTENTION", "flash"),
         ("GENZOO_ATTENTION_BLOCKS", "zero"),
         ("GENZOO_MATMUL_GRAD", "tall"),
+        ("GENZOO_INT8", "fast"),
+        ("GENZOO_OVERLAP", "yes"),
+        ("GENZOO_EXECUTABLES", "false"),  # once silently "on" (only "0" was read)
+        ("GENZOO_THREEFRY", "fast"),
+        ("GENZOO_OFFLINE", "true"),
+        ("GENZOO_DISTRIBUTED", "slurm"),
+        ("GENZOO_MALLOC", "jemalloc"),
     ],
 )
 def test_a_bad_speed_knob_is_one_line_exit_2_and_writes_nothing(
     name, value, runs, tmp_path, capsys, monkeypatch
 ):
-    """The A/B environment knobs are read while the model is traced (`runs`: the data set is
-    built already, so its one-time message is not in the output)."""
+    """Every knob of `errors.KNOBS` is checked when a command starts, and the integer one
+    (`GENZOO_ATTENTION_BLOCKS`) while the model is traced (`runs`: the data set is built
+    already, so its one-time message is not in the output)."""
     monkeypatch.setenv(name, value)
     code = cli.main([*CHAR, "--workdir", str(tmp_path / "new")])
     out, err = capsys.readouterr()
@@ -283,3 +292,13 @@ def test_wmt14_not_built_is_one_line_exit_2_and_writes_nothing(damage, tmp_path,
     assert code == 2 and err.startswith("genzoo: error: TFDS wmt14_translate/de-en"), err[-600:]
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and out == "", err[-600:]
     assert not (tmp_path / "new").exists()
+
+
+def test_every_genzoo_variable_is_a_checked_knob_or_a_path():
+    """A new switch read with `os.environ.get` would accept typos silently: every GENZOO_
+    variable the package reads is in `errors.KNOBS` (checked at start) or takes free text."""
+    free = {"GENZOO_DATA_DIR", "GENZOO_CACHE_DIR", "GENZOO_EXPERIMENTS_DIR", "GENZOO_WORDNET_DIR",
+            "GENZOO_SHAPES_SPLITS", "GENZOO_ATTENTION_BLOCKS"}  # fmt: skip
+    source = "\n".join(p.read_text() for p in Path(errors.__file__).parent.rglob("*.py"))
+    read = set(re.findall(r"GENZOO_[A-Z0-9_]*[A-Z0-9]", source))
+    assert read - free - set(errors.KNOBS) == set()

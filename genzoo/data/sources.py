@@ -17,7 +17,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from genzoo.errors import UserError
+from genzoo.errors import UserError, env_choice
 
 log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -94,7 +94,7 @@ def resolve(
     cached = cache_dir() / "downloads" / dataset / filename
     if cached.is_file() and sha256_of(cached) == sha256:
         return cached
-    if url and os.environ.get("GENZOO_OFFLINE") != "1" and _download(url, cached, sha256):
+    if url and env_choice("GENZOO_OFFLINE") == "0" and _download(url, cached, sha256):
         return cached
     if packaged and (ASSETS / packaged).is_file():
         with lzma.open(ASSETS / packaged, "rb") as src:

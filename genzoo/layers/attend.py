@@ -222,7 +222,7 @@ def _grad_path() -> str:
     """`fused` on CPU, where it was measured (16-bit compute falls back to the hand-written
     `manual` backward); GPUs keep XLA's autodiff until timed there.
     `GENZOO_ATTENTION_GRAD=fused|manual|autodiff` for A/B timing."""
-    value = env_choice("GENZOO_ATTENTION_GRAD", ("auto", "fused", "manual", "autodiff"))
+    value = env_choice("GENZOO_ATTENTION_GRAD")
     if value == "auto":
         return "fused" if jax.default_backend() == "cpu" else "autodiff"
     return value

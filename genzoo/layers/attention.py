@@ -45,7 +45,7 @@ def _implementation(q_BxLxHxK, k_BxTxHxK, mode: str, cached: bool, masked: bool,
     `GENZOO_ATTENTION=xla` forces the last (A/B timing). Also the mesh spec the Pallas
     kernels run per shard of (None on one device): q's logical axes under the config's rules,
     if `flash.shardable` (else XLA)."""
-    choice = env_choice("GENZOO_ATTENTION", ("auto", "xla", "pallas"))
+    choice = env_choice("GENZOO_ATTENTION")
     self_attention = mode != "cross" and not cached
     mesh = jax.sharding.get_abstract_mesh()
     spec = None

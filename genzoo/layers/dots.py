@@ -30,7 +30,7 @@ def matmul(x_MxK, w_KxN):
 
 def _wide_grad() -> bool:
     """`GENZOO_MATMUL_GRAD=auto|wide|autodiff`: auto is `wide` on CPU (A/B timing knob)."""
-    value = env_choice("GENZOO_MATMUL_GRAD", ("auto", "wide", "autodiff"))
+    value = env_choice("GENZOO_MATMUL_GRAD")
     return value == "wide" or (value == "auto" and jax.default_backend() == "cpu")
 
 

@@ -58,7 +58,7 @@ def int8_operands(rows: int) -> bool:
     """GENZOO_INT8=auto (the default): int8 operands for at most MAX_INT8_ROWS rows (decode
     steps); larger products dequantize the weight and multiply in float (prompts, scoring).
     GENZOO_INT8=off: always dequantize (the weight-only numerics of `genzoo eval`)."""
-    return env_choice("GENZOO_INT8", ("auto", "off")) == "auto" and rows <= MAX_INT8_ROWS
+    return env_choice("GENZOO_INT8") == "auto" and rows <= MAX_INT8_ROWS
 
 
 def matmul(x_MxK, w_KxN, dtype, rows_out: bool = False):
