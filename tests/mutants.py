@@ -66,6 +66,8 @@ MUTANTS = [
     ("padded keys keep their segment", "genzoo/layers/attention.py",
      "k_seg_BxT = jnp.where(key_valid_BxT, k_seg_BxT, jnp.iinfo(jnp.int32).min)", "pass",
      "tests/test_flash.py"),
+    ("environment not checked at start", "genzoo/cli.py",
+     "        check_environment()\n", "", "tests/test_bad_input.py"),
     ("dropout hash left unmixed", "genzoo/layers/dropout.py",
      "x = mix(mix((counter * jnp.uint32(_GOLDEN)) ^ key) + seed1)",
      "x = (counter * jnp.uint32(_GOLDEN)) ^ key", "tests/test_layers.py"),
