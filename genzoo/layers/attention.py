@@ -48,8 +48,8 @@ def _implementation(q_BxLxHxK, k_BxTxHxK, mode: str, cached: bool, masked: bool,
     choice = env_choice("GENZOO_ATTENTION")
     self_attention = mode != "cross" and not cached
     mesh = jax.sharding.get_abstract_mesh()
-    spec = None
-    if not (mesh.empty or mesh.size == 1):
+    spec = None  # without logical rules (a bare `jax.set_mesh`): replicated, P(None, ...)
+    if choice == "pallas" and not (mesh.empty or mesh.size == 1):
         spec = nn.logical_to_mesh_axes(_Q_AXES)
     if (
         choice == "pallas"
