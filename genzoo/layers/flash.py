@@ -48,7 +48,7 @@ _BLOCK_FWD, _BLOCK_KEYS, _BLOCK_BWD = 128, 64, 32
 
 
 def _tile(L: int, most: int) -> int:
-    """The largest power of two up to `most` (one) that divides L."""
+    """The largest power of two up to `most` (itself a power of two) that divides L."""
     return math.gcd(L, most)
 
 
