@@ -57,7 +57,7 @@ def contenders(case, rate, interpret):
     if padded:  # lengths from half to all of L
         lengths_B = jax.random.randint(jax.random.key(8), (B,), L // 2, L + 1)
         valid_BxL = jnp.arange(L)[None] < lengths_B[:, None]
-    segments = None if valid_BxL is None else _segments(None, None, valid_BxL, B, L)
+    segments = None if valid_BxL is None else _segments(None, None, valid_BxL, B, L, L)
     out = {
         "xla": lambda q, k, v: xla_path(q, k, v, rng, causal, rate, valid_BxL),
         "pallas": lambda q, k, v: flash.attention(

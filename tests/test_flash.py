@@ -190,14 +190,44 @@ def test_the_switch_on_cpu_warns_once_that_kernels_are_interpreted(monkeypatch, 
     assert [r.getMessage().count("interpreted") for r in caplog.records] == [1]
 
 
-def test_supports_lengths_the_tiles_divide():
+def test_supports_head_widths_and_near_equal_lengths():
     shape = lambda L, K=64: jax.ShapeDtypeStruct((2, L, 4, K), jnp.float32)  # noqa: E731
     assert flash.supports(shape(256), shape(256)) and flash.supports(shape(384), shape(384))
     assert flash.supports(shape(96), shape(96))  # 32 x 32 tiles (the translation shape)
     assert flash._tile(96, flash._BLOCK_FWD) == 32 and flash._tile(256, flash._BLOCK_FWD) == 128
-    assert not flash.supports(shape(80), shape(80))  # 16-row tiles: under the backward's 32
+    assert flash.supports(shape(95), shape(96))  # padded to 96: a decoder's cross-attention
     assert not flash.supports(shape(256, 48), shape(256, 48))  # head width
-    assert not flash.supports(shape(128), shape(256))  # not self-attention
+    assert not flash.supports(shape(1), shape(256))  # a decode step: no place for tiles
+
+
+@pytest.mark.parametrize("L,T,causal", [(90, 90, True), (95, 96, False)])
+def test_lengths_the_tiles_do_not_divide_are_padded_and_keep_the_numbers(L, T, causal):
+    """Padded to a multiple of 32 with keys no query sees, sliced back: values and q/k/v
+    gradients equal plain attention's, dropout included (counters still number [L, T])."""
+    B, H, K = 2, 2, 16
+    q, dout = jax.random.normal(jax.random.key(0), (2, B, L, H, K))
+    k, v = jax.random.normal(jax.random.key(1), (2, B, T, H, K))
+    rng = jax.random.key(5)
+
+    def reference(q, k, v):
+        s = jnp.einsum("blhk,bthk->bhlt", q, k, precision="highest") / math.sqrt(K)
+        if causal:
+            s = jnp.where(jnp.tril(jnp.ones((L, T), bool)), s, -jnp.inf)
+        p = jax.nn.softmax(s, -1)
+        p = jnp.where(keep_mask(rng, 0.2, (B, H, L, T), stream_axes=2), p / (1 - 51 / 256), 0)
+        return jnp.einsum("bhlt,bthk->blhk", p, v, precision="highest")
+
+    def kernel(q, k, v):
+        return flash.attention(q, k, v, seeds(rng), causal, 0.2, True)
+
+    def grads(fn):
+        return jax.grad(lambda *qkv: (fn(*qkv) * dout).sum(), argnums=(0, 1, 2))(q, k, v)
+
+    want = reference(q, k, v)
+    assert kernel(q, k, v).shape == (B, L, H, K)
+    np.testing.assert_allclose(kernel(q, k, v), want, atol=1e-5 * np.abs(want).max())
+    for got, w in zip(grads(kernel), grads(reference), strict=True):
+        np.testing.assert_allclose(got, w, atol=1e-5 * np.abs(w).max())
 
 
 def _mesh_and_rules(data, fsdp, tensor, **rules):

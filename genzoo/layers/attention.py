@@ -80,13 +80,15 @@ def _warn_interpreted():
                 "expect steps many times slower")  # fmt: skip
 
 
-def _segments(segments_BxL, key_segments_BxT, key_valid_BxT, B, L):
+def _segments(segments_BxL, key_segments_BxT, key_valid_BxT, B, L, T):
     """Padding and packing as the flash kernels' (query, key) segments: padded keys take a
     segment no query has."""
     q_seg_BxL = jnp.zeros((B, L), jnp.int32) if segments_BxL is None else segments_BxL
-    k_seg_BxT = q_seg_BxL if key_segments_BxT is None else key_segments_BxT
+    k_seg_BxT = key_segments_BxT
+    if k_seg_BxT is None:  # self-attention's keys are its queries
+        k_seg_BxT = jnp.zeros((B, T), jnp.int32) if segments_BxL is None else segments_BxL
     if key_valid_BxT is not None:
-        k_seg_BxT = jnp.where(key_valid_BxT, k_seg_BxT, jnp.iinfo(jnp.int32).min)
+        k_seg_BxT = jnp.where(key_valid_BxT, k_seg_BxT, flash._NO_QUERY)
     return q_seg_BxL.astype(jnp.int32), k_seg_BxT.astype(jnp.int32)
 
 
@@ -216,8 +218,8 @@ class Attention(nn.Module):
                 *(t.astype(self.dtype) for t in (q_BxLxHxK, k_BxTxHxK, v_BxTxHxK)),
                 seeds, self.mode == "causal", rate if dropout_active else 0.0,
                 jax.default_backend() != "gpu",  # elsewhere interpreted: tests, not speed
-                spec, _segments(segments_BxL, key_segments_BxT, key_valid_BxT, B, L) if masked
-                else None,
+                spec, _segments(segments_BxL, key_segments_BxT, key_valid_BxT, B, L,
+                                k_BxTxHxK.shape[1]) if masked else None,
             )  # fmt: skip
         else:
             T = k_BxTxHxK.shape[1]

@@ -9,10 +9,11 @@ key position), computed where the weights are, in the forward and again in the b
 [L, T] array reaches memory, resume stays exact, and the masks are the XLA path's, so the
 switch changes speed, not numbers. Float32 inputs take TF32 products, as PyTorch's do.
 
-Queries and keys of one length (self-attention, causal or not; a translation model's
-cross-attention over sources padded to the targets' length), no cache, head width a power
-of two in [16, 128] (`supports`): training's hot path in every Transformer family. Padding
-and packed rows arrive as segment ids (a query sees keys of its own segment). `Attention` uses
+Training-time attention of every Transformer family (`supports`): self-attention, causal or
+not, and cross-attention whose source and target lengths are within a tile of each other;
+no cache; head width a power of two in [16, 128]. Lengths the tiles do not divide are padded
+with keys no query sees. Padding and packed rows arrive as segment ids (a query sees keys of
+its own segment). `Attention` uses
 it on GPU with `GENZOO_ATTENTION=pallas` until it is timed there; `interpret=True` runs the
 kernels through XLA on any backend (the tests, on CPU). The backward follows
 FlashAttention-2: one kernel sweeps query blocks for a key block's dk and dv, then key
@@ -41,6 +42,7 @@ from genzoo.layers.dropout import hashed_keep, quantized_rate, stream_key, thres
 
 _LOG2E = math.log2(math.e)
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: no inf - inf in a masked row
+_NO_QUERY = jnp.iinfo(jnp.int32).min  # the segment of keys no query may see (padding)
 # Tiles: forward up to 128 queries x 64 keys (FlashAttention-2's Triton default for head
 # width 64: a 128 x 128 float32 score tile is 128 registers a thread on 4 warps), backward
 # 32 x 32. Triton's tiles are powers of two: a length of 96 takes 32 x 32 forward tiles.
@@ -53,10 +55,11 @@ def _tile(L: int, most: int) -> int:
 
 
 def supports(q_BxLxHxK, k_BxTxHxK) -> bool:
-    """Whether `attention` takes these shapes (else keep the XLA path): queries and keys of
-    one length that the backward's tiles divide, head width a power of two in [16, 128]."""
-    _, L, _, K = q_BxLxHxK.shape
-    return L == k_BxTxHxK.shape[1] and K in (16, 32, 64, 128) and L % _BLOCK_BWD == 0
+    """Whether `attention` takes these shapes (else keep the XLA path): head width a power of
+    two in [16, 128], and queries and keys within one tile of each other's length (both are
+    padded to a multiple of the tiles; a 1-token decode step is no place for them)."""
+    L, K, T = q_BxLxHxK.shape[1], q_BxLxHxK.shape[-1], k_BxTxHxK.shape[1]
+    return K in (16, 32, 64, 128) and abs(L - T) < _BLOCK_BWD
 
 
 def _shards(mesh, axes) -> int:
@@ -91,10 +94,10 @@ def _stream(seed0_ref, first_ref, b, h, heads):
     return stream_key(seed0_ref[()], stream)
 
 
-def _keep(key, seed1, rows, cols, length, level):
-    """`layers.dropout.keep_mask(..., stream_axes=2)` of a [B, H, L, T] mask, one tile of the
-    (batch, head) stream whose `stream_key` is `key`."""
-    counters = rows.astype(jnp.uint32)[:, None] * jnp.uint32(length) + cols.astype(jnp.uint32)
+def _keep(key, seed1, rows, cols, stride, level):
+    """`layers.dropout.keep_mask(..., stream_axes=2)` of a [B, H, L, T] mask (`stride`: the
+    caller's T, before padding), one tile of the (batch, head) stream whose key is `key`."""
+    counters = rows.astype(jnp.uint32)[:, None] * jnp.uint32(stride) + cols.astype(jnp.uint32)
     return hashed_keep(key, seed1, counters, level)
 
 
@@ -103,7 +106,7 @@ def _segment_refs(refs, count, segmented):
     return (*refs[:count], *(refs[count : count + 2] if segmented else (None, None)))
 
 
-def _forward_kernel(*refs, causal, scale, level, keep_scale, heads, segmented):
+def _forward_kernel(*refs, causal, scale, level, keep_scale, heads, stride, segmented):
     seed0_ref, seed1_ref, first_ref, q_ref, k_ref, v_ref, qseg_ref, kseg_ref = _segment_refs(
         refs, 6, segmented
     )
@@ -128,7 +131,7 @@ def _forward_kernel(*refs, causal, scale, level, keep_scale, heads, segmented):
         fix = jnp.exp2(top - new_top)
         total = total * fix + w.sum(-1)  # the softmax's denominator counts dropped weights too
         if level:
-            w = jnp.where(_keep(key, seed1, rows, cols, L, level), w, 0.0)
+            w = jnp.where(_keep(key, seed1, rows, cols, stride, level), w, 0.0)
         acc = acc * fix[:, None] + pl.dot(w.astype(v_ref.dtype), v_ref[keys, :])
         return acc, new_top, total
 
@@ -140,7 +143,7 @@ def _forward_kernel(*refs, causal, scale, level, keep_scale, heads, segmented):
     lse_ref[...] = top + jnp.log2(total)
 
 
-def _backward_kernel(*refs, causal, scale, level, keep_scale, heads, segmented):
+def _backward_kernel(*refs, causal, scale, level, keep_scale, heads, stride, segmented):
     seed0_ref, seed1_ref, first_ref, q_ref, k_ref, v_ref, qseg_ref, kseg_ref = _segment_refs(
         refs, 6, segmented
     )
@@ -158,7 +161,7 @@ def _backward_kernel(*refs, causal, scale, level, keep_scale, heads, segmented):
         p = jnp.exp2(_scores(q, k, rows, cols, causal, scale, segs) - lse[:, None])
         dp = pl.dot(do, v.T)
         if level:  # dropout: the kept probabilities, scaled, reached the value product
-            keep = _keep(key, seed1, rows, cols, L, level)
+            keep = _keep(key, seed1, rows, cols, stride, level)
             p_kept = jnp.where(keep, p * keep_scale, 0.0)
             dp = jnp.where(keep, dp * keep_scale, 0.0)
         else:
@@ -197,10 +200,12 @@ def _backward_kernel(*refs, causal, scale, level, keep_scale, heads, segmented):
     dq_ref[...] = dq.astype(dq_ref.dtype)
 
 
-def _bind(kernel, K, causal, rate, heads, segs):
-    """The kernel with its constants: dropout's top-byte level and 1 / (1 - the realised rate)."""
+def _bind(kernel, K, causal, rate, numbering, segs):
+    """The kernel with its constants: dropout's top-byte level, 1 / (1 - the realised rate)
+    and how its masks number streams and counters (`numbering`: all heads, the row's keys)."""
+    heads, keys = numbering
     return functools.partial(kernel, causal=causal, scale=1 / math.sqrt(K), level=threshold(rate),
-                             keep_scale=1 / (1 - quantized_rate(rate)), heads=heads,
+                             keep_scale=1 / (1 - quantized_rate(rate)), heads=heads, stride=keys,
                              segmented=bool(segs))  # fmt: skip
 
 
@@ -217,10 +222,11 @@ def _call(kernel, name, interpret, grid, in_specs, out_specs, out_shape, *args):
                           name=name)(*args)  # fmt: skip
 
 
-def _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, segs, causal, rate, interpret, heads):
+def _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, segs, causal, rate, interpret,
+             numbering):  # fmt: skip
     B, L, H, K = q_BxLxHxK.shape
     block_q = _tile(L, _BLOCK_FWD)
-    kernel = _bind(_forward_kernel, K, causal, rate, heads, segs)
+    kernel = _bind(_forward_kernel, K, causal, rate, numbering, segs)
     whole = _heads_spec(L, K, lambda i, b, h: (b, 0, h, 0))
     tile = _heads_spec(block_q, K, lambda i, b, h: (b, i, h, 0))
     scalar = pl.BlockSpec((), lambda i, b, h: ())
@@ -238,25 +244,27 @@ def _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, segs, causal, rate, inter
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _flash(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, segs, causal, rate, interpret, heads):
-    """The kernels on one device's [B, L, H, K]; `scalars` = (seed0, seed1, first stream),
-    `segs` = (query segments, key segments) [B, L] int32, or () for no such mask."""
+def _flash(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, segs, causal, rate, interpret, numbering):
+    """The kernels on one device's [B, L, H, K] (L a multiple of the tiles); `scalars` =
+    (seed0, seed1, first stream), `segs` = (query segments, key segments) [B, L] int32, or ()
+    for no such mask."""
     return _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, segs, causal, rate, interpret,
-                    heads)[0]  # fmt: skip
+                    numbering)[0]  # fmt: skip
 
 
-def _flash_fwd(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, segs, causal, rate, interpret, heads):
+def _flash_fwd(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, segs, causal, rate, interpret,
+               numbering):  # fmt: skip
     out_BxLxHxK, lse_BxHxL = _forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, segs, causal,
-                                      rate, interpret, heads)  # fmt: skip
+                                      rate, interpret, numbering)  # fmt: skip
     return out_BxLxHxK, (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, segs, out_BxLxHxK, lse_BxHxL)
 
 
-def _flash_bwd(causal, rate, interpret, heads, saved, dout_BxLxHxK):
+def _flash_bwd(causal, rate, interpret, numbering, saved, dout_BxLxHxK):
     q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, scalars, segs, out_BxLxHxK, lse_BxHxL = saved
     B, L, H, K = q_BxLxHxK.shape
     dout = dout_BxLxHxK.astype(jnp.float32)
     delta_BxHxL = (dout * out_BxLxHxK.astype(jnp.float32)).sum(-1).transpose(0, 2, 1)
-    kernel = _bind(_backward_kernel, K, causal, rate, heads, segs)
+    kernel = _bind(_backward_kernel, K, causal, rate, numbering, segs)
     whole = _heads_spec(L, K, lambda b, h, j: (b, 0, h, 0))
     tile = _heads_spec(_BLOCK_BWD, K, lambda b, h, j: (b, j, h, 0))
     rows = pl.BlockSpec((None, None, L), lambda b, h, j: (b, h, 0))
@@ -276,31 +284,46 @@ def _flash_bwd(causal, rate, interpret, heads, saved, dout_BxLxHxK):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, seeds, causal=True, rate=0.0, interpret=False,
+def attention(q_BxLxHxK, k_BxTxHxK, v_BxTxHxK, seeds, causal=True, rate=0.0, interpret=False,
               spec=None, segments=None):  # fmt: skip
-    """Softmax attention [B, L, H, K] over keys of the same length; dropout on the weights at
-    `rate` with the mask `layers.dropout.keep_mask` draws over [B, H, L, L] (two stream axes)
-    from a key whose `layers.dropout.seeds` are `seeds`. `segments`: (query's, key's) [B, L]
-    int32; a query sees only keys of its own segment (padding: a key segment no query has).
-    A query that sees no key at all gets some average of values (not zeros): padding's
-    output, which no loss reads. `spec`: the operands' PartitionSpec on the current mesh
+    """Softmax attention [B, L, H, K] over keys [B, T, H, K] (causal: T = L); dropout on the
+    weights at `rate` with the mask `layers.dropout.keep_mask` draws over [B, H, L, T] (two
+    stream axes) from a key whose `layers.dropout.seeds` are `seeds`. `segments`: (query's
+    [B, L], key's [B, T]) int32; a query sees only keys of its own segment (padding: a key
+    segment no query has). A query that sees no key at all gets some average of values (not
+    zeros): padding's output, which no loss reads. Lengths that the tiles do not divide are
+    padded with keys no query sees. `spec`: the operands' PartitionSpec on the current mesh
     (`shardable`); None runs the kernels on the whole arrays."""
     B, L, H, K = q_BxLxHxK.shape
+    T = k_BxTxHxK.shape[1]
+    numbering = (H, T)  # the XLA path's streams and counters, whatever the padding
+    padded = -(-max(L, T) // _BLOCK_BWD) * _BLOCK_BWD
+    if segments is None and (L, T) != (padded, padded):
+        segments = (jnp.zeros((B, L), jnp.int32), jnp.zeros((B, T), jnp.int32))
     segs = () if segments is None else tuple(t.astype(jnp.int32) for t in segments)
+    if segs:
+        q_seg_BxP = jnp.pad(segs[0], ((0, 0), (0, padded - L)))
+        k_seg_BxP = jnp.pad(segs[1], ((0, 0), (0, padded - T)), constant_values=_NO_QUERY)
+        segs = (q_seg_BxP, k_seg_BxP)
+    q_BxPxHxK, k_BxPxHxK, v_BxPxHxK = (
+        jnp.pad(t, ((0, 0), (0, padded - t.shape[1]), (0, 0), (0, 0)))
+        for t in (q_BxLxHxK, k_BxTxHxK, v_BxTxHxK)
+    )
     if spec is None:
-        return _flash(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, (*seeds, jnp.uint32(0)), segs, causal,
-                      rate, interpret, H)  # fmt: skip
+        out_BxPxHxK = _flash(q_BxPxHxK, k_BxPxHxK, v_BxPxHxK, (*seeds, jnp.uint32(0)), segs,
+                             causal, rate, interpret, numbering)  # fmt: skip
+        return out_BxPxHxK[:, :L]
     spec = P(*tuple(spec) + (None,) * (4 - len(spec)))
 
-    def per_shard(q_bxLxhxK, k_bxLxhxK, v_bxLxhxK, seed0, seed1, *segs):
-        b, _, h, _ = q_bxLxhxK.shape
+    def per_shard(q_bxPxhxK, k_bxPxhxK, v_bxPxhxK, seed0, seed1, *segs):
+        b, _, h, _ = q_bxPxhxK.shape
         first_b = lax.axis_index(spec[0]) * b if spec[0] else 0
         first_h = lax.axis_index(spec[2]) * h if spec[2] else 0
         first = jnp.asarray(first_b * H + first_h).astype(jnp.uint32)
-        return _flash(q_bxLxhxK, k_bxLxhxK, v_bxLxhxK, (seed0, seed1, first), segs, causal,
-                      rate, interpret, H)  # fmt: skip
+        return _flash(q_bxPxhxK, k_bxPxhxK, v_bxPxhxK, (seed0, seed1, first), segs, causal,
+                      rate, interpret, numbering)  # fmt: skip
 
     # check_vma off: Pallas calls carry no varying-axes rule; every output varies as `spec`.
     in_specs = (spec, spec, spec, P(), P(), *(P(spec[0], None) for _ in segs))
     sharded = jax.shard_map(per_shard, in_specs=in_specs, out_specs=spec, check_vma=False)
-    return sharded(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *seeds, *segs)
+    return sharded(q_BxPxHxK, k_BxPxHxK, v_BxPxHxK, *seeds, *segs)[:, :L]
