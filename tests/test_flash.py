@@ -171,7 +171,7 @@ def test_cross_attention_of_equal_lengths_takes_the_kernels(monkeypatch):
                 deterministic=False,
                 rngs={"dropout": jax.random.PRNGKey(3)},
             )[0]
-            return (out * jnp.cos(jnp.arange(32.0))).sum()  # fmt: skip
+            return (out * jnp.cos(jnp.arange(32.0))).sum()
 
         return jax.jit(jax.value_and_grad(loss))(params)
 
