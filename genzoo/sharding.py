@@ -98,18 +98,27 @@ def like_params(abstract_tree, abstract_params, param_shardings, default: NamedS
     return jax.tree_util.tree_map_with_path(pick, abstract_tree)
 
 
+def axis_names(axes) -> tuple:
+    """A PartitionSpec entry (None, one mesh axis or several) as a tuple of axis names."""
+    return (axes,) if isinstance(axes, str) else (axes or ())
+
+
+def shard_count(mesh, axes) -> int:
+    """How many shards a PartitionSpec entry splits a dimension into on `mesh`."""
+    return math.prod(mesh.shape[a] for a in axis_names(axes))
+
+
 def check_divisible(abstract_params, shardings, path_name) -> None:
     """UserError naming the first parameter whose dimension does not divide its mesh axes."""
     leaves = jax.tree_util.tree_leaves_with_path(abstract_params)
     for (path, leaf), s in zip(leaves, jax.tree.leaves(shardings), strict=True):
         for dim, axes in zip(leaf.shape, s.spec, strict=False):
-            axes = (axes,) if isinstance(axes, str) else (axes or ())
-            shards = math.prod(s.mesh.shape[a] for a in axes)
+            shards = shard_count(s.mesh, axes)
             if dim % shards:
                 raise UserError(
                     f"parameter {path_name(path)} {tuple(leaf.shape)}: dimension {dim} does not "
-                    f"divide over mesh axes {'x'.join(axes)} ({shards} shards); change the "
-                    "model size or the mesh"
+                    f"divide over mesh axes {'x'.join(axis_names(axes))} ({shards} shards); "
+                    "change the model size or the mesh"
                 )
 
 

@@ -88,7 +88,7 @@ def _segments(segments_BxL, key_segments_BxT, key_valid_BxT, B, L, T):
     if k_seg_BxT is None:  # self-attention's keys are its queries
         k_seg_BxT = jnp.zeros((B, T), jnp.int32) if segments_BxL is None else segments_BxL
     if key_valid_BxT is not None:
-        k_seg_BxT = jnp.where(key_valid_BxT, k_seg_BxT, flash._NO_QUERY)
+        k_seg_BxT = jnp.where(key_valid_BxT, k_seg_BxT, flash.NO_QUERY)
     return q_seg_BxL.astype(jnp.int32), k_seg_BxT.astype(jnp.int32)
 
 

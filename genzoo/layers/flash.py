@@ -13,11 +13,10 @@ Training-time attention of every Transformer family (`supports`): self-attention
 not, and cross-attention whose source and target lengths are within a tile of each other;
 no cache; head width a power of two in [16, 128]. Lengths the tiles do not divide are padded
 with keys no query sees. Padding and packed rows arrive as segment ids (a query sees keys of
-its own segment). `Attention` uses
-it on GPU with `GENZOO_ATTENTION=pallas` until it is timed there; `interpret=True` runs the
-kernels through XLA on any backend (the tests, on CPU). The backward follows
-FlashAttention-2: one kernel sweeps query blocks for a key block's dk and dv, then key
-blocks for a query block's dq.
+its own segment). `Attention` uses it on GPU with `GENZOO_ATTENTION=pallas` until it is
+timed there; `interpret=True` runs the kernels through XLA on any backend (the tests, on
+CPU). The backward follows FlashAttention-2: one kernel sweeps query blocks for a key
+block's dk and dv, then key blocks for a query block's dq.
 
 On a mesh of several devices a Pallas call has no partitioning rule (XLA would gather its
 operands onto every device), so `attention` takes the operands' PartitionSpec and runs the
@@ -39,10 +38,11 @@ from jax.experimental.pallas import triton as plgpu
 from jax.sharding import PartitionSpec as P
 
 from genzoo.layers.dropout import hashed_keep, quantized_rate, stream_key, threshold
+from genzoo.sharding import shard_count
 
 _LOG2E = math.log2(math.e)
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: no inf - inf in a masked row
-_NO_QUERY = jnp.iinfo(jnp.int32).min  # the segment of keys no query may see (padding)
+NO_QUERY = jnp.iinfo(jnp.int32).min  # the segment of keys no query may see (padding)
 # Tiles: forward up to 128 queries x 64 keys (FlashAttention-2's Triton default for head
 # width 64: a 128 x 128 float32 score tile is 128 registers a thread on 4 warps), backward
 # 32 x 32. Triton's tiles are powers of two: a length of 96 takes 32 x 32 forward tiles.
@@ -62,18 +62,13 @@ def supports(q_BxLxHxK, k_BxTxHxK) -> bool:
     return K in (16, 32, 64, 128) and abs(L - T) < _BLOCK_BWD
 
 
-def _shards(mesh, axes) -> int:
-    axes = (axes,) if isinstance(axes, str) else (axes or ())
-    return math.prod(mesh.shape[a] for a in axes)
-
-
 def shardable(q_BxLxHxK, spec, mesh) -> bool:
     """Whether `attention` can run per shard of `spec` on `mesh`: length and head width whole,
     batch and heads divisible by their shard counts."""
     spec = tuple(spec) + (None,) * (4 - len(spec))
     B, _, H, _ = q_BxLxHxK.shape
     return not spec[1] and not spec[3] \
-        and B % _shards(mesh, spec[0]) == 0 and H % _shards(mesh, spec[2]) == 0  # fmt: skip
+        and B % shard_count(mesh, spec[0]) == 0 and H % shard_count(mesh, spec[2]) == 0  # fmt: skip
 
 
 def _scores(q, k, rows, cols, causal, scale, segs):
@@ -303,7 +298,7 @@ def attention(q_BxLxHxK, k_BxTxHxK, v_BxTxHxK, seeds, causal=True, rate=0.0, int
     segs = () if segments is None else tuple(t.astype(jnp.int32) for t in segments)
     if segs:
         q_seg_BxP = jnp.pad(segs[0], ((0, 0), (0, padded - L)))
-        k_seg_BxP = jnp.pad(segs[1], ((0, 0), (0, padded - T)), constant_values=_NO_QUERY)
+        k_seg_BxP = jnp.pad(segs[1], ((0, 0), (0, padded - T)), constant_values=NO_QUERY)
         segs = (q_seg_BxP, k_seg_BxP)
     q_BxPxHxK, k_BxPxHxK, v_BxPxHxK = (
         jnp.pad(t, ((0, 0), (0, padded - t.shape[1]), (0, 0), (0, 0)))
