@@ -22,9 +22,8 @@ import jax.numpy as jnp
 from common import interleaved, write_report
 
 from genzoo.layers import flash
-from genzoo.layers.attend import attend, query_blocks
-from genzoo.layers.attention import _segments
-from genzoo.layers.dropout import keep_mask, quantized_rate, seeds
+from genzoo.layers.attention import segment_ids, xla_attention
+from genzoo.layers.dropout import quantized_rate, seeds
 
 # name: (B, L, H, K, dtype, causal, padded, dropout rates)
 CASES = {
@@ -36,18 +35,9 @@ CASES = {
 
 
 def xla_path(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, rng, causal, rate, valid_BxL):
-    """`Attention`'s XLA branch for self-attention: [B, H, L, K] heads through `attend`."""
-    B, L, H, K = q_BxLxHxK.shape
-    q_BxHxLxK = q_BxLxHxK.transpose(0, 2, 1, 3) / jnp.sqrt(K).astype(q_BxLxHxK.dtype)
-    k_BxHxLxK, v_BxHxLxK = (t.transpose(0, 2, 1, 3) for t in (k_BxLxHxK, v_BxLxHxK))
-    allowed_BxLxL = jnp.tril(jnp.ones((L, L), bool))[None] if causal else jnp.ones((1, L, L), bool)
-    if valid_BxL is not None:
-        allowed_BxLxL = allowed_BxLxL & valid_BxL[:, None, :]
-    rate = quantized_rate(rate)  # what the masks realise, as `Attention` passes it
-    keep = keep_mask(rng, rate, (B, H, L, L), stream_axes=2) if rate else None
-    out_BxHxLxK = attend(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, allowed_BxLxL, keep, rate,
-                         query_blocks(L, causal))  # fmt: skip
-    return out_BxHxLxK.transpose(0, 2, 1, 3)
+    """`Attention`'s XLA branch for self-attention, with the rate its masks realise."""
+    return xla_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal=causal, key_valid_BxT=valid_BxL,
+                         rng=rng, rate=quantized_rate(rate))  # fmt: skip
 
 
 def contenders(case, rate, interpret):
@@ -57,7 +47,7 @@ def contenders(case, rate, interpret):
     if padded:  # lengths from half to all of L
         lengths_B = jax.random.randint(jax.random.key(8), (B,), L // 2, L + 1)
         valid_BxL = jnp.arange(L)[None] < lengths_B[:, None]
-    segments = None if valid_BxL is None else _segments(None, None, valid_BxL, B, L, L)
+    segments = None if valid_BxL is None else segment_ids(None, None, valid_BxL, B, L, L)
     out = {
         "xla": lambda q, k, v: xla_path(q, k, v, rng, causal, rate, valid_BxL),
         "pallas": lambda q, k, v: flash.attention(

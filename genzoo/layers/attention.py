@@ -80,7 +80,7 @@ def _warn_interpreted():
                 "expect steps many times slower")  # fmt: skip
 
 
-def _segments(segments_BxL, key_segments_BxT, key_valid_BxT, B, L, T):
+def segment_ids(segments_BxL, key_segments_BxT, key_valid_BxT, B, L, T):
     """Padding and packing as the flash kernels' (query, key) segments: padded keys take a
     segment no query has."""
     q_seg_BxL = jnp.zeros((B, L), jnp.int32) if segments_BxL is None else segments_BxL
@@ -90,6 +90,42 @@ def _segments(segments_BxL, key_segments_BxT, key_valid_BxT, B, L, T):
     if key_valid_BxT is not None:
         k_seg_BxT = jnp.where(key_valid_BxT, k_seg_BxT, flash.NO_QUERY)
     return q_seg_BxL.astype(jnp.int32), k_seg_BxT.astype(jnp.int32)
+
+
+def xla_attention(q_BxLxHxK, k_BxTxHxK, v_BxTxHxK, *, causal: bool, q_offset=0,
+                  key_valid_BxT=None, segments=None, rng=None, rate: float = 0.0,
+                  blocked: bool = True):  # fmt: skip
+    """softmax(q k^T / sqrt(K)) v through `attend` (every mode, CPU's fused path), [B, L, H, K].
+
+    `q_offset`: the first query's position (a cache's fill) for the causal mask; `segments`
+    (query [B, L], key [B, T] ids) for packed rows; `rng` draws dropout on the weights at
+    `rate` (already quantized) when given; `blocked`: causal query blocks (not when decoding)."""
+    B, L, H, K = q_BxLxHxK.shape
+    T = k_BxTxHxK.shape[1]
+    # [B, H, length, K] layout: the score and value products become plain batched matmuls.
+    q_BxHxLxK = q_BxLxHxK.transpose(0, 2, 1, 3) / jnp.sqrt(K).astype(q_BxLxHxK.dtype)
+    k_BxHxTxK = k_BxTxHxK.transpose(0, 2, 1, 3)
+    v_BxHxTxK = v_BxTxHxK.transpose(0, 2, 1, 3)
+    allowed_BxLxT = jnp.ones((1, L, T), bool)
+    if causal:
+        q_pos_L = q_offset + jnp.arange(L)
+        allowed_BxLxT = (jnp.arange(T)[None, :] <= q_pos_L[:, None])[None]
+    if key_valid_BxT is not None:
+        allowed_BxLxT = allowed_BxLxT & key_valid_BxT[:, None, :]
+    if segments is not None:  # packed rows: attend within one's own example
+        segments_BxL, key_segments_BxT = segments
+        allowed_BxLxT = allowed_BxLxT & (segments_BxL[:, :, None] == key_segments_BxT[:, None])
+    # One dropout mask for the whole [L, T] square, sliced per query block: each random-bit
+    # site is its own chain of ops to compile (with threefry, 4 per layer cost the char GPT's
+    # step 11.2 s of XLA:CPU compile against 7.6 s for one). Streams by (batch, head), as the
+    # Pallas kernels draw them.
+    keep_BxHxLxT = None
+    if rng is not None and rate:
+        keep_BxHxLxT = keep_mask(rng, rate, (B, H, L, T), stream_axes=2)
+    blocks = query_blocks(L, causal and blocked)
+    out_BxHxLxK = attend(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, allowed_BxLxT, keep_BxHxLxT, rate,
+                         blocks)  # fmt: skip
+    return out_BxHxLxK.transpose(0, 2, 1, 3)
 
 
 def _project(x_BxLxD, w_DxNxHxK, dtype):
@@ -218,38 +254,20 @@ class Attention(nn.Module):
                 *(t.astype(self.dtype) for t in (q_BxLxHxK, k_BxTxHxK, v_BxTxHxK)),
                 seeds, self.mode == "causal", rate if dropout_active else 0.0,
                 jax.default_backend() != "gpu",  # elsewhere interpreted: tests, not speed
-                spec, _segments(segments_BxL, key_segments_BxT, key_valid_BxT, B, L,
+                spec, segment_ids(segments_BxL, key_segments_BxT, key_valid_BxT, B, L,
                                 k_BxTxHxK.shape[1]) if masked else None,
             )  # fmt: skip
         else:
-            T = k_BxTxHxK.shape[1]
-            causal = self.mode == "causal"
-            q_pos_L = (0 if kv_cache is None or not causal else cache_index) + jnp.arange(L)
-            k_pos_T = jnp.arange(T)
-            # [B, H, length, K] layout: the score and value products become plain batched matmuls.
-            q_BxHxLxK = q_BxLxHxK.transpose(0, 2, 1, 3) / jnp.sqrt(K).astype(self.dtype)
-            k_BxHxTxK = k_BxTxHxK.transpose(0, 2, 1, 3).astype(self.dtype)
-            v_BxHxTxK = v_BxTxHxK.transpose(0, 2, 1, 3).astype(self.dtype)
-            allowed_BxLxT = jnp.ones((1, L, T), bool)
-            if causal:
-                allowed_BxLxT = (k_pos_T[None, :] <= q_pos_L[:, None])[None]
-            if key_valid_BxT is not None:
-                allowed_BxLxT = allowed_BxLxT & key_valid_BxT[:, None, :]
-            if segments_BxL is not None:  # packed rows: attend within one's own example
-                same_BxLxT = segments_BxL[:, :, None] == key_segments_BxT[:, None]
-                allowed_BxLxT = allowed_BxLxT & same_BxLxT
-            # One dropout mask for the whole [L, T] square, sliced per query block: each
-            # random-bit site is its own chain of ops to compile (with threefry, 4 per layer
-            # cost the char GPT's step 11.2 s of XLA:CPU compile against 7.6 s for one).
-            # Streams by (batch, head), as the Pallas kernels draw them.
-            keep_BxHxLxT = None
-            if dropout_active:
-                rng = self.make_rng("dropout")
-                keep_BxHxLxT = keep_mask(rng, rate, (B, H, L, T), stream_axes=2)
-            blocks = query_blocks(L, causal and kv_cache is None)
-            out_BxHxLxK = attend(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, allowed_BxLxT, keep_BxHxLxT,
-                                 rate, blocks)  # fmt: skip
-            out_BxLxHxK = out_BxHxLxK.transpose(0, 2, 1, 3)
+            out_BxLxHxK = xla_attention(
+                *(t.astype(self.dtype) for t in (q_BxLxHxK, k_BxTxHxK, v_BxTxHxK)),
+                causal=self.mode == "causal",
+                q_offset=0 if kv_cache is None or self.mode != "causal" else cache_index,
+                key_valid_BxT=key_valid_BxT,
+                segments=None if segments_BxL is None else (segments_BxL, key_segments_BxT),
+                rng=self.make_rng("dropout") if dropout_active else None,
+                rate=rate,
+                blocked=kv_cache is None,
+            )
 
         w_HxKxD = self.param(
             "out_kernel",
