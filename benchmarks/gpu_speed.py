@@ -43,15 +43,14 @@ GENZOO_EXTRAS = {
 }
 
 
-def genzoo_row(shape, batch: int, bf16: bool, steps: int, extra=({}, ())) -> dict:
-    env, extra = extra
+def genzoo_row(shape, batch: int, bf16: bool, steps: int, env=None, extra=()) -> dict:
     overrides = [*extra, f"train.batch_size={batch}", "model.dropout=0.0",
                  f"model.num_layers={shape.num_layers}", f"model.width={shape.width}",
                  f"model.num_heads={shape.heads}", f"model.block_size={shape.context}",
                  f"data.seq_len={shape.context}",
                  f"model.dtype={'bfloat16' if bf16 else 'float32'}"]  # fmt: skip
     cfg = char_gpt_config(None, overrides, vocab=shape.vocab)
-    with mock.patch.dict(os.environ, env):  # read while the step is traced
+    with mock.patch.dict(os.environ, env or {}):  # read while the step is traced
         out = time_train_steps(cfg, steps, memory=True)
     stats = jax.devices()[0].memory_stats() or {}  # the process's peak so far (CPU: none)
     out["peak_memory_gib"] = stats.get("peak_bytes_in_use", 0) / 2**30
@@ -59,32 +58,36 @@ def genzoo_row(shape, batch: int, bf16: bool, steps: int, extra=({}, ())) -> dic
 
 
 def torch_row(shape, batch: int, bf16: bool, steps: int, compiled: bool) -> dict:
+    cuda = torch.cuda.is_available()  # else the CPU: a dry run of the script, not a figure
+    device, sync = ("cuda", torch.cuda.synchronize) if cuda else ("cpu", lambda: None)
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    torch.cuda.reset_peak_memory_stats()
-    model = torch_gpt.GPT(shape).cuda()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    model = torch_gpt.GPT(shape).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-    x = torch.randint(0, shape.vocab, (batch, shape.context), device="cuda")
-    y = torch.randint(0, shape.vocab, (batch, shape.context), device="cuda")
+    x = torch.randint(0, shape.vocab, (batch, shape.context), device=device)
+    y = torch.randint(0, shape.vocab, (batch, shape.context), device=device)
     if compiled:
         model = torch.compile(model)
     step = torch_gpt.train_step_fn(model, opt, x, y, shape.vocab,
                                    torch.bfloat16 if bf16 else None)  # fmt: skip
     t0 = time.perf_counter()
     step()
-    torch.cuda.synchronize()
+    sync()
     first = time.perf_counter() - t0
     for _ in range(2):
         step()
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    torch.cuda.synchronize()
+    sync()
     out = {"first_step_s": first, "step_s": (time.perf_counter() - t0) / steps}
-    out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
     del model, opt
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     return out
 
 
@@ -109,10 +112,11 @@ def main() -> None:
         extras = [f"genzoo_{x}" for x in args.genzoo_extras.split(",") if x]
         for impl in [*args.impls.split(","), *extras]:
             try:
-                if impl.startswith("genzoo"):
-                    extra = GENZOO_EXTRAS[impl.removeprefix("genzoo_")] if impl != "genzoo" \
-                        else ({}, ())  # fmt: skip
-                    r = genzoo_row(shape, batch, bf16, args.steps, extra)
+                if impl == "genzoo":
+                    r = genzoo_row(shape, batch, bf16, args.steps)
+                elif impl.startswith("genzoo_"):
+                    env, extra = GENZOO_EXTRAS[impl.removeprefix("genzoo_")]
+                    r = genzoo_row(shape, batch, bf16, args.steps, env, extra)
                 else:
                     r = torch_row(shape, batch, bf16, args.steps, impl == "torch_compile")
             except Exception as e:  # noqa: BLE001 - one failed implementation keeps the table

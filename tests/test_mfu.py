@@ -57,3 +57,28 @@ def test_a_cpu_peak_is_measured_again_on_another_cpu(monkeypatch, tmp_path):
 def test_the_cpu_signature_names_cores_and_vector_extensions():
     model, cores, isa = metrics._cpu_signature().split("|")
     assert model and cores.endswith(" cores") and int(cores.split()[0]) >= 1 and len(isa) == 8
+
+
+def test_the_gpu_sessions_speed_table_runs_here(monkeypatch, tmp_path):
+    """`benchmarks/gpu_speed.py` (the GPU session's `speed` step) works before a GPU session
+    needs it: its CPU-sized row, genzoo with and without an extra and PyTorch eager, gives
+    finite tokens/s and an MFU in (0, 1) for each, and the ratio field in the JSON."""
+    import json
+    import math
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    import gpu_speed
+
+    out = tmp_path / "gpu_speed.json"
+    argv = ["gpu_speed.py", "--only", "tiny_fp32", "--impls", "genzoo,torch_eager",
+            "--genzoo-extras", "chunk128", "--steps", "1", "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    gpu_speed.main()
+    rows = json.loads(out.read_text())["rows"]["tiny_fp32"]
+    assert rows["batch"] == 8 and rows["shape"]["context"] == 128
+    for impl in ("genzoo", "genzoo_chunk128", "torch_eager"):
+        row = rows[impl]
+        assert math.isfinite(row["tokens_per_s"]) and row["tokens_per_s"] > 0
+        assert 0 < row["mfu"] < 1 and "ratio_vs_torch_compile" in row
