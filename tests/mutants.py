@@ -3,12 +3,13 @@
     make mutants          # slow (minutes per mutant); outside CI
 
 Each mutant names a file, a snippet and its mutated form, and the tests that should fail.
-The file is restored after every run (also on Ctrl-C). Prints one line per mutant and exits
-non-zero if any survives, so the suite keeps its teeth as it grows.
+The file is restored after every run (also on Ctrl-C or SIGTERM). Prints one line per mutant
+and exits non-zero if any survives, so the suite keeps its teeth as it grows.
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -107,7 +108,12 @@ def run(name, path, before, after, tests) -> bool:
     return code != 0
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # unwinds through `run`'s finally: the file is restored
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` or a timeout, as Ctrl-C
     results = [run(*m) for m in MUTANTS]
     print(f"{sum(results)} of {len(results)} mutants killed")
     return 0 if all(results) else 1
