@@ -88,6 +88,9 @@ MUTANTS = [
     ("EMA not what evaluation uses", "genzoo/trainer.py",
      "return self.params if self.ema is None else self.ema", "return self.params",
      "tests/test_model_state.py"),
+    ("bf16 step projects q, k, v in float32", "genzoo/layers/attention.py",
+     "    w_DxNxHxK = w_DxNxHxK.astype(dtype)\n", "    w_DxNxHxK = w_DxNxHxK.astype(jnp.float32)\n",
+     "tests/test_gpt.py"),
 ]  # fmt: skip
 
 

@@ -115,3 +115,31 @@ def test_flops_per_example_counts_matmuls():
     # 6 N T + 12 layers D T^2 with N = 12 layers D^2 + padded vocab D (nanoGPT's estimate_mfu).
     expected = (6 * (12 * 6 * 384**2 + 128 * 384) + 12 * 6 * 384 * 256) * 256
     assert gpt.flops_per_example(cfg, {"inputs": (256,)}) == expected
+
+
+@pytest.mark.parametrize("chunk", [0, 16])
+def test_a_bf16_step_multiplies_in_bf16_over_float32_master_weights(chunk):
+    """`model.dtype=bfloat16`: every matmul of the train step (forward, backward, the tied head
+    and its cross-entropy, chunked or not) takes bf16 operands, while the parameters and
+    optimizer state the step carries stay float32. Read from the lowered program."""
+    import re
+
+    from genzoo import experiment
+    from genzoo.trainer import Trainer
+
+    overrides = ["model.dtype=bfloat16", "model.dropout=0.1", f"model.loss_chunk={chunk}"]
+    cfg = experiment.load("gpt_shakespeare_char", "smoke", overrides)
+    cfg.model.vocab_size = 65
+    trainer = Trainer(cfg, devices=jax.devices()[:1])
+    B, L = cfg.train.batch_size, cfg.data.seq_len
+    batch = {"inputs": np.zeros((B, L), np.int32), "targets": np.zeros((B, L), np.int32),
+             "mask": np.ones((B, L), np.float32)}  # fmt: skip
+    state = trainer.abstract_state
+    carried = jax.tree.leaves((state.params, state.opt_state))
+    floats = {x.dtype for x in carried if jnp.issubdtype(x.dtype, jnp.floating)}
+    assert floats == {np.dtype("float32")}
+    text = trainer.train_step.trace(state, batch, {}).lower().as_text()
+    dots = re.findall(r"stablehlo\.dot_general .*: \(tensor<(\S+)>, tensor<(\S+)>\)", text)
+    operands = [(a.split("x")[-1], b.split("x")[-1]) for a, b in dots]
+    assert len(operands) >= 6 * cfg.model.num_layers  # each block's products, both passes
+    assert set(operands) == {("bf16", "bf16")}
