@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -103,8 +104,10 @@ def interleaved(contenders: dict[str, Callable[[], object]], rounds: int, calls:
 
 
 def write_report(path, report: dict) -> None:
-    """The benchmark's JSON (folders made as needed), and a line saying where."""
+    """The benchmark's JSON (folders made as needed), with the GENZOO_ and XLA_FLAGS settings
+    it ran under, and a line saying where."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    knobs = {k: v for k, v in sorted(os.environ.items()) if k.startswith(("GENZOO_", "XLA_FLAGS"))}
+    out.write_text(json.dumps({**report, "environment": knobs}, indent=2))
     print(f"wrote {out}")

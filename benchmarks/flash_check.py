@@ -40,7 +40,9 @@ def xla_path(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, rng, causal, rate, valid_BxL):
                          rng=rng, rate=quantized_rate(rate))  # fmt: skip
 
 
-def contenders(case, rate, interpret):
+def contenders(case, rate, interpret, tiles=()):
+    """name -> attention(q, k, v): the XLA path, the kernels with `flash.TILES` and with each
+    of `tiles` (`pallas_<tiles>`), cuDNN where it applies."""
     B, L, H, K, dtype, causal, padded, _ = case
     rng = jax.random.key(7)
     valid_BxL = None
@@ -54,6 +56,10 @@ def contenders(case, rate, interpret):
             q, k, v, seeds(rng), causal, rate, interpret, None, segments
         ),  # fmt: skip
     }
+    for t in tiles:
+        out[f"pallas_{t.name()}"] = lambda q, k, v, t=t: flash.attention(
+            q, k, v, seeds(rng), causal, rate, interpret, None, segments, t
+        )
     if jax.default_backend() == "gpu" and dtype != jnp.float32 and not rate and not padded:
         out["cudnn"] = lambda q, k, v: jax.nn.dot_product_attention(
             q, k, v, is_causal=causal, implementation="cudnn"
@@ -61,13 +67,13 @@ def contenders(case, rate, interpret):
     return out
 
 
-def check(name, case, rate, interpret, rounds, calls) -> dict:
+def check(name, case, rate, interpret, rounds, calls, tiles=()) -> dict:
     B, L, H, K, dtype = case[:5]
     q, k, v, dout = (jax.random.normal(key, (B, L, H, K), dtype)
                      for key in jax.random.split(jax.random.key(0), 4))  # fmt: skip
     row = {"case": name, "shape": [B, L, H, K], "dtype": jnp.dtype(dtype).name, "dropout": rate}
     steps, results = {}, {}
-    for impl, fn in contenders(case, rate, interpret).items():
+    for impl, fn in contenders(case, rate, interpret, tiles).items():
 
         def loss(q, k, v, fn=fn):
             return (fn(q, k, v).astype(jnp.float32) * dout.astype(jnp.float32)).sum()
@@ -93,6 +99,11 @@ def check(name, case, rate, interpret, rounds, calls) -> dict:
         row[f"{impl}_ms"] = timing["median_s"] * 1e3
     if "pallas_ms" in row and "xla_ms" in row:
         row["xla_over_pallas"] = row["xla_ms"] / row["pallas_ms"]
+    kernels = {impl: row[f"{impl}_ms"] for impl in steps if impl.startswith("pallas")}
+    if len(kernels) > 1:
+        best = min(kernels, key=kernels.get)
+        row["fastest_tiles"] = best.removeprefix("pallas_") if best != "pallas" \
+            else flash.TILES.name()  # fmt: skip
     return row
 
 
@@ -102,8 +113,17 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--tiles", default="",
+                        help="other tilings to time, e.g. 128x128/128x32/3,64x64/64x32/2 "
+                             "(fwd queries x keys / bwd outer x inner / stages)")  # fmt: skip
+    parser.add_argument(
+        "--sweep",
+        default="char_bf16,gpt2_bf16",
+        help="the cases (their dropout rates > 0) that time --tiles",
+    )
     parser.add_argument("--out", default="benchmarks/results/flash_check.json")
     args = parser.parse_args()
+    tiles = [flash.Tiles.parse(t) for t in args.tiles.split(",") if t]
     interpret = jax.default_backend() != "gpu"
     rows = []
     for name in args.cases.split(","):
@@ -111,7 +131,8 @@ def main() -> None:
         if args.small:
             case = (2, 64, 2, 16, *case[4:])
         for rate in case[-1]:
-            rows.append(check(name, case, rate, interpret, args.rounds, args.calls))
+            swept = tiles if rate and name in args.sweep.split(",") else ()
+            rows.append(check(name, case, rate, interpret, args.rounds, args.calls, swept))
             r = rows[-1]
             cells = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                      for k, v in r.items() if k not in ("case", "shape", "dtype")]  # fmt: skip

@@ -4,7 +4,8 @@
 # (default benchmarks/results/gpu). STEPS picks parts (default all, ~15 minutes on an H200: more
 # than one session's device time, so name them, `flash char` first):
 #   flash  - the Pallas flash kernels against the XLA path and cuDNN, attention alone: same
-#            numbers? compile time and fwd+bwd ms per shape (~1-2 min)
+#            numbers? compile time and fwd+bwd ms per shape, and FLASH_TILES tilings with
+#            dropout; the fastest for the char GPT becomes GENZOO_FLASH_TILES below (~2-3 min)
 #   speed  - genzoo (XLA/cuDNN attention, and the Pallas flash kernels) vs torch eager /
 #            torch.compile (baby fp32, baby bf16, GPT-2 124M bf16)
 #   memory - the GPT-2 shape with chunked cross-entropy and remat (XLA temporaries, tok/s)
@@ -22,8 +23,21 @@ python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/gp
 quiet() { grep -v "^W\|^I0\|warn"; }
 
 case " $STEPS " in *" flash "*)
-  timeout "${FLASH_TIMEOUT:-180}" python3 benchmarks/flash_check.py --out "$OUT/flash_check.json" \
-    2>&1 | quiet | tee "$OUT/flash_check.txt";;
+  timeout "${FLASH_TIMEOUT:-240}" python3 benchmarks/flash_check.py --out "$OUT/flash_check.json" \
+    --tiles "${FLASH_TILES:-128x128/32x32/2,128x64/64x32/2,128x64/128x32/3}" \
+    2>&1 | quiet | tee "$OUT/flash_check.txt"
+  # The char GPT's fastest tiling (bf16, dropout) for the kernels' runs below, unless set.
+  best=$(python3 - "$OUT/flash_check.json" <<'PY' 2>/dev/null
+import json, sys
+rows = json.load(open(sys.argv[1]))["rows"]
+print(next((r["fastest_tiles"] for r in rows
+            if r["case"] == "char_bf16" and r["dropout"] and "fastest_tiles" in r), ""))
+PY
+  )
+  if [ -z "${GENZOO_FLASH_TILES:-}" ] && [ -n "$best" ]; then
+    export GENZOO_FLASH_TILES="$best"
+    echo "GENZOO_FLASH_TILES=$best for the runs below" | tee -a "$OUT/gpu.txt"
+  fi;;
 esac
 case " $STEPS " in *" char "*)
   # The first run trains 2000 steps, the others --probe-steps. First the Pallas flash kernels

@@ -1,6 +1,7 @@
 """The exceptions a command ends with, and the exit codes the CLI maps them to."""
 
 import os
+import re
 
 EXIT_USER_ERROR = 2  # bad input: nothing was written
 EXIT_NONFINITE = 3  # training met a NaN/Inf loss or gradient; eval produced a non-finite figure
@@ -46,7 +47,20 @@ def env_choice(name: str, choices: tuple[str, ...] | None = None) -> str:
     return value
 
 
+# Knobs that take a number or a shape: their form, checked at start too (the values' meaning
+# where they are read: a tiling must also be powers of two, layers/flash.py).
+FORMATS = {
+    "GENZOO_ATTENTION_BLOCKS": (r"[1-9][0-9]*", "a positive integer"),
+    "GENZOO_FLASH_TILES": (r"[0-9]+x[0-9]+/[0-9]+x[0-9]+(/[0-9]+)?", "FQxFK/OUTERxINNER[/STAGES]"),
+}
+
+
 def check_environment() -> None:
-    """UserError for the first knob in `KNOBS` set to a value it does not take."""
+    """UserError for the first knob in `KNOBS` set to a value it does not take, or in
+    `FORMATS` set to a value not of its form."""
     for name in KNOBS:
         env_choice(name)
+    for name, (form, words) in FORMATS.items():
+        value = os.environ.get(name)
+        if value is not None and not re.fullmatch(form, value):
+            raise UserError(f"{name} must be {words}; got {value!r}")

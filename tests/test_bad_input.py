@@ -253,6 +253,7 @@ def test_a_busy_workdir_is_refused_before_loading_anything(runs, capsys):
         ("GENZOO_ATTENTION_GRAD", "fast"),
         ("GENZOO_ATTENTION", "flash"),
         ("GENZOO_ATTENTION_BLOCKS", "zero"),
+        ("GENZOO_FLASH_TILES", "128x64"),
         ("GENZOO_MATMUL_GRAD", "tall"),
         ("GENZOO_INT8", "fast"),
         ("GENZOO_OVERLAP", "yes"),
@@ -266,9 +267,8 @@ def test_a_busy_workdir_is_refused_before_loading_anything(runs, capsys):
 def test_a_bad_speed_knob_is_one_line_exit_2_and_writes_nothing(
     name, value, runs, tmp_path, capsys, monkeypatch
 ):
-    """Every knob of `errors.KNOBS` is checked when a command starts, and the integer one
-    (`GENZOO_ATTENTION_BLOCKS`) while the model is traced (`runs`: the data set is built
-    already, so its one-time message is not in the output)."""
+    """Every knob of `errors.KNOBS` and `errors.FORMATS` is checked when a command starts
+    (`runs`: the data set is built already, so its one-time message is not in the output)."""
     monkeypatch.setenv(name, value)
     code = cli.main([*CHAR, "--workdir", str(tmp_path / "new")])
     out, err = capsys.readouterr()
@@ -296,9 +296,10 @@ def test_wmt14_not_built_is_one_line_exit_2_and_writes_nothing(damage, tmp_path,
 
 def test_every_genzoo_variable_is_a_checked_knob_or_a_path():
     """A new switch read with `os.environ.get` would accept typos silently: every GENZOO_
-    variable the package reads is in `errors.KNOBS` (checked at start) or takes free text."""
+    variable the package reads is in `errors.KNOBS` or `errors.FORMATS` (checked at start) or
+    takes free text."""
     free = {"GENZOO_DATA_DIR", "GENZOO_CACHE_DIR", "GENZOO_EXPERIMENTS_DIR", "GENZOO_WORDNET_DIR",
-            "GENZOO_SHAPES_SPLITS", "GENZOO_ATTENTION_BLOCKS"}  # fmt: skip
+            "GENZOO_SHAPES_SPLITS"}  # fmt: skip
     source = "\n".join(p.read_text() for p in Path(errors.__file__).parent.rglob("*.py"))
     read = set(re.findall(r"GENZOO_[A-Z0-9_]*[A-Z0-9]", source))
-    assert read - free - set(errors.KNOBS) == set()
+    assert read - free - set(errors.KNOBS) - set(errors.FORMATS) == set()

@@ -13,6 +13,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from genzoo import sharding
+from genzoo.errors import UserError
 from genzoo.experiment import DEFAULT_RULES
 from genzoo.layers import Attention, attention, flash
 from genzoo.layers.attention import _implementation
@@ -43,20 +44,23 @@ def _packed_segments(B, L):
             jnp.stack([row0, jnp.where(pos < L - 40, 0, -99)]))  # fmt: skip
 
 
+SQUARE, RECTANGULAR = flash.Tiles(32, 16, 32, 32), flash.Tiles(32, 16, 32, 16)
+
+
 @pytest.mark.parametrize(
-    "causal,rate,dtype,segmented",
-    [(True, 0.0, jnp.float32, False), (True, 0.2, jnp.float32, False),
-     (False, 0.1, jnp.float32, False), (True, 0.2, jnp.bfloat16, False),
-     (True, 0.2, jnp.float32, True), (False, 0.1, jnp.float32, True)],
+    "causal,rate,dtype,segmented,tiles",
+    [(True, 0.0, jnp.float32, False, SQUARE), (True, 0.2, jnp.float32, False, SQUARE),
+     (False, 0.1, jnp.float32, False, SQUARE), (True, 0.2, jnp.bfloat16, False, SQUARE),
+     (True, 0.2, jnp.float32, True, SQUARE), (False, 0.1, jnp.float32, True, SQUARE),
+     (True, 0.2, jnp.float32, True, RECTANGULAR), (False, 0.1, jnp.float32, True, RECTANGULAR)],
 )  # fmt: skip
-def test_kernels_equal_plain_attention_values_and_gradients(monkeypatch, causal, rate, dtype,
-                                                            segmented):  # fmt: skip
-    """Three query blocks of six key blocks forward, three blocks backward (so the online
-    softmax crosses blocks and the causal bounds skip some), dropout included, packed and
-    padded rows as segments (blocks that see no key of their own segment, segments that
-    cross blocks): outputs and q/k/v gradients to 1e-5 of float32 attention (bf16: 2e-2)."""
-    monkeypatch.setattr(flash, "_BLOCK_FWD", 32)
-    monkeypatch.setattr(flash, "_BLOCK_KEYS", 16)
+def test_kernels_equal_plain_attention_values_and_gradients(causal, rate, dtype, segmented,
+                                                            tiles):  # fmt: skip
+    """Three query blocks of six key blocks forward, three blocks backward, each looping over
+    three or six smaller ones (so the online softmax crosses blocks and the causal bounds skip
+    some), dropout included, packed and padded rows as segments (blocks that see no key of
+    their own segment, segments that cross blocks): outputs and q/k/v gradients to 1e-5 of
+    float32 attention (bf16: 2e-2)."""
     B, L, H, K = 2, 96, 2, 16
     keys = jax.random.split(jax.random.key(0), 4)
     q, k, v, dout = (jax.random.normal(key, (B, L, H, K)) for key in keys)
@@ -69,7 +73,7 @@ def test_kernels_equal_plain_attention_values_and_gradients(monkeypatch, causal,
 
     def kernel(q, k, v):
         qkv = (t.astype(dtype) for t in (q, k, v))
-        out = flash.attention(*qkv, seeds(rng), causal, rate, True, segments=segments)
+        out = flash.attention(*qkv, seeds(rng), causal, rate, True, segments=segments, tiles=tiles)
         return out.astype(jnp.float32)
 
     plain = lambda q, k, v: _reference(q, k, v, rng, causal, rate, segments)  # noqa: E731
@@ -81,12 +85,14 @@ def test_kernels_equal_plain_attention_values_and_gradients(monkeypatch, causal,
         np.testing.assert_allclose(got, want, atol=tol * np.abs(want).max())
 
 
-@pytest.mark.parametrize("dtype,sharded", [(jnp.float32, False), (jnp.bfloat16, False),
-                                           (jnp.bfloat16, True)])  # fmt: skip
-def test_kernels_lower_to_triton_for_cuda(dtype, sharded):
+@pytest.mark.parametrize("dtype,sharded,tiles", [
+    (jnp.float32, False, None), (jnp.bfloat16, False, None), (jnp.bfloat16, True, None),
+    (jnp.bfloat16, False, flash.Tiles.parse("128x128/128x32/3")),
+])  # fmt: skip
+def test_kernels_lower_to_triton_for_cuda(dtype, sharded, tiles):
     """What a GPU session would find first: Pallas lowers both kernels (dropout on) to Triton
     for CUDA, here on CPU (the step after, PTX, needs the GPU); on a mesh, inside shard_map,
-    with padding as segments."""
+    with padding as segments; with the larger tiles `flash_check.py --tiles` tries."""
     mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "tensor"))
     spec = P("data", None, "tensor", None) if sharded else None
     where = {"sharding": NamedSharding(mesh, spec)} if sharded else {}
@@ -95,7 +101,7 @@ def test_kernels_lower_to_triton_for_cuda(dtype, sharded):
     segments = (jax.ShapeDtypeStruct((8, 256), jnp.int32),) * 2 if sharded else None
 
     def loss(q, k, v, seeds, segments):
-        out = flash.attention(q, k, v, seeds, True, 0.2, False, spec, segments)
+        out = flash.attention(q, k, v, seeds, True, 0.2, False, spec, segments, tiles)
         return out.astype(jnp.float32).sum()
 
     with jax.set_mesh(mesh):
@@ -190,14 +196,22 @@ def test_the_switch_on_cpu_warns_once_that_kernels_are_interpreted(monkeypatch, 
     assert [r.getMessage().count("interpreted") for r in caplog.records] == [1]
 
 
-def test_supports_head_widths_and_near_equal_lengths():
+def test_supports_head_widths_and_near_equal_lengths(monkeypatch):
     shape = lambda L, K=64: jax.ShapeDtypeStruct((2, L, 4, K), jnp.float32)  # noqa: E731
     assert flash.supports(shape(256), shape(256)) and flash.supports(shape(384), shape(384))
     assert flash.supports(shape(96), shape(96))  # 32 x 32 tiles (the translation shape)
-    assert flash._tile(96, flash._BLOCK_FWD) == 32 and flash._tile(256, flash._BLOCK_FWD) == 128
+    assert flash._tile(96, flash.TILES.fwd_q) == 32 and flash._tile(256, flash.TILES.fwd_q) == 128
     assert flash.supports(shape(95), shape(96))  # padded to 96: a decoder's cross-attention
     assert not flash.supports(shape(256, 48), shape(256, 48))  # head width
     assert not flash.supports(shape(1), shape(256))  # a decode step: no place for tiles
+    for bad in ("128x64/32x64", "128x8/32x32", "96x64/32x32"):  # inner > outer, < 16, not 2^n
+        with pytest.raises(ValueError, match="powers of two"):
+            flash.Tiles.parse(bad)
+    monkeypatch.setenv("GENZOO_FLASH_TILES", "64x64/64x32/3")
+    assert flash.from_environment() == flash.Tiles(64, 64, 64, 32, stages=3)
+    monkeypatch.setenv("GENZOO_FLASH_TILES", "96x64/32x32")  # the form checked at start
+    with pytest.raises(UserError, match="GENZOO_FLASH_TILES: tiles .* powers of two"):
+        flash.from_environment()
 
 
 @pytest.mark.parametrize("L,T,causal", [(90, 90, True), (95, 96, False)])
@@ -296,9 +310,12 @@ def test_the_gpu_sessions_flash_check_runs_and_agrees(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
     import flash_check
 
+    other = flash.Tiles.parse("64x32/64x16/3")  # a tiling `--tiles` sweeps
     row = flash_check.check("char_fp32", (2, 64, 2, 16, jnp.float32, True, True, (0.2,)), 0.2,
-                            True, rounds=1, calls=1)  # fmt: skip
+                            True, rounds=1, calls=1, tiles=(other,))  # fmt: skip
     assert row["pallas_grad_rel_err"] < 1e-5 and row["xla_ms"] > 0 and row["pallas_ms"] > 0
+    assert row["pallas_64x32/64x16/3_grad_rel_err"] < 1e-5
+    assert row["fastest_tiles"] in (flash.TILES.name(), other.name())
     assert not [k for k in row if k.endswith("_error")]
 
 

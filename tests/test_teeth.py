@@ -79,3 +79,18 @@ def test_an_odd_vocabulary_trains_on_a_2x2x2_mesh(char_data):
     trainer = Trainer(cfg)
     state, metrics = trainer.step(trainer.init_state(), next(char_data.train_iterator(8, 0)))
     assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1
+
+
+def test_every_planted_mutant_still_finds_its_snippet():
+    """`make mutants` plants each bug by replacing a snippet; code that moves on would leave
+    a mutant STALE (planting nothing) until someone runs the slow target. Each snippet is in
+    its file exactly once, and the tests named to kill it exist."""
+    from pathlib import Path
+
+    import mutants
+
+    root = Path(__file__).resolve().parent.parent
+    for name, path, before, _, tests in mutants.MUTANTS:
+        assert (root / path).read_text().count(before) == 1, f"{name}: {path}"
+        for test in tests.split():
+            assert (root / test.split("::")[0]).is_file(), f"{name}: {test}"
