@@ -37,15 +37,21 @@ class StartUp:
         """(state, its checkpoint step or None, metrics writer, first batch or None, the
         first step's start time). Tracing holds the GIL and XLA's compiles do not, so a fresh
         state is traced first, then compiled on a worker thread while this one traces and
-        compiles the train step; the worker then compiles the eval step while training runs.
-        With stored executables (`genzoo.executables`) both load instead, tracing nothing."""
+        compiles the train step; the eval step compiles on a second worker meanwhile (4 or
+        more cores, `aot.start_workers`) or on the first while training runs. With stored
+        executables (`genzoo.executables`) they load instead, tracing nothing."""
         cfg = self.cfg
         overlap = aot.overlap_start()
-        pool = ThreadPoolExecutor(1, thread_name_prefix="genzoo-start") if overlap else aot.Inline()
+        workers = aot.start_workers() if overlap else 1
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="genzoo-start") if overlap \
+            else aot.Inline()  # fmt: skip
+        evaluates = overlap and cfg.eval.every_steps > 0
         try:
             resumed = self._resume(ckpt, train_iter)
             if resumed is None:
                 fresh = pool.submit(self._fresh_state, init_params, self._trace_init(init_params))
+            if evaluates and workers > 1:  # beside the train step's compile
+                pool.submit(self._precompile_eval, data)
             main = distributed.is_main()
             writer = metrics_lib.MetricsWriter(Path(workdir), cfg.log.tensorboard, main, False)
             try:
@@ -55,7 +61,7 @@ class StartUp:
                     t_first = time.perf_counter()  # the first step's time: compile included
                     self._precompile(batch)
                 writer.start_tensorboard()
-                if overlap and cfg.eval.every_steps > 0:  # compiles while training runs
+                if evaluates and workers == 1:  # compiles while training runs
                     pool.submit(self._precompile_eval, data)
                 state, latest = resumed or (fresh.result(), None)
             except BaseException:

@@ -1,6 +1,7 @@
 """The trainer: golden step, overfitting, one compile, resume bit-identity, meshes, groups."""
 
 import functools
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -286,22 +287,43 @@ def test_max_seconds_stops_early_with_a_checkpoint_and_an_evaluation(tmp_path):
 
 
 def test_overlapped_start_trains_as_the_serial_one(tmp_path, monkeypatch):
-    """The initial state built on a second thread (and the eval step compiled there) gives
-    the run a serial start gives, step for step; one train-step compile either way."""
+    """The initial state built on a second thread (and the eval step compiled on a third
+    beside the train step's compile, as with 4 or more cores, or on the second while training
+    runs) gives the run a serial start gives, step for step; one train-step compile each way.
+    With two workers the eval step's compile has begun before the train step's has ended."""
     overrides = ("train.steps=4", "eval.every_steps=2", "log.progress=false")
+    eval_started, seen = threading.Event(), []
+    precompile, precompile_eval = Trainer._precompile, Trainer._precompile_eval
+
+    def precompile_spy(self, batch):
+        precompile(self, batch)
+        seen.append(eval_started.wait(60) if aot.start_workers() > 1 else None)
+
+    def precompile_eval_spy(self, data):
+        eval_started.set()
+        precompile_eval(self, data)
+
+    monkeypatch.setattr(Trainer, "_precompile", precompile_spy)
+    monkeypatch.setattr(Trainer, "_precompile_eval", precompile_eval_spy)
     results = []
-    for overlap in ("1", "0"):
+    for overlap, workers in (("1", 2), ("1", 1), ("0", 1)):
         monkeypatch.setenv("GENZOO_OVERLAP", overlap)
+        monkeypatch.setattr(aot, "start_workers", lambda workers=workers: workers)
+        eval_started.clear()
         trainer = Trainer(make_config_for("gpt_shakespeare_char", *overrides),
                           devices=jax.devices()[:1])  # fmt: skip
-        state = trainer.fit(tmp_path / overlap, _data("gpt_shakespeare_char"))
-        rows = metrics_lib.read(tmp_path / overlap / "metrics.jsonl")
-        losses = [(r["step"], r["val/loss"]) for r in rows if "val/loss" in r]
+        run = tmp_path / f"{overlap}_{workers}"
+        state = trainer.fit(run, _data("gpt_shakespeare_char"))
+        losses = [(r["step"], r["val/loss"]) for r in metrics_lib.read(run / "metrics.jsonl")
+                  if "val/loss" in r]  # fmt: skip
         results.append((jax.device_get(state.params), losses))
         assert trainer.step_program.compiled is not None and trainer.eval_program.compiled
-    (params_a, losses_a), (params_b, losses_b) = results
-    assert losses_a == losses_b and [s for s, _ in losses_a] == [2, 4]
-    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+    assert seen == [True, None, None]
+    (params_a, losses_a), *others = results
+    assert [s for s, _ in losses_a] == [2, 4]
+    for params_b, losses_b in others:
+        assert losses_a == losses_b
+        jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
 
 
 def test_program_compiles_again_for_other_argument_types():
