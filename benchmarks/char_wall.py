@@ -47,6 +47,7 @@ RUNS = {
     "overlap_start": ({"GENZOO_OVERLAP": "1"}, []),  # both at once (default with >= 4 cores)
 }
 PHASES = {  # log line -> phase name (the time the line was written)
+    "process 0 of": "data_ready_s",  # the train split's reader is built
     "initial state:": "init_ready_s",
     "train step:": "step_compiled_s",
     "eval step:": "eval_compiled_s",
@@ -81,15 +82,17 @@ def run(name: str, args, steps: int, work: Path, cache: Path, like: str) -> dict
         if not m:
             continue
         ms, text = int(m[1]), m[2]
+        row.setdefault("first_log_s", ms / 1e3)  # imports and the backend are up
         for key, phase in PHASES.items():
             if text.startswith(key):
                 row[phase] = ms / 1e3
-        if text.startswith(("train step:", "eval step:")):  # trace/compile, or load
-            kind = "step" if text.startswith("train") else "eval"
+        if text.startswith(("train step:", "eval step:", "initial state: t", "initial state: l")):
+            kind = {"t": "step", "e": "eval", "i": "init"}[text[0]]  # trace/compile, or load
             for phase, seconds in re.findall(r"(trace|compile|load) ([\d.]+) s", text):
                 row[f"{kind}_{phase}_s"] = float(seconds)
         if text.startswith("evaluation at step"):
             evals.append(float(text.rsplit(" ", 2)[-2]))
+            row.setdefault("first_eval_done_s", ms / 1e3)  # after any wait for its compile
         if text.startswith("checkpoint "):
             saves.append(float(text.split(": ")[1].split()[0]))
     row.update(evals_s=sum(evals), num_evals=len(evals), saves_s=sum(saves))
@@ -125,9 +128,10 @@ def main() -> None:
     report = {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
               "command": f"genzoo train {args.experiment} "
               + " ".join(f"--set {o}" for o in args.set), "runs": {}}  # fmt: skip
-    cols = ["wall_s", "first_step_s", "init_ready_s", "step_compiled_s", "step_trace_s",
-            "step_compile_s", "step_load_s", "training_from_s", "step_ms", "evals_s", "saves_s",
-            "val_loss"]  # fmt: skip
+    cols = ["wall_s", "first_step_s", "first_log_s", "data_ready_s", "init_compile_s",
+            "init_ready_s", "step_compiled_s", "step_trace_s", "step_compile_s", "step_load_s",
+            "training_from_s", "eval_compiled_s", "first_eval_done_s", "step_ms", "evals_s",
+            "saves_s", "val_loss"]  # fmt: skip
     print(f"{'run':14s} " + " ".join(f"{c:>15s}" for c in cols), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root, first_cache = Path(tmp), None
