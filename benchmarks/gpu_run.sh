@@ -7,7 +7,7 @@
 #            numbers? compile time and fwd+bwd ms per shape, and FLASH_TILES tilings with
 #            dropout; the fastest for the char GPT becomes GENZOO_FLASH_TILES below (~2-3 min)
 #   speed  - genzoo (XLA/cuDNN attention, and the Pallas flash kernels) vs torch eager /
-#            torch.compile (baby fp32, baby bf16, GPT-2 124M bf16)
+#            torch.compile (SPEED_ONLY rows: baby fp32, baby bf16, GPT-2 124M bf16; ~5 min)
 #   memory - the GPT-2 shape with chunked cross-entropy and remat (XLA temporaries, tok/s)
 #   char   - the bf16 char GPT's training command, phase by phase (target < 30 s wall)
 #   int8   - cached decoding of GPT-2's shape, float32 against int8 operands
@@ -59,7 +59,7 @@ case " $STEPS " in *" memory "*)
     | tee "$OUT/gpu_memory.txt";;
 esac
 case " $STEPS " in *" speed "*)
-  timeout 330 python3 benchmarks/gpu_speed.py --steps 20 --genzoo-extras pallas \
-    --out "$OUT/gpu_speed.json" 2>&1 \
+  timeout "${SPEED_TIMEOUT:-330}" python3 benchmarks/gpu_speed.py --steps 20 --genzoo-extras pallas \
+    --only "${SPEED_ONLY:-baby_fp32,baby_bf16,gpt2_bf16}" --out "$OUT/gpu_speed.json" 2>&1 \
     | quiet | tee "$OUT/gpu_speed.txt";;
 esac
