@@ -9,7 +9,7 @@ path's (`layers.attend`, what `Attention` runs otherwise; relative to its larges
 masks are the same, so only rounding may differ), the compile time and the milliseconds of one
 forward and backward of each, taking turns, and cuDNN's where it applies (16-bit, no dropout,
 no padding). A failing contender is recorded and the rest still run: a GPU session is short.
-Prints a line per case; writes JSON (default benchmarks/results/flash_check.json).
+Prints a line per case; writes JSON after each (default benchmarks/results/flash_check.json).
 """
 
 from __future__ import annotations
@@ -125,7 +125,11 @@ def main() -> None:
     args = parser.parse_args()
     tiles = [flash.Tiles.parse(t) for t in args.tiles.split(",") if t]
     interpret = jax.default_backend() != "gpu"
+    device = jax.devices()[0]
     rows = []
+    report = {"device": getattr(device, "device_kind", str(device)),
+              "backend": jax.default_backend(), "interpreted": interpret,
+              "jax": jax.__version__, "rows": rows}  # fmt: skip
     for name in args.cases.split(","):
         case = CASES[name]
         if args.small:
@@ -137,10 +141,7 @@ def main() -> None:
             cells = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                      for k, v in r.items() if k not in ("case", "shape", "dtype")]  # fmt: skip
             print(f"{name:<10} {' '.join(cells)}", flush=True)
-    device = jax.devices()[0]
-    write_report(args.out, {"device": getattr(device, "device_kind", str(device)),
-                            "backend": jax.default_backend(), "interpreted": interpret,
-                            "jax": jax.__version__, "rows": rows})  # fmt: skip
+            write_report(args.out, report)  # after every row: a timeout keeps what finished
 
 
 if __name__ == "__main__":
