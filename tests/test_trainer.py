@@ -291,7 +291,10 @@ def test_overlapped_start_trains_as_the_serial_one(tmp_path, monkeypatch):
     beside the train step's compile, as with 4 or more cores, or on the second while training
     runs) gives the run a serial start gives, step for step; one train-step compile each way.
     With two workers the eval step's compile has begun before the train step's has ended."""
-    overrides = ("train.steps=4", "eval.every_steps=2", "log.progress=false")
+    # On the 2x2x2 mesh: the traces on two threads each need the mesh and the logical rules
+    # (thread-local contexts), or a constraint would resolve against nothing.
+    overrides = ("train.steps=4", "eval.every_steps=2", "log.progress=false", "mesh.data=2",
+                 "mesh.fsdp=2", "mesh.tensor=2")  # fmt: skip
     eval_started, seen = threading.Event(), []
     precompile, precompile_eval = Trainer._precompile, Trainer._precompile_eval
 
@@ -310,8 +313,8 @@ def test_overlapped_start_trains_as_the_serial_one(tmp_path, monkeypatch):
         monkeypatch.setenv("GENZOO_OVERLAP", overlap)
         monkeypatch.setattr(aot, "start_workers", lambda workers=workers: workers)
         eval_started.clear()
-        trainer = Trainer(make_config_for("gpt_shakespeare_char", *overrides),
-                          devices=jax.devices()[:1])  # fmt: skip
+        trainer = Trainer(make_config_for("gpt_shakespeare_char", *overrides))
+        assert dict(trainer.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
         run = tmp_path / f"{overlap}_{workers}"
         state = trainer.fit(run, _data("gpt_shakespeare_char"))
         losses = [(r["step"], r["val/loss"]) for r in metrics_lib.read(run / "metrics.jsonl")
