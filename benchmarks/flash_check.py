@@ -118,7 +118,7 @@ def main() -> None:
                              "(fwd queries x keys / bwd outer x inner / stages)")  # fmt: skip
     parser.add_argument(
         "--sweep",
-        default="char_bf16,gpt2_bf16",
+        default="char_bf16,char_fp32,gpt2_bf16",
         help="the cases (their dropout rates > 0) that time --tiles",
     )
     parser.add_argument("--out", default="benchmarks/results/flash_check.json")
