@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from concurrent.futures import Future
 
 import jax
 
-from genzoo import executables
+from genzoo import executables, metrics
 from genzoo.errors import env_choice
 
 log = logging.getLogger(__name__)
@@ -156,8 +155,7 @@ def start_workers() -> int:
     step compiles beside it too rather than after it, while training runs (on the H200, whose
     eval step took 18.9 s to compile cold, the first evaluation at step 250 waited ~15 s for
     it); on fewer cores one, the initial state's, as measured above."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return 2 if (cores or 1) >= 4 else 1
+    return 2 if metrics.usable_cores() >= 4 else 1
 
 
 class Inline:

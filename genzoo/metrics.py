@@ -241,11 +241,17 @@ def cpu_info() -> dict:
     return info
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS has one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
 def _cpu_signature() -> str:
     """'model|N cores|hash of the vector extensions' (VMs often show only the vendor's name);
     cores are those this process may use."""
     info = cpu_info()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     digest = hashlib.sha256(",".join(info.get("flags", [])).encode()).hexdigest()[:8]
     return f"{info.get('model') or info['machine']}|{cores} cores|{digest}"
 
