@@ -11,23 +11,36 @@
 #   memory - the GPT-2 shape with chunked cross-entropy and remat (XLA temporaries, tok/s)
 #   char   - the bf16 char GPT's training command, phase by phase (target < 30 s wall)
 #   int8   - cached decoding of GPT-2's shape, float32 against int8 operands
+# DRY=1 runs the same steps at toy sizes with this environment's python, no wheels, no GPU: the
+# glue between the steps is checked before a device minute is spent on it (tests/test_slow.py).
 set -uo pipefail
 OUT="${OUT:-benchmarks/results/gpu}"
 STEPS="${STEPS:-flash int8 char memory speed}"
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl >/dev/null 2>&1 || { echo "wheel install failed"; exit 1; }
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.6
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
+if [ "${DRY:-0}" = 1 ]; then
+  PY="${PY:-python3}"
+  FLASH_SIZE=(--small --rounds 1 --calls 1 --cases char_bf16)
+  : "${CHAR_PROBE_STEPS:=8}" "${SPEED_ONLY:=tiny_fp32}" "${MEMORY_ONLY:=tiny_fp32}"
+  : "${INT8_BATCHES:=1}" "${GPU_STEPS:=2}"
+  CHAR_SIZE=(--variant smoke --set model.dropout=0.2 --set model.dtype=bfloat16 --steps 8)
+  echo "dry run (toy sizes, no GPU)" > "$OUT/gpu.txt"
+  export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+else
+  PY=python3 FLASH_SIZE=() CHAR_SIZE=()
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl >/dev/null 2>&1 || { echo "wheel install failed"; exit 1; }
+  export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.6
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+fi
+$PY -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
 quiet() { grep -v "^W\|^I0\|warn"; }
 
 case " $STEPS " in *" flash "*)
-  timeout "${FLASH_TIMEOUT:-240}" python3 benchmarks/flash_check.py --out "$OUT/flash_check.json" \
-    --tiles "${FLASH_TILES:-128x128/32x32/2,128x64/64x32/2,128x64/128x32/3}" \
+  timeout "${FLASH_TIMEOUT:-240}" $PY benchmarks/flash_check.py --out "$OUT/flash_check.json" \
+    "${FLASH_SIZE[@]}" --tiles "${FLASH_TILES:-128x128/32x32/2,128x64/64x32/2,128x64/128x32/3}" \
     2>&1 | quiet | tee "$OUT/flash_check.txt"
   # The char GPT's fastest tiling (bf16, dropout) for the kernels' runs below, unless set.
-  best=$(python3 - "$OUT/flash_check.json" <<'PY' 2>/dev/null
+  best=$($PY - "$OUT/flash_check.json" <<'PY' 2>/dev/null
 import json, sys
 rows = json.load(open(sys.argv[1]))["rows"]
 print(next((r["fastest_tiles"] for r in rows
@@ -44,22 +57,23 @@ case " $STEPS " in *" char "*)
   # (dropout inside the kernel: no cuDNN fallback, no [L, T] mask) and their second launch,
   # then today's default and what could explain its 123 s compile (Triton GEMM fusions
   # autotuned with dropout's bits inside).
-  timeout "${CHAR_TIMEOUT:-540}" python3 benchmarks/char_wall.py --out "$OUT/char_wall.json" \
-    --runs "${CHAR_RUNS:-pallas,second,default,no_triton_gemm}" \
+  timeout "${CHAR_TIMEOUT:-540}" $PY benchmarks/char_wall.py --out "$OUT/char_wall.json" \
+    "${CHAR_SIZE[@]}" --runs "${CHAR_RUNS:-pallas,second,default,no_triton_gemm}" \
     --probe-steps "${CHAR_PROBE_STEPS:-300}" 2>&1 | quiet \
     | tee "$OUT/char_wall.txt";;
 esac
 case " $STEPS " in *" int8 "*)
-  timeout "${INT8_TIMEOUT:-150}" python3 benchmarks/int8_decode.py --batches 1,8 \
+  timeout "${INT8_TIMEOUT:-150}" $PY benchmarks/int8_decode.py --batches "${INT8_BATCHES:-1,8}" \
     --out "$OUT/int8_decode.json" 2>&1 | quiet | tee "$OUT/int8_decode.txt";;
 esac
 case " $STEPS " in *" memory "*)
-  timeout 150 python3 benchmarks/gpu_speed.py --steps 20 --only gpt2_bf16 --impls genzoo \
-    --genzoo-extras chunk128,remat_dots --out "$OUT/gpu_memory.json" 2>&1 | quiet \
-    | tee "$OUT/gpu_memory.txt";;
+  timeout 150 $PY benchmarks/gpu_speed.py --steps "${GPU_STEPS:-20}" --impls genzoo \
+    --only "${MEMORY_ONLY:-gpt2_bf16}" --genzoo-extras chunk128,remat_dots \
+    --out "$OUT/gpu_memory.json" 2>&1 | quiet | tee "$OUT/gpu_memory.txt";;
 esac
 case " $STEPS " in *" speed "*)
-  timeout "${SPEED_TIMEOUT:-330}" python3 benchmarks/gpu_speed.py --steps 20 --genzoo-extras pallas \
+  timeout "${SPEED_TIMEOUT:-330}" $PY benchmarks/gpu_speed.py --steps "${GPU_STEPS:-20}" \
+    --genzoo-extras pallas \
     --only "${SPEED_ONLY:-baby_fp32,baby_bf16,gpt2_bf16}" --out "$OUT/gpu_speed.json" 2>&1 \
     | quiet | tee "$OUT/gpu_speed.txt";;
 esac

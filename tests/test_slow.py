@@ -20,3 +20,31 @@ def test_cpu_variant_learns_real_shakespeare(monkeypatch, tmp_path, capsys):
     # The demo's run measured 2.17 at step 500 (of a 2000-step schedule); a shorter schedule
     # decays sooner, so it must do at least as well, with margin for noise.
     assert figures["num_tokens"] == 111_539 and figures["loss"] < 2.3
+
+
+@pytest.mark.slow
+def test_the_gpu_session_script_runs_dry(tmp_path):
+    """`benchmarks/gpu_run.sh` at toy sizes on CPU (DRY=1, ~1 min): its glue (the tiling
+    handed from flash_check to the char runs, each step's arguments) costs no device minute
+    to break. The GPU session's first call is these two steps."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu"
+    env = {**os.environ, "DRY": "1", "PY": sys.executable, "OUT": str(out), "STEPS": "flash char"}
+    env.pop("XLA_FLAGS", None)  # one device, as on the GPU machine
+    done = subprocess.run(["bash", "benchmarks/gpu_run.sh"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    flash = json.loads((out / "flash_check.json").read_text())["rows"]
+    dropout = [r for r in flash if r["dropout"]]
+    assert dropout and all(r["pallas_grad_rel_err"] < 0.02 for r in flash)
+    best = dropout[0]["fastest_tiles"]
+    assert f"GENZOO_FLASH_TILES={best}" in (out / "gpu.txt").read_text()
+    runs = json.loads((out / "char_wall.json").read_text())["runs"]
+    assert list(runs) == ["pallas", "second", "default", "no_triton_gemm"]
+    assert all(r["rc"] == 0 and r["val_loss"] < 4.2 for r in runs.values())
+    assert runs["second"]["step_load_s"] is not None  # the second launch loaded its step
