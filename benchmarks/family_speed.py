@@ -10,7 +10,8 @@ step each in a scratch folder: a step's time depends on the runs' shapes, not on
 trained. Experiments that still cannot run here (WMT14, a token corpus) are listed as skipped.
 Prints one table
 (examples/s, tokens/s where the data has tokens, MFU where the family counts FLOPs, first
-step, peak memory where the device reports it) and writes benchmarks/results/family_speed.json.
+step, memory: the device's peak where it reports one, else XLA's plan for the step, marked *)
+and writes benchmarks/results/family_speed.json.
 """
 
 from __future__ import annotations
@@ -92,16 +93,31 @@ def measure(name: str, steps: int) -> dict:
         flops = family.flops_per_example(frozen.model, data.example_shapes)
         peak, _ = metrics.peak_flops(0.0, frozen.model.get("dtype", "float32"))
         row["mfu"] = B * flops / step_s / peak
-    stats = jax.devices()[0].memory_stats() or {}
-    row["peak_memory_gib"] = stats.get("peak_bytes_in_use", 0) / 2**30 or None
+    row["peak_memory_gib"], row["memory_from"] = step_memory(trainer)
     return row
+
+
+def step_memory(trainer) -> tuple[float | None, str]:
+    """GiB: the device's peak where it reports one (GPU, TPU), else what XLA planned for the
+    train step (CPU): its arguments, the outputs not written over them, and temporaries."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if stats.get("peak_bytes_in_use"):
+        return stats["peak_bytes_in_use"] / 2**30, "device peak"
+    try:
+        a = trainer.step_program.compiled.memory_analysis()
+        planned = (a.argument_size_in_bytes + a.output_size_in_bytes - a.alias_size_in_bytes
+                   + a.temp_size_in_bytes)  # fmt: skip
+    except (AttributeError, NotImplementedError, TypeError):  # no analysis on this backend
+        return None, "-"
+    return planned / 2**30, "XLA plan"
 
 
 def measure_all(names: list[str], steps: int, scratch: Path | None) -> list[dict]:
     """One row per experiment that runs here, printed as it comes; a line for each skipped."""
     header = ("experiment", "variant", "batch", "step ms", "examples/s", "tokens/s", "MFU",
-              "1st step s")  # fmt: skip
-    print("{:26} {:8} {:>5} {:>9} {:>10} {:>10} {:>6} {:>10}".format(*header), flush=True)
+              "1st step s", "memory GiB")  # fmt: skip
+    print("{:26} {:8} {:>5} {:>9} {:>10} {:>10} {:>6} {:>10} {:>11}".format(*header),
+          flush=True)  # fmt: skip
     rows = []
     for name in names:
         try:
@@ -116,9 +132,12 @@ def measure_all(names: list[str], steps: int, scratch: Path | None) -> list[dict
         rows.append(r)
         tok = f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else "-"
         mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
+        gib = r["peak_memory_gib"]
+        planned = "*" if r["memory_from"] == "XLA plan" else ""
+        memory = "-" if gib is None else f"{gib:.2f}{planned}"
         cells = (name, r["variant"], r["batch"], r["step_s"] * 1e3, r["examples_per_s"], tok, mfu,
-                 r["first_step_s"])  # fmt: skip
-        print("{:26} {:8} {:>5} {:>9.1f} {:>10.1f} {:>10} {:>6} {:>10.1f}".format(*cells),
+                 r["first_step_s"], memory)  # fmt: skip
+        print("{:26} {:8} {:>5} {:>9.1f} {:>10.1f} {:>10} {:>6} {:>10.1f} {:>11}".format(*cells),
               flush=True)  # fmt: skip
     return rows
 

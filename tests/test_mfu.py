@@ -82,3 +82,20 @@ def test_the_gpu_sessions_speed_table_runs_here(monkeypatch, tmp_path):
         row = rows[impl]
         assert math.isfinite(row["tokens_per_s"]) and row["tokens_per_s"] > 0
         assert 0 < row["mfu"] < 1 and "ratio_vs_torch_compile" in row
+
+
+def test_make_bench_family_table_reports_memory_on_cpu(monkeypatch, capsys):
+    """`benchmarks/family_speed.py`'s row (make bench's every-family table): finite speed, an
+    MFU in (0, 1), and memory even where the device reports no peak (XLA's plan, starred)."""
+    import math
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    monkeypatch.delenv("GENZOO_DATA_DIR", raising=False)  # the packaged tiny Shakespeare
+    import family_speed
+
+    (row,) = family_speed.measure_all(["gpt_shakespeare_char"], steps=1, scratch=None)
+    assert row["variant"] == "cpu" and math.isfinite(row["tokens_per_s"]) and 0 < row["mfu"] < 1
+    # float32 params and Adam's two moments (~0.8 M parameters) are ~10 MB of the plan
+    assert row["memory_from"] == "XLA plan" and 0.01 < row["peak_memory_gib"] < 2
+    assert f"{row['peak_memory_gib']:.2f}*" in capsys.readouterr().out
