@@ -8,7 +8,8 @@ cache (`second` reuses the first run's cache and its steps: the same command lau
 which loads its stored executables rather than tracing). From its log: when the
 initial state, the compiled train and eval steps and the first training step were ready; from
 metrics.jsonl: the first step (compile included), the median step and the last validation
-loss. The first run trains `--steps`, the others `--probe-steps`. Prints a table; writes JSON.
+loss; from XLA's own timers, its longest compile phases (`xla_timers`). The first run trains
+`--steps`, the others `--probe-steps`. Prints a table; writes JSON.
 """
 
 from __future__ import annotations
@@ -54,11 +55,31 @@ PHASES = {  # log line -> phase name (the time the line was written)
     "training from step": "training_from_s",
 }
 LINE = re.compile(r"^\s*(\d+) ms  (.*)$")
+# XLA's own timers (XLA_SCOPED_LOGGING_TIMER, VLOG 1 of its compiler drivers): where a
+# compile's seconds go (HLO passes with GEMM autotuning, LLVM, ptxas), on GPU and CPU alike.
+XLA_TIMERS = {"TF_CPP_MIN_LOG_LEVEL": "0", "TF_CPP_VMODULE": "gpu_compiler=1,cpu_compiler=1"}
+TIMER = re.compile(r"\] (.+?) time: ([\d.]+) (us|ms|s|min|h) ")
+UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+def xla_timers(lines, most: int = 12, at_least: float = 0.1) -> dict[str, float]:
+    """The longest of XLA's timed compile phases in `lines`, seconds by label (a label seen
+    again, e.g. per program, gets `#2`...)."""
+    found = {}
+    for line in lines:
+        m = TIMER.search(line)
+        if m and float(m[2]) * UNIT[m[3]] >= at_least:
+            label, n = m[1], 1
+            while label in found:
+                n += 1
+                label = f"{m[1]} #{n}"
+            found[label] = round(float(m[2]) * UNIT[m[3]], 3)
+    return dict(sorted(found.items(), key=lambda kv: -kv[1])[:most])
 
 
 def run(name: str, args, steps: int, work: Path, cache: Path, like: str) -> dict:
     env_extra, overrides = RUNS[like]
-    env = {**os.environ, **env_extra, "JAX_COMPILATION_CACHE_DIR": str(cache)}
+    env = {**os.environ, **XLA_TIMERS, **env_extra, "JAX_COMPILATION_CACHE_DIR": str(cache)}
     cmd = [sys.executable, "-m", "genzoo.cli", "-v", "train", args.experiment, "--workdir",
            str(work), "--set", f"train.steps={steps}", "--set", "log.progress=false"]  # fmt: skip
     cmd += ["--variant", args.variant] if args.variant else []
@@ -70,7 +91,7 @@ def run(name: str, args, steps: int, work: Path, cache: Path, like: str) -> dict
     # The phase lines (and warnings) beside the JSON: what a surprise needs explaining.
     log = Path(args.out).with_name(f"{Path(args.out).stem}_{work.name}_{name}.log")
     log.parent.mkdir(parents=True, exist_ok=True)
-    kept = [x for x in out.stderr.splitlines() if LINE.match(x) or "WARN" in x]
+    kept = [x for x in out.stderr.splitlines() if LINE.match(x) or "WARN" in x or TIMER.search(x)]
     if out.returncode:  # a failure's traceback too (a GPU session is too short to rerun it)
         kept += ["--- stderr tail ---", *out.stderr.splitlines()[-80:]]
     log.write_text("\n".join(kept))
@@ -95,7 +116,8 @@ def run(name: str, args, steps: int, work: Path, cache: Path, like: str) -> dict
             row.setdefault("first_eval_done_s", ms / 1e3)  # after any wait for its compile
         if text.startswith("checkpoint "):
             saves.append(float(text.split(": ")[1].split()[0]))
-    row.update(evals_s=sum(evals), num_evals=len(evals), saves_s=sum(saves))
+    row.update(evals_s=sum(evals), num_evals=len(evals), saves_s=sum(saves),
+               xla_timers=xla_timers(out.stderr.splitlines()))  # fmt: skip
     rows = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines() if x.strip()] \
         if (work / "metrics.jsonl").is_file() else []  # fmt: skip
     steps_s = [r["perf/step_seconds"] for r in rows if "perf/step_seconds" in r]
@@ -148,6 +170,8 @@ def main() -> None:
                      for c in cols]  # fmt: skip
             print(f"{name:14s} " + " ".join(cells) + (f"  {row['error']}" if row["rc"] else ""),
                   flush=True)  # fmt: skip
+            for label, seconds in list(row["xla_timers"].items())[:4]:  # where compiles went
+                print(f"{'':14s}   xla {seconds:8.2f} s  {label}", flush=True)
             write_report(args.out, report)  # after every run: a timeout keeps what finished
 
 

@@ -99,3 +99,24 @@ def test_make_bench_family_table_reports_memory_on_cpu(monkeypatch, capsys):
     # float32 params and Adam's two moments (~0.8 M parameters) are ~10 MB of the plan
     assert row["memory_from"] == "XLA plan" and 0.01 < row["peak_memory_gib"] < 2
     assert f"{row['peak_memory_gib']:.2f}*" in capsys.readouterr().out
+
+
+def test_char_wall_reads_xlas_compile_timers(monkeypatch):
+    """The GPU session's char runs say where a compile's seconds went: XLA's timer lines
+    (HumanReadable units, a label per program) become seconds, longest first."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    import char_wall
+
+    head = "I1128 13:41:46.973930    4892 gpu_compiler.cc:2094] "
+    lines = [head + "GpuCompiler::RunBackend time: 2.1 min (126000000 us) (cumulative: 2.1 min)",
+             head + "GpuCompiler::RunBackend time: 449 ms (449121 us)",
+             head + "Compiling [jit_step] for CPU using JIT time: 5.55 s (5553199 us)",
+             head + "Running HLO passes on [jit_stage] for CPU time: 1.1 ms (1097 us)",
+             "     1996 ms  process 0 of 1 reads rows 0:64 of each batch of 64"]  # fmt: skip
+    assert char_wall.xla_timers(lines) == {
+        "GpuCompiler::RunBackend": 126.0,
+        "Compiling [jit_step] for CPU using JIT": 5.55,
+        "GpuCompiler::RunBackend #2": 0.449,
+    }

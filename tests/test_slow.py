@@ -48,3 +48,4 @@ def test_the_gpu_session_script_runs_dry(tmp_path):
     assert list(runs) == ["pallas", "second", "default", "no_triton_gemm"]
     assert all(r["rc"] == 0 and r["val_loss"] < 4.2 for r in runs.values())
     assert runs["second"]["step_load_s"] is not None  # the second launch loaded its step
+    assert runs["pallas"]["xla_timers"]  # XLA's compile timers (here XLA:CPU's) were read
