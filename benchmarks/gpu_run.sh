@@ -26,7 +26,7 @@ if [ "${DRY:-0}" = 1 ]; then
   echo "dry run (toy sizes, no GPU)" > "$OUT/gpu.txt"
   export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 else
-  PY=python3 FLASH_SIZE=() CHAR_SIZE=()
+  PY=python3 FLASH_SIZE=() CHAR_SIZE=()  # expanded as ${A[@]+"${A[@]}"}: set -u, bash < 4.4
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl >/dev/null 2>&1 || { echo "wheel install failed"; exit 1; }
   export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.6
@@ -37,7 +37,8 @@ quiet() { grep -v "^W\|^I0\|warn"; }
 
 case " $STEPS " in *" flash "*)
   timeout "${FLASH_TIMEOUT:-240}" $PY benchmarks/flash_check.py --out "$OUT/flash_check.json" \
-    "${FLASH_SIZE[@]}" --tiles "${FLASH_TILES:-128x128/32x32/2,128x64/64x32/2,128x64/128x32/3}" \
+    ${FLASH_SIZE[@]+"${FLASH_SIZE[@]}"} \
+    --tiles "${FLASH_TILES:-128x128/32x32/2,128x64/64x32/2,128x64/128x32/3}" \
     2>&1 | quiet | tee "$OUT/flash_check.txt"
   # The char GPT's fastest tiling (bf16, dropout) for the kernels' runs below, unless set.
   best=$($PY - "$OUT/flash_check.json" <<'PY' 2>/dev/null
@@ -58,7 +59,7 @@ case " $STEPS " in *" char "*)
   # then today's default and what could explain its 123 s compile (Triton GEMM fusions
   # autotuned with dropout's bits inside).
   timeout "${CHAR_TIMEOUT:-540}" $PY benchmarks/char_wall.py --out "$OUT/char_wall.json" \
-    "${CHAR_SIZE[@]}" --runs "${CHAR_RUNS:-pallas,second,default,no_triton_gemm}" \
+    ${CHAR_SIZE[@]+"${CHAR_SIZE[@]}"} --runs "${CHAR_RUNS:-pallas,second,default,no_triton_gemm}" \
     --probe-steps "${CHAR_PROBE_STEPS:-300}" 2>&1 | quiet \
     | tee "$OUT/char_wall.txt";;
 esac
