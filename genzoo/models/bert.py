@@ -230,7 +230,11 @@ def flops_per_example(cfg, shapes) -> float:
     c = BertConfig.from_cfg(cfg)
     (L,) = shapes["tokens"]
     body = c.num_layers * (4 * c.width**2 + 2 * c.width * c.mlp_hidden)
-    head = (c.width + c.padded_vocab) * c.width * c.predictions(L)  # scored positions only
+    # The MLM head on the scored positions only (a classifier keeps one slot, `_sums`), then
+    # the pooler and the [CLS] head.
+    scored = 1 if c.num_classes else c.predictions(L)
+    mlm_head = (c.width + c.padded_vocab) * c.width * scored
+    head = mlm_head + c.width * (c.width + (c.num_classes or 2))
     return float((6 * body + 12 * c.num_layers * c.width * L) * L + 6 * head)
 
 
