@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/family_speed.py [--steps 10] [--only gpt_shakespeare_char,...]
 
+The median of `--steps` steps, each timed alone (after a first, compiling, step and one more).
 Each experiment's `cpu` variant (its default config where it has none), real data from
 $GENZOO_DATA_DIR (or the package), one device. Experiments that start from trained runs
 (DALL·E's tokenizer and CLIP, a fine-tune's pretrained model) use the runs their config names
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,11 +79,14 @@ def measure(name: str, steps: int) -> dict:
     first = time.perf_counter() - t0
     state, m = trainer.step(state, next(batches))
     jax.block_until_ready(m)
-    t0 = time.perf_counter()
+    times = []  # each step alone, the median kept: a 2-core VM's neighbours move the mean ~20%
     for _ in range(steps):
-        state, m = trainer.step(state, next(batches))
-    jax.block_until_ready(m)
-    step_s = (time.perf_counter() - t0) / steps
+        batch = next(batches)
+        t0 = time.perf_counter()
+        state, m = trainer.step(state, batch)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
     B = frozen.train.batch_size
     row = {"experiment": name, "variant": variant or "default", "family": cfg.model.family,
            "batch": B, "step_s": step_s, "first_step_s": first,
