@@ -66,14 +66,14 @@ def xla_timers(lines, most: int = 12, at_least: float = 0.1) -> dict[str, float]
     """The longest of XLA's timed compile phases in `lines`, seconds by label (a label seen
     again, e.g. per program, gets `#2`...)."""
     found = {}
-    for line in lines:
-        m = TIMER.search(line)
-        if m and float(m[2]) * UNIT[m[3]] >= at_least:
+    for m in filter(None, map(TIMER.search, lines)):
+        seconds = float(m[2]) * UNIT[m[3]]
+        if seconds >= at_least:
             label, n = m[1], 1
             while label in found:
                 n += 1
                 label = f"{m[1]} #{n}"
-            found[label] = round(float(m[2]) * UNIT[m[3]], 3)
+            found[label] = round(seconds, 3)
     return dict(sorted(found.items(), key=lambda kv: -kv[1])[:most])
 
 
