@@ -46,6 +46,10 @@ RUNS = {
     "autodiff_grad": ({"GENZOO_ATTENTION_GRAD": "autodiff"}, []),  # CPU's A/B: XLA's autodiff
     "serial_start": ({"GENZOO_OVERLAP": "0"}, []),  # init, then the step's compile
     "overlap_start": ({"GENZOO_OVERLAP": "1"}, []),  # both at once (default with >= 4 cores)
+    # glibc malloc with one arena (what CPU runs get; GPU runs got it until 2026-11-28): the
+    # suspect for the H200's ~3.6x slower compiles (genzoo/host_memory.py), and malloc untouched.
+    "malloc_reuse": ({"GENZOO_MALLOC": "reuse"}, []),
+    "malloc_default": ({"GENZOO_MALLOC": "default"}, []),
 }
 PHASES = {  # log line -> phase name (the time the line was written)
     "process 0 of": "data_ready_s",  # the train split's reader is built

@@ -54,12 +54,12 @@ PY
   fi;;
 esac
 case " $STEPS " in *" char "*)
-  # The first run trains 2000 steps, the others --probe-steps. First the Pallas flash kernels
-  # (dropout inside the kernel: no cuDNN fallback, no [L, T] mask) and their second launch,
-  # then today's default and what could explain its 123 s compile (Triton GEMM fusions
-  # autotuned with dropout's bits inside).
+  # The first run trains 2000 steps, the others --probe-steps. First today's default (glibc's
+  # malloc left alone on an accelerator since 2026-11-28) and its second launch, then
+  # malloc_reuse (one arena, what every H200 run since 2026-11-27 06:00 had: the suspect for
+  # its 3.6x slower compiles), then the Pallas flash kernels (dropout inside the kernel).
   timeout "${CHAR_TIMEOUT:-540}" $PY benchmarks/char_wall.py --out "$OUT/char_wall.json" \
-    ${CHAR_SIZE[@]+"${CHAR_SIZE[@]}"} --runs "${CHAR_RUNS:-pallas,second,default,no_triton_gemm}" \
+    ${CHAR_SIZE[@]+"${CHAR_SIZE[@]}"} --runs "${CHAR_RUNS:-default,second,malloc_reuse,pallas}" \
     --probe-steps "${CHAR_PROBE_STEPS:-300}" 2>&1 | quiet \
     | tee "$OUT/char_wall.txt";;
 esac

@@ -33,7 +33,7 @@ KNOBS = {
     "GENZOO_THREEFRY": ("xla", "kernel"),  # GPU: threefry as XLA ops or one CUDA kernel
     "GENZOO_OFFLINE": ("0", "1"),  # 1: never download data sets
     "GENZOO_DISTRIBUTED": ("off", "auto"),  # auto: join the cluster JAX detects
-    "GENZOO_MALLOC": ("reuse", "default"),  # glibc malloc tuning (host_memory.py)
+    "GENZOO_MALLOC": ("auto", "reuse", "default"),  # glibc malloc tuning, auto: CPU only
 }
 
 

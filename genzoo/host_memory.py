@@ -14,12 +14,19 @@ flight the heap settled at ~3.5 blocks (a 1.6 GiB block: 2.5 GiB peak -> 5.7 GiB
 GPT at batch 64 ran out of 23 GiB). So the no-mmap half is applied only once a compiled
 step's temporaries are known to be small (`reuse_large_blocks`, called by the trainer);
 `GENZOO_MALLOC=default` leaves malloc alone altogether.
+
+Only where jax computes on the CPU (`GENZOO_MALLOC=auto`, the default): on an accelerator the
+step's buffers live on the device, and one arena serialises every allocation of XLA's
+multi-threaded compiler (LLVM, autotuning) behind one lock. The H200's compiles grew ~3.6x
+the session this tuning landed (GPT-2 shape 19.7 -> 71.4 s, char GPT ~33 -> 123.5 s).
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
+import pkgutil
 import sys
 
 # mallopt(3) parameters (glibc's malloc.h).
@@ -29,17 +36,40 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _SHARE_OF_RAM, _MAX_BLOCK = 1 / 16, 2 << 30
 
 _mallopt = None
+_arena: bool | None = None
 _large_blocks: bool | None = None
 
 
+def accelerator_plugins() -> list[str]:
+    """The accelerator backends jax would find (it looks in the same places when it starts:
+    modules of the `jax_plugins` namespace, and libtpu), without importing jax."""
+    found = []
+    spec = importlib.util.find_spec("jax_plugins")
+    if spec is not None and spec.submodule_search_locations:
+        found += [module.name for module in pkgutil.iter_modules(spec.submodule_search_locations)]
+    if importlib.util.find_spec("libtpu") is not None:
+        found.append("libtpu")
+    return found
+
+
+def cpu_only(environ=os.environ) -> bool:
+    """Whether this process computes on the CPU: `JAX_PLATFORMS` names only `cpu`, or, unset,
+    no accelerator plugin is installed."""
+    platforms = [p.strip() for p in environ.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+    if platforms:
+        return set(platforms) == {"cpu"}
+    return not accelerator_plugins()
+
+
 def _libc_mallopt():
-    """glibc's mallopt, or None where it does not apply (opted out, not Linux, not glibc)."""
+    """glibc's mallopt, or None where it does not apply (opted out, an accelerator's process,
+    not Linux, not glibc)."""
     global _mallopt
     if _mallopt is None:
         _mallopt = False
-        if os.environ.get("GENZOO_MALLOC", "reuse") != "default" and sys.platform.startswith(
-            "linux"
-        ):
+        choice = os.environ.get("GENZOO_MALLOC", "auto")
+        wanted = choice == "reuse" or (choice == "auto" and cpu_only())
+        if wanted and sys.platform.startswith("linux"):
             try:
                 fn = ctypes.CDLL(None).mallopt  # the process's own libc
                 fn.argtypes, fn.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
@@ -53,8 +83,11 @@ def one_arena() -> bool:
     """All threads allocate from the main heap, so a worker thread's large block can come
     from it (`reuse_large_blocks`). Must run before XLA's threads first allocate, i.e.
     before the first computation; `import genzoo` does it."""
-    mallopt = _libc_mallopt()
-    return bool(mallopt) and mallopt(_M_ARENA_MAX, 1) == 1
+    global _arena
+    if _arena is None:
+        mallopt = _libc_mallopt()
+        _arena = bool(mallopt) and mallopt(_M_ARENA_MAX, 1) == 1
+    return _arena
 
 
 def block_limit() -> int:
@@ -74,7 +107,8 @@ def reuse_large_blocks(temp_bytes: int) -> bool:
     if _large_blocks:
         return True
     mallopt = _libc_mallopt()
-    if not mallopt or temp_bytes > block_limit():
+    # Without one arena, a worker thread's large block would come from its own arena's mmap.
+    if not mallopt or not one_arena() or temp_bytes > block_limit():
         return False
     _large_blocks = all(
         mallopt(param, value) == 1

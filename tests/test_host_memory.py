@@ -41,7 +41,7 @@ def _probe(malloc: str, claimed: int) -> tuple[str, float, int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
 def test_small_step_temporaries_are_not_faulted_in_again():
-    applied, faults, limit = _probe("reuse", 128 << 20)
+    applied, faults, limit = _probe("auto", 128 << 20)  # a CPU-only process: tuned
     assert limit >= 128 << 20, "a machine under 4 GiB: the probe's block is over the limit"
     assert applied == "True"
     assert faults < 2_000, faults
@@ -59,3 +59,33 @@ def test_large_step_temporaries_keep_glibcs_defaults():
     applied, faults, _ = _probe("reuse", limit + 1)  # e.g. the char GPT at batch 64: 6.5 GiB
     assert applied == "False"
     assert faults > 15_000, faults
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+@pytest.mark.parametrize(
+    "malloc, plugin, platforms, tuned",
+    [
+        ("auto", False, "", True),  # CI: no accelerator plugin
+        ("auto", True, "", False),  # a GPU machine: XLA's compiler threads keep their arenas
+        ("auto", True, "cpu", True),  # an accelerator's machine told to compute on the CPU
+        ("auto", True, "cuda,cpu", False),
+        ("reuse", True, "", True),
+        ("default", False, "", False),
+    ],
+)
+def test_one_arena_only_where_jax_computes_on_the_cpu(tmp_path, malloc, plugin, platforms, tuned):
+    if plugin:  # what jax's CUDA plugin installs: a module of the jax_plugins namespace
+        (tmp_path / "jax_plugins" / "xla_fake").mkdir(parents=True)
+        (tmp_path / "jax_plugins" / "xla_fake" / "__init__.py").write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env.update(GENZOO_MALLOC=malloc, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]))
+    if platforms:
+        env["JAX_PLATFORMS"] = platforms
+    probe = "import sys, genzoo.host_memory as h; print(h.one_arena(), 'jax' in sys.modules, "
+    probe += "h.accelerator_plugins())"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    arena, jax_imported, found = out.stdout.split(" ", 2)
+    assert arena == str(tuned)
+    assert ("xla_fake" in found) == plugin
+    assert jax_imported == "False"  # decided before jax (and XLA's threads) start
