@@ -55,11 +55,14 @@ PY
 esac
 case " $STEPS " in *" char "*)
   # The first run trains 2000 steps, the others --probe-steps. First today's default (glibc's
-  # malloc left alone on an accelerator since 2026-11-28) and its second launch, then
-  # malloc_reuse (one arena, what every H200 run since 2026-11-27 06:00 had: the suspect for
-  # its 3.6x slower compiles), then the Pallas flash kernels (dropout inside the kernel).
+  # malloc left alone on an accelerator since 2026-11-28) and its second launch; then cuBLAS
+  # for every GEMM (no Triton GEMM candidates to compile while autotuning), the Pallas flash
+  # kernels (dropout inside the kernel), and last malloc_reuse (one arena, what every H200 run
+  # since 2026-11-27 06:00 had: the suspect for its 3.6x slower compiles; the slowest, and each
+  # run's row is written as it ends, so a timeout loses only it).
   timeout "${CHAR_TIMEOUT:-540}" $PY benchmarks/char_wall.py --out "$OUT/char_wall.json" \
-    ${CHAR_SIZE[@]+"${CHAR_SIZE[@]}"} --runs "${CHAR_RUNS:-default,second,malloc_reuse,pallas}" \
+    ${CHAR_SIZE[@]+"${CHAR_SIZE[@]}"} \
+    --runs "${CHAR_RUNS:-default,second,no_triton_gemm,pallas,malloc_reuse}" \
     --probe-steps "${CHAR_PROBE_STEPS:-300}" 2>&1 | quiet \
     | tee "$OUT/char_wall.txt";;
 esac
