@@ -24,14 +24,18 @@ def _links(cfg) -> list[str]:
     return paths
 
 
-def _pretrained(cfg, variant: str | None) -> list[str]:
-    """The run a fine-tune starts from (`train.init_from`), where an experiment of that name
-    trains it (`runs/demo`, made by `make demo`, is left to `train`'s own check)."""
+def _links_with_experiments(cfg, variant: str | None) -> list[tuple[str, str]]:
+    """[(workdir, the experiment that trains it)]: every link, and the run a fine-tune starts
+    from (`train.init_from`) where an experiment of that name trains it (`runs/demo`, made by
+    `make demo`, is left to `train`'s own check)."""
+    pairs = [(path, _experiment_of(path, variant)) for path in _links(cfg)]
     path = requires.split(cfg.train.get("init_from") or "")[0]
-    try:
-        return [path] if path and _experiment_of(path, variant) else []
-    except UserError:
-        return []
+    if path:
+        try:
+            pairs.append((path, _experiment_of(path, variant)))
+        except UserError:
+            pass
+    return pairs
 
 
 def _experiment_of(path: str, variant: str | None) -> str:
@@ -58,8 +62,7 @@ def plan(name: str, variant: str | None, workdir: str | None = None) -> list[tup
         if path in seen:
             return
         cfg = experiment.load(exp, var)
-        for link in _links(cfg) + _pretrained(cfg, variant):
-            dep = _experiment_of(link, variant)
+        for link, dep in _links_with_experiments(cfg, variant):
             visit(dep, _variant_for(dep, variant), link, (*stack, path))
         seen.add(path)
         order.append((exp, var, path))
