@@ -1,6 +1,6 @@
 """Layers shared by every model family: attention, Transformer blocks, MLP, norms, embeddings."""
 
-from genzoo.layers.attention import Attention, cross_kv
+from genzoo.layers.attention import Attention, cross_kv, empty_kv
 from genzoo.layers.basic import MLP, Embed, LayerNorm, gelu, partitioned, sinusoidal_positions
 from genzoo.layers.conv import ConvDecoder, ConvEncoder
 from genzoo.layers.dropout import Dropout
@@ -19,6 +19,7 @@ __all__ = [
     "call_block",
     "gelu",
     "cross_kv",
+    "empty_kv",
     "partitioned",
     "sinusoidal_positions",
 ]

@@ -28,7 +28,15 @@ import jax.numpy as jnp
 
 from genzoo import sampling
 from genzoo.evaluation import lm
-from genzoo.layers import Dropout, Embed, LayerNorm, TransformerBlock, call_block, partitioned
+from genzoo.layers import (
+    Dropout,
+    Embed,
+    LayerNorm,
+    TransformerBlock,
+    call_block,
+    empty_kv,
+    partitioned,
+)
 from genzoo.models.base import FromConfig, padded, require, require_transformer_shape
 
 KIND = "text_to_image"
@@ -207,8 +215,7 @@ def flops_per_example(cfg, shapes) -> float:
 
 
 def init_cache(c: DalleConfig, batch: int):
-    zeros = jnp.zeros((batch, c.length, c.num_heads, c.width // c.num_heads), jnp.dtype(c.dtype))
-    layer = {"self": {"k": zeros, "v": zeros}}
+    layer = {"self": empty_kv(batch, c.length, c.num_heads, c.width // c.num_heads, c.dtype)}
     return {"index": jnp.array(0, jnp.int32), "layers": [layer] * c.num_layers}
 
 

@@ -16,7 +16,15 @@ import jax.numpy as jnp
 from genzoo import sampling
 from genzoo.errors import UserError
 from genzoo.evaluation import lm
-from genzoo.layers import Dropout, Embed, LayerNorm, TransformerBlock, call_block, quant
+from genzoo.layers import (
+    Dropout,
+    Embed,
+    LayerNorm,
+    TransformerBlock,
+    call_block,
+    empty_kv,
+    quant,
+)
 from genzoo.models.base import FromConfig, require_transformer_shape
 
 KIND = "language_model"
@@ -78,7 +86,7 @@ class GPT(nn.Module):
         # Left padding (ragged prompt batches) is never attended to.
         key_valid_BxT = None
         if cache is not None:
-            key_valid_BxT = jnp.arange(cache["layers"][0]["self"]["k"].shape[1]) >= pad_B[:, None]
+            key_valid_BxT = jnp.arange(cache["layers"][0]["self"]["k"].shape[2]) >= pad_B[:, None]
         new_layers = []
         for i in range(c.num_layers):
             block = TransformerBlock(
@@ -118,9 +126,7 @@ class GPT(nn.Module):
 
 def init_cache(c: GPTConfig, batch: int, length: int, pad_B=None):
     """An empty cache of `length` slots; `pad_B` left-padding slots per row (default none)."""
-    head_dim = c.width // c.num_heads
-    zeros = jnp.zeros((batch, length, c.num_heads, head_dim), jnp.dtype(c.dtype))
-    layer = {"self": {"k": zeros, "v": zeros}}
+    layer = {"self": empty_kv(batch, length, c.num_heads, c.width // c.num_heads, c.dtype)}
     pad_B = jnp.zeros((batch,), jnp.int32) if pad_B is None else jnp.asarray(pad_B, jnp.int32)
     return {"index": jnp.array(0, jnp.int32), "pad": pad_B, "layers": [layer] * c.num_layers}
 

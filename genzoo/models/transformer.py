@@ -26,6 +26,7 @@ from genzoo.layers import (
     TransformerBlock,
     call_block,
     cross_kv,
+    empty_kv,
     sinusoidal_positions,
 )
 from genzoo.models.base import FromConfig, require, require_transformer_shape
@@ -231,9 +232,8 @@ def init_cache(params, c: TransformerConfig, memory_BxSxD, src_valid_BxS, length
     """Decoder cache: empty self-attention slots, and each layer's cross keys/values computed
     once from the source's memory."""
     B, H = memory_BxSxD.shape[0], c.num_heads
-    zeros = jnp.zeros((B, length, H, c.width // H), jnp.dtype(c.dtype))
     layers = [
-        {"self": {"k": zeros, "v": zeros},
+        {"self": empty_kv(B, length, H, c.width // H, c.dtype),
          "cross": cross_kv(params[f"dec_{i}"]["cross_attn"], memory_BxSxD, jnp.dtype(c.dtype))}
         for i in range(c.num_layers)
     ]  # fmt: skip
