@@ -28,15 +28,8 @@ import jax.numpy as jnp
 
 from genzoo import sampling
 from genzoo.evaluation import lm
-from genzoo.layers import (
-    Dropout,
-    Embed,
-    LayerNorm,
-    TransformerBlock,
-    call_block,
-    empty_kv,
-    partitioned,
-)
+from genzoo.layers import Dropout, Embed, LayerNorm, TransformerBlock, call_block, partitioned
+from genzoo.layers.attention import empty_kv
 from genzoo.models.base import FromConfig, padded, require, require_transformer_shape
 
 KIND = "text_to_image"

@@ -16,15 +16,8 @@ import jax.numpy as jnp
 from genzoo import sampling
 from genzoo.errors import UserError
 from genzoo.evaluation import lm
-from genzoo.layers import (
-    Dropout,
-    Embed,
-    LayerNorm,
-    TransformerBlock,
-    call_block,
-    empty_kv,
-    quant,
-)
+from genzoo.layers import Dropout, Embed, LayerNorm, TransformerBlock, call_block, quant
+from genzoo.layers.attention import empty_kv
 from genzoo.models.base import FromConfig, require_transformer_shape
 
 KIND = "language_model"
