@@ -17,8 +17,9 @@ step's temporaries are known to be small (`reuse_large_blocks`, called by the tr
 
 Only where jax computes on the CPU (`GENZOO_MALLOC=auto`, the default): on an accelerator the
 step's buffers live on the device, and one arena serialises every allocation of XLA's
-multi-threaded compiler (LLVM, autotuning) behind one lock. The H200's compiles grew ~3.6x
-the session this tuning landed (GPT-2 shape 19.7 -> 71.4 s, char GPT ~33 -> 123.5 s).
+multi-threaded compiler (LLVM, autotuning) behind one lock: every H200 compile measured after
+this tuning landed ran ~3.6x slower (GPT-2 shape 19.7 -> 71.4 s, char GPT ~33 -> 123.5 s; the
+suspected cause, which `benchmarks/gpu_run.sh`'s char step measures: `malloc_reuse`).
 """
 
 from __future__ import annotations
