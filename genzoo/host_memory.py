@@ -53,10 +53,10 @@ def accelerator_plugins() -> list[str]:
     return found
 
 
-def cpu_only(environ=os.environ) -> bool:
+def cpu_only() -> bool:
     """Whether this process computes on the CPU: `JAX_PLATFORMS` names only `cpu`, or, unset,
     no accelerator plugin is installed."""
-    platforms = [p.strip() for p in environ.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+    platforms = [p.strip() for p in os.environ.get("JAX_PLATFORMS", "").split(",") if p.strip()]
     if platforms:
         return set(platforms) == {"cpu"}
     return not accelerator_plugins()
