@@ -1,6 +1,7 @@
 """Tests that catch plausible small bugs (each named after the mutation it kills)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from conftest import tiny_config
 
@@ -62,9 +63,11 @@ def test_the_step_rng_differs_between_steps(make_config, char_data):
     batch = next(char_data.train_iterator(8, 0))
     from genzoo.train_step import _loss_and_grads
 
-    rng_for = lambda step: jax.random.fold_in(state.rng, step)
-    loss = lambda step: float(_loss_and_grads(trainer.family, trainer.model_cfg, state.params,
-                                              batch, rng_for(step), step)[0])  # fmt: skip
+    # Jitted once: op by op, the backward pass compiled each of its ops (~25 s).
+    loss_at = jax.jit(lambda params, batch, step: _loss_and_grads(
+        trainer.family, trainer.model_cfg, params, batch, jax.random.fold_in(state.rng, step),
+        step)[0])  # fmt: skip
+    loss = lambda step: float(loss_at(state.params, batch, jnp.int32(step)))
     first, second = loss(0), loss(1)
     assert first != second
     _, metrics = trainer.step(state, batch)  # donates `state`: computed above, not after

@@ -68,8 +68,13 @@ def test_overfits_one_batch(make_config, char_data):
 
 
 # Experiments whose family another experiment already covers here run with `make test-slow`.
+# (the smoke CLI test still trains every experiment; these tests are about the step and the
+# trainer, which a family's second experiment reuses).
 REPEATS = {"clip_fashion_mnist": "clip_shapes", "shapes_judge": "classifier_fashion_mnist",
-           "gpt_token_corpus": "gpt_shakespeare_char"}  # fmt: skip
+           "gpt_token_corpus": "gpt_shakespeare_char",
+           "gpt_shakespeare_bpe": "gpt_shakespeare_char",
+           "transformer_wmt14_en_de": "transformer_bible_es_en",
+           "bert_bible_genre": "bert_mlm_english"}  # fmt: skip
 EXPERIMENTS = [pytest.param(row[0], marks=pytest.mark.slow) if row[0] in REPEATS else row[0]
                for row in experiment.list_experiments()]  # fmt: skip
 
@@ -97,10 +102,22 @@ def make_config_for(name, *overrides):
     return workdir.resolve(experiment.load(name, "smoke", overrides), _data(name))
 
 
+def step_config_for(name, *overrides):
+    """The one training set-up the three tests below share, so each experiment's one-device
+    step compiles once (the persistent cache serves the others): no warm-up (the loss falls
+    within a few steps), a decay fixed whatever `train.steps` is, and dropout where the family
+    has it (its RNG must agree across meshes and across a resume)."""
+    shared = ("optim.warmup_steps=0", "optim.min_lr=0.001", "optim.lr=0.003",
+              "optim.decay_steps=6", "eval.every_steps=0", "log.progress=false")  # fmt: skip
+    if "dropout" in experiment.load(name, "smoke").model:  # what the family declares
+        shared += ("model.dropout=0.1",)
+    return make_config_for(name, *shared, *overrides)
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_eight_devices_match_one(name):
-    one = Trainer(make_config_for(name), devices=jax.devices()[:1], deps=_deps(name))
-    many = Trainer(make_config_for(name, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"),
+    one = Trainer(step_config_for(name), devices=jax.devices()[:1], deps=_deps(name))
+    many = Trainer(step_config_for(name, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"),
                    deps=_deps(name))  # fmt: skip
     assert dict(many.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
     _, a = _run_steps(one, _data(name), 3)
@@ -146,10 +163,8 @@ def test_grad_accumulation_matches_full_batch(make_config, char_data):
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_resume_is_bit_identical(name, tmp_path):
-    overrides = ("checkpoint.every_steps=3", "eval.every_steps=0", "log.progress=false")
-    if "dropout" in experiment.load(name, "smoke").model:  # what the family declares
-        overrides += ("model.dropout=0.1",)  # the dropout RNG must resume too
-    make = lambda steps: Trainer(make_config_for(name, *overrides, f"train.steps={steps}"),
+    make = lambda steps: Trainer(step_config_for(name, "checkpoint.every_steps=3",
+                                                 f"train.steps={steps}"),
                                  devices=jax.devices()[:1], deps=_deps(name))  # fmt: skip
     a = make(6).fit(tmp_path / "a", _data(name))
     make(3).fit(tmp_path / "b", _data(name))
@@ -163,7 +178,7 @@ def test_resume_is_bit_identical(name, tmp_path):
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_loss_decreases_on_a_fixed_batch(name):
-    cfg = make_config_for(name, "optim.warmup_steps=0", "optim.min_lr=0.001", "optim.lr=0.003")
+    cfg = step_config_for(name)
     t = Trainer(cfg, devices=jax.devices()[:1], deps=_deps(name))
     batch = next(_data(name).train_iterator(cfg.train.batch_size, 0))
     state = t.init_state()
@@ -378,11 +393,12 @@ REMAT_FAMILIES = {"bert_mlm_english": 1, "transformer_bible_es_en": 2, "dalle_sh
 )  # fmt: skip
 def test_remat_keeps_every_transformer_familys_loss_and_gradients(name):
     batch = next(_data(name).train_iterator(2, 0))
-    results = []
+    results, params = [], None
     for policy in ("none", "full"):
         cfg = make_config_for(name, f"model.remat={policy}")
         family = models.get(cfg.model.family)
-        params = unbox(family.init(jax.random.PRNGKey(0), cfg.model))
+        if params is None:  # the same for both policies
+            params = unbox(family.init(jax.random.PRNGKey(0), cfg.model))
         f = jax.jit(lambda p, b, c=cfg.model, fam=family: trainer_lib._loss_and_grads(
             fam, c, p, b, jax.random.PRNGKey(1), 0, _deps(name))[:2])  # fmt: skip
         results.append(f(params, batch))

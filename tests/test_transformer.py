@@ -162,7 +162,7 @@ def test_packed_rows_give_the_same_loss_as_separate_examples(params):
     np.testing.assert_allclose(float(a["nll"]), float(b["nll"]), rtol=1e-5)
 
 
-def test_transformer_base_for_wmt14_builds_and_steps():
+def _wmt14_base_trainer():
     import conftest
 
     from genzoo.trainer import Trainer
@@ -171,14 +171,23 @@ def test_transformer_base_for_wmt14_builds_and_steps():
         "data.synthetic_examples=16", "data.max_src_len=12", "data.max_tgt_len=12",
         "train.batch_size=2", "eval.every_steps=0", variant=None, name="transformer_wmt14_en_de",
     )  # fmt: skip
+    return cfg, Trainer(cfg, devices=jax.devices()[:1])
+
+
+def test_transformer_base_for_wmt14_has_the_base_shape():
+    cfg, trainer = _wmt14_base_trainer()  # shapes only (`abstract_state`): nothing compiles
     assert (cfg.model.num_layers, cfg.model.width, cfg.model.mlp_hidden) == (6, 512, 2048)
     assert cfg.model.src_vocab_size == 37000 and cfg.optim.schedule == "inverse_sqrt"
+    n = sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))
+    assert 60e6 < n < 66e6  # Transformer-base with a 37k shared vocabulary: ~63M
+
+
+@pytest.mark.slow  # ~50 s on 2 cores: compiling and stepping 63M parameters
+def test_transformer_base_for_wmt14_steps():
     from genzoo import data
 
-    trainer = Trainer(cfg, devices=jax.devices()[:1])
+    cfg, trainer = _wmt14_base_trainer()
     state = trainer.init_state()
-    n = sum(x.size for x in jax.tree.leaves(state.params))
-    assert 60e6 < n < 66e6  # Transformer-base with a 37k shared vocabulary: ~63M
     batch = next(data.load(cfg.data).train_iterator(2, 0))
     state, metrics = trainer.step(state, batch)
     assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1
