@@ -247,19 +247,19 @@ class Trainer(StartUp):
         train_iter = data.train_iterator(cfg.train.batch_size, cfg.train.seed, rows=rows)
         main = distributed.is_main()  # files and progress: process 0 only
         compiles = self.step_program.compiled is None  # else compiled before this fit
-        state, latest, writer, batch, t_first = self._begin(workdir, ckpt, train_iter, data,
-                                                            init_params)  # fmt: skip
-        step = int(state.step)
         # What one example looks like (per-field shapes) decides its cost, for every family.
         tokens = getattr(data, "tokens_per_example", None)
         flops = None
         if isinstance(self.family, CountsFlops):
             flops = self.family.flops_per_example(self.model_cfg, data.example_shapes)
         peak = None
-        if flops:
+        if flops:  # before any compile starts: a CPU's peak measured beside one reads low
             peak, source = metrics_lib.peak_flops(cfg.train.peak_flops,
                                                   cfg.model.get("dtype", "float32"))  # fmt: skip
             log.info("MFU divides by %.4g FLOP/s: %s", peak, source)
+        state, latest, writer, batch, t_first = self._begin(workdir, ckpt, train_iter, data,
+                                                            init_params)  # fmt: skip
+        step = int(state.step)
         bar = tqdm(total=cfg.train.steps, initial=step, disable=not (cfg.log.progress and main),
                    unit="step", dynamic_ncols=True)  # fmt: skip
         say = bar.write if main else lambda line: None
