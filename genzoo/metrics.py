@@ -257,7 +257,8 @@ def _cpu_signature() -> str:
 
 
 def _measured_peak(device) -> float:
-    cache = sources.cache_dir() / "peak_flops.json"
+    # v2: peaks cached before session 16 were measured beside the start-up compiles (low).
+    cache = sources.cache_dir() / "peak_flops_v2.json"
     key = _peak_key(device)
     try:
         table = json.loads(cache.read_text()) if cache.is_file() else {}

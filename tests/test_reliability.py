@@ -265,10 +265,10 @@ def test_tensorboard_opened_late_still_gets_every_row(tmp_path):
 
 def test_a_torn_peak_flops_cache_is_measured_again(monkeypatch, tmp_path):
     monkeypatch.setenv("GENZOO_CACHE_DIR", str(tmp_path))
-    (tmp_path / "peak_flops.json").write_text('{"cpu:cpu": 1.2')
+    (tmp_path / "peak_flops_v2.json").write_text('{"cpu:cpu": 1.2')
     monkeypatch.setattr(metrics, "measure_matmul_peak", lambda: 5e9)
     assert metrics.peak_flops(0.0)[0] == 5e9
-    assert json.loads((tmp_path / "peak_flops.json").read_text()) == {
+    assert json.loads((tmp_path / "peak_flops_v2.json").read_text()) == {
         metrics._peak_key(jax.devices()[0]): 5e9
     }
 
