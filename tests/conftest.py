@@ -4,12 +4,14 @@ The environment is set at import time, before anything imports jax.
 """
 
 import atexit
+import functools
 import gzip
 import os
 import random
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -133,3 +135,45 @@ def unbox(tree):
 @pytest.fixture(scope="session")
 def make_config():
     return tiny_config
+
+
+def run_steps(trainer, data, n):
+    """(state, losses) after `n` steps from the trainer's initial state on `data`'s batches."""
+    state = trainer.init_state()
+    it = data.train_iterator(trainer.cfg.train.batch_size, trainer.cfg.train.seed)
+    losses = []
+    for _ in range(n):
+        state, m = trainer.step(state, next(it))
+        losses.append(float(m["loss"]))
+    return state, losses
+
+
+@functools.cache
+def experiment_deps(name) -> dict:
+    """Stand-ins for the runs an experiment requires: their smoke configs with initial
+    parameters (what `Trainer` and `prepare_data` read of a run)."""
+    from genzoo import experiment, models
+
+    deps = {}
+    for dep, spec in (experiment.load(name, "smoke").model.get("requires") or {}).items():
+        cfg = tiny_config(name=Path(spec).name.removesuffix("_smoke"))
+        params = unbox(models.get(cfg.model.family).init(jax.random.PRNGKey(0), cfg.model))
+        deps[dep] = SimpleNamespace(cfg=cfg, params=params, path=f"untrained-{dep}", step=0)
+    return deps
+
+
+@functools.cache
+def experiment_data(name):
+    """An experiment's smoke data (generated), with what its required runs give it."""
+    from genzoo import data, experiment, models, workdir
+
+    cfg = experiment.load(name, "smoke")
+    return workdir.with_deps(models.get(cfg.model.family), data.load(cfg.data),
+                             experiment_deps(name))  # fmt: skip
+
+
+def experiment_config(name, *overrides):
+    """An experiment's smoke config with overrides, resolved against `experiment_data`."""
+    from genzoo import experiment, workdir
+
+    return workdir.resolve(experiment.load(name, "smoke", overrides), experiment_data(name))

@@ -1,18 +1,16 @@
-"""The trainer: golden step, overfitting, one compile, resume bit-identity, meshes, groups."""
+"""The trainer on the char GPT: golden steps, overfitting, one compile, groups, freezing,
+init-from, budgets, the overlapped start (every experiment: tests/test_every_experiment.py)."""
 
 import functools
 import threading
-from pathlib import Path
-from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config, unbox
+from conftest import experiment_config, experiment_data, run_steps
 
-from genzoo import aot, experiment, models, workdir
-from genzoo import data as data_lib
+from genzoo import aot
 from genzoo import metrics as metrics_lib
 from genzoo import train_step as trainer_lib
 from genzoo.errors import UserError
@@ -22,31 +20,21 @@ from genzoo.trainer import Trainer
 GOLDEN_LOSSES = (4.1876783, 4.1671696)
 
 
-def _run_steps(trainer, data, n):
-    state = trainer.init_state()
-    it = data.train_iterator(trainer.cfg.train.batch_size, trainer.cfg.train.seed)
-    losses = []
-    for _ in range(n):
-        state, m = trainer.step(state, next(it))
-        losses.append(float(m["loss"]))
-    return state, losses
-
-
 @pytest.fixture(scope="module")
 def single_device(make_config):
     return Trainer(make_config(), devices=jax.devices()[:1])
 
 
 def test_golden_first_steps(single_device, char_data):
-    _, losses = _run_steps(single_device, char_data, 2)
+    _, losses = run_steps(single_device, char_data, 2)
     np.testing.assert_allclose(losses, GOLDEN_LOSSES, rtol=0, atol=1e-5)
 
 
 def test_step_compiles_once(single_device, char_data):
-    _run_steps(single_device, char_data, 1)
+    run_steps(single_device, char_data, 1)
     program = single_device.step_program  # compiled ahead of time: memory analysis read
     compiled = program.compiled
-    _run_steps(single_device, char_data, 3)  # init's state and a step's have the same types
+    run_steps(single_device, char_data, 3)  # init's state and a step's have the same types
     assert program.compiled is compiled
     assert single_device.train_step._cache_size() == 0  # never traced a second way
     assert 0 < program.temp_bytes < 64 << 20
@@ -65,67 +53,6 @@ def test_overfits_one_batch(make_config, char_data):
         state, m = t.step(state, batch)
         losses.append(float(m["loss"]))
     assert losses[-1] < 0.6 < losses[0]
-
-
-# Experiments whose family another experiment already covers here run with `make test-slow`.
-# (the smoke CLI test still trains every experiment; these tests are about the step and the
-# trainer, which a family's second experiment reuses).
-REPEATS = {"clip_fashion_mnist": "clip_shapes", "shapes_judge": "classifier_fashion_mnist",
-           "gpt_token_corpus": "gpt_shakespeare_char",
-           "gpt_shakespeare_bpe": "gpt_shakespeare_char",
-           "transformer_wmt14_en_de": "transformer_bible_es_en",
-           "bert_bible_genre": "bert_mlm_english"}  # fmt: skip
-EXPERIMENTS = [pytest.param(row[0], marks=pytest.mark.slow) if row[0] in REPEATS else row[0]
-               for row in experiment.list_experiments()]  # fmt: skip
-
-
-@functools.cache
-def _deps(name) -> dict:
-    """Stand-ins for the runs an experiment requires: their smoke configs with initial
-    parameters (what `Trainer` and `prepare_data` read of a run)."""
-    deps = {}
-    for dep, spec in (experiment.load(name, "smoke").model.get("requires") or {}).items():
-        cfg = tiny_config(name=Path(spec).name.removesuffix("_smoke"))
-        params = unbox(models.get(cfg.model.family).init(jax.random.PRNGKey(0), cfg.model))
-        deps[dep] = SimpleNamespace(cfg=cfg, params=params, path=f"untrained-{dep}", step=0)
-    return deps
-
-
-@functools.cache
-def _data(name):
-    cfg = experiment.load(name, "smoke")
-    family = models.get(cfg.model.family)
-    return workdir.with_deps(family, data_lib.load(cfg.data), _deps(name))
-
-
-def make_config_for(name, *overrides):
-    return workdir.resolve(experiment.load(name, "smoke", overrides), _data(name))
-
-
-def step_config_for(name, *overrides):
-    """The one training set-up the three tests below share, so each experiment's one-device
-    step compiles once (the persistent cache serves the others): no warm-up (the loss falls
-    within a few steps), a decay fixed whatever `train.steps` is, and dropout where the family
-    has it (its RNG must agree across meshes and across a resume)."""
-    shared = ("optim.warmup_steps=0", "optim.min_lr=0.001", "optim.lr=0.003",
-              "optim.decay_steps=6", "eval.every_steps=0", "log.progress=false")  # fmt: skip
-    if "dropout" in experiment.load(name, "smoke").model:  # what the family declares
-        shared += ("model.dropout=0.1",)
-    return make_config_for(name, *shared, *overrides)
-
-
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_eight_devices_match_one(name):
-    one = Trainer(step_config_for(name), devices=jax.devices()[:1], deps=_deps(name))
-    many = Trainer(step_config_for(name, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"),
-                   deps=_deps(name))  # fmt: skip
-    assert dict(many.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
-    _, a = _run_steps(one, _data(name), 3)
-    _, b = _run_steps(many, _data(name), 3)
-    # Per-token losses match to 1e-5; image losses sum hundreds of pixel terms per image
-    # (VAE ~550 nats, dVAE ~40,000), where float32 reduction order alone moves them by ~1e-7
-    # relative, so they are held to 1e-6 relative (which is looser only above 10 nats).
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-6)
 
 
 # Three steps on one fixed batch without warm-up: the second and third losses exist only if
@@ -154,41 +81,11 @@ def test_gpt_parameters_are_sharded_by_logical_rules(make_config):
 
 
 def test_grad_accumulation_matches_full_batch(make_config, char_data):
-    _, a = _run_steps(Trainer(make_config(), devices=jax.devices()[:1]), char_data, 3)
-    _, b = _run_steps(
+    _, a = run_steps(Trainer(make_config(), devices=jax.devices()[:1]), char_data, 3)
+    _, b = run_steps(
         Trainer(make_config("train.grad_accum=2"), devices=jax.devices()[:1]), char_data, 3
     )
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_resume_is_bit_identical(name, tmp_path):
-    make = lambda steps: Trainer(step_config_for(name, "checkpoint.every_steps=3",
-                                                 f"train.steps={steps}"),
-                                 devices=jax.devices()[:1], deps=_deps(name))  # fmt: skip
-    a = make(6).fit(tmp_path / "a", _data(name))
-    make(3).fit(tmp_path / "b", _data(name))
-    b = make(6).fit(tmp_path / "b", _data(name))
-    assert int(a.step) == int(b.step) == 6
-    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    for x, y in zip(jax.tree.leaves(a.opt_state), jax.tree.leaves(b.opt_state), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_loss_decreases_on_a_fixed_batch(name):
-    cfg = step_config_for(name)
-    t = Trainer(cfg, devices=jax.devices()[:1], deps=_deps(name))
-    batch = next(_data(name).train_iterator(cfg.train.batch_size, 0))
-    state = t.init_state()
-    key = "loss_discriminator" if cfg.model.family == "gan" else "loss"  # G and D pull apart
-    losses = []
-    for _ in range(25):
-        state, m = t.step(state, batch)
-        losses.append(float(m[key]))
-    assert np.all(np.isfinite(losses))
-    assert np.mean(losses[-5:]) < np.mean(losses[:5])
 
 
 class _TwoPlayer:
@@ -286,15 +183,19 @@ def test_max_seconds_stops_early_with_a_checkpoint_and_an_evaluation(tmp_path):
     """A wall-time budget ends the run like its last step: evaluated, saved, resumable."""
     overrides = ("train.steps=50", "train.max_seconds=1e-6", "eval.every_steps=25",
                  "checkpoint.every_steps=25", "log.progress=false")  # fmt: skip
-    cfg = make_config_for("gpt_shakespeare_char", *overrides)
-    state = Trainer(cfg, devices=jax.devices()[:1]).fit(tmp_path, _data("gpt_shakespeare_char"))
+    cfg = experiment_config("gpt_shakespeare_char", *overrides)
+    state = Trainer(cfg, devices=jax.devices()[:1]).fit(
+        tmp_path, experiment_data("gpt_shakespeare_char")
+    )
     assert int(state.step) == 1  # the budget was spent by the first step
     assert (tmp_path / "checkpoints" / "1").is_dir()
     rows = metrics_lib.read(tmp_path / "metrics.jsonl")
     assert any(r["step"] == 1 and np.isfinite(r["val/loss"]) for r in rows if "val/loss" in r)
     # The same run without a budget continues from that checkpoint.
-    cfg = make_config_for("gpt_shakespeare_char", *overrides[:1], *overrides[2:])
-    state = Trainer(cfg, devices=jax.devices()[:1]).fit(tmp_path, _data("gpt_shakespeare_char"))
+    cfg = experiment_config("gpt_shakespeare_char", *overrides[:1], *overrides[2:])
+    state = Trainer(cfg, devices=jax.devices()[:1]).fit(
+        tmp_path, experiment_data("gpt_shakespeare_char")
+    )
     assert int(state.step) == 50
     firsts = [r["step"] for r in metrics_lib.read(tmp_path / "metrics.jsonl")
               if "perf/first_step_seconds" in r]  # fmt: skip
@@ -328,10 +229,10 @@ def test_overlapped_start_trains_as_the_serial_one(tmp_path, monkeypatch):
         monkeypatch.setenv("GENZOO_OVERLAP", overlap)
         monkeypatch.setattr(aot, "start_workers", lambda workers=workers: workers)
         eval_started.clear()
-        trainer = Trainer(make_config_for("gpt_shakespeare_char", *overrides))
+        trainer = Trainer(experiment_config("gpt_shakespeare_char", *overrides))
         assert dict(trainer.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
         run = tmp_path / f"{overlap}_{workers}"
-        state = trainer.fit(run, _data("gpt_shakespeare_char"))
+        state = trainer.fit(run, experiment_data("gpt_shakespeare_char"))
         losses = [(r["step"], r["val/loss"]) for r in metrics_lib.read(run / "metrics.jsonl")
                   if "val/loss" in r]  # fmt: skip
         results.append((jax.device_get(state.params), losses))
@@ -380,32 +281,3 @@ def test_initial_state_compiled_for_speed_of_compiling_is_the_same_bit_for_bit(s
     assert program.seconds["compile"] > 0 and program.compiled is not None
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(program(key).params),
                  jax.device_get(plain.params))  # fmt: skip
-
-
-# Every Transformer family takes `model.remat`: each block recomputed in the backward pass,
-# the same loss and gradients (GPT's switches: tests/test_step_memory.py).
-REMAT_FAMILIES = {"bert_mlm_english": 1, "transformer_bible_es_en": 2, "dalle_shapes": 1}
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "dalle_shapes" else n
-             for n in REMAT_FAMILIES],  # DALL·E's blocks are GPT's: the slow run checks them
-)  # fmt: skip
-def test_remat_keeps_every_transformer_familys_loss_and_gradients(name):
-    batch = next(_data(name).train_iterator(2, 0))
-    results, params = [], None
-    for policy in ("none", "full"):
-        cfg = make_config_for(name, f"model.remat={policy}")
-        family = models.get(cfg.model.family)
-        if params is None:  # the same for both policies
-            params = unbox(family.init(jax.random.PRNGKey(0), cfg.model))
-        f = jax.jit(lambda p, b, c=cfg.model, fam=family: trainer_lib._loss_and_grads(
-            fam, c, p, b, jax.random.PRNGKey(1), 0, _deps(name))[:2])  # fmt: skip
-        results.append(f(params, batch))
-        if policy == "full":
-            blocks = cfg.model.num_layers * REMAT_FAMILIES[name]
-            assert str(jax.make_jaxpr(f)(params, batch)).count("remat2[") == blocks
-    (loss0, grads0), (loss1, grads1) = results
-    np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
-    for g0, g1 in zip(jax.tree.leaves(grads0), jax.tree.leaves(grads1), strict=True):
-        np.testing.assert_allclose(g1, g0, atol=1e-7, rtol=1e-5)
