@@ -3,9 +3,10 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
-from genzoo import cli, experiment
+from genzoo import cli, experiment, metrics
 
 
 def run(capsys, *argv):
@@ -101,6 +102,23 @@ def test_resume_with_longer_run_and_refusal_of_model_change(trained, capsys):
     assert code == 2 and "model.width" in err and "optim.lr" in err
     before = (trained / "config.json").read_text()
     assert json.loads(before)["model"]["width"] == 32  # nothing rewritten by the refusal
+
+
+def test_a_longer_resumed_run_keeps_the_first_launchs_decay(trained, tmp_path, capsys):
+    """`optim.decay_steps=-1` is the run's length at its first launch: training on past it
+    keeps that schedule (then flat at min_lr) rather than stretch the decay already begun."""
+    import shutil
+
+    longer = tmp_path / "longer"
+    shutil.copytree(trained, longer)
+    argv = ("train", "gpt_shakespeare_char", "--variant", "smoke", "--workdir", str(longer))
+    code, _, _ = run(capsys, *argv, "--set", "train.steps=24", "--set", "log.every_steps=1")
+    saved = json.loads((longer / "config.json").read_text())
+    assert code == 0 and saved["train"]["steps"] == 24 and saved["optim"]["decay_steps"] == 20
+    lrs = {r["step"]: r["train/lr"] for r in metrics.read(longer / "metrics.jsonl")
+           if "train/lr" in r and r["step"] > 20}  # fmt: skip
+    assert sorted(lrs) == [21, 22, 23, 24]
+    np.testing.assert_allclose(list(lrs.values()), saved["optim"]["min_lr"], rtol=1e-6)
 
 
 def test_init_from_starts_where_the_source_run_ended(trained, tmp_path, capsys):
