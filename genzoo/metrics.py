@@ -257,7 +257,7 @@ def _cpu_signature() -> str:
 
 
 def _measured_peak(device) -> float:
-    # v2: peaks cached before session 16 were measured beside the start-up compiles (low).
+    # v2: peaks cached before 2026-12-06 were measured beside the start-up compiles (low).
     cache = sources.cache_dir() / "peak_flops_v2.json"
     key = _peak_key(device)
     try:

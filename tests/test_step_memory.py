@@ -38,8 +38,12 @@ def _grad_fn_for(extra: tuple):
 
 
 def _eval_sums(params, batch, extra):
-    # Jitted: op by op, the chunked loop's every op compiled on its own (~10 s a case).
-    return jax.jit(lambda p, b: gpt.eval_sums(p, b, None, {**CFG, **extra}))(params, batch)
+    return _eval_fn_for(tuple(sorted(extra.items())))(params, batch)
+
+
+@functools.cache  # jitted once per switch: op by op, the chunked loop's ops compiled one by one
+def _eval_fn_for(extra: tuple):
+    return jax.jit(lambda p, b: gpt.eval_sums(p, b, None, {**CFG, **dict(extra)}))
 
 
 @pytest.mark.parametrize(
