@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from common import interleaved, write_report
 
 from genzoo.layers import flash
-from genzoo.layers.attention import segment_ids, xla_attention
+from genzoo.layers.attention import heads_major, segment_ids, xla_attention
 from genzoo.layers.dropout import quantized_rate, seeds
 
 # name: (B, L, H, K, dtype, causal, padded, dropout rates)
@@ -36,8 +36,8 @@ CASES = {
 
 def xla_path(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, rng, causal, rate, valid_BxL):
     """`Attention`'s XLA branch for self-attention, with the rate its masks realise."""
-    return xla_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal=causal, key_valid_BxT=valid_BxL,
-                         rng=rng, rate=quantized_rate(rate))  # fmt: skip
+    return xla_attention(q_BxLxHxK, heads_major(k_BxLxHxK), heads_major(v_BxLxHxK), causal=causal,
+                         key_valid_BxT=valid_BxL, rng=rng, rate=quantized_rate(rate))  # fmt: skip
 
 
 def contenders(case, rate, interpret, tiles=()):

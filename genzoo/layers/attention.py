@@ -92,23 +92,23 @@ def segment_ids(segments_BxL, key_segments_BxT, key_valid_BxT, B, L, T):
     return q_seg_BxL.astype(jnp.int32), k_seg_BxT.astype(jnp.int32)
 
 
-def xla_attention(q_BxLxHxK, k_BxTxHxK, v_BxTxHxK, *, causal: bool, q_offset=0,
+def heads_major(x_BxTxHxK):
+    """[B, T, H, K] -> [B, H, T, K] (and back: the permutation is its own inverse)."""
+    return x_BxTxHxK.transpose(0, 2, 1, 3)
+
+
+def xla_attention(q_BxLxHxK, k_BxHxTxK, v_BxHxTxK, *, causal: bool, q_offset=0,
                   key_valid_BxT=None, segments=None, rng=None, rate: float = 0.0,
-                  blocked: bool = True, kv_heads_major: bool = False):  # fmt: skip
+                  blocked: bool = True):  # fmt: skip
     """softmax(q k^T / sqrt(K)) v through `attend` (every mode, CPU's fused path), [B, L, H, K].
 
-    `q_offset`: the first query's position (a cache's fill) for the causal mask; `segments`
-    (query [B, L], key [B, T] ids) for packed rows; `rng` draws dropout on the weights at
-    `rate` (already quantized) when given; `blocked`: causal query blocks (not when decoding);
-    `kv_heads_major`: keys and values come as a cache stores them, [B, H, T, K]."""
+    Keys and values come heads-major, as a cache stores them (`heads_major` for the others):
+    the score and value products are then plain batched matmuls. `q_offset`: the first
+    query's position (a cache's fill) for the causal mask; `segments` (query [B, L], key
+    [B, T] ids) for packed rows; `rng` draws dropout on the weights at `rate` (already
+    quantized) when given; `blocked`: causal query blocks (not when decoding)."""
     B, L, H, K = q_BxLxHxK.shape
-    # [B, H, length, K] layout: the score and value products become plain batched matmuls.
-    q_BxHxLxK = q_BxLxHxK.transpose(0, 2, 1, 3) / jnp.sqrt(K).astype(q_BxLxHxK.dtype)
-    if kv_heads_major:
-        k_BxHxTxK, v_BxHxTxK = k_BxTxHxK, v_BxTxHxK
-    else:
-        k_BxHxTxK = k_BxTxHxK.transpose(0, 2, 1, 3)
-        v_BxHxTxK = v_BxTxHxK.transpose(0, 2, 1, 3)
+    q_BxHxLxK = heads_major(q_BxLxHxK) / jnp.sqrt(K).astype(q_BxLxHxK.dtype)
     T = k_BxHxTxK.shape[2]
     allowed_BxLxT = jnp.ones((1, L, T), bool)
     if causal:
@@ -129,7 +129,7 @@ def xla_attention(q_BxLxHxK, k_BxTxHxK, v_BxTxHxK, *, causal: bool, q_offset=0,
     blocks = query_blocks(L, causal and blocked)
     out_BxHxLxK = attend(q_BxHxLxK, k_BxHxTxK, v_BxHxTxK, allowed_BxLxT, keep_BxHxLxT, rate,
                          blocks)  # fmt: skip
-    return out_BxHxLxK.transpose(0, 2, 1, 3)
+    return heads_major(out_BxHxLxK)  # back to [B, L, H, K]
 
 
 def _project(x_BxLxD, w_DxNxHxK, dtype):
@@ -175,7 +175,7 @@ def cross_kv(attn_params, memory_BxSxD, dtype=jnp.float32) -> dict:
     """A `cross` Attention's cache: its keys and values over a source, [B, H, S, K] (as
     `empty_kv`), computed once per source."""
     k_BxSxHxK, v_BxSxHxK = _source_kv(attn_params, memory_BxSxD, dtype)
-    return {"k": k_BxSxHxK.transpose(0, 2, 1, 3), "v": v_BxSxHxK.transpose(0, 2, 1, 3)}
+    return {"k": heads_major(k_BxSxHxK), "v": heads_major(v_BxSxHxK)}
 
 
 class Attention(nn.Module):
@@ -249,7 +249,7 @@ class Attention(nn.Module):
             else:
                 at = (0, 0, cache_index, 0)
                 put = lambda old, new: lax.dynamic_update_slice(
-                    old, new.transpose(0, 2, 1, 3).astype(old.dtype), at
+                    old, heads_major(new).astype(old.dtype), at
                 )
                 k_BxHxTxK = put(kv_cache["k"], k_BxLxHxK)
                 v_BxHxTxK = put(kv_cache["v"], v_BxLxHxK)
@@ -282,9 +282,10 @@ class Attention(nn.Module):
                                 k_BxTxHxK.shape[1]) if masked else None,
             )  # fmt: skip
         else:
-            kv = (k_BxHxTxK, v_BxHxTxK) if cached else (k_BxTxHxK, v_BxTxHxK)
+            if not cached:
+                k_BxHxTxK, v_BxHxTxK = heads_major(k_BxTxHxK), heads_major(v_BxTxHxK)
             out_BxLxHxK = xla_attention(
-                *(t.astype(self.dtype) for t in (q_BxLxHxK, *kv)),
+                *(t.astype(self.dtype) for t in (q_BxLxHxK, k_BxHxTxK, v_BxHxTxK)),
                 causal=self.mode == "causal",
                 q_offset=0 if not cached or self.mode != "causal" else cache_index,
                 key_valid_BxT=key_valid_BxT,
@@ -292,7 +293,6 @@ class Attention(nn.Module):
                 rng=self.make_rng("dropout") if dropout_active else None,
                 rate=rate,
                 blocked=not cached,
-                kv_heads_major=cached,
             )
 
         w_HxKxD = self.param(
