@@ -198,7 +198,9 @@ def _cmd_sample(args) -> None:
     for option in _all_sample_options():
         given = hasattr(args, option.dest)
         if given and option.dest not in mine:
-            raise UserError(f"{option.flag} does not apply to a {kind.name.replace('_', ' ')}")
+            noun = kind.name.replace("_", " ")
+            article = "an" if noun[0] in "aeiou" else "a"
+            raise UserError(f"{option.flag} does not apply to {article} {noun}")
     for option in kind.options:
         if not hasattr(args, option.dest):
             setattr(args, option.dest, option.default)

@@ -164,7 +164,10 @@ def load(name_or_path: str, variant: str | None = None, overrides=()) -> ml_coll
     module = _import_file(path)
     variants = tuple(getattr(module, "VARIANTS", ()))
     if variant and variant not in variants:
-        raise UserError(f"experiment {path.stem} has no variant {variant!r} (has: {variants})")
+        raise UserError(
+            f"experiment {path.stem} has no variant {variant!r} (has: "
+            f"{', '.join(variants) or 'none'})"
+        )
     cfg = module.get_config(variant)
     cfg.experiment.name = path.stem
     cfg.experiment.variant = variant or ""

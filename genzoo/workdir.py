@@ -154,7 +154,8 @@ def open_run(workdir: Path, overrides=(), checkpoint: str | int = "latest") -> R
     number), with its dependencies. Read-only: safe while the run is still training."""
     workdir = Path(workdir)
     if not workdir.is_dir():
-        raise UserError(f"workdir {workdir} does not exist")
+        what = "is a file, not a folder" if workdir.exists() else "does not exist"
+        raise UserError(f"workdir {workdir} {what}")
     cfg = load_config(workdir)
     experiment.apply_overrides(cfg, overrides)
     config_checks.check(cfg)

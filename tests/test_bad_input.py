@@ -169,6 +169,7 @@ CASES = {
     # eval
     "eval missing workdir": (("eval", "--workdir", f"{TMP}/missing"), None),
     "eval not a workdir": (("eval", "--workdir", f"{TMP}/empty"), "empty"),
+    "eval workdir is a file": (("eval", "--workdir", f"{TMP}/afile"), "file"),
     "eval --set outside eval": (("eval", "--workdir", RUN, "--set", "train.steps=3"), None),
     "eval --set eval range": (("eval", "--workdir", RUN, "--set", "eval.batch_size=-2"), None),
     "eval missing step": (("eval", "--workdir", RUN, "--checkpoint", "999"), None),
