@@ -1,6 +1,7 @@
 """Plants small, plausible bugs one at a time and checks the test suite catches each one.
 
-    make mutants          # slow (minutes per mutant); outside CI
+    make mutants                                  # slow (minutes per mutant); outside CI
+    python tests/mutants.py "beam" "CLIP"         # those whose name contains a word
 
 Each mutant names a file, a snippet and its mutated form, and the tests that should fail.
 The file is restored after every run (also on Ctrl-C or SIGTERM). Prints one line per mutant
@@ -96,6 +97,63 @@ MUTANTS = [
     ("bf16 step projects q, k, v in float32", "genzoo/layers/attention.py",
      "    w_DxNxHxK = w_DxNxHxK.astype(dtype)\n", "    w_DxNxHxK = w_DxNxHxK.astype(jnp.float32)\n",
      "tests/test_gpt.py"),
+    ("magnitude pruning keeps the smallest weights", "genzoo/pruning.py",
+     "keep = lambda p: jnp.abs(p) > cut  # noqa: E731",
+     "keep = lambda p: jnp.abs(p) <= cut  # noqa: E731", "tests/test_pruning.py"),
+    ("pruned weights are left in place", "genzoo/pruning.py",
+     "jnp.where(m, u, -p)", "jnp.where(m, u, 0.0)", "tests/test_pruning.py"),
+    ("beam search keeps the parents' caches unsorted", "genzoo/sampling.py",
+     "cache = jax.tree.map(per_row(lambda x: x[rows_BW]), cache)", "cache = cache",
+     "tests/test_generation.py"),
+    ("finished beams keep growing", "genzoo/sampling.py",
+     "lengths_BxW = jnp.where(was_finished_BxW, take(lengths_BxW), take(lengths_BxW) + 1)",
+     "lengths_BxW = take(lengths_BxW) + 1", "tests/test_generation.py"),
+    ("repetition penalty rewards repeats", "genzoo/sampling.py",
+     "logits_BxV > 0, logits_BxV / penalty, logits_BxV * penalty",
+     "logits_BxV > 0, logits_BxV * penalty, logits_BxV / penalty", "tests/test_generation.py"),
+    ("nucleus drops the token that crosses top_p", "genzoo/sampling.py",
+     "keep_BxV = mass_before_BxV < top_p", "keep_BxV = mass_before_BxV + probs_BxV < top_p",
+     "tests/test_gpt.py tests/test_generation.py"),
+    ("KV cache written one slot late", "genzoo/layers/attention.py",
+     "at = (0, 0, cache_index, 0)", "at = (0, 0, cache_index + 1, 0)",
+     "tests/test_generation.py tests/test_gpt.py"),
+    ("accumulated gradients summed, not averaged", "genzoo/train_step.py",
+     "loss, grads, aux = jax.tree.map(lambda x: x / grad_accum, summed)",
+     "loss, grads, aux = summed", "tests/test_trainer.py tests/test_model_state.py"),
+    ("micro-batches share one dropout key", "genzoo/train_step.py",
+     "family, model_cfg, params, mb, jax.random.fold_in(rng, i), state.step, deps",
+     "family, model_cfg, params, mb, rng, state.step, deps",
+     "tests/test_trainer.py tests/test_model_state.py"),
+    ("frozen parameters are trained", "genzoo/optim.py",
+     'labels = jax.tree.map(lambda label, keep: label if keep else "frozen", labels, mask)',
+     "labels = jax.tree.map(lambda label, keep: label, labels, mask)",
+     "tests/test_trainer.py tests/test_pruning.py"),
+    ("chunked loss scores the padded vocabulary", "genzoo/evaluation/lm.py",
+     "(x_BxKxD @ table_PxD.T)[..., :vocab_size]", "(x_BxKxD @ table_PxD.T)",
+     "tests/test_step_memory.py"),
+    ("chunked loss returns positions out of order", "genzoo/evaluation/lm.py",
+     "return nll_CxBxK.swapaxes(0, 1).reshape(B, L)", "return nll_CxBxK.reshape(B, L)",
+     "tests/test_step_memory.py"),
+    ("int8 activations scaled for 255 levels", "genzoo/layers/quant.py",
+     "absmax_Mx1 / 127.0, 1.0)", "absmax_Mx1 / 255.0, 1.0)", "tests/test_quantize.py"),
+    ("CLIP trains image-to-text only", "genzoo/models/clip.py",
+     '"nll": jnp.sum(0.5 * (i2t_B + t2i_B) * valid_B)', '"nll": jnp.sum(i2t_B * valid_B)',
+     "tests/test_clip.py"),
+    ("CLIP counts padded rows as negatives", "genzoo/models/clip.py",
+     "logits_BxB = jnp.where(valid_B[None, :] > 0, logits_BxB, -1e9)", "pass",
+     "tests/test_clip.py"),
+    ("VQ encoder gets no reconstruction gradient", "genzoo/models/dvae.py",
+     "z = h + jax.lax.stop_gradient(e - h)  # straight through", "z = e",
+     "tests/test_dvae.py"),
+    ("VAE KL with the log-variance's sign flipped", "genzoo/models/vae.py",
+     "mean_BxZ**2 - 1.0 - logvar_BxZ", "mean_BxZ**2 - 1.0 + logvar_BxZ", "tests/test_vae.py"),
+    ("guidance scale off by one", "genzoo/models/dalle.py",
+     "cond + (guidance - 1.0) * (cond - uncond)", "cond + guidance * (cond - uncond)",
+     "tests/test_dalle.py tests/test_text_to_image.py"),
+    ("EM counts from the gradient's sign flipped", "genzoo/em.py",
+     "jnp.maximum(-g, 0.0)", "jnp.maximum(g, 0.0)", "tests/test_em.py"),
+    ("checkpoint checksums not compared", "genzoo/checkpoint.py",
+     "if actual[name][1] != crc:", "if False:", "tests/test_reliability.py"),
 ]  # fmt: skip
 
 
@@ -120,12 +178,14 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt  # unwinds through `run`'s finally: the file is restored
 
 
-def main() -> int:
+def main(names: list[str]) -> int:
+    """Every mutant, or those whose name contains one of `names`."""
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` or a timeout, as Ctrl-C
-    results = [run(*m) for m in MUTANTS]
+    chosen = [m for m in MUTANTS if not names or any(n in m[0] for n in names)]
+    results = [run(*m) for m in chosen]
     print(f"{sum(results)} of {len(results)} mutants killed")
     return 0 if all(results) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

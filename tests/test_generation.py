@@ -67,6 +67,56 @@ def test_beam_search_ranks_by_length_normalised_score_with_eos():
     assert np.asarray(out).tolist() == [[2, 2, 2, 2]]  # EOS first: log 0.6, then free
 
 
+M, V, EOS = 97, 5, 4  # the history-hash toy: M hash buckets, V tokens, the last one EOS
+
+
+def _hash(h, token):
+    return (h * 7 + token + 1) % M
+
+
+def _reference_beams(table, prompt, W, N, alpha):
+    """Beam search written out over sequences (float32 sums, as the jitted one adds)."""
+    h = 0
+    for t in prompt:
+        h = _hash(h, t)
+    beams = [((), np.float32(0.0), False, 0, h)]  # tokens, score, finished, length, history
+    for _ in range(N):
+        grown = []
+        for tokens, score, done, length, h in beams:
+            if done:  # only EOS, at no cost; the length stays
+                grown.append((tokens + (EOS,), score, True, length, h))
+                continue
+            for v in range(V):
+                grown.append((tokens + (v,), np.float32(score + table[h, v]), v == EOS,
+                              length + 1, _hash(h, v)))  # fmt: skip
+        beams = sorted(grown, key=lambda b: -b[1])[:W]
+    return max(beams, key=lambda b: b[1] / np.float32(b[3]) ** alpha)[0]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_beam_search_equals_a_reference_over_a_history_dependent_toy(alpha):
+    """Next-token log-probs depend on the whole history through the cache (a hash of it), so
+    a beam that kept another beam's cache, or a finished beam whose length still grew, would
+    choose differently from the reference on some of these tables."""
+
+    def step(tokens_BxL, cache):
+        h_B = cache["h"]
+        for i in range(tokens_BxL.shape[1]):
+            h_B = _hash(h_B, tokens_BxL[:, i])
+        return jnp.asarray(table)[h_B][:, None], {"h": h_B}
+
+    prompts = np.array([[1, 2], [3, 0]], np.int32)
+    for seed in range(12):
+        logits = np.random.default_rng(seed).normal(size=(M, V)) * 2.0
+        logits[:, EOS] += 1.0  # EOS common enough that beams finish at different lengths
+        table = np.asarray(jax.nn.log_softmax(jnp.asarray(logits, jnp.float32)))
+        out = sampling.beam_search(step, {"h": jnp.zeros(2, jnp.int32)}, prompts, beam_size=3,
+                                   max_new_tokens=6, length_penalty=alpha, eos_id=EOS)  # fmt: skip
+        for row, prompt in enumerate(prompts):
+            expected = _reference_beams(table, prompt.tolist(), 3, 6, alpha)
+            assert tuple(np.asarray(out[row]).tolist()) == expected, (seed, row)
+
+
 def test_repetition_penalty_and_eos(model):
     cfg, params, prompts = model
     prompt = np.asarray([prompts[0]])

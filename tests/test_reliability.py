@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -63,12 +64,22 @@ def _flip(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _edit_position(f: Path) -> None:
+    """The data iterator's saved position one higher in its last digit: same size, valid
+    JSON, read without complaint by everything but the step's checksums."""
+    meta = _step_dir(f) / "data" / "metadata"
+    text = meta.read_text()
+    digit = re.search(r"\d(?=\D*$)", text)
+    meta.write_text(f"{text[: digit.start()]}{(int(digit[0]) + 1) % 10}{text[digit.end() :]}")
+
+
 DAMAGE = {
     "truncated": lambda f: f.write_bytes(f.read_bytes()[: f.stat().st_size // 2]),
     "zero_length": lambda f: f.write_bytes(b""),
     "deleted": lambda f: f.unlink(),
     "random_bytes": lambda f: f.write_bytes(np.random.default_rng(0).bytes(f.stat().st_size)),
     "flipped_byte": _flip,
+    "edited_position": _edit_position,
     # Without the manifest only orbax's own reading notices (a flipped byte it would not), and
     # the hundreds of lines tensorstore prints after it must stay quiet.
     "truncated_unsealed": lambda f: (

@@ -7,6 +7,7 @@ import threading
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import experiment_config, experiment_data, run_steps
 
@@ -86,6 +87,31 @@ def test_grad_accumulation_matches_full_batch(make_config, char_data):
         Trainer(make_config("train.grad_accum=2"), devices=jax.devices()[:1]), char_data, 3
     )
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+class _Draws:
+    """A toy family whose loss reports the uniform number its key draws, per micro-batch."""
+
+    @staticmethod
+    def init(rng, cfg):
+        return {"w": jnp.zeros(())}
+
+    @staticmethod
+    def loss(params, batch, rng, cfg, *, train, step):
+        u = jax.random.uniform(rng)
+        return params["w"] * u, {"draw_0": u * (batch[0] == 0), "draw_1": u * (batch[0] == 1)}
+
+
+def test_each_micro_batch_draws_its_own_randomness():
+    """Micro-batches with one key would drop the same dropout units in each of them."""
+    tx = optax.sgd(0.1)
+    state = trainer_lib.init_state(jax.random.PRNGKey(0), family=_Draws, model_cfg=None, tx=tx,
+                                   ema=False)  # fmt: skip
+    _, m = trainer_lib.train_step(state, jnp.arange(2), None, family=_Draws, model_cfg=None,
+                                  tx=tx, lr_schedule=lambda s: 0.1, grad_accum=2,
+                                  ema_decay=0.0)  # fmt: skip
+    draws = 2 * float(m["draw_0"]), 2 * float(m["draw_1"])  # each micro-batch's half of the mean
+    assert 0 < draws[0] < 1 and 0 < draws[1] < 1 and abs(draws[0] - draws[1]) > 1e-3, draws
 
 
 class _TwoPlayer:
