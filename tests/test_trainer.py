@@ -114,6 +114,30 @@ def test_each_micro_batch_draws_its_own_randomness():
     assert 0 < draws[0] < 1 and 0 < draws[1] < 1 and abs(draws[0] - draws[1]) > 1e-3, draws
 
 
+def test_gradients_are_clipped_by_global_norm_before_adamw():
+    """AdamW scales its first steps' updates by each gradient's size, so a clipped 100x
+    gradient followed by a unit one moves the parameters as adamw on the clipped pair does."""
+    from genzoo import experiment, optim
+
+    o = experiment.base_config().optim
+    o.update(lr=0.1, min_lr=0.1, warmup_steps=0, decay_steps=10, weight_decay=0.0, clip_norm=1.0)
+    params = {"w": jnp.zeros((3,))}
+    g1, g2 = jnp.array([60.0, 80.0, 0.0]), jnp.array([1.0, 0.0, 0.0])  # norms 100 and 1
+    reference = optax.adamw(0.1, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=0.0)
+
+    def two_steps(tx, grads):
+        state, moved = tx.init(params), params
+        for g in grads:
+            updates, state = tx.update({"w": g}, state, moved)
+            moved = optax.apply_updates(moved, updates)
+        return moved["w"]
+
+    got = two_steps(optim.build(o, params), (g1, g2))
+    np.testing.assert_allclose(got, two_steps(reference, (g1 / 100.0, g2)), rtol=1e-5)
+    unclipped = two_steps(reference, (g1, g2))
+    assert float(jnp.abs(got - unclipped).max()) > 1e-3  # the clip changes where it lands
+
+
 class _TwoPlayer:
     """A toy family whose two parameter groups each minimise their own loss."""
 

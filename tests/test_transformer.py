@@ -6,9 +6,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import unbox
 
+from genzoo import optim
 from genzoo.data.tokenizers import BOS, EOS
 from genzoo.models import transformer
 
@@ -56,6 +58,30 @@ def test_initial_loss_is_near_log_vocab(params):
     loss, _ = transformer.loss(params, batch, jax.random.PRNGKey(0), CFG, train=False)
     assert 0.3 < s2 < 4.0
     assert math.log(50) < float(loss) < math.log(50) + 2.0
+
+
+def test_label_smoothing_is_cross_entropy_against_the_smoothed_targets(params):
+    """(1 - e) on the target plus e / V on every token, written out with optax."""
+    batch = _batch()
+    batch["tgt_mask"][1, 4:] = 0.0  # padding must stay out of both
+    cfg = {**CFG, "label_smoothing": 0.1}
+    c = transformer.TransformerConfig.from_cfg(cfg)
+    rng = jax.random.PRNGKey(0)
+    logits_BxLxV, targets_BxL, mask_BxL = transformer._forward(params, batch, rng, c, False)
+    V = logits_BxLxV.shape[-1]
+    q_BxLxV = 0.9 * jax.nn.one_hot(targets_BxL, V) + 0.1 / V
+    ce_BxL = optax.softmax_cross_entropy(logits_BxLxV, q_BxLxV)
+    want = float(jnp.sum(ce_BxL * mask_BxL) / jnp.sum(mask_BxL))
+    got, metrics = transformer.loss(params, batch, jax.random.PRNGKey(0), cfg, train=False)
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    plain, _ = transformer.loss(params, batch, jax.random.PRNGKey(0), CFG, train=False)
+    assert float(metrics["nll"]) == pytest.approx(float(plain), rel=1e-6)  # unsmoothed metric
+
+
+def test_inverse_sqrt_schedule_rises_linearly_then_falls_as_one_over_root_step():
+    fn = optim.inverse_sqrt_schedule(peak=2.0, warmup_steps=100)
+    got = [float(fn(s)) for s in (0, 50, 100, 400, 10_000)]
+    assert got == pytest.approx([2.0 / 100, 1.0, 2.0, 1.0, 0.2], rel=1e-6)
 
 
 def test_changing_the_source_changes_the_logits_padding_does_not(params):

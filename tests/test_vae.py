@@ -85,6 +85,23 @@ def test_importance_weighted_bound_is_tighter_than_the_elbo(setup):
     assert float(nll_k64.mean()) <= float((recon + kl).mean()) + 0.5
 
 
+def test_importance_weighted_bound_is_the_same_for_any_k_when_every_weight_is_equal(setup):
+    """With the posterior equal to the prior and a decoder that ignores z, every importance
+    weight is the same number, so -log of their mean cannot depend on k."""
+    cfg, params, images = setup
+    zero = lambda layer: jax.tree.map(np.zeros_like, layer)  # noqa: E731
+    enc, dec = params["encoder"], params["decoder"]
+    (out,) = [k for k, v in enc.items() if "kernel" in v and v["kernel"].ndim == 2
+              and v["kernel"].shape[-1] == 2 * cfg.model.latent]  # fmt: skip
+    blind_in = {**dec["in"], "kernel": zero(dec["in"]["kernel"])}
+    flat = {**params, "encoder": {**enc, out: zero(enc[out])}, "decoder": {**dec, "in": blind_in}}
+    x = vae.binarize(images[:4])
+    nll = [vae.nll_importance_weighted(flat, x, jax.random.PRNGKey(5), cfg.model, k)
+           for k in (1, 16)]  # fmt: skip
+    assert np.all(np.isfinite(nll[0])) and float(np.min(nll[0])) > 0
+    np.testing.assert_allclose(nll[1], nll[0], rtol=1e-5)
+
+
 def test_bernoulli_log_prob_and_kl_hand_values():
     logits = np.zeros((1, 2, 1, 1), np.float32)
     x = np.array([[[[1.0]], [[0.0]]]], np.float32)
