@@ -104,6 +104,11 @@ def test_int8_matmul_is_the_float_product_within_the_rounding(rows):
         lines = fn.lower(x, weight).as_text().splitlines()
         (dot,) = [line for line in lines if "dot_general" in line]
         assert ("xi8>" in dot) == (rows <= quant.MAX_INT8_ROWS)  # int8 operands for few rows
+    table = w.T * np.linspace(0.1, 3.0, 40, dtype=np.float32)[:, None]  # rows of many sizes
+    ids = rng.integers(0, 40, (rows,))  # looked up as an int8 embedding reads them
+    looked_up = np.asarray(quant.take(_int8("wte/embedding", table), ids, jnp.float32))
+    half_step = np.abs(table[ids]).max(-1, keepdims=True) / 254  # each row's own scale
+    assert np.all(np.abs(looked_up - table[ids]) <= half_step + 1e-7)
     exact = np.asarray(quant.matmul(x, w8, jnp.float32)) if rows > quant.MAX_INT8_ROWS else None
     if exact is not None:  # many rows: the dequantized weight, as evaluation uses it
         np.testing.assert_allclose(exact, x @ np.asarray(w8.dequantize(jnp.float32)), rtol=1e-5)

@@ -114,6 +114,30 @@ def test_each_micro_batch_draws_its_own_randomness():
     assert 0 < draws[0] < 1 and 0 < draws[1] < 1 and abs(draws[0] - draws[1]) > 1e-3, draws
 
 
+class _InfiniteSlope:
+    """A finite loss (0) whose gradient is not: d sqrt(w) / dw at w = 0."""
+
+    @staticmethod
+    def init(rng, cfg):
+        return {"w": jnp.zeros(())}
+
+    @staticmethod
+    def loss(params, batch, rng, cfg, *, train, step):
+        return jnp.sqrt(params["w"]), {}
+
+
+def test_a_step_with_a_finite_loss_but_an_infinite_gradient_changes_nothing():
+    tx = optax.sgd(0.1)
+    state = trainer_lib.init_state(jax.random.PRNGKey(0), family=_InfiniteSlope, model_cfg=None,
+                                   tx=tx, ema=False)  # fmt: skip
+    new, m = trainer_lib.train_step(state, jnp.zeros(2), None, family=_InfiniteSlope,
+                                    model_cfg=None, tx=tx, lr_schedule=lambda s: 0.1,
+                                    grad_accum=1, ema_decay=0.0)  # fmt: skip
+    assert float(m["loss"]) == 0.0 and not np.isfinite(float(m["grad_norm"]))
+    assert float(m["finite"]) == 0.0
+    assert float(new.params["w"]) == 0.0 and int(new.step) == 1  # only the counter moved
+
+
 def test_gradients_are_clipped_by_global_norm_before_adamw():
     """AdamW scales its first steps' updates by each gradient's size, so a clipped 100x
     gradient followed by a unit one moves the parameters as adamw on the clipped pair does."""
