@@ -213,6 +213,22 @@ MUTANTS = [
      "(slice(i * size, (i + 1) * size), slice(0, (i + 1) * size if blocks > 1 else T))",
      "(slice(i * size, (i + 1) * size), slice(0, (2 * i + 1) * size // 2 if blocks > 1 else T))",
      "tests/test_layers.py"),
+    ("best checkpoint keeps the worst step", "genzoo/checkpoint.py",
+     'return value < best["value"] if self.best_mode == "min" else value > best["value"]',
+     'return value > best["value"] if self.best_mode == "min" else value < best["value"]',
+     "tests/test_reliability.py"),
+    ("VQ codebook counts forget earlier batches", "genzoo/models/dvae.py",
+     'count_K = g * state["count"] + (1 - g) * onehot_NxK.sum(0)',
+     "count_K = onehot_NxK.sum(0)", "tests/test_dvae.py"),
+    ("live codes restarted instead of dead ones", "genzoo/models/dvae.py",
+     "dead_K = count_K < c.restart_below", "dead_K = count_K >= c.restart_below",
+     "tests/test_dvae.py"),
+    ("GAN generator loss saturates", "genzoo/models/gan.py",
+     "g = mean(jax.nn.softplus(-fake_logits_B))", "g = -mean(jax.nn.softplus(fake_logits_B))",
+     "tests/test_gan.py"),
+    ("Gumbel codes' KL to uniform with its sign flipped", "genzoo/models/dvae.py",
+     "penalty_B = jnp.sum(jnp.exp(logq) * logq, (1, 2, 3))",
+     "penalty_B = -jnp.sum(jnp.exp(logq) * logq, (1, 2, 3))", "tests/test_dvae.py"),
 ]  # fmt: skip
 
 

@@ -51,6 +51,19 @@ def test_gumbel_relaxation_tends_to_one_hot_as_the_temperature_falls():
     )
 
 
+def test_gumbel_code_penalty_is_the_kl_to_a_uniform_prior():
+    """Summed over the 8x8 cells: sum_k q log(q K) >= 0, as the ELBO's prior term."""
+    params = nn.unbox(dvae.init(jax.random.PRNGKey(0), CFG))
+    c, batch = dvae.DVAEConfig.from_cfg(CFG), _batch()
+    logits = dvae.DVAE(c).apply({"params": params["model"]}, batch["image"],
+                                method=dvae.DVAE.encode)  # fmt: skip
+    q = np.asarray(jax.nn.softmax(logits), np.float64)
+    want = np.sum(q * np.log(q * c.codebook_size), axis=(1, 2, 3))
+    _, _, penalty, _, _ = dvae._forward(params, batch, jax.random.PRNGKey(1), c, 0, False)
+    assert float(want.min()) > 0.05  # the encoder's codes are not uniform: the check has teeth
+    np.testing.assert_allclose(np.asarray(penalty), want, rtol=1e-4)
+
+
 def test_vq_gradients_pass_straight_through_to_the_encoder():
     params = nn.unbox(dvae.init(jax.random.PRNGKey(0), VQ))
     grads = jax.grad(lambda p: dvae.loss(p, _batch(), jax.random.PRNGKey(1), VQ)[0])(params)
