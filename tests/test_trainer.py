@@ -89,12 +89,26 @@ def test_grad_accumulation_matches_full_batch(make_config, char_data):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 
 
-class _Draws:
-    """A toy family whose loss reports the uniform number its key draws, per micro-batch."""
+class _ScalarToy:
+    """A toy family of one scalar parameter; subclasses give the loss."""
 
     @staticmethod
     def init(rng, cfg):
         return {"w": jnp.zeros(())}
+
+
+def _one_toy_step(family, batch, grad_accum=1):
+    """(new state, metrics) of one SGD train step of a toy family from its initial state."""
+    tx = optax.sgd(0.1)
+    state = trainer_lib.init_state(jax.random.PRNGKey(0), family=family, model_cfg=None, tx=tx,
+                                   ema=False)  # fmt: skip
+    return trainer_lib.train_step(state, batch, None, family=family, model_cfg=None, tx=tx,
+                                  lr_schedule=lambda s: 0.1, grad_accum=grad_accum,
+                                  ema_decay=0.0)  # fmt: skip
+
+
+class _Draws(_ScalarToy):
+    """The uniform number its key draws, reported per micro-batch (rows 0 and 1)."""
 
     @staticmethod
     def loss(params, batch, rng, cfg, *, train, step):
@@ -104,22 +118,13 @@ class _Draws:
 
 def test_each_micro_batch_draws_its_own_randomness():
     """Micro-batches with one key would drop the same dropout units in each of them."""
-    tx = optax.sgd(0.1)
-    state = trainer_lib.init_state(jax.random.PRNGKey(0), family=_Draws, model_cfg=None, tx=tx,
-                                   ema=False)  # fmt: skip
-    _, m = trainer_lib.train_step(state, jnp.arange(2), None, family=_Draws, model_cfg=None,
-                                  tx=tx, lr_schedule=lambda s: 0.1, grad_accum=2,
-                                  ema_decay=0.0)  # fmt: skip
+    _, m = _one_toy_step(_Draws, jnp.arange(2), grad_accum=2)
     draws = 2 * float(m["draw_0"]), 2 * float(m["draw_1"])  # each micro-batch's half of the mean
     assert 0 < draws[0] < 1 and 0 < draws[1] < 1 and abs(draws[0] - draws[1]) > 1e-3, draws
 
 
-class _InfiniteSlope:
+class _InfiniteSlope(_ScalarToy):
     """A finite loss (0) whose gradient is not: d sqrt(w) / dw at w = 0."""
-
-    @staticmethod
-    def init(rng, cfg):
-        return {"w": jnp.zeros(())}
 
     @staticmethod
     def loss(params, batch, rng, cfg, *, train, step):
@@ -127,12 +132,7 @@ class _InfiniteSlope:
 
 
 def test_a_step_with_a_finite_loss_but_an_infinite_gradient_changes_nothing():
-    tx = optax.sgd(0.1)
-    state = trainer_lib.init_state(jax.random.PRNGKey(0), family=_InfiniteSlope, model_cfg=None,
-                                   tx=tx, ema=False)  # fmt: skip
-    new, m = trainer_lib.train_step(state, jnp.zeros(2), None, family=_InfiniteSlope,
-                                    model_cfg=None, tx=tx, lr_schedule=lambda s: 0.1,
-                                    grad_accum=1, ema_decay=0.0)  # fmt: skip
+    new, m = _one_toy_step(_InfiniteSlope, jnp.zeros(2))
     assert float(m["loss"]) == 0.0 and not np.isfinite(float(m["grad_norm"]))
     assert float(m["finite"]) == 0.0
     assert float(new.params["w"]) == 0.0 and int(new.step) == 1  # only the counter moved
