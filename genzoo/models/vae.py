@@ -53,7 +53,7 @@ class VAE(nn.Module):
 
     def __call__(self, x_BxHxWxC, eps_BxZ):
         mean_BxZ, logvar_BxZ = self.encode(x_BxHxWxC)
-        z_BxZ = mean_BxZ + jnp.exp(logvar_BxZ) * eps_BxZ
+        z_BxZ = mean_BxZ + jnp.exp(0.5 * logvar_BxZ) * eps_BxZ
         return self.decode(z_BxZ), mean_BxZ, logvar_BxZ
 
 
