@@ -47,6 +47,8 @@ def test_a_required_run_is_pinned_loaded_and_passed_to_loss_and_eval(toys, tmp_p
         "model.family=toy_state",
         "--set",
         "log.progress=false",
+        "--set",
+        "checkpoint.every_steps=2",  # steps 2 and 4 saved: the pin must take the newest
     )
     assert _train(capsys, "gpt_shakespeare_char", "--workdir", str(teacher), *common,
                   "--set", "train.steps=4", "--set", "checkpoint.keep=5")[0] == 0  # fmt: skip
