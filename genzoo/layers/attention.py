@@ -217,7 +217,7 @@ class Attention(nn.Module):
         H, K = self.num_heads, self.head_dim
         new_cache = None
         k_BxTxHxK = v_BxTxHxK = None  # keys and values over the sequence (no cache)
-        k_BxHxTxK = v_BxHxTxK = None  # or as a cache holds them (decoding)
+        k_BxHxTxK = v_BxHxTxK = None  # heads-major: a cache's, or what the XLA path reads
         if self.mode == "cross":
             (q_BxLxHxK,) = _project(x_BxLxD, self._kernel("q_kernel", 1, D), self.dtype)
             if self.use_bias:
