@@ -10,8 +10,8 @@ It requires the image tokenizer (runs/dvae_shapes: its codes, computed once and 
 with the data) and CLIP (runs/clip_shapes: reranking); the `text_to_image` evaluator
 judges samples with runs/shapes_judge. Measured (cpu, 1600 steps, 26.7 min on 2 CPU cores):
 0.68 nats per image code; scenes judged right 74% (seen) / 59% (held-out) with guidance 3 and
-reranking of 8; a re-run (2026-12-06) 68% / 60% there and 73% / 64% with guidance 1, reranked:
-expect 65-75% / 55-65% (100 captions a split: ~4.5 points of noise; README).
+reranking of 8 (100 captions a split: ~4.5 points of noise); a re-run (2026-12-06) on 500
+captions a split: 70% / 57% (README).
 """  # noqa: E501
 
 from genzoo.experiment import base_config
