@@ -72,9 +72,9 @@ def test_label_smoothing_is_cross_entropy_against_the_smoothed_targets(params):
     q_BxLxV = 0.9 * jax.nn.one_hot(targets_BxL, V) + 0.1 / V
     ce_BxL = optax.softmax_cross_entropy(logits_BxLxV, q_BxLxV)
     want = float(jnp.sum(ce_BxL * mask_BxL) / jnp.sum(mask_BxL))
-    got, metrics = transformer.loss(params, batch, jax.random.PRNGKey(0), cfg, train=False)
+    got, metrics = transformer.loss(params, batch, rng, cfg, train=False)
     assert float(got) == pytest.approx(want, rel=1e-5)
-    plain, _ = transformer.loss(params, batch, jax.random.PRNGKey(0), CFG, train=False)
+    plain, _ = transformer.loss(params, batch, rng, CFG, train=False)
     assert float(metrics["nll"]) == pytest.approx(float(plain), rel=1e-6)  # unsmoothed metric
 
 

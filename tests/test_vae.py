@@ -28,12 +28,17 @@ def test_sample_and_reconstruct_shapes(setup):
     assert recon.shape == images.shape and np.all(np.isfinite(recon))
 
 
+def _encoder_head(params, latent: int) -> str:
+    """The name of the encoder's output layer (mean and log-variance, 2 x latent wide)."""
+    (name,) = [k for k, v in params["encoder"].items() if "kernel" in v
+               and v["kernel"].ndim == 2 and v["kernel"].shape[-1] == 2 * latent]  # fmt: skip
+    return name
+
+
 def _shift_logvar(params, latent: int, shift: float):
     """The encoder's output layer moved so every posterior log-variance is ~`shift`: at init
     they are ~0, where std = exp(logvar / 2) and a wrong exp(logvar) cannot be told apart."""
-    enc = params["encoder"]
-    (name,) = [k for k, v in enc.items() if "kernel" in v and v["kernel"].ndim == 2
-               and v["kernel"].shape[-1] == 2 * latent]  # fmt: skip
+    enc, name = params["encoder"], _encoder_head(params, latent)
     bias = np.asarray(enc[name]["bias"]).copy()
     bias[latent:] += shift
     kernel = np.asarray(enc[name]["kernel"]).copy()
@@ -91,8 +96,7 @@ def test_importance_weighted_bound_is_the_same_for_any_k_when_every_weight_is_eq
     cfg, params, images = setup
     zero = lambda layer: jax.tree.map(np.zeros_like, layer)  # noqa: E731
     enc, dec = params["encoder"], params["decoder"]
-    (out,) = [k for k, v in enc.items() if "kernel" in v and v["kernel"].ndim == 2
-              and v["kernel"].shape[-1] == 2 * cfg.model.latent]  # fmt: skip
+    out = _encoder_head(params, cfg.model.latent)
     blind_in = {**dec["in"], "kernel": zero(dec["in"]["kernel"])}
     flat = {**params, "encoder": {**enc, out: zero(enc[out])}, "decoder": {**dec, "in": blind_in}}
     x = vae.binarize(images[:4])
