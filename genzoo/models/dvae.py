@@ -290,16 +290,21 @@ def eval_summary(totals, meta):
 
 
 def flops_per_example(cfg, shapes) -> float:
-    """Convolutions dominate: 2 x MACs per conv, x3 for forward and backward."""
+    """Convolutions dominate: 2 x MACs per layer, x3 for forward and backward. Counted layer
+    by layer: the decoder is not the encoder's mirror (it keeps the H/4 width up to H/2),
+    and a transposed convolution costs its input's positions x kernel x channels."""
     c = DVAEConfig.from_cfg(cfg)
     H, W, C = c.image_shape
     w0, w1 = c.widths
+    at = lambda s: (H // s) * (W // s)  # positions at 1/s of the image's side
+    res = lambda s, w: at(s) * 10 * w * w  # a 3x3 then a 1x1 convolution, w -> w
     out = c.codebook_size if c.quantizer == "gumbel" else c.code_dim
-    macs = H * W * 9 * C * w0  # stem
-    macs += (H // 2) * (W // 2) * (16 * w0 * w0 + 9 * w0 * w0 + w0 * w0)  # down_0 + res_0
-    macs += (H // 4) * (W // 4) * (16 * w0 * w1 + 10 * w1 * w1 + w1 * out)  # down_1, res_1, out
-    macs *= 2  # the decoder mirrors the encoder
-    return float(6 * macs)
+    encoder = (at(1) * 9 * C * w0 + at(2) * 16 * w0 * w0 + res(2, w0)
+               + at(4) * 16 * w0 * w1 + res(4, w1) + at(4) * w1 * out)  # fmt: skip
+    mix = at(4) * c.codebook_size * c.code_dim if c.quantizer == "gumbel" else 0  # soft codes
+    decoder = (at(4) * c.code_dim * w1 + res(4, w1) + at(4) * 16 * w1 * w1 + res(2, w1)
+               + at(2) * 16 * w1 * w0 + at(1) * 9 * w0 * C)  # fmt: skip
+    return float(6 * (encoder + mix + decoder))
 
 
 # ---- the image_tokenizer kind -------------------------------------------------------------
