@@ -89,14 +89,53 @@ def test_the_head_on_scored_positions_gives_the_full_heads_loss():
     assert c.predictions(16) == 14 and c.predictions(128) < 128
 
 
-def test_tokens_per_example_counts_tokens_not_segment_ids():
+def _english_mlm():
     import ml_collections
 
     from genzoo import data
 
-    d = data.load(ml_collections.ConfigDict(
+    return data.load(ml_collections.ConfigDict(
         {"name": "english_mlm", "vocab_size": 512, "max_len": 32, "seed": 0, "tokenizer_dir": ""}
     ))  # fmt: skip
+
+
+def test_pretraining_pairs_are_cls_a_sep_b_sep_with_the_true_successor_half_the_time():
+    """Next-sentence prediction's data: segment 0 is [CLS] A [SEP], segment 1 is B [SEP];
+    where `next` is 1, B is the sentence that follows A (cut to fit), else a random one."""
+    d = _english_mlm()
+    tok, sentences = d.tokenizers["tokens"], d.texts["train"]["tokens"]
+    cls, sep = tok.piece_id("[CLS]"), tok.piece_id("[SEP]")
+    next_N = d.labels["train"]["next"]
+    assert len(next_N) == len(sentences) > 200 and 0.4 < next_N.mean() < 0.6
+    successors = 0
+    for i, (tokens, segments) in enumerate(zip(*d.splits["train"].values(), strict=True)):
+        tokens, segments = list(tokens), list(segments)
+        a_end = tokens.index(sep)
+        assert tokens[0] == cls and tokens[-1] == sep and tokens.count(sep) == 2
+        assert segments == [0] * (a_end + 1) + [1] * (len(tokens) - a_end - 1)
+        b = tokens[a_end + 1 : -1]
+        if next_N[i] and i + 1 < len(sentences):
+            assert b and b == tok.encode(sentences[i + 1])[: len(b)], i
+            successors += 1
+    assert successors > 100
+
+
+def test_a_verse_references_book_is_all_but_its_last_word():
+    import pytest
+
+    from genzoo.data import sentences
+    from genzoo.errors import UserError
+
+    genre = lambda ref: list(sentences.GENRES)[sentences.genre_of(ref)]
+    assert genre("Genesis 1:1") == "law" and genre("I Samuel 3:4") == "history"
+    assert genre("Song of Solomon 2:1") == "wisdom/poetry"
+    assert genre("Revelation of John 22:21") == "apocalyptic"
+    with pytest.raises(UserError, match="unknown Bible book 'Samuel'"):
+        sentences.genre_of("Samuel 3:4")
+
+
+def test_tokens_per_example_counts_tokens_not_segment_ids():
+    d = _english_mlm()
     real = np.mean([min(len(t), 32) for t in d.splits["train"]["tokens"]])
     assert d.tokens_per_example == real <= 32
 

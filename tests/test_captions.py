@@ -63,6 +63,14 @@ def test_captions_say_the_scene_both_ways_and_tokenize_back():
     assert ids[-1] == captions.EOS and tok.decode(ids) == shapes.caption(attrs)
     with pytest.raises(UserError, match="outside the caption vocabulary: dog"):
         tok.encode("a small dog")
+    with pytest.raises(UserError, match="outside the caption vocabulary: <eos>"):
+        tok.encode("a small <eos> circle")  # the special words are not words
+
+
+def test_a_caption_longer_than_its_row_is_cut_keeping_its_eos():
+    ids, mask = captions.pad_captions([[5, 6, 7, 8, captions.EOS], [5, captions.EOS]], 4)
+    assert ids.tolist() == [[5, 6, 7, captions.EOS], [5, captions.EOS, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
 
 
 @pytest.fixture(scope="module")

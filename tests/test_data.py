@@ -76,6 +76,61 @@ def test_offline_without_data_dir_unpacks_the_packaged_copy(monkeypatch, tmp_pat
     assert path.is_relative_to(tmp_path) and sources.sha256_of(path) == shakespeare.SHA256
 
 
+@pytest.fixture
+def online(monkeypatch, tmp_path):
+    """`sources.resolve` online with no data dir, a fresh cache, and a fake server: set
+    `served["bytes"]` (or an OSError) and the canonical URL answers with it."""
+    import io
+
+    served = {"bytes": b"", "calls": 0}
+
+    def urlopen(url, timeout):
+        served["calls"] += 1
+        if isinstance(served["bytes"], OSError):
+            raise served["bytes"]
+        return io.BytesIO(served["bytes"])
+
+    monkeypatch.delenv("GENZOO_DATA_DIR")
+    monkeypatch.setenv("GENZOO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("GENZOO_OFFLINE", "0")
+    monkeypatch.setattr(sources.urllib.request, "urlopen", urlopen)
+    return served
+
+
+def _resolve_toy(payload: bytes = b"the canonical bytes\n"):
+    sha = hashlib.sha256(payload).hexdigest()
+    return sources.resolve("toy", "toy.txt", "https://example.org/toy.txt", sha)
+
+
+def test_a_download_is_checked_cached_and_reused(online, tmp_path):
+    online["bytes"] = b"the canonical bytes\n"
+    path = _resolve_toy()
+    assert path == tmp_path / "downloads" / "toy" / "toy.txt"
+    assert path.read_bytes() == online["bytes"] and online["calls"] == 1
+    online["bytes"] = OSError("offline now")
+    assert _resolve_toy() == path and online["calls"] == 1  # the cached copy, not fetched
+
+
+def test_a_corrupt_download_is_refused_and_leaves_nothing(online, tmp_path):
+    online["bytes"] = b"the canonical bytes, changed\n"
+    with pytest.raises(UserError, match="checksum mismatch for https://example.org/toy.txt"):
+        _resolve_toy()
+    assert list((tmp_path / "downloads" / "toy").iterdir()) == []  # no file, no .partial
+
+
+def test_a_damaged_cached_file_is_fetched_again(online, tmp_path):
+    online["bytes"] = b"the canonical bytes\n"
+    path = _resolve_toy()
+    path.write_bytes(b"the canonical bytes, damaged on disk\n")
+    assert _resolve_toy().read_bytes() == online["bytes"] and online["calls"] == 2
+
+
+def test_a_failed_download_falls_back_to_the_packaged_copy(online):
+    online["bytes"] = OSError("no route to host")
+    path = shakespeare.source_path()
+    assert online["calls"] == 1 and sources.sha256_of(path) == shakespeare.SHA256
+
+
 def test_fashion_mnist_builder_reads_idx_files(image_data):
     from conftest import make_images
 

@@ -110,6 +110,26 @@ def test_filter_logits_top_k_and_top_p():
     assert kept(sampling.filter_logits(logits_1x5, 0, 0.01)).tolist() == [[1, 0, 0, 0, 0]]
 
 
+def test_init_is_gpt2s_with_residual_projections_scaled_by_depth():
+    """Weights ~ N(0, 0.02), the two projections into the residual stream ~ N(0, 0.02 /
+    sqrt(2 x layers)) (GPT-2: the stream's variance stays flat with depth), LayerNorm scales
+    one, biases zero."""
+    from flax import traverse_util
+
+    cfg = {"vocab_size": 65, "block_size": 64, "num_layers": 4, "num_heads": 4, "width": 128}
+    params = nn.unbox(gpt.init(jax.random.PRNGKey(0), cfg))
+    for name, w in traverse_util.flatten_dict(params, sep="/").items():
+        w = np.asarray(w)
+        if name.endswith("scale"):
+            assert (w == 1).all(), name
+        elif name.endswith("bias"):
+            assert (w == 0).all(), name
+        else:
+            residual = name.endswith(("attn/out_kernel", "mlp/proj/kernel"))
+            want = 0.02 / 8**0.5 if residual else 0.02
+            assert abs(w.std() / want - 1) < 0.05, (name, w.std())
+
+
 def test_flops_per_example_counts_matmuls():
     cfg = {"vocab_size": 65, "block_size": 256, "num_layers": 6, "num_heads": 6, "width": 384}
     # 6 N T + 12 layers D T^2 with N = 12 layers D^2 + padded vocab D (nanoGPT's estimate_mfu).

@@ -70,6 +70,27 @@ def test_translate_api_equals_cli_and_file_mode(translator_run, tmp_path, capsys
     assert code == 0 and (tmp_path / "out.txt").read_text().splitlines() == api
 
 
+def test_the_translator_masks_the_padding_it_adds(translator_run, monkeypatch):
+    """The API pads every source to the training length (one compile); the family must be
+    told which slots are padding (test_transformer checks masked slots change nothing)."""
+    from genzoo.data.tokenizers import EOS
+
+    model = genzoo.load(translator_run)
+    seen, real = [], model.family.translate
+
+    def spy(params, cfg, src_BxS, valid_BxS, **kw):
+        seen.append((src_BxS, np.asarray(valid_BxS)))
+        return real(params, cfg, src_BxS, valid_BxS, **kw)
+
+    monkeypatch.setattr(model.family, "translate", spy)  # the family module's function
+    texts = ["the king and queen", "my lord"]
+    model.translate(texts, num_beams=1, max_new_tokens=4)
+    ((src_BxS, valid_BxS),) = seen
+    lengths = [len(model.src_tok.encode(t)) + 1 for t in texts]  # + EOS
+    assert valid_BxS.sum(1).tolist() == lengths + [0] * (len(src_BxS) - 2)
+    assert src_BxS[0, lengths[0] - 1] == EOS and not valid_BxS[0, lengths[0] :].any()
+
+
 def test_translator_eval_reports_text_metrics_and_copy_baseline(translator_run, capsys):
     code, out, _ = run(capsys, "eval", "--workdir", translator_run, "--json")
     f = json.loads(out)

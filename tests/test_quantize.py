@@ -48,6 +48,9 @@ def test_a_quantized_run_evaluates_like_the_original(runs, capsys):
     marker = json.loads((runs / "int8" / quantize.MARKER).read_text())
     assert marker["quantized"] >= 4 and marker["bytes_after"] < 0.5 * marker["bytes_before"]
     assert not (runs / "int8" / "checkpoints").exists()
+    # The float run's training history and best-step record are not the copy's.
+    assert (runs / "float" / "metrics.jsonl").is_file()
+    assert not any((runs / "int8" / name).exists() for name in quantize.SKIP_FILES)
 
 
 def test_a_quantized_run_samples_and_loads(runs, capsys):

@@ -107,8 +107,12 @@ def test_eval_reports_every_setting_with_finite_figures(chain, capsys):
                 assert np.isfinite(value)
                 if name.endswith("accuracy"):
                     assert 0.0 <= value <= 1.0
-    # Reranking maximises the CLIP score: never below one draw's.
-    assert figures["seen/g1/reranked/clip_score"] >= figures["seen/g1/first/clip_score"]
+    # Reranking maximises the CLIP score: never below one draw's, above it somewhere (all
+    # four settings' first draws the best of their two by chance: odds of 1 in 16^4).
+    score = lambda setting: figures[f"{setting}/clip_score"]
+    gains = [score(f"{subset}/{g}/reranked") - score(f"{subset}/{g}/first")
+             for subset in ("seen", "heldout") for g in ("g1", "g3")]  # fmt: skip
+    assert min(gains) >= 0 and max(gains) > 0
     assert np.isfinite(figures["image_nll"])
 
 
@@ -166,3 +170,35 @@ def test_zero_shot_takes_the_class_whose_mean_template_embedding_is_nearest():
     prompts = [["a cat", "a photo of a cat"], ["a dog", "a photo of a dog"]]
     images = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.4, 0.6]])
     assert zero_shot(Fake(), images, prompts, np.array([0, 1, 1, 1])) == 0.75
+
+
+def test_retrieval_counts_an_image_of_the_same_caption_as_a_hit(monkeypatch):
+    """Captions repeat: text -> image recall takes any image drawn for the same caption,
+    image -> text recall the caption read the same, and each caption is embedded once."""
+    from types import SimpleNamespace
+
+    from genzoo.evaluation import retrieval
+
+    class Fake:  # captions embed by their colour; images are given as embeddings
+        def encode_texts(self, texts):
+            assert len(set(texts)) == len(texts)
+            return np.array([[1.0, 0.0] if "red" in t else [0.0, 1.0] for t in texts])
+
+        def encode_images(self, images):
+            return np.asarray(images, float)
+
+    texts = ["a red circle", "a blue square", "a red circle", "a blue square"]
+    # Each caption's nearest image is the other one drawn for it (2 for 0, 1 for 3).
+    images = np.array([[0.8, 0.2], [0.1, 0.9], [1.0, 0.0], [0.3, 0.7]])
+    data = SimpleNamespace(texts={"validation": texts}, real_images=lambda split, n: images[:n])
+    monkeypatch.setattr(retrieval.kinds, "api_of", lambda run: Fake())
+    figures = retrieval.evaluate(SimpleNamespace(data=data), "validation")
+    assert figures == {
+        "validation/i2t_recall@1": 1.0,
+        "validation/i2t_recall@5": 1.0,
+        "validation/t2i_recall@1": 1.0,
+        "validation/t2i_recall@5": 1.0,
+    }
+    data.texts["validation"] = ["a red circle", "a blue square", "a red ring", "a blue box"]
+    figures = retrieval.evaluate(SimpleNamespace(data=data), "validation")
+    assert figures["validation/t2i_recall@1"] == 0.5  # now only the own image counts
