@@ -78,3 +78,18 @@ def test_configs_saved_by_older_versions_gain_new_defaults():
     assert loaded.train.trainable == "" and loaded.eval.seed == 0
     assert loaded.model.width == cfg().model.width
     assert experiment.resume_conflicts(loaded, cfg()) == []
+
+
+def test_a_run_saved_before_a_model_key_existed_resumes_while_it_keeps_the_old_behaviour():
+    """`model` is taken whole from a saved config (no defaults laid over it), so a key added
+    since (`ADDED_KEYS`) counts as its old behaviour's value when comparing for a resume."""
+    import json
+
+    new = experiment.load("hmm_shakespeare_char")
+    saved = json.loads(experiment.to_json(new))
+    del saved["model"]["expected_counts"]
+    old = experiment.from_json(json.dumps(saved))
+    assert "expected_counts" not in old.model
+    assert experiment.resume_conflicts(old, new) == []
+    experiment.apply_overrides(new, ["model.expected_counts=true", "optim.name=em"])
+    assert experiment.resume_conflicts(old, new) == ["model.expected_counts", "optim.name"]

@@ -158,3 +158,26 @@ def test_store_keeps_the_newest_executables(tmp_path, monkeypatch, keep):
     program.store = store
     program.compile(jax.ShapeDtypeStruct((2,), jnp.float32))
     assert len(list(tmp_path.glob("*.jaxexec"))) == 1
+
+
+def test_a_loaded_executable_counts_as_recently_used(tmp_path, monkeypatch):
+    """Pruning keeps the `KEEP` most recently *used*: a program loaded by every launch must
+    outlive one compiled once since."""
+    monkeypatch.setattr(executables, "KEEP", 2)
+    store = executables.Store(tmp_path, "context")
+    spec = jax.ShapeDtypeStruct((2,), jnp.float32)
+
+    def compile_as(name, constant):
+        program = aot.Program(jax.jit(lambda x: x * constant), name)
+        program.store = store
+        program.compile(spec)
+        return program
+
+    compile_as("daily", _fresh_constant())
+    compile_as("once", _fresh_constant())
+    for i, path in enumerate(sorted(tmp_path.glob("*.jaxexec"), key=os.path.getmtime)):
+        os.utime(path, (1e9 + i, 1e9 + i))  # "daily" older than "once", a second apart
+    assert compile_as("daily", 0.0).seconds.keys() == {"load"}  # loaded, not compiled
+    compile_as("new", _fresh_constant())
+    kept = {p.name for p in tmp_path.glob("*.jaxexec")}
+    assert kept == {store.path(n, aot._types((spec,)), None).name for n in ("daily", "new")}

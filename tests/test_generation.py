@@ -169,9 +169,12 @@ def test_python_api_generate_and_score(tmp_path, capsys):
     a = lm.generate(["KING:", "my lord and"], max_new_tokens=12, temperature=0.0)
     b = [lm.generate(p, max_new_tokens=12, temperature=0.0)[0] for p in ("KING:", "my lord and")]
     assert a == b and all(len(t) == 12 for t in a)
-    stop = a[0][3:5]
-    cut = lm.generate("KING:", max_new_tokens=12, temperature=0.0, stop=[stop])[0]
-    assert cut == a[0][: a[0].index(stop)] and len(cut) <= 3
+    stop, later = a[0][3:5], a[0][-2:]
+    cut = lm.generate("KING:", max_new_tokens=12, temperature=0.0, stop=[later, stop])[0]
+    assert cut == a[0][: a[0].index(stop)] and len(cut) <= 3  # at the first stop string found
+    eos = a[0][4]  # a token the greedy text holds: the text ends before it
+    ended = lm.generate("KING:", max_new_tokens=12, temperature=0.0, eos=eos)[0]
+    assert ended == a[0][: a[0].index(eos)] and eos not in ended
     text = "KING:\nGood lord."
     ids = lm.encode(text)
     # One forward: by causality (test_layers) position i-1 sees exactly the prefix ids[:i]

@@ -120,6 +120,23 @@ def test_fill_mask_and_encode(bert_run, capsys):
     assert code == 0 and out.startswith("[MASK] 1:") and out.count("'") >= 10
 
 
+def test_encode_gives_each_texts_own_states_whatever_the_padding(bert_run):
+    """`encode` and `fill_mask` pad every text to the model's length (one compile): the
+    states of a text must be those of the text alone, unpadded."""
+    from genzoo.kinds.masked_lm import CLS, SEP
+
+    mlm = genzoo.load(bert_run)
+    cls, sep = mlm.tokenizer.piece_id(CLS), mlm.tokenizer.piece_id(SEP)
+    texts = ["the king", "my lord and the queen of night"]
+    for text, hidden_LxD in zip(texts, mlm.encode(texts), strict=True):
+        ids = [cls, *mlm.tokenizer.encode(text), sep]
+        tokens_1xL = np.array([ids], np.int32)
+        alone_1xLxD, _ = mlm.family.encode(mlm.run.params, mlm.run.cfg.model, tokens_1xL,
+                                           np.zeros_like(tokens_1xL), tokens_1xL > -1)  # fmt: skip
+        assert len(ids) < mlm.max_len
+        np.testing.assert_allclose(hidden_LxD, np.asarray(alone_1xLxD)[0], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

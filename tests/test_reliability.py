@@ -195,6 +195,27 @@ def test_sigterm_saves_the_current_step_and_resume_matches_an_uninterrupted_run(
         np.testing.assert_array_equal(x, y)
 
 
+def test_a_second_stop_signal_ends_the_process_at_once():
+    """The first SIGTERM/SIGINT asks for a save after the step; a second one (a user who
+    cannot wait, a scheduler's last word) exits at once with 128 + its number."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, time\n"
+        "from genzoo.preemption import StopRequest\n"
+        "with StopRequest() as stop:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    assert stop.name == 'SIGTERM'\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert proc.returncode == 128 + signal.SIGINT, proc.stderr
+    assert "second SIGINT: aborting without saving" in proc.stderr
+
+
 def test_keep_best_keeps_the_best_step_beside_the_newest(tmp_path, capsys):
     path = tmp_path / "run"
     # best_mode=max on a falling loss: the best is the first evaluation, far from the newest.

@@ -90,10 +90,10 @@ def test_every_planted_mutant_still_finds_its_snippet():
     its file exactly once, and the tests named to kill it exist."""
     from pathlib import Path
 
-    import mutants
+    from mutant_list import MUTANTS
 
     root = Path(__file__).resolve().parent.parent
-    for name, path, before, _, tests in mutants.MUTANTS:
+    for name, path, before, _, tests in MUTANTS:
         assert (root / path).read_text().count(before) == 1, f"{name}: {path}"
         for test in tests.split():
             assert (root / test.split("::")[0]).is_file(), f"{name}: {test}"
