@@ -165,14 +165,20 @@ def test_fit_measures_a_cpus_peak_before_anything_compiles(monkeypatch, tmp_path
             ("model.quantizer=vq", "model.widths=(32,64)", "model.codebook_size=128"),
             None,
         ),
+        ("clip_shapes", ("model.patch=2",), None),  # 257 image tokens: attention counts
+        ("vae_fashion_mnist", ("model.widths=(32,64)", "model.latent=32"), None),
+        ("dcgan_fashion_mnist", ("model.widths=(64,128)", "model.latent=64"), None),
+        ("classifier_fashion_mnist", ("model.widths=(32,64)", "model.features=128"), None),
+        ("shapes_judge", ("model.widths=(32,64)", "model.features=256"), None),
     ],
 )
 def test_every_familys_flop_count_matches_xlas_count_of_its_train_step(name, overrides, length):
-    """MFU's numerator for every family that reports MFU: `flops_per_example` x batch against
-    XLA's cost analysis of the whole lowered train step (optimizer and norms included; XLA
-    skips a convolution's padded taps, which the formula counts). The dVAE's count assumed a
-    mirrored decoder and read 28% low. `length` stretches every token field (an abstract
-    batch: nothing runs)."""
+    """MFU's numerator for every family but the HMM (a log-space recursion: no matmul to
+    count): `flops_per_example` x batch against XLA's cost analysis of the whole lowered train
+    step. Measured 0.86-1.15: XLA also counts norms, softmax and the optimizer, and skips a
+    convolution's padded taps (~14% of a 4x4 stride-2 layer's on a 7x7 map), which the
+    formula counts as is usual. The dVAE's count had mirrored the encoder and read 0.72.
+    `length` stretches every token field (an abstract batch: nothing runs)."""
     import jax
     import numpy as np
     from conftest import experiment_config, experiment_data, experiment_deps
@@ -190,4 +196,4 @@ def test_every_familys_flop_count_matches_xlas_count_of_its_train_step(name, ove
     lowered = trainer.train_step.lower(trainer.abstract_state, batch, trainer.deps)
     counted = lowered.cost_analysis()["flops"]
     formula = trainer.family.flops_per_example(cfg.model, shapes) * B
-    assert 0.85 < formula / counted < 1.12, formula / counted
+    assert 0.8 < formula / counted < 1.2, formula / counted

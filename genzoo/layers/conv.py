@@ -102,3 +102,27 @@ class ConvDecoder(nn.Module):
             if i < len(widths) - 1:
                 h = jax.nn.relu(norm(h, f"norm_{i}"))
         return h.astype(jnp.float32)
+
+
+def encoder_macs(image_shape, widths, features: int) -> int:
+    """Multiply-adds of `ConvEncoder` on one image: each 4x4 convolution at its output's
+    positions, then the dense layer (MFU's numerator for the image families)."""
+    h, w, channels = image_shape
+    macs = 0
+    for width in widths:
+        h, w = -(-h // 2), -(-w // 2)
+        macs += h * w * 16 * channels * width
+        channels = width
+    return macs + h * w * channels * features
+
+
+def decoder_macs(image_shape, widths, latent: int) -> int:
+    """Multiply-adds of `ConvDecoder` (its `widths`, widest first) from one latent vector: the
+    dense layer to 7x7, then each transposed convolution at its input's positions."""
+    h, w = 7, 7
+    macs = latent * h * w * widths[0]
+    channels = widths[0]
+    for width in (*widths[1:], image_shape[-1]):
+        macs += h * w * 16 * channels * width
+        channels, h, w = width, 2 * h, 2 * w
+    return macs

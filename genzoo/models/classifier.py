@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from genzoo.layers import ConvEncoder, partitioned
+from genzoo.layers.conv import encoder_macs
 from genzoo.models.base import FromConfig
 
 KIND = "classifier"
@@ -78,6 +79,13 @@ def eval_summary(totals, meta):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
+def flops_per_example(cfg, shapes) -> float:
+    """6 per multiply-add (forward and backward) of the encoder and the head."""
+    c = ClassifierConfig.from_cfg(cfg)
+    head = c.features * c.num_classes
+    return float(6 * (encoder_macs(c.image_shape, c.widths, c.features) + head))
+
+
 def predict(params, images_BxHxWxC, cfg):
     """(class probabilities [B, K], penultimate features [B, F])."""
     logits_BxK, f_BxF = _apply(params, images_BxHxWxC, cfg)

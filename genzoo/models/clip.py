@@ -179,6 +179,20 @@ def eval_summary(totals, meta):
     return {"loss": float(totals["nll"]) / n, "batch_accuracy": float(totals["correct"]) / n}
 
 
+def flops_per_example(cfg, shapes) -> float:
+    """6 per multiply-add (forward and backward) of both towers: per token and layer the
+    weight matmuls (4 D^2 + 2 D F) and attention's two products (2 L D), the image's patch
+    projection, the two embedding projections. The batch's similarity matrix (B x E per
+    example) is left out, as a language model's softmax is."""
+    c = CLIPConfig.from_cfg(cfg)
+    D = c.width
+    tower = lambda layers, L: layers * L * (4 * D * D + 2 * D * c.mlp_hidden + 2 * L * D)
+    P = c.num_patches
+    patches = P * c.patch * c.patch * c.image_shape[-1] * D
+    macs = tower(c.text_layers, c.max_caption_len) + tower(c.image_layers, P + 1) + patches
+    return float(6 * (macs + 2 * D * c.embed_dim))
+
+
 @functools.partial(jax.jit, static_argnames=("c",))
 def _images(params, image_BxHxWxC, *, c):
     return CLIP(c).apply({"params": params}, image_BxHxWxC, method=CLIP.encode_image)

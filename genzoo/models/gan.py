@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from genzoo.layers import ConvDecoder, ConvEncoder
+from genzoo.layers.conv import decoder_macs, encoder_macs
 from genzoo.models.base import FromConfig, require
 
 KIND = "image_generator"
@@ -145,6 +146,16 @@ def eval_summary(totals, meta):
         "generator_loss": float(totals["generator_loss"]) / n,
         "discriminator_accuracy": float(totals["correct"]) / n,
     }
+
+
+def flops_per_example(cfg, shapes) -> float:
+    """2 per multiply-add of one step: the generator's forward and backward (3 G), the
+    discriminator's forward on the real and the fake image (2 D), its backward for its own
+    loss on both (4 D), and the generator's gradient back through it on the fake (1 D)."""
+    c = GANConfig.from_cfg(cfg)
+    g = decoder_macs(c.image_shape, c.widths[::-1], c.latent)
+    d = encoder_macs(c.image_shape, c.widths, 1)
+    return float(2 * (3 * g + 7 * d))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "num"))

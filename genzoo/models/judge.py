@@ -19,6 +19,7 @@ import optax
 
 from genzoo.data import shapes
 from genzoo.layers import ConvEncoder, partitioned
+from genzoo.layers.conv import encoder_macs
 from genzoo.models.base import FromConfig
 
 KIND = "attribute_judge"
@@ -94,6 +95,13 @@ def eval_summary(totals, meta):
     out = {"loss": float(totals["nll"]) / n, "scene_accuracy": float(totals["right_scene"]) / n}
     out.update({f"accuracy_{h}": float(totals[f"right_{h}"]) / n for h in HEADS})
     return out
+
+
+def flops_per_example(cfg, shapes) -> float:
+    """6 per multiply-add (forward and backward) of the encoder and the seven heads."""
+    c = JudgeConfig.from_cfg(cfg)
+    heads = c.features * sum(HEADS.values())
+    return float(6 * (encoder_macs(c.image_shape, c.widths, c.features) + heads))
 
 
 @functools.partial(jax.jit, static_argnames=("c",))

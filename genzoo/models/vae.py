@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from genzoo.layers import ConvDecoder, ConvEncoder
+from genzoo.layers.conv import decoder_macs, encoder_macs
 from genzoo.models.base import FromConfig
 
 KIND = "image_generator"
@@ -157,6 +158,13 @@ def eval_summary(totals, meta):
         "num_examples": int(n),
         "num_iw_examples": int(totals["num_iw_examples"]),
     }
+
+
+def flops_per_example(cfg, shapes) -> float:
+    """6 per multiply-add (forward and backward) of the encoder and the decoder."""
+    c = VAEConfig.from_cfg(cfg)
+    encoder = encoder_macs(c.image_shape, c.widths, 2 * c.latent)
+    return float(6 * (encoder + decoder_macs(c.image_shape, c.widths[::-1], c.latent)))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "num"))
