@@ -46,21 +46,22 @@ def test_left_padded_prompts_give_each_prompts_own_logits(model):
     c = gpt.GPTConfig.from_cfg(cfg.model)
     longest = max(map(len, prompts))
 
-    def last_two_logits(tokens_BxP, pad_B):
+    @jax.jit
+    def last_two_logits(params, tokens_BxP, pad_B):
         cache = gpt.init_cache(c, len(tokens_BxP), longest + 1, pad_B)
         logits_BxPxV, cache = gpt.GPT(c).apply({"params": params}, tokens_BxP, cache=cache)
         next_Bx1 = jnp.argmax(logits_BxPxV[:, -1:], -1)
         step_Bx1xV, _ = gpt.GPT(c).apply({"params": params}, next_Bx1, cache=cache)
-        return np.asarray(logits_BxPxV[:, -1]), np.asarray(step_Bx1xV[:, 0])
+        return logits_BxPxV[:, -1], step_Bx1xV[:, 0]
 
     pad_B = np.array([longest - len(p) for p in prompts])
     batch = np.zeros((len(prompts), longest), np.int32)
     for row, p in enumerate(prompts):
         batch[row, pad_B[row] :] = p
-    together = last_two_logits(batch, pad_B)
+    together = last_two_logits(params, batch, pad_B)
     for row, p in enumerate(prompts):
-        alone = last_two_logits(np.asarray([p]), None)
-        for got, want in zip(together, alone, strict=True):
+        alone = last_two_logits(params, np.asarray([p]), None)
+        for got, want in zip(map(np.asarray, together), map(np.asarray, alone), strict=True):
             spread = want[0].max() - want[0].min()
             assert np.abs(got[row] - want[0]).max() < 1e-4 * spread, row
 
