@@ -78,7 +78,6 @@ def eval_summary(totals, meta):
     return {"loss": float(totals["nll"]) / n, "accuracy": float(totals["correct"]) / n}
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
 def flops_per_example(cfg, shapes) -> float:
     """6 per multiply-add (forward and backward) of the encoder and the head."""
     c = ClassifierConfig.from_cfg(cfg)
@@ -86,6 +85,7 @@ def flops_per_example(cfg, shapes) -> float:
     return float(6 * (encoder_macs(c.image_shape, c.widths, c.features) + head))
 
 
+@functools.partial(jax.jit, static_argnames=("cfg",))
 def predict(params, images_BxHxWxC, cfg):
     """(class probabilities [B, K], penultimate features [B, F])."""
     logits_BxK, f_BxF = _apply(params, images_BxHxWxC, cfg)
