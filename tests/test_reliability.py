@@ -351,3 +351,24 @@ def test_a_torn_codes_cache_is_encoded_again(tmp_path):
     path.write_bytes(path.read_bytes()[:40])
     assert codes._read(path, ["train"]) is None
     assert codes._read(tmp_path / "missing.npz", ["train"]) is None
+
+
+def test_the_codes_cache_key_follows_the_tokenizer_run_and_the_images(tmp_path):
+    """DALL·E's cached codes are the tokenizer's at one step: another step, the same step
+    trained again at the same path (its folder's time), or other images, encode afresh."""
+    from types import SimpleNamespace
+
+    from genzoo.data import codes
+
+    step_dir = tmp_path / "checkpoints" / "5"
+    step_dir.mkdir(parents=True)
+    os.utime(step_dir, ns=(10**18, 10**18))
+    data = SimpleNamespace(splits={"train": (np.zeros((2, 4, 4, 3), np.uint8),)})
+    at = lambda step: SimpleNamespace(path=tmp_path, step=step)
+    key = codes._key(at(5), data)
+    assert codes._key(at(5), data) == key and codes._key(at(6), data) != key
+    os.utime(step_dir, ns=(2 * 10**18, 2 * 10**18))  # retrained: same path, same step
+    retrained = codes._key(at(5), data)
+    assert retrained != key
+    data.splits["train"] = (np.ones((2, 4, 4, 3), np.uint8),)
+    assert codes._key(at(5), data) != retrained

@@ -202,3 +202,16 @@ def test_retrieval_counts_an_image_of_the_same_caption_as_a_hit(monkeypatch):
     data.texts["validation"] = ["a red circle", "a blue square", "a red ring", "a blue box"]
     figures = retrieval.evaluate(SimpleNamespace(data=data), "validation")
     assert figures["validation/t2i_recall@1"] == 0.5  # now only the own image counts
+
+
+def test_an_attribute_needs_both_objects_right_and_a_scene_every_head():
+    from genzoo.kinds.attribute_judge import _per_attribute
+
+    heads = [f"{a}_{i}" for a in shapes.ATTRIBUTES for i in (0, 1)] + ["axis"]
+    right = {h: np.array([True, True, True]) for h in heads}
+    right["colour_1"] = np.array([True, False, True])
+    right["axis"] = np.array([True, True, False])
+    out = _per_attribute(right)
+    assert out["colour"].tolist() == [True, False, True] and out["shape"].all()
+    assert out["relation"].tolist() == [True, True, False]
+    assert out["scene"].tolist() == [True, False, False]
