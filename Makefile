@@ -27,9 +27,10 @@ demo: $(STAMP)
 	@echo "checkpoint: $(DEMO_DIR)/checkpoints   metrics: $(DEMO_DIR)/metrics.jsonl"
 	@echo "pictures:   $(DEMO_DIR)/plots/loss.png   TensorBoard events: $(DEMO_DIR)/tensorboard"
 
-# One pytest worker per core (at most 4: each holds 8 simulated devices and its compiles).
+# One pytest worker per core (at most 4: each holds 8 simulated devices and its compiles); a
+# module's tests stay on one worker, so a module fixture that trains runs is built once.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n auto --maxprocesses 4
+	$(VENV)/bin/python -m pytest -n auto --maxprocesses 4 --dist loadscope
 
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -m slow
