@@ -137,3 +137,11 @@ def call_block(block: TransformerBlock, remat: str, x_BxLxD, deterministic: bool
     # `deterministic` decides Python branches (dropout or not): static, so passed by position.
     rematted = nn.remat(_call, policy=REMAT_POLICIES[remat], static_argnums=(3,))
     return rematted(block, x_BxLxD, arrays, deterministic)
+
+
+def stack_macs(num_layers: int, length: int, width: int, mlp_hidden: int) -> int:
+    """Multiply-adds of `num_layers` self-attention blocks over `length` tokens: per token and
+    layer the weight matmuls (q, k, v, out: 4 D^2; the MLP: 2 D F) and attention's two
+    products with every key (2 L D). x6 is a training step's FLOPs (MFU's numerator)."""
+    per_token = 4 * width * width + 2 * width * mlp_hidden + 2 * length * width
+    return num_layers * length * per_token

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from genzoo.evaluation import lm
 from genzoo.layers import Dropout, Embed, LayerNorm, TransformerBlock, call_block, gelu, partitioned
+from genzoo.layers.transformer import stack_macs
 from genzoo.models.base import FromConfig, require, require_transformer_shape
 
 KIND = "masked_lm"
@@ -229,13 +230,13 @@ def eval_summary(totals, meta):
 def flops_per_example(cfg, shapes) -> float:
     c = BertConfig.from_cfg(cfg)
     (L,) = shapes["tokens"]
-    body = c.num_layers * (4 * c.width**2 + 2 * c.width * c.mlp_hidden)
+    body = stack_macs(c.num_layers, L, c.width, c.mlp_hidden)
     # The MLM head on the scored positions only (a classifier keeps one slot, `_sums`), then
     # the pooler and the [CLS] head.
     scored = 1 if c.num_classes else c.predictions(L)
     mlm_head = (c.width + c.padded_vocab) * c.width * scored
     head = mlm_head + c.width * (c.width + (c.num_classes or 2))
-    return float((6 * body + 12 * c.num_layers * c.width * L) * L + 6 * head)
+    return float(6 * (body + head))
 
 
 @functools.partial(jax.jit, static_argnames=("c",))

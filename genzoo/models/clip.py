@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from genzoo.evaluation import lm
 from genzoo.layers import Embed, LayerNorm, TransformerBlock, partitioned
+from genzoo.layers.transformer import stack_macs
 from genzoo.models.base import FromConfig, require, require_transformer_shape
 
 KIND = "contrastive"
@@ -185,12 +186,11 @@ def flops_per_example(cfg, shapes) -> float:
     projection, the two embedding projections. The batch's similarity matrix (B x E per
     example) is left out, as a language model's softmax is."""
     c = CLIPConfig.from_cfg(cfg)
-    D = c.width
-    tower = lambda layers, L: layers * L * (4 * D * D + 2 * D * c.mlp_hidden + 2 * L * D)
-    P = c.num_patches
+    D, P = c.width, c.num_patches
+    text = stack_macs(c.text_layers, c.max_caption_len, D, c.mlp_hidden)
+    image = stack_macs(c.image_layers, P + 1, D, c.mlp_hidden)
     patches = P * c.patch * c.patch * c.image_shape[-1] * D
-    macs = tower(c.text_layers, c.max_caption_len) + tower(c.image_layers, P + 1) + patches
-    return float(6 * (macs + 2 * D * c.embed_dim))
+    return float(6 * (text + image + patches + 2 * D * c.embed_dim))
 
 
 @functools.partial(jax.jit, static_argnames=("c",))

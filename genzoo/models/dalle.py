@@ -30,6 +30,7 @@ from genzoo import sampling
 from genzoo.evaluation import lm
 from genzoo.layers import Dropout, Embed, LayerNorm, TransformerBlock, call_block, partitioned
 from genzoo.layers.attention import empty_kv
+from genzoo.layers.transformer import stack_macs
 from genzoo.models.base import FromConfig, padded, require, require_transformer_shape
 
 KIND = "text_to_image"
@@ -203,8 +204,8 @@ def flops_per_example(cfg, shapes) -> float:
     """Training FLOPs of one caption + image sequence (PaLM's appendix formula)."""
     c = DalleConfig.from_cfg(cfg)
     L = c.length
-    matmul = 12 * c.num_layers * c.width**2 + (c.vocab_size + c.image_vocab_size) * c.width
-    return float((6 * matmul + 12 * c.num_layers * c.width * L) * L)
+    blocks = stack_macs(c.num_layers, L, c.width, 4 * c.width)
+    return float(6 * (blocks + (c.vocab_size + c.image_vocab_size) * c.width * L))
 
 
 def init_cache(c: DalleConfig, batch: int):

@@ -18,6 +18,7 @@ from genzoo.errors import UserError
 from genzoo.evaluation import lm
 from genzoo.layers import Dropout, Embed, LayerNorm, TransformerBlock, call_block, quant
 from genzoo.layers.attention import empty_kv
+from genzoo.layers.transformer import stack_macs
 from genzoo.models.base import FromConfig, require_transformer_shape
 
 KIND = "language_model"
@@ -180,9 +181,8 @@ def flops_per_example(cfg, shapes) -> float:
     """Training FLOPs (forward + backward) for one sequence, as in the PaLM paper's appendix."""
     c = GPTConfig.from_cfg(cfg)
     (seq_len,) = shapes["inputs"]
-    matmul_params = 12 * c.num_layers * c.width**2 + c.padded_vocab * c.width
-    attention = 12 * c.num_layers * c.width * seq_len
-    return float((6 * matmul_params + attention) * seq_len)
+    blocks = stack_macs(c.num_layers, seq_len, c.width, 4 * c.width)
+    return float(6 * (blocks + c.padded_vocab * c.width * seq_len))
 
 
 @functools.partial(jax.jit, static_argnames=("c", "max_new_tokens", "num_beams"))
