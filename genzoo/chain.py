@@ -6,7 +6,8 @@ options (runs that score it, such as the shapes judge).
 A workdir `runs/NAME` is trained by experiment NAME, or by NAME without a trailing
 `_VARIANT` (`runs/dvae_shapes_smoke` by `dvae_shapes --variant smoke`), with the chain's
 variant where the experiment has it. Links whose latest checkpoint has reached their
-`train.steps` are skipped; a half-trained one resumes. Dependencies come first, each once.
+experiment's `train.steps` are skipped; a half-trained one resumes; a workdir holding another
+experiment or variant is refused. Dependencies come first, each once.
 """
 
 from __future__ import annotations
@@ -71,12 +72,22 @@ def plan(name: str, variant: str | None, workdir: str | None = None) -> list[tup
     return order
 
 
-def trained(path: str) -> bool:
-    """Whether the workdir's latest checkpoint has reached its configured steps."""
+def trained(path: str, name: str, variant: str | None) -> bool:
+    """Whether the workdir holds a run of `name --variant variant` whose latest checkpoint has
+    reached that experiment's `train.steps` (more steps, set by hand, count too). A workdir
+    holding another experiment or variant is refused: skipping it would hand its (say, smoke)
+    model to the next link and to evaluation without a word."""
     from genzoo import workdir
     from genzoo.checkpoint import saved_steps
 
     steps = saved_steps(Path(path))
     if not (Path(path) / workdir.CONFIG).is_file() or not steps:
         return False
-    return steps[-1] >= workdir.load_config(Path(path)).train.steps
+    want = experiment.load(name, variant)
+    saved = workdir.load_config(Path(path)).get("experiment") or {}
+    held, wanted = [(e.get("name"), e.get("variant") or "") for e in (saved, want.experiment)]
+    if held != wanted:
+        said = lambda n, v: n + (f" --variant {v}" if v else "")  # noqa: E731
+        raise UserError(f"{path} holds a run of {said(*held)}, not {said(*wanted)}: "
+                        "move it or give the chain another --workdir")  # fmt: skip
+    return steps[-1] >= want.train.steps

@@ -106,8 +106,12 @@ def _compilation_cache(run_dir: Path) -> None:
 def _cmd_chain(args) -> None:
     from genzoo import chain
 
-    for name, variant, path in chain.plan(args.experiment, args.variant, args.workdir):
-        if chain.trained(path):
+    links = chain.plan(args.experiment, args.variant, args.workdir)
+    # Every link is checked before the first trains: a workdir holding another run is refused
+    # now, not after an hour of training the links before it.
+    done = [chain.trained(path, name, variant) for name, variant, path in links]
+    for (name, variant, path), trained in zip(links, done, strict=True):
+        if trained:
             print(f"chain: {path} is trained ({name}); skipping", flush=True)
             continue
         print(f"chain: genzoo train {name}" + (f" --variant {variant}" if variant else "")

@@ -356,4 +356,15 @@ MUTANTS = [
      "for i in range(0, len(rows), batch_size)])",
      "for i in range(0, len(rows) - batch_size + 1, batch_size)])",
      "tests/test_text_to_image.py tests/test_clip.py"),
+    ("the chain checks each link only when it comes to train it", "genzoo/cli.py",
+     "    done = [chain.trained(path, name, variant) for name, variant, path in links]\n"
+     "    for (name, variant, path), trained in zip(links, done, strict=True):\n        if trained:",
+     "    for name, variant, path in links:\n        if chain.trained(path, name, variant):",
+     "tests/test_text_to_image.py"),
+    ("the chain skips a workdir holding another variant", "genzoo/chain.py",
+     "    if held != wanted:", "    if False:", "tests/test_text_to_image.py"),
+    ("the chain trusts the steps saved in the workdir", "genzoo/chain.py",
+     "return steps[-1] >= want.train.steps",
+     "return steps[-1] >= workdir.load_config(Path(path)).train.steps",
+     "tests/test_text_to_image.py"),
 ]  # fmt: skip

@@ -53,6 +53,42 @@ def test_chain_trains_every_link_then_skips_them(chain, capsys):
     assert _tree_digest(runs) == before
 
 
+def test_a_link_holding_another_variant_is_refused_before_anything_trains(
+    chain, capsys, monkeypatch
+):
+    """Skipping it would hand a smoke model to the next link and to evaluation; finding it
+    after training the links before it would cost their training."""
+    os.chdir(chain)
+    runs = chain / "runs"
+    before = _tree_digest(runs)
+    trains = []
+    monkeypatch.setattr(cli, "_cmd_train", lambda args: trains.append(args.workdir))
+    # The cpu chain's first links (runs/dvae_shapes...) are untrained here; its target holds smoke.
+    code = cli.main(["chain", "dalle_shapes", "--variant", "cpu", "--workdir", "runs/dalle_smoke"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "runs/dalle_smoke holds a run of dalle_shapes --variant smoke" in err
+    assert trains == [] and _tree_digest(runs) == before
+
+
+def test_a_link_is_trained_when_it_reaches_its_experiments_steps(chain, monkeypatch):
+    from genzoo import chain as chain_lib
+    from genzoo import experiment
+
+    os.chdir(chain)
+    assert chain_lib.trained("runs/dvae_shapes_smoke", "dvae_shapes", "smoke")
+    assert not chain_lib.trained("runs/nowhere", "dvae_shapes", "smoke")
+    load = experiment.load
+
+    def longer(*args, **kwargs):  # the experiment now asks for more steps than were run
+        cfg = load(*args, **kwargs)
+        cfg.train.steps = 20
+        return cfg
+
+    monkeypatch.setattr(experiment, "load", longer)
+    assert not chain_lib.trained("runs/dvae_shapes_smoke", "dvae_shapes", "smoke")
+
+
 def test_codes_come_from_the_tokenizer_and_are_cached(chain):
     os.chdir(chain)
     run = workdir.open_run(Path("runs/dalle_smoke"))
