@@ -358,7 +358,8 @@ MUTANTS = [
      "tests/test_text_to_image.py tests/test_clip.py"),
     ("the chain checks each link only when it comes to train it", "genzoo/cli.py",
      "    done = [chain.trained(path, name, variant) for name, variant, path in links]\n"
-     "    for (name, variant, path), trained in zip(links, done, strict=True):\n        if trained:",
+     "    for (name, variant, path), trained in zip(links, done, strict=True):\n"
+     "        if trained:",
      "    for name, variant, path in links:\n        if chain.trained(path, name, variant):",
      "tests/test_text_to_image.py"),
     ("the chain skips a workdir holding another variant", "genzoo/chain.py",
