@@ -95,10 +95,13 @@ def merge(abstract_params, parts: list[Part], fresh_globs: str = "") -> tuple[di
             got = {k: v for k, v in got.items() if k in under}
         for key in sorted(set(got) | set(under)):
             have = tuple(got[key].shape) if key in got else None
-            if have != under.get(key):
+            need = under.get(key)
+            if have != need:
+                why = (f"is missing there, the model needs {need}" if have is None
+                       else f"is {have} there and not in this model" if need is None
+                       else f"is {have} there, the model needs {need}")  # fmt: skip
                 raise UserError(
-                    f"init_from parameters from {part.source} do not fit this model: {key} is "
-                    f"{have}, the model needs {under.get(key)}"
+                    f"init_from parameters from {part.source} do not fit this model: {key} {why}"
                 )
         provided.update(got)
     return provided, len(provided) < len(want)
