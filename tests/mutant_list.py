@@ -368,4 +368,6 @@ MUTANTS = [
      "return steps[-1] >= want.train.steps",
      "return steps[-1] >= workdir.load_config(Path(path)).train.steps",
      "tests/test_text_to_image.py"),
+    ("the bag-of-words baseline counts special pieces", "genzoo/evaluation/baselines_text.py",
+     "(x_NxL >= first_word_id)", "(x_NxL >= 1)", "tests/test_bert.py"),
 ]  # fmt: skip

@@ -158,3 +158,30 @@ def test_flops_per_example_matches_xlas_count_for_pretraining_and_classifying():
         analysis = grad.lower(params).compile().cost_analysis()
         counted = (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
         assert 0.97 < bert.flops_per_example(cfg, {"tokens": (L,)}) * B / counted < 1.03, head
+
+
+def test_the_bag_of_words_baseline_reads_words_and_ignores_specials():
+    """Two classes told apart once by a word (ids >= first_word_id), once only by a special
+    piece (a [SEP]-like id below it): the baseline must read the first and be blind to the
+    second, or it would score what no bag of *words* sees."""
+    from types import SimpleNamespace
+
+    from genzoo.evaluation.baselines_text import bow_logistic_regression
+
+    rng = np.random.default_rng(0)
+
+    def data(cue):  # rows of 12 random words; the label sets one position to cue[label]
+        splits, labels = {}, {}
+        for split, n in (("train", 200), ("validation", 100)):
+            y = rng.integers(0, 2, n)
+            rows = rng.integers(10, 40, (n, 12))
+            rows[:, 5] = np.where(y == 1, cue[1], cue[0])
+            splits[split] = {"tokens": list(rows.astype(np.int32))}
+            labels[split] = {"label": y.astype(np.int32)}
+        fields = {"vocab_size": 40, "num_classes": 2}
+        return SimpleNamespace(splits=splits, labels=labels, lengths={"tokens": 16},
+                               model_fields=fields)  # fmt: skip
+
+    by_word = bow_logistic_regression(data((8, 9)), "validation", first_word_id=7)
+    by_special = bow_logistic_regression(data((5, 6)), "validation", first_word_id=7)
+    assert by_word > 0.95 and by_special < 0.7

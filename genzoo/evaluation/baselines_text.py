@@ -27,15 +27,16 @@ def _bags(data, split: str):
     return tokens[:, : data.lengths["tokens"]], data.labels[split]["label"]
 
 
-def bow_logistic_regression(data, split: str, *, steps: int = 500, l2: float = 0.0,
-                            lr: float = 0.05) -> float:  # fmt: skip
-    """Test accuracy of multinomial logistic regression on word-piece counts."""
+def bow_logistic_regression(data, split: str, *, first_word_id: int, steps: int = 500,
+                            l2: float = 0.0, lr: float = 0.05) -> float:  # fmt: skip
+    """Test accuracy of multinomial logistic regression on word-piece counts (ids below
+    `first_word_id`, the specials and padding, are not words)."""
     vocab, classes = data.model_fields["vocab_size"], int(data.model_fields["num_classes"])
     x_tr, y_tr = _bags(data, "train")
     x_te, y_te = _bags(data, split)
 
     def logits(w, x_NxL):
-        counts_NxL = (x_NxL > 6).astype(jnp.float32)  # word pieces only, no specials/padding
+        counts_NxL = (x_NxL >= first_word_id).astype(jnp.float32)
         bag_NxK = jnp.einsum("nl,nlk->nk", counts_NxL, w["W"][x_NxL])
         return bag_NxK / jnp.maximum(counts_NxL.sum(1, keepdims=True), 1.0) + w["b"]
 
@@ -86,7 +87,11 @@ def scratch_model(run, split: str) -> float:
 def evaluate(run, split: str, *, bow: bool = True, scratch: bool = True) -> dict:
     figures = {}
     if bow:
-        figures["bow_logreg_accuracy"] = bow_logistic_regression(run.data, split)
+        from genzoo.models.bert import BertConfig  # 7 for genzoo's pieces, 104 for BERT's own
+
+        first_word_id = BertConfig.from_cfg(run.cfg.model).first_word_id
+        figures["bow_logreg_accuracy"] = bow_logistic_regression(run.data, split,
+                                                                 first_word_id=first_word_id)
     if scratch:
         figures["scratch_accuracy"] = scratch_model(run, split)
     return figures
