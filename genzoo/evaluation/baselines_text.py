@@ -90,8 +90,9 @@ def evaluate(run, split: str, *, bow: bool = True, scratch: bool = True) -> dict
         from genzoo.models.bert import BertConfig  # 7 for genzoo's pieces, 104 for BERT's own
 
         first_word_id = BertConfig.from_cfg(run.cfg.model).first_word_id
-        figures["bow_logreg_accuracy"] = bow_logistic_regression(run.data, split,
-                                                                 first_word_id=first_word_id)
+        figures["bow_logreg_accuracy"] = bow_logistic_regression(
+            run.data, split, first_word_id=first_word_id
+        )
     if scratch:
         figures["scratch_accuracy"] = scratch_model(run, split)
     return figures
