@@ -83,3 +83,32 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
     (train_1, _), (train_2, _) = _losses(one), _losses(two)
     for step in (7, 8):
         np.testing.assert_allclose(train_2[step], train_1[step], atol=1e-6, rtol=0)
+
+
+def test_the_environment_describes_the_run_when_the_command_line_does_not(monkeypatch):
+    """What `jax.distributed.initialize` receives: the command line's run, else JAX's three
+    variables, else (GENZOO_DISTRIBUTED=auto) the cluster's own discovery, else nothing."""
+    from genzoo import distributed
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *args: calls.append(args))
+    for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
+                "GENZOO_DISTRIBUTED"):  # fmt: skip
+        monkeypatch.delenv(key, raising=False)
+    distributed.initialize()
+    assert calls == []  # one process: nothing to join
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+    distributed.initialize()
+    assert calls == []  # two of the three variables describe no run
+    monkeypatch.setenv("JAX_PROCESS_ID", "3")
+    distributed.initialize()
+    assert calls == [("10.0.0.1:1234", 4, 3)]
+    distributed.initialize("h:1", 2, 1)
+    assert calls[-1] == ("h:1", 2, 1)  # the command line wins over the environment
+    for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("GENZOO_DISTRIBUTED", "auto")
+    distributed.initialize()
+    assert calls[-1] == () and len(calls) == 3
