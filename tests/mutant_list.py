@@ -381,4 +381,9 @@ MUTANTS = [
      "tests/test_multiprocess.py"),
     ("every process writes the files", "genzoo/distributed.py",
      "    return jax.process_index() == 0", "    return True", "tests/test_multiprocess.py"),
+    ("TFDS's build announcement left on stdout", "genzoo/data/__init__.py",
+     "with contextlib.redirect_stdout(sys.stderr):", "with contextlib.nullcontext():",
+     "tests/test_data.py"),
+    ("a test.tsv line with two fields unpacked as it comes", "genzoo/data/bible.py",
+     "            if len(fields) != 3:", "            if False:", "tests/test_data.py"),
 ]  # fmt: skip

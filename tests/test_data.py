@@ -170,3 +170,31 @@ def test_bible_english_uses_the_shakespeare_vocabulary(char_data):
     text = bible.decode(bible.splits["validation"])
     assert text.count("\n") == 40  # one line per verse
     assert text.startswith("  ") is False and "Rest." not in text and " rest.\n" in text
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"Gen 1:1\tEn el principio\n", r"test.tsv, line 1: expected reference, Spanish and "
+      r"English separated by tabs, got 2 fields"),
+     (b"Gen 1:1\tEn el \xff principio\tIn the beginning\n", r"test.tsv is not UTF-8 text")],
+)  # fmt: skip
+def test_a_users_malformed_test_split_is_a_one_line_error(tmp_path, content, message):
+    from genzoo.data import bible
+
+    path = tmp_path / "test.tsv"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        list(bible.BibleEsEn._generate_examples(None, path))
+
+
+def test_building_a_data_set_prints_nothing_on_stdout(monkeypatch, tmp_path, capsys):
+    """`genzoo eval --json` prints one JSON object on stdout, also on the call that builds the
+    data set's records (TFDS announces a build there)."""
+    from genzoo import data
+    from genzoo.data import shakespeare, sources
+
+    monkeypatch.setenv("GENZOO_CACHE_DIR", str(tmp_path))
+    sha = sources.sha256_of(shakespeare.source_path())
+    builder = data.prepared_builder(shakespeare.TinyShakespeareChar, sha)
+    assert builder.is_prepared() and str(tmp_path) in str(builder.data_dir)
+    assert capsys.readouterr().out == ""

@@ -11,9 +11,11 @@ Loaders take the `data` config section and the workdir (None before one exists).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +55,9 @@ def prepared_builder(builder_cls, source_sha256: str) -> tfds.core.DatasetBuilde
         shutil.rmtree(builder.data_dir)
         builder = builder_cls(data_dir=data_dir, file_format="array_record")
     if not builder.is_prepared():
-        builder.download_and_prepare()
+        # TFDS announces the build on stdout, which `genzoo eval --json` keeps for its JSON.
+        with contextlib.redirect_stdout(sys.stderr):
+            builder.download_and_prepare()
         builder = builder_cls(data_dir=data_dir, file_format="array_record")
     return builder
 

@@ -7,10 +7,13 @@ canonical URL: it is read from `$GENZOO_DATA_DIR/bible-es-en/`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import tensorflow_datasets as tfds
 
 from genzoo.data import sources
+from genzoo.errors import UserError
 
 FILES = {
     "train.tsv": "ef8524b6d516f8a9b2d8b32625cccc50c163efcb0454f4e269940681a57031cb",
@@ -57,9 +60,17 @@ class BibleEsEn(tfds.core.GeneratorBasedBuilder):
         return {s: self._generate_examples(paths[f"{s}.tsv"]) for s in splits}
 
     def _generate_examples(self, path):
-        with open(path, encoding="utf-8") as f:
-            for index, line in enumerate(f):
-                ref, es, en = line.rstrip("\n").split("\t")
-                as_bytes = lambda s: np.frombuffer(s.encode("utf-8"), np.uint8)
-                yield index, {"es": as_bytes(es), "en": as_bytes(en), "ref": as_bytes(ref),
-                              "index": np.int32(index)}  # fmt: skip
+        # A test.tsv is the user's own file (no checksum): a bad line is a one-line error.
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
+        for index, line in enumerate(lines):
+            fields = line.split("\t")
+            if len(fields) != 3:
+                raise UserError(f"{path}, line {index + 1}: expected reference, Spanish and "
+                                f"English separated by tabs, got {len(fields)} fields")  # fmt: skip
+            ref, es, en = fields
+            as_bytes = lambda s: np.frombuffer(s.encode("utf-8"), np.uint8)
+            yield index, {"es": as_bytes(es), "en": as_bytes(en), "ref": as_bytes(ref),
+                          "index": np.int32(index)}  # fmt: skip
