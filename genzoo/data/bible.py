@@ -62,10 +62,12 @@ class BibleEsEn(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, path):
         # A test.tsv is the user's own file (no checksum): a bad line is a one-line error.
         try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
+            text = Path(path).read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise UserError(f"{path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
-        for index, line in enumerate(lines):
+        # Lines end at "\n" only (str.splitlines would also split at U+2028 or U+0085 inside
+        # a verse).
+        for index, line in enumerate(text.removesuffix("\n").split("\n")):
             fields = line.split("\t")
             if len(fields) != 3:
                 raise UserError(f"{path}, line {index + 1}: expected reference, Spanish and "
