@@ -386,4 +386,6 @@ MUTANTS = [
      "tests/test_data.py"),
     ("a test.tsv line with two fields unpacked as it comes", "genzoo/data/bible.py",
      "            if len(fields) != 3:", "            if False:", "tests/test_data.py"),
+    ("translator input split at every Unicode line break", "genzoo/kinds/translator.py",
+     'text.removesuffix("\\n").split("\\n")', "text.splitlines()", "tests/test_kinds.py"),
 ]  # fmt: skip

@@ -36,10 +36,11 @@ def bert_run(tmp_path_factory):
 
 def test_translate_api_equals_cli_and_file_mode(translator_run, tmp_path, capsys):
     model = genzoo.load(translator_run)
-    texts = ["the king and queen", "my lord"]
+    # A line separator inside a line (U+2028) must not split it: output line i answers line i.
+    texts = ["the king and queen", "my lord\u2028the king"]
     api = model.translate(texts, num_beams=2, max_new_tokens=8)
     assert len(api) == 2 and all(isinstance(t, str) for t in api)
-    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     code, out, _ = run(
         capsys,
         "sample",
@@ -52,7 +53,7 @@ def test_translate_api_equals_cli_and_file_mode(translator_run, tmp_path, capsys
         "--max-new-tokens",
         "8",
     )
-    assert code == 0 and out.splitlines() == api
+    assert code == 0 and out.split("\n") == [*api, ""]
     code, _, _ = run(
         capsys,
         "sample",
@@ -67,7 +68,7 @@ def test_translate_api_equals_cli_and_file_mode(translator_run, tmp_path, capsys
         "--max-new-tokens",
         "8",
     )
-    assert code == 0 and (tmp_path / "out.txt").read_text().splitlines() == api
+    assert code == 0 and (tmp_path / "out.txt").read_text().split("\n") == [*api, ""]
 
 
 def test_the_translator_masks_the_padding_it_adds(translator_run, monkeypatch):
@@ -147,6 +148,7 @@ def test_encode_gives_each_texts_own_states_whatever_the_padding(bert_run):
         (("sample", "--workdir", "{tr}", "--prompt", "hola", "--reconstruct"), "--reconstruct"),
         (("sample", "--workdir", "{tr}"), "--prompt"),
         (("sample", "--workdir", "{tr}", "--input", "{tmp}/none.txt"), "not a file"),
+        (("sample", "--workdir", "{tr}", "--input", "{tmp}/latin1.txt"), "not UTF-8 text"),
         (("sample", "--workdir", "{bert}", "--prompt", "no mask here"), "[MASK]"),
         (("sample", "--workdir", "{bert}", "--prompt", "[MASK]", "--beams", "2"), "--beams"),
         (("sample", "--workdir", "{tr}", "--prompt", "x", "--temperature", "nan"), "temperature"),
@@ -156,6 +158,7 @@ def test_options_of_other_kinds_are_refused(
     argv, message, translator_run, bert_run, tmp_path, capsys
 ):
     argv = [a.format(tr=translator_run, bert=bert_run, tmp=tmp_path) for a in argv]
+    (tmp_path / "latin1.txt").write_bytes("Señor\n".encode("latin-1"))
     code, out, err = run(capsys, *argv)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and out == ""
 

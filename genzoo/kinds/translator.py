@@ -66,7 +66,19 @@ def _sample(translator: Translator, args) -> None:
         path = Path(args.input)
         if not path.is_file():
             raise UserError(f"--input {path} is not a file")
-        lines = path.read_text(encoding="utf-8").splitlines()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"--input {path} is not UTF-8 text: {e.reason} at byte {e.start}"
+            ) from None
+        # One translation per "\n"-ended line, so output line i answers input line i
+        # (str.splitlines would also split at U+2028 or U+0085 inside a line).
+        lines = (
+            [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")]
+            if text
+            else []
+        )
     elif args.prompt:
         lines = [args.prompt]
     else:
