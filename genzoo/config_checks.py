@@ -61,6 +61,9 @@ RANGES = {
     "log.every_steps": (lambda v: v >= 1, "at least 1"),
 }
 SECTIONS = ("train", "optim", "eval", "checkpoint", "log")
+# Evaluator options that count something (`eval.evaluators.NAME.OPTION`): zero of them would
+# leave an evaluator with nothing to score (an IndexError deep in it, found after training).
+EVALUATOR_COUNTS = ("num_captions", "candidates", "num_samples", "beams", "batch_size")
 
 
 def _type_ok(value, default) -> bool:
@@ -92,6 +95,11 @@ def check(cfg: ml_collections.ConfigDict, where: str = "") -> None:
         section, field = key.split(".")
         if field in cfg[section] and not ok(cfg[section][field]):
             raise UserError(f"{key} must be {must}, got {cfg[section][field]!r}{suffix}")
+    for name, options in (cfg.eval.get("evaluators") or {}).items():
+        for key, value in dict(options).items():
+            if key in EVALUATOR_COUNTS and not (type(value) is int and value >= 1):
+                raise UserError(f"eval.evaluators.{name}.{key} must be an integer >= 1, "
+                                f"got {value!r}{suffix}")  # fmt: skip
     if cfg.train.batch_size % cfg.train.grad_accum:
         raise UserError("train.batch_size must be a multiple of train.grad_accum" + suffix)
     if [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor].count(-1) > 1:

@@ -388,4 +388,11 @@ MUTANTS = [
      "            if len(fields) != 3:", "            if False:", "tests/test_data.py"),
     ("translator input split at every Unicode line break", "genzoo/kinds/translator.py",
      'text.removesuffix("\\n").split("\\n")', "text.splitlines()", "tests/test_kinds.py"),
+    ("an evaluator count of zero passes the config checks", "genzoo/config_checks.py",
+     "if key in EVALUATOR_COUNTS and not (type(value) is int and value >= 1):",
+     "if key in EVALUATOR_COUNTS and not (type(value) is int and value >= 0):",
+     "tests/test_config.py"),
+    ("NaN guidance draws anyway", "genzoo/kinds/text_to_image.py",
+     "if not (math.isfinite(guidance) and guidance >= 0):", "if guidance < 0:",
+     "tests/test_text_to_image.py"),
 ]  # fmt: skip

@@ -93,3 +93,15 @@ def test_a_run_saved_before_a_model_key_existed_resumes_while_it_keeps_the_old_b
     assert experiment.resume_conflicts(old, new) == []
     experiment.apply_overrides(new, ["model.expected_counts=true", "optim.name=em"])
     assert experiment.resume_conflicts(old, new) == ["model.expected_counts", "optim.name"]
+
+
+@pytest.mark.parametrize("name, setting", [
+    ("dalle_shapes", "eval.evaluators.text_to_image.num_captions=0"),
+    ("dalle_shapes", "eval.evaluators.text_to_image.candidates=-2"),
+    ("transformer_bible_es_en", "eval.evaluators.translation.beams=0"),
+    ("vae_fashion_mnist", "eval.evaluators.sample_quality.num_samples=0"),
+])  # fmt: skip
+def test_an_evaluator_asked_to_count_nothing_is_refused_when_the_config_loads(name, setting):
+    variant = None if name == "vae_fashion_mnist" else "smoke"  # its smoke has no evaluator
+    with pytest.raises(UserError, match=rf"{setting.split('=')[0]} must be an integer >= 1"):
+        experiment.load(name, variant, [setting])

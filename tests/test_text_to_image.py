@@ -123,6 +123,8 @@ def test_generate_keeps_the_best_by_clip_and_sample_writes_a_grid(chain, capsys)
     (["--prompt", "a small red cat"], "outside the caption vocabulary: cat"),
     (["--candidates", "2", "--keep", "3"], "keep <= candidates"),
     (["--beams", "2"], "--beams does not apply"),
+    (["--guidance", "nan"], "guidance must be a finite number >= 0"),
+    (["--guidance", "-1"], "guidance must be a finite number >= 0"),
 ])  # fmt: skip
 def test_bad_sampling_requests_are_one_line_errors(chain, capsys, argv, message):
     os.chdir(chain)

@@ -12,6 +12,7 @@ them against their caption with the CLIP run it requires, and returns the K best
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -70,6 +71,8 @@ class TextToImage:
         `ranked=False` keeps the first `keep` draws in the order they were drawn."""
         if not 1 <= keep <= candidates:
             raise UserError(f"need 1 <= keep <= candidates, got {keep} and {candidates}")
+        if not (math.isfinite(guidance) and guidance >= 0):  # NaN would still draw (noise)
+            raise UserError(f"guidance must be a finite number >= 0 (1: off), got {guidance}")
         ids_CxT = self.encode_captions(list(captions))
         rows = np.repeat(ids_CxT, candidates, axis=0)  # caption c's candidates are adjacent
         rng, codes = jax.random.PRNGKey(seed), []
