@@ -130,6 +130,30 @@ CASES = {
     "sequence past the context": ((*NEW, "--set", "data.seq_len=64"), None),
     "unknown remat policy": ((*NEW, "--set", "model.remat=some"), None),
     "loss chunk not dividing": ((*NEW, "--set", "model.loss_chunk=5"), None),
+    # family settings: each would crash deep in a layer, run as float32 or train NaN
+    **{
+        f"{name} {setting}": (
+            ("train", name, "--variant", "smoke", "--workdir", f"{TMP}/new", "--set", setting),
+            None,
+        )
+        for name, setting in (
+            ("vae_fashion_mnist", "model.latent=0"),
+            ("vae_fashion_mnist", "model.widths=(8,16,32)"),
+            ("vae_fashion_mnist", "model.iw_samples=0"),
+            ("dcgan_fashion_mnist", "model.loss=wasserstein"),
+            ("dcgan_fashion_mnist", "model.widths=(8,)"),
+            ("hmm_shakespeare_char", "model.num_states=0"),
+            ("clip_shapes", "model.patch=0"),
+            ("bert_mlm_english", "model.mlp_hidden=0"),
+            ("transformer_bible_es_en", "model.max_decode_len=0"),
+            ("dvae_shapes", "model.tau_end=0.0"),
+            ("dvae_shapes", "model.ema_decay=1.0"),
+            ("classifier_fashion_mnist", "model.features=0"),
+            ("shapes_judge", "model.widths=(0,8)"),
+            ("gpt_shakespeare_char", "model.dtype=float64"),
+            ("gpt_shakespeare_char", "model.dtype=int8"),
+        )
+    },
     # meshes
     "mesh not dividing devices": ((*NEW, "--set", "mesh.data=3"), None),
     "mesh 0": ((*NEW, "--set", "mesh.data=0"), None),

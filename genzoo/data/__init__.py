@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +54,10 @@ def prepared_builder(builder_cls, source_sha256: str) -> tfds.core.DatasetBuilde
         shutil.rmtree(builder.data_dir)
         builder = builder_cls(data_dir=data_dir, file_format="array_record")
     if not builder.is_prepared():
-        # TFDS announces the build on stdout, which `genzoo eval --json` keeps for its JSON.
-        with contextlib.redirect_stdout(sys.stderr):
+        # TFDS announces the build with two prints: on stdout they broke `eval --json`, on
+        # stderr they preceded a bad-input error; `genzoo -v` logs the build instead.
+        log.info("building %s's records in %s (once)", builder.name, data_dir)
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
             builder.download_and_prepare()
         builder = builder_cls(data_dir=data_dir, file_format="array_record")
     return builder

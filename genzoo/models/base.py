@@ -7,6 +7,8 @@ import dataclasses
 from genzoo.errors import UserError
 from genzoo.layers.transformer import REMAT_POLICIES
 
+# Compute dtypes a family may take (float64 would need jax_enable_x64 and run as float32).
+DTYPES = ("float32", "bfloat16", "float16")
 # Keys of a `model` section that belong to the spine, not to the family's dataclass.
 SPINE_KEYS = ("family", "requires")  # requires: trained runs it needs (genzoo.requires)
 
@@ -29,6 +31,8 @@ class FromConfig:
             )
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in names}
         config = cls(**kw)
+        dtype = getattr(config, "dtype", "float32")  # every family's compute dtype
+        require(dtype in DTYPES, f"model.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         config.validate()
         return config
 
@@ -41,10 +45,35 @@ def require(condition: bool, message: str) -> None:
         raise UserError(message)
 
 
+def require_positive(config, *sizes: str) -> None:
+    """The named settings (sizes, scales) are > 0: zero of them fails deep in a layer."""
+    for name in sizes:
+        value = getattr(config, name)
+        require(value > 0, f"model.{name} must be positive, got {value}")
+
+
+def require_widths(config, count: int | None = None, why: str = "") -> None:
+    """`model.widths`: positive channel counts, exactly `count` of them where the layers are
+    built for that many (`why` says so in the message)."""
+    widths = tuple(config.widths)
+    ok = bool(widths) and all(isinstance(w, int) and w > 0 for w in widths)
+    require(ok and (count is None or len(widths) == count),
+            f"model.widths must be {count or 'one or more'} positive channel counts{why}, "
+            f"got {widths}")  # fmt: skip
+
+
+def require_conv_decoder(config) -> None:
+    """`layers.ConvDecoder` draws 28x28 images from a 7x7 map through two transposed
+    convolutions (the VAE's and the GAN's decoder)."""
+    require_positive(config, "latent")
+    require_widths(config, 2, " (the decoder doubles 7x7 twice)")
+    shape = tuple(config.image_shape)
+    require(shape[:2] == (28, 28), f"model.image_shape must be 28x28 (the decoder's), got {shape}")
+
+
 def require_transformer_shape(config, *sizes: str) -> None:
     """The named sizes are positive and `width` splits evenly into `num_heads` heads."""
-    require(min(getattr(config, s) for s in sizes) > 0,
-            f"model.{', '.join(sizes)} must be positive")  # fmt: skip
+    require_positive(config, *sizes)
     require(
         config.width % config.num_heads == 0,
         f"model.width={config.width} is not divisible by num_heads={config.num_heads}",

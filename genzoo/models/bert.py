@@ -47,7 +47,8 @@ class BertConfig(FromConfig):
     remat: str = "none"  # activation rematerialisation per layer: none, full, dots
 
     def validate(self) -> None:
-        require_transformer_shape(self, "num_layers", "num_heads", "width", "max_len")
+        require_transformer_shape(self, "num_layers", "num_heads", "width", "max_len",
+                                  "mlp_hidden", "type_vocab_size")  # fmt: skip
         require(0.0 < self.mask_rate < 1.0, "model.mask_rate must be in (0, 1)")
 
     @property

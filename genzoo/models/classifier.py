@@ -12,7 +12,7 @@ import optax
 
 from genzoo.layers import ConvEncoder, partitioned
 from genzoo.layers.conv import encoder_macs
-from genzoo.models.base import FromConfig
+from genzoo.models.base import FromConfig, require_positive, require_widths
 
 KIND = "classifier"
 
@@ -24,6 +24,10 @@ class ClassifierConfig(FromConfig):
     widths: tuple = (32, 64)
     image_shape: tuple = (28, 28, 1)
     dtype: str = "float32"
+
+    def validate(self) -> None:
+        require_positive(self, "num_classes", "features")
+        require_widths(self)
 
 
 class Classifier(nn.Module):

@@ -44,7 +44,9 @@ class CLIPConfig(FromConfig):
     dtype: str = "float32"
 
     def validate(self) -> None:
-        require_transformer_shape(self, "width", "num_heads", "text_layers", "image_layers")
+        require_transformer_shape(self, "width", "num_heads", "text_layers", "image_layers",
+                                  "patch", "mlp_hidden", "embed_dim", "max_caption_len",
+                                  "init_temperature")  # fmt: skip
         h, w, _ = self.image_shape
         require(h % self.patch == 0 and w % self.patch == 0,
                 f"model.patch={self.patch} does not divide the image ({h}x{w})")  # fmt: skip

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from genzoo.layers import partitioned
-from genzoo.models.base import FromConfig, require
+from genzoo.models.base import FromConfig, require, require_positive, require_widths
 
 KIND = "image_tokenizer"
 MODEL_STATE = "vq"  # the VQ codebook and its moving averages (quantizer="vq" only)
@@ -55,7 +55,13 @@ class DVAEConfig(FromConfig):
 
     def validate(self) -> None:
         require(self.quantizer in ("gumbel", "vq"), "model.quantizer is gumbel or vq")
-        require(self.codebook_size > 1 and self.code_dim > 0, "model.codebook_size must be > 1")
+        require(
+            self.codebook_size > 1, f"model.codebook_size must be > 1, got {self.codebook_size}"
+        )
+        require_positive(self, "code_dim")
+        require_widths(self, 2, " (at H/2 and H/4)")
+        require_positive(self, "recon_sigma", "tau_start", "tau_end")
+        require(0 <= self.ema_decay < 1, f"model.ema_decay must be in [0, 1), got {self.ema_decay}")
         h, w, _ = self.image_shape
         require(h % 4 == 0 and w % 4 == 0, f"image sides must be multiples of 4, got {h}x{w}")
 

@@ -20,10 +20,13 @@ import jax.numpy as jnp
 
 from genzoo.layers import ConvDecoder, ConvEncoder
 from genzoo.layers.conv import decoder_macs, encoder_macs
-from genzoo.models.base import FromConfig, require
+from genzoo.models.base import FromConfig, require, require_conv_decoder
 
 KIND = "image_generator"
 MODEL_STATE = "batch_stats"  # present in the params with norm="batch"
+
+
+LOSSES = ("non_saturating", "hinge")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +39,8 @@ class GANConfig(FromConfig):
     dtype: str = "float32"
 
     def validate(self) -> None:
+        require_conv_decoder(self)
+        require(self.loss in LOSSES, f"model.loss must be {' or '.join(LOSSES)}, got {self.loss!r}")
         require(
             self.norm in ("layer", "batch"), f"model.norm must be layer or batch, got {self.norm!r}"
         )

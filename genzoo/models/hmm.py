@@ -22,7 +22,7 @@ from genzoo import sampling
 from genzoo.errors import UserError
 from genzoo.evaluation import lm
 from genzoo.layers import partitioned
-from genzoo.models.base import FromConfig
+from genzoo.models.base import FromConfig, require, require_positive
 
 KIND = "language_model"
 RAGGED_PROMPTS = False  # one prompt length per call: rows are sampled one by one
@@ -34,6 +34,10 @@ class HMMConfig(FromConfig):
     num_states: int = 128
     init_scale: float = 1.0  # std of the initial logits: breaks the symmetry between states
     expected_counts: bool = False  # loss gradients = expected counts (for optim.name=em)
+
+    def validate(self) -> None:
+        require_positive(self, "vocab_size", "num_states")
+        require(self.init_scale >= 0, f"model.init_scale must be >= 0, got {self.init_scale}")
 
 
 def log_probs(params, counts: bool = False):

@@ -20,7 +20,7 @@ import optax
 from genzoo.data import shapes
 from genzoo.layers import ConvEncoder, partitioned
 from genzoo.layers.conv import encoder_macs
-from genzoo.models.base import FromConfig
+from genzoo.models.base import FromConfig, require_positive, require_widths
 
 KIND = "attribute_judge"
 # Every head: name -> number of classes (attribute values + "absent"; axes + "none").
@@ -34,6 +34,10 @@ class JudgeConfig(FromConfig):
     widths: tuple = (32, 64)
     image_shape: tuple = (32, 32, 3)
     dtype: str = "float32"
+
+    def validate(self) -> None:
+        require_positive(self, "features")
+        require_widths(self)
 
 
 class Judge(nn.Module):

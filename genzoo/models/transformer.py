@@ -51,7 +51,8 @@ class TransformerConfig(FromConfig):
     remat: str = "none"  # activation rematerialisation per layer: none, full, dots
 
     def validate(self) -> None:
-        require_transformer_shape(self, "num_layers", "num_heads", "width", "mlp_hidden")
+        require_transformer_shape(self, "num_layers", "num_heads", "width", "mlp_hidden",
+                                  "max_decode_len")  # fmt: skip
         require(
             not self.share_embeddings or self.src_vocab_size == self.tgt_vocab_size,
             "model.share_embeddings needs one joint vocabulary (data.tokenizer=joint)",

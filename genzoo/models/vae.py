@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from genzoo.layers import ConvDecoder, ConvEncoder
 from genzoo.layers.conv import decoder_macs, encoder_macs
-from genzoo.models.base import FromConfig
+from genzoo.models.base import FromConfig, require_conv_decoder, require_positive
 
 KIND = "image_generator"
 
@@ -33,6 +33,10 @@ class VAEConfig(FromConfig):
     iw_examples: int = 1000  # ...computed on the first this-many examples of the split
     image_shape: tuple = (28, 28, 1)
     dtype: str = "float32"
+
+    def validate(self) -> None:
+        require_conv_decoder(self)
+        require_positive(self, "iw_samples", "iw_examples")
 
 
 class VAE(nn.Module):
