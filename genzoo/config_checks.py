@@ -59,6 +59,12 @@ RANGES = {
     "checkpoint.best_mode": (lambda v: v in ("min", "max"), "min or max"),
     "checkpoint.keep_best": (lambda v: v == "" or v.startswith("val/"), 'a "val/..." figure'),
     "log.every_steps": (lambda v: v >= 1, "at least 1"),
+    # Lengths and vocabularies the data sets share (where a data set has the key).
+    "data.seq_len": (lambda v: v >= 1, "at least 1"),
+    "data.max_len": (lambda v: v >= 1, "at least 1"),
+    "data.max_src_len": (lambda v: v >= 1, "at least 1"),
+    "data.max_tgt_len": (lambda v: v >= 2, "at least 2 (the decoder reads one token less)"),
+    "data.vocab_size": (lambda v: v >= 1, "at least 1"),
 }
 SECTIONS = ("train", "optim", "eval", "checkpoint", "log")
 # Evaluator options that count something (`eval.evaluators.NAME.OPTION`): zero of them would

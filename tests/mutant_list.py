@@ -406,4 +406,7 @@ MUTANTS = [
      'require(value > 0, f"model.{name} must be positive',
      'require(value >= 0, f"model.{name} must be positive',
      "tests/test_bad_input.py"),
+    ("a target of one token passes the config checks", "genzoo/config_checks.py",
+     '"data.max_tgt_len": (lambda v: v >= 2,', '"data.max_tgt_len": (lambda v: v >= 1,',
+     "tests/test_bad_input.py"),
 ]  # fmt: skip

@@ -130,7 +130,7 @@ CASES = {
     "sequence past the context": ((*NEW, "--set", "data.seq_len=64"), None),
     "unknown remat policy": ((*NEW, "--set", "model.remat=some"), None),
     "loss chunk not dividing": ((*NEW, "--set", "model.loss_chunk=5"), None),
-    # family settings: each would crash deep in a layer, run as float32 or train NaN
+    # family and data settings: each would crash deep in a layer, run as float32 or train NaN
     **{
         f"{name} {setting}": (
             ("train", name, "--variant", "smoke", "--workdir", f"{TMP}/new", "--set", setting),
@@ -152,6 +152,10 @@ CASES = {
             ("shapes_judge", "model.widths=(0,8)"),
             ("gpt_shakespeare_char", "model.dtype=float64"),
             ("gpt_shakespeare_char", "model.dtype=int8"),
+            ("gpt_shakespeare_char", "data.seq_len=0"),
+            ("bert_mlm_english", "data.max_len=0"),
+            ("transformer_bible_es_en", "data.max_tgt_len=1"),
+            ("gpt_shakespeare_bpe", "data.vocab_size=0"),
         )
     },
     # meshes
