@@ -78,6 +78,9 @@ def prepare_training(cfg: ml_collections.ConfigDict, workdir: Path):
 
     evaluators.check(cfg.eval.evaluators)
     data = data_lib.load(cfg.data, workdir)
+    if cfg.eval.split not in data.splits:  # else found at the first evaluation, files written
+        raise UserError(f"eval.split: unknown split {cfg.eval.split!r} "
+                        f"(have: {', '.join(data.splits)})")  # fmt: skip
     saved = load_config(workdir) if (Path(workdir) / CONFIG).is_file() else None
     family = models.get(cfg.model.family)
     if requires.declared(family) or cfg.model.get("requires"):

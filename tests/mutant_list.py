@@ -409,4 +409,6 @@ MUTANTS = [
     ("a target of one token passes the config checks", "genzoo/config_checks.py",
      '"data.max_tgt_len": (lambda v: v >= 2,', '"data.max_tgt_len": (lambda v: v >= 1,',
      "tests/test_bad_input.py"),
+    ("an unknown eval split found at the first evaluation", "genzoo/workdir.py",
+     "    if cfg.eval.split not in data.splits:", "    if False:", "tests/test_bad_input.py"),
 ]  # fmt: skip

@@ -129,6 +129,7 @@ CASES = {
     "time budget negative": ((*NEW, "--set", "train.max_seconds=-5"), None),
     "sequence past the context": ((*NEW, "--set", "data.seq_len=64"), None),
     "unknown remat policy": ((*NEW, "--set", "model.remat=some"), None),
+    "unknown eval split": ((*NEW, "--set", "eval.split=test"), None),
     "loss chunk not dividing": ((*NEW, "--set", "model.loss_chunk=5"), None),
     # family and data settings: each would crash deep in a layer, run as float32 or train NaN
     **{
