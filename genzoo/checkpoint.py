@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 import zlib
 from pathlib import Path
@@ -22,6 +23,18 @@ from genzoo.errors import UserError
 
 MANIFEST = "genzoo_integrity.json"
 BEST = "best.json"
+
+
+class _ReadOnlyNotices(logging.Filter):
+    """Drops orbax's warnings that a read-only manager is read-only: `eval`, `sample` and
+    `genzoo.load` ask for exactly that, and the Python API has no CLI to quiet absl."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("read_only=True" in message or "directory is read only" in message)
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotices())
 
 
 def _fields(state) -> dict:

@@ -171,28 +171,10 @@ def _cmd_quantize(args) -> None:
           f" (genzoo eval/sample --workdir {out})")  # fmt: skip
 
 
-def _check_sampling_args(args) -> None:
-    """Range checks of the flags that were given (each kind fills its own defaults)."""
-    given = vars(args)
-    checks = {
-        "num": (lambda v: v >= 1, "--num must be at least 1"),
-        "max_new_tokens": (lambda v: v >= 1, "--max-new-tokens must be at least 1"),
-        "top_p": (lambda v: 0.0 < v <= 1.0, "--top-p must be in (0, 1]"),
-        "temperature": (lambda v: v >= 0, "--temperature must be >= 0"),
-        "top_k": (lambda v: v >= 0, "--top-k must be >= 0"),
-        "beams": (lambda v: v >= 1, "--beams must be >= 1"),
-        "repetition_penalty": (lambda v: v > 0, "--repetition-penalty must be > 0"),
-    }
-    for dest, (ok, message) in checks.items():
-        value = given.get(dest)
-        if value is not None and (value != value or not ok(value)):  # NaN fails every check
-            raise UserError(f"{message}, got {value}")
-
-
 def _cmd_sample(args) -> None:
     from genzoo import kinds, models, workdir
 
-    _check_sampling_args(args)
+    kinds.check_sampling(vars(args), flags=True)
     cfg = workdir.load_config(Path(args.workdir))
     _compilation_cache(Path(args.workdir))
     kind = kinds.of_family(models.get(cfg.model.family))

@@ -411,4 +411,10 @@ MUTANTS = [
      "tests/test_bad_input.py"),
     ("an unknown eval split found at the first evaluation", "genzoo/workdir.py",
      "    if cfg.eval.split not in data.splits:", "    if False:", "tests/test_bad_input.py"),
+    ("the Python API samples with any settings", "genzoo/kinds/language_model.py",
+     "        kinds.check_sampling(dict(max_new_tokens=max_new_tokens,",
+     "        (lambda *a: None)(dict(max_new_tokens=max_new_tokens,", "tests/test_generation.py"),
+    ("orbax's read-only notices reach genzoo.load's caller", "genzoo/checkpoint.py",
+     'logging.getLogger("absl").addFilter(_ReadOnlyNotices())', "pass",
+     "tests/test_generation.py"),
 ]  # fmt: skip

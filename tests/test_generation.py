@@ -1,7 +1,9 @@
 """Generation: ragged batches, beams, repetition penalty, EOS, stop strings; the Python API."""
 
+import logging
 import math
 
+import absl.logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,7 @@ import pytest
 
 import genzoo
 from genzoo import cli, sampling
+from genzoo.errors import UserError
 from genzoo.models import gpt
 
 
@@ -161,12 +164,27 @@ def test_repetition_penalty_and_eos(model):
     assert np.all(stopped[0, first:] == eos)
 
 
-def test_python_api_generate_and_score(tmp_path, capsys):
+def test_python_api_generate_and_score(tmp_path, capsys, caplog):
     wd = tmp_path / "run"
     assert (
         cli.main(["train", "gpt_shakespeare_char", "--variant", "smoke", "--workdir", str(wd)]) == 0
     )
-    lm = genzoo.load(wd)
+    capsys.readouterr()
+    verbosity = absl.logging.get_verbosity()
+    absl.logging.set_verbosity(absl.logging.WARNING)  # as a script importing genzoo has it
+    try:
+        with caplog.at_level(logging.WARNING):
+            lm = genzoo.load(wd)
+    finally:
+        absl.logging.set_verbosity(verbosity)  # what `cli.main` set
+    # Opening a run read-only says nothing (orbax warns that it is read-only, as asked).
+    assert caplog.records == [] and capsys.readouterr() == ("", "")
+    assert lm.generate([], max_new_tokens=3) == [] and lm.score([]) == []
+    for bad, message in ((dict(max_new_tokens=0), "max_new_tokens must be at least 1, got 0"),
+                         (dict(temperature=float("nan")), "temperature must be >= 0, got nan"),
+                         (dict(top_p=0.0), r"top_p must be in \(0, 1\]")):  # fmt: skip
+        with pytest.raises(UserError, match=message):
+            lm.generate("KING:", **{"max_new_tokens": 3, **bad})
     a = lm.generate(["KING:", "my lord and"], max_new_tokens=12, temperature=0.0)
     b = [lm.generate(p, max_new_tokens=12, temperature=0.0)[0] for p in ("KING:", "my lord and")]
     assert a == b and all(len(t) == 12 for t in a)

@@ -111,6 +111,7 @@ def test_eval_on_a_user_provided_test_split(translator_run, capsys):
 
 def test_fill_mask_and_encode(bert_run, capsys):
     mlm = genzoo.load(bert_run)
+    assert mlm.fill_mask([]) == [] and mlm.encode([]) == []
     fills = mlm.fill_mask(["the king [MASK] the queen [MASK]"], top_k=3)
     assert len(fills) == 1 and len(fills[0]) == 2 and len(fills[0][0]) == 3
     probs = [p for _, p in fills[0][0]]

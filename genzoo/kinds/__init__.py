@@ -44,6 +44,29 @@ _MODULES = ("language_model", "translator", "masked_lm", "image_generator", "cla
 REGISTRY: dict[str, Kind] = {}
 
 
+# Ranges of the sampling settings, for `genzoo sample`'s flags and the Python API alike.
+SAMPLING_RANGES = {
+    "num": (lambda v: v >= 1, "at least 1"),
+    "max_new_tokens": (lambda v: v >= 1, "at least 1"),
+    "top_p": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "temperature": (lambda v: v >= 0, ">= 0"),
+    "top_k": (lambda v: v >= 0, ">= 0"),
+    "beams": (lambda v: v >= 1, ">= 1"),
+    "num_beams": (lambda v: v >= 1, ">= 1"),
+    "repetition_penalty": (lambda v: v > 0, "> 0"),
+}
+
+
+def check_sampling(values: dict, flags: bool = False) -> None:
+    """UserError for the first setting out of its range (NaN is out of every range), named as
+    its flag (`--max-new-tokens`) or as the API's keyword (`max_new_tokens`); None: not given."""
+    for name, (ok, must) in SAMPLING_RANGES.items():
+        value = values.get(name)
+        if value is not None and (value != value or not ok(value)):
+            shown = "--" + name.replace("_", "-") if flags else name
+            raise UserError(f"{shown} must be {must}, got {value}")
+
+
 def register(kind: Kind) -> Kind:
     REGISTRY[kind.name] = kind
     return kind

@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 import jax
 import numpy as np
 
-from genzoo import models
+from genzoo import kinds, models
 from genzoo.errors import UserError
 from genzoo.kinds import Kind, Option, register
 
@@ -75,6 +75,11 @@ class LanguageModel:
         that ends a row; `stop` strings cut the returned text at their first occurrence.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        kinds.check_sampling(dict(max_new_tokens=max_new_tokens, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, num_beams=num_beams,
+                                  repetition_penalty=repetition_penalty))  # fmt: skip
+        if not prompts:
+            return []
         encoded = [self.encode(p if p else "\n") for p in prompts]
         longest = max(len(ids) for ids in encoded)
         if longest + max_new_tokens > self.context:
@@ -129,6 +134,8 @@ class LanguageModel:
         """Total log-likelihood of each text in nats: sum over tokens i >= 1 of
         log p(token_i | tokens before i) (the first token is conditioned on, not scored)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            return []
         encoded = [self.encode(t) for t in texts]
         if any(len(ids) > self.context for ids in encoded):
             raise UserError(f"a text is longer than the model's context of {self.context} tokens")

@@ -31,6 +31,8 @@ class MaskedLM:
         self.max_len = self.family.max_length(run.cfg.model)
 
     def _batch(self, texts):
+        if not texts:  # nothing to encode: no batch (and no compile)
+            return [], None, None
         cls, sep = self.tokenizer.piece_id(CLS), self.tokenizer.piece_id(SEP)
         ids = [[cls, *self.tokenizer.encode(t), sep] for t in texts]
         if max(map(len, ids)) > self.max_len:
