@@ -417,4 +417,13 @@ MUTANTS = [
     ("orbax's read-only notices reach genzoo.load's caller", "genzoo/checkpoint.py",
      'logging.getLogger("absl").addFilter(_ReadOnlyNotices())', "pass",
      "tests/test_generation.py"),
+    ("images of another shape reach the model", "genzoo/kinds/__init__.py",
+     "    if images.ndim != 4 or tuple(images.shape[1:]) != shape:", "    if images.ndim != 4:",
+     "tests/test_kinds.py tests/test_text_to_image.py"),
+    ("out-of-range codes decoded as clamped ones", "genzoo/kinds/image_tokenizer.py",
+     "codes.max() < self.codebook_size", "codes.max() <= self.codebook_size",
+     "tests/test_text_to_image.py"),
+    ("text-to-image samples with any settings", "genzoo/kinds/text_to_image.py",
+     "        kinds.check_sampling(dict(temperature=temperature,",
+     "        (lambda *a: None)(dict(temperature=temperature,", "tests/test_text_to_image.py"),
 ]  # fmt: skip

@@ -251,3 +251,20 @@ def test_every_language_model_samples_rows_independently_and_scores(name, tmp_pa
     assert a != b  # each row its own randomness, with or without ragged prompt batches
     (score,) = lm.score(["the king and queen"])
     assert np.isfinite(score) and score < 0
+
+
+def test_an_image_generator_refuses_other_shapes_and_counts():
+    """Checked before the family runs: a run stand-in with the VAE's image shape suffices."""
+    from types import SimpleNamespace
+
+    from genzoo.errors import UserError
+    from genzoo.kinds.image_generator import ImageGenerator
+
+    model = SimpleNamespace(family="vae", image_shape=(28, 28, 1))
+    gen = ImageGenerator(SimpleNamespace(cfg=SimpleNamespace(model=model)))
+    with pytest.raises(UserError, match=r"images must be \[N, 28, 28, 1\] for this model, got "
+                                        r"\[2, 32, 32, 3\]"):  # fmt: skip
+        gen.reconstruct(np.zeros((2, 32, 32, 3)))
+    assert gen.reconstruct(np.zeros((0, 28, 28, 1))).shape == (0, 28, 28, 1)
+    with pytest.raises(UserError, match="num must be at least 1, got 0"):
+        gen.sample(0)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import genzoo
 from genzoo import cli, kinds, workdir
 from genzoo.data import shapes
 from genzoo.evaluation.retrieval import recall_at
@@ -172,6 +173,30 @@ def test_a_missing_dependency_is_refused_before_anything_is_written(chain, capsy
     err = capsys.readouterr().err.strip()
     assert code == 2 and "runs/nowhere" in err and "\n" not in err
     assert not target.exists()
+
+
+def test_the_image_apis_refuse_bad_shapes_and_codes_and_take_empty_inputs(chain):
+    from genzoo.errors import UserError
+
+    os.chdir(chain)
+    tokenizer = genzoo.load("runs/dvae_shapes_smoke")
+    with pytest.raises(UserError, match=r"images must be \[N, 32, 32, 3\] for this model"):
+        tokenizer.encode(np.zeros((2, 28, 28, 1)))
+    with pytest.raises(UserError, match=r"codes must be in \[0, 16\), got 16..16"):
+        tokenizer.decode(np.full((1, 8, 8), 16))  # a gather would clamp it to code 15
+    with pytest.raises(UserError, match=r"codes must be \[N, 8, 8\], got \[1, 4, 4\]"):
+        tokenizer.decode(np.zeros((1, 4, 4)))
+    clip = genzoo.load("runs/clip_shapes_smoke")
+    with pytest.raises(UserError, match=r"images must be \[N, 32, 32, 3\]"):
+        clip.encode_images(np.zeros((2, 28, 28, 1)))
+    width = clip.encode_texts(["a small red square"]).shape[1]
+    assert clip.encode_texts([]).shape == (0, width)
+    assert clip.encode_images(np.zeros((0, 32, 32, 3))).shape == (0, width)
+    dalle = genzoo.load("runs/dalle_smoke")
+    images, scores = dalle.generate([], candidates=3, keep=2)
+    assert images.shape == (0, 2, 32, 32, 3) and scores.shape == (0, 2)
+    with pytest.raises(UserError, match="temperature must be >= 0, got nan"):
+        dalle.generate(["a small red square"], temperature=float("nan"))
 
 
 def test_recall_at_k_counts_any_equal_caption_in_the_top_k():

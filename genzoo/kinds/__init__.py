@@ -90,11 +90,28 @@ def of_family(family) -> Kind:
 
 
 def in_batches(fn, rows, batch_size: int):
-    """`fn` over consecutive slices of `rows` (bounded device memory), outputs joined as numpy."""
+    """`fn` over consecutive slices of `rows` (bounded device memory), outputs joined as numpy;
+    no rows give no outputs, shaped as `fn` would shape them (traced, not run)."""
+    import jax
     import numpy as np
 
+    if not len(rows):
+        out = jax.eval_shape(fn, jax.ShapeDtypeStruct((1, *rows.shape[1:]), rows.dtype))
+        return np.zeros((0, *out.shape[1:]), out.dtype)
     return np.concatenate([np.asarray(fn(rows[i : i + batch_size]))
                            for i in range(0, len(rows), batch_size)])  # fmt: skip
+
+
+def images_for(run, images):
+    """`images` as float32 [N, H, W, C] of the run's `model.image_shape`; UserError otherwise
+    (the first layer would fail with a parameter-shape error naming a kernel)."""
+    import numpy as np
+
+    images, shape = np.asarray(images, np.float32), tuple(run.cfg.model.image_shape)
+    if images.ndim != 4 or tuple(images.shape[1:]) != shape:
+        raise UserError(f"images must be [N, {', '.join(map(str, shape))}] for this model, "
+                        f"got {list(images.shape)}")  # fmt: skip
+    return images
 
 
 def api_of(run):

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from genzoo import models
-from genzoo.kinds import Kind, in_batches, register
+from genzoo.kinds import Kind, images_for, in_batches, register
 
 
 @runtime_checkable
@@ -31,7 +31,7 @@ class Contrastive:
 
     def encode_images(self, images_BxHxWxC, batch_size: int = 256) -> np.ndarray:
         encode = lambda x: self.family.encode_images(self.run.params, x, self.run.cfg.model)
-        return in_batches(encode, np.asarray(images_BxHxWxC, np.float32), batch_size)
+        return in_batches(encode, images_for(self.run, images_BxHxWxC), batch_size)
 
     def encode_texts(self, texts, batch_size: int = 256) -> np.ndarray:
         from genzoo.data.captions import pad_captions

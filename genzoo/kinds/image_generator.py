@@ -10,7 +10,7 @@ import numpy as np
 
 from genzoo import models
 from genzoo.errors import UserError
-from genzoo.kinds import Kind, Option, register
+from genzoo.kinds import Kind, Option, check_sampling, images_for, register
 
 
 @runtime_checkable
@@ -24,6 +24,7 @@ class ImageGenerator:
         self.run, self.family = run, models.get(run.cfg.model.family)
 
     def sample(self, num: int = 64, seed: int = 0) -> np.ndarray:
+        check_sampling(dict(num=num))
         images = self.family.sample(
             self.run.params, jax.random.PRNGKey(seed), self.run.cfg.model, num=num
         )
@@ -32,7 +33,10 @@ class ImageGenerator:
     def reconstruct(self, images_BxHxWxC) -> np.ndarray:
         if not hasattr(self.family, "reconstruct"):
             raise UserError(f"family {self.run.cfg.model.family!r} cannot reconstruct")
-        out = self.family.reconstruct(self.run.params, images_BxHxWxC, self.run.cfg.model)
+        images = images_for(self.run, images_BxHxWxC)
+        if not len(images):
+            return images  # [0, H, W, C]: the reconstructions of no images
+        out = self.family.reconstruct(self.run.params, images, self.run.cfg.model)
         return np.asarray(out)
 
 

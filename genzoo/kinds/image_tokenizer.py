@@ -11,7 +11,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from genzoo import models
-from genzoo.kinds import Kind, Option, in_batches, register
+from genzoo.errors import UserError
+from genzoo.kinds import Kind, Option, images_for, in_batches, register
 from genzoo.kinds.image_generator import OUT, reconstruction_grid
 
 
@@ -35,14 +36,22 @@ class ImageTokenizer:
         self.codebook_size = self.family.codebook_size(run.cfg.model)
 
     def encode(self, images_BxHxWxC, batch_size: int = 256) -> np.ndarray:
-        images = np.asarray(images_BxHxWxC, np.float32)
+        images = images_for(self.run, images_BxHxWxC)
         if not len(images):
             return np.zeros((0, *self.grid_shape), np.int32)
         encode = lambda x: self.family.encode(self.run.params, x, self.run.cfg.model)
         return in_batches(encode, images, batch_size)
 
     def decode(self, codes_Bxhxw) -> np.ndarray:
-        return np.asarray(self.family.decode(self.run.params, np.asarray(codes_Bxhxw, np.int32),
+        codes = np.asarray(codes_Bxhxw)
+        if codes.ndim != 3 or tuple(codes.shape[1:]) != tuple(self.grid_shape):
+            raise UserError(f"codes must be [N, {', '.join(map(str, self.grid_shape))}], "
+                            f"got {list(codes.shape)}")  # fmt: skip
+        if codes.size and not (codes.min() >= 0 and codes.max() < self.codebook_size):
+            # out of range, a gather would clamp them and decode some other code's image
+            raise UserError(f"codes must be in [0, {self.codebook_size}), got "
+                            f"{codes.min()}..{codes.max()}")  # fmt: skip
+        return np.asarray(self.family.decode(self.run.params, codes.astype(np.int32),
                                              self.run.cfg.model))  # fmt: skip
 
     def reconstruct(self, images_BxHxWxC) -> np.ndarray:

@@ -73,7 +73,12 @@ class TextToImage:
             raise UserError(f"need 1 <= keep <= candidates, got {keep} and {candidates}")
         if not (math.isfinite(guidance) and guidance >= 0):  # NaN would still draw (noise)
             raise UserError(f"guidance must be a finite number >= 0 (1: off), got {guidance}")
-        ids_CxT = self.encode_captions(list(captions))
+        kinds.check_sampling(dict(temperature=temperature, top_k=top_k, top_p=top_p))
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        if not captions:
+            shape = tuple(self.image_tokenizer.run.cfg.model.image_shape)
+            return np.zeros((0, keep, *shape), np.float32), np.zeros((0, keep), np.float32)
+        ids_CxT = self.encode_captions(captions)
         rows = np.repeat(ids_CxT, candidates, axis=0)  # caption c's candidates are adjacent
         rng, codes = jax.random.PRNGKey(seed), []
         for i in range(0, len(rows), batch_size):
