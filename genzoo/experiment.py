@@ -149,9 +149,17 @@ def list_experiments() -> list[tuple[str, str, str, str]]:
             continue
         module = _import_file(path)
         cfg = module.get_config(None)
-        doc = (cfg.experiment.description or module.__doc__ or "").strip().splitlines()
-        rows.append((path.stem, cfg.model.family, cfg.data.name, doc[0] if doc else ""))
+        description = cfg.experiment.description or summary(module.__doc__)
+        rows.append((path.stem, cfg.model.family, cfg.data.name, description))
     return rows
+
+
+def summary(doc: str | None) -> str:
+    """A docstring's first sentence, its lines joined (its first line alone may stop mid-way:
+    "a Transformer over [caption; 8x8 image codes], with")."""
+    paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
+    end = paragraph.find(". ")
+    return paragraph if end < 0 else paragraph[: end + 1]
 
 
 def variants(name_or_path: str) -> tuple[str, ...]:
@@ -172,7 +180,7 @@ def load(name_or_path: str, variant: str | None = None, overrides=()) -> ml_coll
     cfg.experiment.name = path.stem
     cfg.experiment.variant = variant or ""
     if not cfg.experiment.description:
-        cfg.experiment.description = (module.__doc__ or "").strip().split("\n")[0]
+        cfg.experiment.description = summary(module.__doc__)
     apply_overrides(cfg, overrides)
     config_checks.check(cfg)
     return cfg

@@ -53,6 +53,11 @@ def test_list_names_every_experiment(capsys):
     code, out, _ = run(capsys, "list")
     assert code == 0
     assert "gpt_shakespeare_char" in out and "tinyshakespeare_char" in out
+    # A description is the docstring's first sentence, not its first line cut mid-way.
+    assert "with classifier-free guidance and CLIP reranking." in out
+    doc = "A Transformer over codes,\nwith guidance. More here.\n\nUsage: ..."
+    assert experiment.summary(doc) == "A Transformer over codes, with guidance."
+    assert experiment.summary("One line, no period") == "One line, no period"
 
 
 def test_train_writes_config_metrics_and_plot(trained):
