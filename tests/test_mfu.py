@@ -149,30 +149,37 @@ def test_fit_measures_a_cpus_peak_before_anything_compiles(monkeypatch, tmp_path
     assert any("perf/mfu" in r for r in rows)
 
 
+# (experiment, overrides, token length, formula / XLA's count as measured): XLA's count of a
+# lowered step is deterministic for the pinned jax, so each family's ratio is held to 4% of
+# its own value (a band of 0.8-1.2 for all let a dVAE decoder counted as the encoder's mirror,
+# 0.75 of the count, pass at 0.82).
 @pytest.mark.parametrize(
-    "name, overrides, length",
+    "name, overrides, length, ratio",
     [
-        ("gpt_shakespeare_char", (), None),
+        ("gpt_shakespeare_char", (), None, 0.9205),
         # at 96 tokens a side attention is a fifth of the count (at the smoke's 24: 4%)
-        ("transformer_bible_es_en", (), 96),
-        ("bert_mlm_english", (), None),
-        ("dalle_shapes", (), None),
+        ("transformer_bible_es_en", (), 96, 0.8607),
+        ("bert_mlm_english", (), None, 0.8560),
+        ("dalle_shapes", (), None, 0.9644),
         # the cpu variant's widths: at the smoke's 8 and 16 channels nothing but the convolutions
         # would be cheap enough to hide a miscount
-        ("dvae_shapes", ("model.widths=(32,64)", "model.codebook_size=128"), None),
+        ("dvae_shapes", ("model.widths=(32,64)", "model.codebook_size=128"), None, 1.0888),
         (
             "dvae_shapes",
             ("model.quantizer=vq", "model.widths=(32,64)", "model.codebook_size=128"),
             None,
+            1.0892,
         ),
-        ("clip_shapes", ("model.patch=2",), None),  # 257 image tokens: attention counts
-        ("vae_fashion_mnist", ("model.widths=(32,64)", "model.latent=32"), None),
-        ("dcgan_fashion_mnist", ("model.widths=(64,128)", "model.latent=64"), None),
-        ("classifier_fashion_mnist", ("model.widths=(32,64)", "model.features=128"), None),
-        ("shapes_judge", ("model.widths=(32,64)", "model.features=256"), None),
+        ("clip_shapes", ("model.patch=2",), None, 0.8607),  # 257 image tokens: attention counts
+        ("vae_fashion_mnist", ("model.widths=(32,64)", "model.latent=32"), None, 1.1183),
+        ("dcgan_fashion_mnist", ("model.widths=(64,128)", "model.latent=64"), None, 1.1507),
+        ("classifier_fashion_mnist", ("model.widths=(32,64)", "model.features=128"), None, 1.0687),
+        ("shapes_judge", ("model.widths=(32,64)", "model.features=256"), None, 1.0314),
     ],
 )
-def test_every_familys_flop_count_matches_xlas_count_of_its_train_step(name, overrides, length):
+def test_every_familys_flop_count_matches_xlas_count_of_its_train_step(
+    name, overrides, length, ratio
+):
     """MFU's numerator for every family but the HMM (a log-space recursion: no matmul to
     count): `flops_per_example` x batch against XLA's cost analysis of the whole lowered train
     step. Measured 0.86-1.15: XLA also counts norms, softmax and the optimizer, and skips a
@@ -198,4 +205,4 @@ def test_every_familys_flop_count_matches_xlas_count_of_its_train_step(name, ove
     per_example = trainer.family.flops_per_example(cfg.model, shapes)
     assert type(per_example) is float  # host arithmetic, never a traced or device value
     formula = per_example * B
-    assert 0.8 < formula / counted < 1.2, formula / counted
+    assert abs(formula / counted / ratio - 1) < 0.04, formula / counted
