@@ -1,6 +1,6 @@
 """Plants small, plausible bugs one at a time and checks the test suite catches each one.
 
-    make mutants                                  # ~40 min on 2 cores (145 mutants); outside CI
+    make mutants                                  # ~50 min on 2 cores (145 mutants); outside CI
     python tests/mutants.py "beam" "CLIP"         # those whose name contains a word
 
 Each mutant (`mutant_list.py`) names a file, a snippet and its mutated form, and the tests
