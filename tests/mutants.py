@@ -1,10 +1,10 @@
 """Plants small, plausible bugs one at a time and checks the test suite catches each one.
 
-    make mutants                                  # ~50 min on 2 cores (145 mutants); outside CI
+    make mutants                                  # ~51 min on 2 cores (148 mutants); outside CI
     python tests/mutants.py "beam" "CLIP"         # those whose name contains a word
 
-Each mutant (`mutant_list.py`) names a file, a snippet and its mutated form, and the tests
-that should fail.
+Each mutant (`mutant_list.py`, `mutant_list_io.py`) names a file, a snippet and its mutated
+form, and the tests that should fail.
 Bugs are planted in a scratch copy of the checkout (the files git tracks or would add), whose
 package shadows the installed one through PYTHONPATH, so the working tree is never touched: a
 commit made while mutants run once took a planted bug with it. Prints one line per mutant and

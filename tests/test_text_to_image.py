@@ -186,6 +186,8 @@ def test_the_image_apis_refuse_bad_shapes_and_codes_and_take_empty_inputs(chain)
         tokenizer.decode(np.full((1, 8, 8), 16))  # a gather would clamp it to code 15
     with pytest.raises(UserError, match=r"codes must be \[N, 8, 8\], got \[1, 4, 4\]"):
         tokenizer.decode(np.zeros((1, 4, 4)))
+    none = tokenizer.encode(np.zeros((0, 32, 32, 3)))
+    assert none.shape == (0, 8, 8) and none.dtype == np.int32
     clip = genzoo.load("runs/clip_shapes_smoke")
     with pytest.raises(UserError, match=r"images must be \[N, 32, 32, 3\]"):
         clip.encode_images(np.zeros((2, 28, 28, 1)))

@@ -36,11 +36,8 @@ class ImageTokenizer:
         self.codebook_size = self.family.codebook_size(run.cfg.model)
 
     def encode(self, images_BxHxWxC, batch_size: int = 256) -> np.ndarray:
-        images = images_for(self.run, images_BxHxWxC)
-        if not len(images):
-            return np.zeros((0, *self.grid_shape), np.int32)
         encode = lambda x: self.family.encode(self.run.params, x, self.run.cfg.model)
-        return in_batches(encode, images, batch_size)
+        return in_batches(encode, images_for(self.run, images_BxHxWxC), batch_size)
 
     def decode(self, codes_Bxhxw) -> np.ndarray:
         codes = np.asarray(codes_Bxhxw)
