@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Protocol, runtime_checkable
 
 import jax
@@ -28,7 +29,9 @@ class LanguageModelFamily(Protocol):
         top_p=1.0, num_beams=1, repetition_penalty=1.0,
     ):  # fmt: skip
         """New tokens [B, max_new_tokens] int32 after each prompt row; rows sample
-        independently. Optional keywords: `length_penalty`, `eos_id`, `pad_B`."""
+        independently. Optional keywords, passed only to a sampler that names them:
+        `length_penalty`, `eos_id` (rows stop there; else the text is cut afterwards), and
+        `pad_B` with `RAGGED_PROMPTS`."""
 
     def token_log_probs(self, params, tokens_BxT, cfg):
         """log p(x_t | x_<t) for t = 1..T-1, [B, T-1] nats."""
@@ -101,7 +104,10 @@ class LanguageModel:
             repetition_penalty=repetition_penalty,
         )
         if num_beams > 1 or eos_id >= 0:
-            options.update(length_penalty=length_penalty, eos_id=eos_id)
+            # Only to a family that takes them (the GPT); the rest cut at the EOS afterwards
+            # (`_finish`) and refuse beams themselves (the HMM said TypeError for both).
+            optional = dict(length_penalty=length_penalty, eos_id=eos_id)
+            options.update({k: v for k, v in optional.items() if self._takes(k)})
         rng = jax.random.PRNGKey(seed)
         if getattr(self.family, "RAGGED_PROMPTS", False):
             pad_B = np.array([longest - len(ids) for ids in encoded], np.int32)
@@ -121,6 +127,10 @@ class LanguageModel:
                 for row, ids in enumerate(encoded)
             ]  # fmt: skip
         return [self._finish(row, eos_id, stop) for row in rows]
+
+    def _takes(self, keyword: str) -> bool:
+        params = inspect.signature(self.family.sample).parameters.values()
+        return any(p.name == keyword or p.kind is p.VAR_KEYWORD for p in params)
 
     def _finish(self, row, eos_id: int, stop) -> str:
         ids = list(row)
