@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -294,6 +295,8 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         check_environment()
         _quiet_libraries(args.verbose)
+        if os.getcwd() not in sys.path:  # `model.family` may name a module of the user's
+            sys.path.append(os.getcwd())  # last: never shadows an installed package
         args.fn(args)
     except UserError as e:
         print(f"genzoo: error: {e}", file=sys.stderr)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from genzoo.errors import UserError
+
 
 @runtime_checkable
 class Family(Protocol):
@@ -52,3 +54,44 @@ class HasModelState(Protocol):
 
     def loss(self, params, batch, rng, cfg, *, train: bool, step):
         """(loss, metrics, new `params[MODEL_STATE]`), or (loss, metrics) without it."""
+
+
+def problems(family) -> list[str]:
+    """What `family` (a module) lacks of `Family` and of its kind's protocol, each as
+    `name(its required parameters)`; [] when it conforms. The same check for genzoo's families
+    (tests/test_protocols.py) and for a user's, when `model.family` first names it."""
+    import inspect
+
+    from genzoo import kinds
+
+    if not isinstance(getattr(family, "KIND", None), str):
+        return ["KIND (the name of a kind in genzoo.kinds)"]
+    try:
+        protocols, missing = (Family, kinds.of_family(family).protocol), []
+    except UserError as e:
+        return [str(e)]
+    for proto in protocols:
+        for member, spec in vars(proto).items():
+            if member.startswith("_") or not callable(spec):
+                continue
+            sig = inspect.signature(spec)
+            required = [p for p, v in list(sig.parameters.items())[1:]  # without `self`
+                        if v.default is inspect.Parameter.empty]  # fmt: skip
+            if not _accepts(getattr(family, member, None), required):
+                missing.append(f"{member}({', '.join(required)})")
+        missing += [name for name in getattr(proto, "__annotations__", {})
+                    if not hasattr(family, name)]  # attributes: RAGGED_PROMPTS  # fmt: skip
+    return missing
+
+
+def _accepts(fn, names) -> bool:
+    import inspect
+
+    if not callable(fn):
+        return False
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): trust it
+        return True
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return takes_any or set(names) <= set(params)
