@@ -131,8 +131,13 @@ def _cmd_eval(args) -> None:
     _compilation_cache(Path(args.workdir))
     run = workdir.open_run(Path(args.workdir), overrides, workdir.parse_checkpoint(args.checkpoint))
     split = args.split or run.cfg.eval.split
-    figures = run.trainer.evaluate(run.params, run.data, split, max_batches=-1)
-    figures = {"step": run.step, "split": split, **figures}
+    # The whole split, unless this command asks for fewer batches (the saved eval.max_batches
+    # is the training run's periodic-evaluation budget, not this command's).
+    asked = any(item.startswith("eval.max_batches=") for item in overrides)
+    limit = int(run.cfg.eval.max_batches) if asked else -1
+    figures = run.trainer.evaluate(run.params, run.data, split, max_batches=limit)
+    figures = {"step": run.step, "split": split, **({"max_batches": limit} if limit > 0 else {}),
+               **figures}  # fmt: skip
     from genzoo import metrics
     from genzoo.evaluation import evaluators
 
@@ -245,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", help="default: the experiment's eval.split")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--checkpoint", default="latest", help=CHECKPOINT_HELP)
-    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override eval.*, mesh.*")
+    e.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override eval.*, mesh.* (eval.max_batches=N: N batches only)")  # fmt: skip
     e.set_defaults(fn=_cmd_eval)
 
     i = sub.add_parser("import", help="import published weights into a workdir")

@@ -170,4 +170,7 @@ IO_MUTANTS = [
      "if lacks := problems(module):", "if lacks := []:", "tests/test_user_family.py"),
     ("the current folder not searched for a user's family", "genzoo/cli.py",
      "            sys.path.append(os.getcwd())", "            pass", "tests/test_user_family.py"),
+    ("eval ignores an asked-for eval.max_batches", "genzoo/cli.py",
+     "    limit = int(run.cfg.eval.max_batches) if asked else -1", "    limit = -1",
+     "tests/test_cli.py"),
 ]  # fmt: skip

@@ -77,6 +77,11 @@ def test_eval_json_reports_language_model_figures(trained, text, capsys):
     assert f["perplexity"] == pytest.approx(math.exp(f["loss"]))
     assert f["bits_per_char"] == pytest.approx(f["loss"] / math.log(2))
     assert f["loss"] < math.log(len(set(text)))  # it learned something in 20 steps
+    # Fewer batches only when this command asks (the run's saved eval.max_batches is 2).
+    code, out, _ = run(capsys, "eval", "--workdir", str(trained), "--json",
+                       "--set", "eval.max_batches=1")  # fmt: skip
+    part = json.loads(out)
+    assert code == 0 and part["max_batches"] == 1 and part["num_tokens"] == 8 * 32
 
 
 def test_sample_is_seeded_and_greedy_is_deterministic(trained, capsys):
