@@ -11,6 +11,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from genzoo.errors import UserError
+
 
 def filter_logits(logits_BxV, top_k, top_p):
     """Masks to -inf every token outside the top-k (k=0: off) and the top-p nucleus (p=1: off)."""
@@ -120,6 +122,8 @@ def beam_search(
     logits_BxPxV, cache = step(prompt_BxP, cache)
     logp_BxV = jax.nn.log_softmax(logits_BxPxV[:, -1].astype(jnp.float32))
     V = logp_BxV.shape[-1]
+    if W > V:  # found while tracing: the CLI's one line, not top_k's ValueError
+        raise UserError(f"beams ({W}) must be at most the vocabulary's {V} tokens")
     scores_BxW, tokens_BxW = jax.lax.top_k(logp_BxV, W)  # W distinct first tokens per row
     # Every per-row array of the cache (keys, values, padding) gets one copy per beam.
     per_row = lambda f: lambda x: f(x) if x.ndim and x.shape[0] in (B, B * W) else x

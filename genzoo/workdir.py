@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import numbers
 import os
 from pathlib import Path
 
@@ -143,13 +144,16 @@ def fit_mesh(cfg) -> None:
         cfg.mesh.update(data=-1, fsdp=1, tensor=1)
 
 
-def parse_checkpoint(text: str) -> str | int:
-    """`--checkpoint`: latest, best, or a step number."""
-    if text in ("latest", "best"):
-        return text
-    if text.isdigit():
-        return int(text)
-    raise UserError(f"--checkpoint must be latest, best or a step number, got {text!r}")
+def parse_checkpoint(which) -> str | int:
+    """`--checkpoint` or the API's `checkpoint=`: latest, best, or a step number (an int, or
+    digits as text: `genzoo.load(d, checkpoint="500")` is step 500, as on the command line)."""
+    if which in ("latest", "best"):
+        return which
+    if isinstance(which, str) and which.isdigit():
+        return int(which)
+    if isinstance(which, numbers.Integral) and not isinstance(which, bool) and which >= 0:
+        return int(which)
+    raise UserError(f"checkpoint must be latest, best or a step number, got {which!r}")
 
 
 def open_run(workdir: Path, overrides=(), checkpoint: str | int = "latest") -> Run:

@@ -84,6 +84,17 @@ def test_eval_json_reports_language_model_figures(trained, text, capsys):
     assert code == 0 and part["max_batches"] == 1 and part["num_tokens"] == 8 * 32
 
 
+def test_load_takes_a_checkpoint_as_the_cli_does(trained):
+    import genzoo
+    from genzoo.errors import UserError
+
+    assert genzoo.load(trained, checkpoint="10").run.step == 10  # digits, as --checkpoint 10
+    assert genzoo.load(trained, checkpoint=np.int64(10)).run.step == 10
+    for bad in (True, None, 3.5, -1, "ten", "latest "):
+        with pytest.raises(UserError, match="checkpoint must be latest, best or a step number"):
+            genzoo.load(trained, checkpoint=bad)
+
+
 def test_sample_is_seeded_and_greedy_is_deterministic(trained, capsys):
     base = ("sample", "--workdir", str(trained), "--prompt", "KING:", "--max-new-tokens", "20")
     _, a, _ = run(capsys, *base, "--seed", "1", "--num", "2")

@@ -182,15 +182,33 @@ def test_python_api_generate_and_score(tmp_path, capsys, caplog):
     assert lm.generate([], max_new_tokens=3) == [] and lm.score([]) == []
     for bad, message in ((dict(max_new_tokens=0), "max_new_tokens must be at least 1, got 0"),
                          (dict(temperature=float("nan")), "temperature must be >= 0, got nan"),
-                         (dict(top_p=0.0), r"top_p must be in \(0, 1\]")):  # fmt: skip
+                         (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+                         # Types too: 2.5 new tokens was an XLA shape error, a 70-bit seed an
+                         # OverflowError, 1000 beams over 65 characters top_k's ValueError.
+                         (dict(max_new_tokens=2.5), "max_new_tokens must be a whole number"),
+                         (dict(temperature="hot"), "temperature must be a number, got 'hot'"),
+                         (dict(seed=2**70), "seed must be a 64-bit integer"),
+                         (dict(num_beams=True), "num_beams must be a whole number, got True"),
+                         (dict(num_beams=2, length_penalty=float("nan")), "must be finite"),
+                         (dict(num_beams=1000), r"beams \(1000\) must be at most the "
+                                                "vocabulary's 65 tokens")):  # fmt: skip
         with pytest.raises(UserError, match=message):
             lm.generate("KING:", **{"max_new_tokens": 3, **bad})
+    for prompts, message in ((123, "prompts must be a string or a list of strings, got 123"),
+                             (["KING:", None], "prompts must be strings, got None")):  # fmt: skip
+        with pytest.raises(UserError, match=message):
+            lm.generate(prompts, max_new_tokens=3)  # None was read as an empty prompt
+    with pytest.raises(UserError, match="texts must be strings, got 1"):
+        lm.score([1])
     a = lm.generate(["KING:", "my lord and"], max_new_tokens=12, temperature=0.0)
     b = [lm.generate(p, max_new_tokens=12, temperature=0.0)[0] for p in ("KING:", "my lord and")]
     assert a == b and all(len(t) == 12 for t in a)
     stop, later = a[0][3:5], a[0][-2:]
     cut = lm.generate("KING:", max_new_tokens=12, temperature=0.0, stop=[later, stop])[0]
     assert cut == a[0][: a[0].index(stop)] and len(cut) <= 3  # at the first stop string found
+    # One string is one stop string (it was read as its characters, each a stop).
+    whole = lm.generate("KING:", max_new_tokens=12, temperature=0.0, stop=stop + "\0")
+    assert whole == [a[0]]  # the text never holds `stop` + NUL, only `stop`'s characters
     eos = a[0][4]  # a token the greedy text holds: the text ends before it
     ended = lm.generate("KING:", max_new_tokens=12, temperature=0.0, eos=eos)[0]
     assert ended == a[0][: a[0].index(eos)] and eos not in ended

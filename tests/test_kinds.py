@@ -41,6 +41,13 @@ def test_translate_api_equals_cli_and_file_mode(translator_run, tmp_path, capsys
     texts = ["the king and queen", "my lord\u2028the king"]
     api = model.translate(texts, num_beams=2, max_new_tokens=8)
     assert len(api) == 2 and all(isinstance(t, str) for t in api)
+    for bad, message in ((dict(max_new_tokens=0), "max_new_tokens must be at least 1"),
+                         (dict(max_new_tokens=2.5), "max_new_tokens must be a whole number"),
+                         (dict(num_beams=0), "num_beams must be >= 1")):  # fmt: skip
+        with pytest.raises(UserError, match=message):  # 0 new tokens meant "the longest"
+            model.translate(texts, **bad)
+    with pytest.raises(UserError, match="texts must be strings, got None"):
+        model.translate([None])
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     code, out, _ = run(
         capsys,
@@ -113,6 +120,8 @@ def test_eval_on_a_user_provided_test_split(translator_run, capsys):
 def test_fill_mask_and_encode(bert_run, capsys):
     mlm = genzoo.load(bert_run)
     assert mlm.fill_mask([]) == [] and mlm.encode([]) == []
+    with pytest.raises(UserError, match="top_k must be at least 1"):
+        mlm.fill_mask(["the [MASK]"], top_k=0)  # listed no fillers
     fills = mlm.fill_mask(["the king [MASK] the queen [MASK]"], top_k=3)
     assert len(fills) == 1 and len(fills[0]) == 2 and len(fills[0][0]) == 3
     probs = [p for _, p in fills[0][0]]

@@ -194,11 +194,17 @@ def test_the_image_apis_refuse_bad_shapes_and_codes_and_take_empty_inputs(chain)
     width = clip.encode_texts(["a small red square"]).shape[1]
     assert clip.encode_texts([]).shape == (0, width)
     assert clip.encode_images(np.zeros((0, 32, 32, 3))).shape == (0, width)
+    with pytest.raises(UserError, match="batch_size must be at least 1, got 0"):
+        clip.encode_texts(["a small red square"], batch_size=0)  # range()'s step of 0
     dalle = genzoo.load("runs/dalle_smoke")
     images, scores = dalle.generate([], candidates=3, keep=2)
     assert images.shape == (0, 2, 32, 32, 3) and scores.shape == (0, 2)
     with pytest.raises(UserError, match="temperature must be >= 0, got nan"):
         dalle.generate(["a small red square"], temperature=float("nan"))
+    with pytest.raises(UserError, match="candidates must be a whole number, got 2.0"):
+        dalle.generate(["a small red square"], candidates=2.0)
+    with pytest.raises(UserError, match="captions must be strings, got 7"):
+        dalle.generate(["a small red square", 7])
 
 
 def test_recall_at_k_counts_any_equal_caption_in_the_top_k():

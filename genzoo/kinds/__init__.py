@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
+import numbers
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,27 +46,54 @@ _MODULES = ("language_model", "translator", "masked_lm", "image_generator", "cla
 REGISTRY: dict[str, Kind] = {}
 
 
-# Ranges of the sampling settings, for `genzoo sample`'s flags and the Python API alike.
+# The sampling settings, for `genzoo sample`'s flags and the Python API alike: each one's
+# type (whole numbers for counts and seeds: 2.5 new tokens was an XLA shape error) and range.
+_WHOLE, _REAL = (numbers.Integral, "a whole number"), (numbers.Real, "a number")
 SAMPLING_RANGES = {
-    "num": (lambda v: v >= 1, "at least 1"),
-    "max_new_tokens": (lambda v: v >= 1, "at least 1"),
-    "top_p": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
-    "temperature": (lambda v: v >= 0, ">= 0"),
-    "top_k": (lambda v: v >= 0, ">= 0"),
-    "beams": (lambda v: v >= 1, ">= 1"),
-    "num_beams": (lambda v: v >= 1, ">= 1"),
-    "repetition_penalty": (lambda v: v > 0, "> 0"),
+    "num": (_WHOLE, lambda v: v >= 1, "at least 1"),
+    "max_new_tokens": (_WHOLE, lambda v: v >= 1, "at least 1"),
+    "top_p": (_REAL, lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "temperature": (_REAL, lambda v: v >= 0, ">= 0"),
+    "top_k": (_WHOLE, lambda v: v >= 0, ">= 0"),
+    "beams": (_WHOLE, lambda v: v >= 1, ">= 1"),
+    "num_beams": (_WHOLE, lambda v: v >= 1, ">= 1"),
+    "length_penalty": (_REAL, math.isfinite, "finite"),
+    "repetition_penalty": (_REAL, lambda v: v > 0, "> 0"),
+    "candidates": (_WHOLE, lambda v: v >= 1, ">= 1"),
+    "keep": (_WHOLE, lambda v: v >= 1, ">= 1"),
+    "seed": (_WHOLE, lambda v: -(2**63) <= v < 2**63, "a 64-bit integer"),
+    "batch_size": (_WHOLE, lambda v: v >= 1, "at least 1"),
 }
 
 
 def check_sampling(values: dict, flags: bool = False) -> None:
-    """UserError for the first setting out of its range (NaN is out of every range), named as
-    its flag (`--max-new-tokens`) or as the API's keyword (`max_new_tokens`); None: not given."""
-    for name, (ok, must) in SAMPLING_RANGES.items():
+    """UserError for the first setting of the wrong type or out of its range (NaN is out of
+    every range), named as its flag (`--max-new-tokens`) or as the API's keyword
+    (`max_new_tokens`); None: not given."""
+    for name, ((kind, what), ok, must) in SAMPLING_RANGES.items():
         value = values.get(name)
-        if value is not None and (value != value or not ok(value)):
-            shown = "--" + name.replace("_", "-") if flags else name
+        if value is None:
+            continue
+        shown = "--" + name.replace("_", "-") if flags else name
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise UserError(f"{shown} must be {what}, got {value!r}")
+        if value != value or not ok(value):
             raise UserError(f"{shown} must be {must}, got {value}")
+
+
+def texts(value, what: str = "texts") -> list[str]:
+    """One string or an iterable of strings as a list; UserError for anything else (None was
+    read as an empty prompt, a number as a TypeError from inside)."""
+    if isinstance(value, str):
+        return [value]
+    try:
+        items = list(value)
+    except TypeError:
+        raise UserError(f"{what} must be a string or a list of strings, got {value!r}") from None
+    bad = [item for item in items if not isinstance(item, str)]
+    if bad:
+        raise UserError(f"{what} must be strings, got {bad[0]!r}")
+    return items
 
 
 def register(kind: Kind) -> Kind:
@@ -95,6 +124,7 @@ def in_batches(fn, rows, batch_size: int):
     import jax
     import numpy as np
 
+    check_sampling(dict(batch_size=batch_size))
     if not len(rows):
         out = jax.eval_shape(fn, jax.ShapeDtypeStruct((1, *rows.shape[1:]), rows.dtype))
         return np.zeros((0, *out.shape[1:]), out.dtype)
@@ -125,4 +155,5 @@ def load(run_dir: str | Path, checkpoint: str | int = "latest"):
     """The API object of a trained (or imported) run at `checkpoint` (latest, best, a step)."""
     from genzoo import workdir
 
-    return api_of(workdir.open_run(Path(run_dir), checkpoint=checkpoint))
+    which = workdir.parse_checkpoint(checkpoint)
+    return api_of(workdir.open_run(Path(run_dir), checkpoint=which))

@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from genzoo import models
+from genzoo import kinds, models
 from genzoo.kinds import Kind, images_for, in_batches, register
 
 
@@ -36,7 +36,7 @@ class Contrastive:
     def encode_texts(self, texts, batch_size: int = 256) -> np.ndarray:
         from genzoo.data.captions import pad_captions
 
-        ids, _ = pad_captions([self.tokenizer.encode(t) for t in texts],
+        ids, _ = pad_captions([self.tokenizer.encode(t) for t in kinds.texts(texts)],
                               int(self.run.cfg.model.max_caption_len))  # fmt: skip
         encode = lambda x: self.family.encode_texts(self.run.params, x, self.run.cfg.model)
         return in_batches(encode, ids, batch_size)

@@ -24,7 +24,7 @@ class ImageGenerator:
         self.run, self.family = run, models.get(run.cfg.model.family)
 
     def sample(self, num: int = 64, seed: int = 0) -> np.ndarray:
-        check_sampling(dict(num=num))
+        check_sampling(dict(num=num, seed=seed))
         images = self.family.sample(
             self.run.params, jax.random.PRNGKey(seed), self.run.cfg.model, num=num
         )

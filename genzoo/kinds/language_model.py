@@ -69,7 +69,7 @@ class LanguageModel:
         length_penalty: float = 1.0,
         repetition_penalty: float = 1.0,
         eos: str | None = None,
-        stop: tuple[str, ...] | list[str] = (),
+        stop: str | tuple[str, ...] | list[str] = (),
     ) -> list[str]:
         """One continuation per prompt (the prompt not included).
 
@@ -77,9 +77,11 @@ class LanguageModel:
         it (the GPT), and one by one otherwise; both give the same text. `eos` names a token
         that ends a row; `stop` strings cut the returned text at their first occurrence.
         """
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        prompts = kinds.texts(prompts, "prompts")
+        stop = kinds.texts(stop or (), "stop")  # one string is one stop, not its characters
         kinds.check_sampling(dict(max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_k=top_k, top_p=top_p, num_beams=num_beams,
+                                  length_penalty=length_penalty, seed=seed,
                                   repetition_penalty=repetition_penalty))  # fmt: skip
         if not prompts:
             return []
@@ -143,7 +145,7 @@ class LanguageModel:
     def score(self, texts: str | list[str]) -> list[float]:
         """Total log-likelihood of each text in nats: sum over tokens i >= 1 of
         log p(token_i | tokens before i) (the first token is conditioned on, not scored)."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        texts = kinds.texts(texts)
         if not texts:
             return []
         encoded = [self.encode(t) for t in texts]

@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from genzoo import models
+from genzoo import kinds, models
 from genzoo.errors import UserError
 from genzoo.kinds import Kind, register
 from genzoo.kinds.language_model import PROMPT, SAMPLING_OPTIONS
@@ -49,15 +49,18 @@ class MaskedLM:
 
     def encode(self, texts) -> list[np.ndarray]:
         """Final hidden states per token ([CLS] and [SEP] included), [L_i, D] per text."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        texts = kinds.texts(texts)
         ids, hidden, _ = self._batch(texts)
         return [hidden[i, : len(seq)] for i, seq in enumerate(ids)]
 
     def fill_mask(self, texts, top_k: int = 5) -> list[list[list[tuple[str, float]]]]:
         """Per text, per [MASK] in it, the `top_k` (filler, probability) pairs, best first."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        texts = kinds.texts(texts)
         if any(MASK not in t for t in texts):
             raise UserError(f"every text needs at least one {MASK}")
+        kinds.check_sampling(dict(top_k=top_k))
+        if top_k < 1:
+            raise UserError(f"top_k must be at least 1 (fillers to list), got {top_k}")
         ids, _, logits = self._batch(texts)
         mask_id, out = self.tokenizer.piece_id(MASK), []
         for i, seq in enumerate(ids):

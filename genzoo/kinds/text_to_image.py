@@ -69,12 +69,14 @@ class TextToImage:
                  ranked: bool = True, batch_size: int = 512):  # fmt: skip
         """(images [C, keep, H, W, 3], CLIP scores [C, keep]); see the module docstring.
         `ranked=False` keeps the first `keep` draws in the order they were drawn."""
+        kinds.check_sampling(dict(temperature=temperature, top_k=top_k, top_p=top_p,
+                                  candidates=candidates, keep=keep, seed=seed,
+                                  batch_size=batch_size))  # fmt: skip
         if not 1 <= keep <= candidates:
             raise UserError(f"need 1 <= keep <= candidates, got {keep} and {candidates}")
         if not (math.isfinite(guidance) and guidance >= 0):  # NaN would still draw (noise)
             raise UserError(f"guidance must be a finite number >= 0 (1: off), got {guidance}")
-        kinds.check_sampling(dict(temperature=temperature, top_k=top_k, top_p=top_p))
-        captions = [captions] if isinstance(captions, str) else list(captions)
+        captions = kinds.texts(captions, "captions")
         if not captions:
             shape = tuple(self.image_tokenizer.run.cfg.model.image_shape)
             return np.zeros((0, keep, *shape), np.float32), np.zeros((0, keep), np.float32)

@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from tqdm.auto import tqdm
 
-from genzoo import models
+from genzoo import kinds, models
 from genzoo.data.tokenizers import EOS
 from genzoo.errors import UserError
 from genzoo.kinds import Kind, Option, register
@@ -39,9 +39,12 @@ class Translator:
                   max_new_tokens: int | None = None, batch_size: int = 64,
                   progress: bool = False) -> list[str]:  # fmt: skip
         """One translation per text; sources longer than the training length are cut."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        texts = kinds.texts(texts)
+        kinds.check_sampling(dict(num_beams=num_beams, length_penalty=length_penalty,
+                                  max_new_tokens=max_new_tokens,
+                                  batch_size=batch_size))  # fmt: skip
         limit = self.family.max_decode_length(self.run.cfg.model)
-        max_new_tokens = max_new_tokens or limit
+        max_new_tokens = limit if max_new_tokens is None else max_new_tokens
         if not 1 <= max_new_tokens <= limit:
             raise UserError(f"--max-new-tokens must be in [1, {limit}]")
         out = []
