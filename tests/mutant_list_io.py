@@ -194,4 +194,10 @@ IO_MUTANTS = [
     ("a batch size of 0 reaches range()", "genzoo/kinds/__init__.py",
      "    check_sampling(dict(batch_size=batch_size))\n    if not len(rows):",
      "    if not len(rows):", "tests/test_text_to_image.py"),
+    ("a text file's alphabet refit from the changed file", "genzoo/data/text_file.py",
+     "    if saved is not None and (saved / CHARS).is_file():", "    if False:",
+     "tests/test_text_file.py"),
+    ("a text file split 80/20", "genzoo/data/text_file.py",
+     "    cut = int(0.9 * len(text))", "    cut = int(0.8 * len(text))",
+     "tests/test_text_file.py"),
 ]  # fmt: skip

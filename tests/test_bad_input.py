@@ -86,6 +86,8 @@ SETUPS = {
     "empty": lambda runs, tmp: (tmp / "empty").mkdir(),
     "corpus_noval": lambda runs, tmp: _corpus(tmp, {"train.bin": 4000}),
     "corpus_odd": lambda runs, tmp: _corpus(tmp, {"train.bin": 4001, "val.bin": 400}),
+    "latin1": lambda runs, tmp: (tmp / "text.txt").write_bytes("caf\xe9 ".encode("latin-1") * 99),
+    "short": lambda runs, tmp: (tmp / "text.txt").write_text("too short\n", encoding="utf-8"),
 }
 
 
@@ -98,6 +100,7 @@ def _corpus(tmp: Path, sizes: dict) -> None:
 RUN, TMP = "{run}", "{tmp}"
 NEW = (*CHAR, "--workdir", f"{TMP}/new")  # were a check missed, nothing lands in ./runs
 CORPUS = ("train", "gpt_token_corpus", "--variant", "smoke", "--workdir", f"{TMP}/new")
+TEXT = ("train", "gpt_text_file", "--workdir", f"{TMP}/new")  # not smoke: it has a default
 IMPORT = ("import", "gpt2", f"{TMP}/gpt2", "--workdir", f"{TMP}/imp")
 CASES = {
     # experiment and overrides
@@ -195,6 +198,14 @@ CASES = {
     "corpus path not a folder": ((*CORPUS, "--set", f"data.path={TMP}/afile"), "file"),
     "corpus without val.bin": ((*CORPUS, "--set", f"data.path={TMP}/corpus"), "corpus_noval"),
     "corpus not uint16": ((*CORPUS, "--set", f"data.path={TMP}/corpus"), "corpus_odd"),
+    "text file unset": (TEXT, None),
+    "text file is a folder": ((*TEXT, "--set", f"data.path={TMP}"), None),
+    "text file not UTF-8": ((*TEXT, "--set", f"data.path={TMP}/text.txt"), "latin1"),
+    "text file shorter than a window": ((*TEXT, "--set", f"data.path={TMP}/text.txt"), "short"),
+    "text file unknown tokenizer": (
+        (*TEXT, "--set", f"data.path={TMP}/afile", "--set", "data.tokenizer=word"),
+        "file",
+    ),  # fmt: skip
     # eval
     "eval missing workdir": (("eval", "--workdir", f"{TMP}/missing"), None),
     "eval not a workdir": (("eval", "--workdir", f"{TMP}/empty"), "empty"),

@@ -29,6 +29,7 @@ from genzoo.data import (
     shakespeare,
     shapes,
     sources,
+    text_file,
     tokenizers,
 )
 from genzoo.data.captions import CaptionedImages
@@ -330,6 +331,7 @@ LOADERS = {
     "bible_genre": sentences.bible_genre,
     "shapes": shapes_captioned,
     "fashion_mnist_captions": fashion_mnist_captioned,
+    "text_file": text_file.text_file,
 }
 
 

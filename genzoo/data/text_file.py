@@ -1,0 +1,81 @@
+"""A UTF-8 text file of the user's as a language-model data set (`data.name=text_file`).
+
+nanoGPT's `prepare.py` on any text: the first 90% of the file trains, the rest validates.
+`data.tokenizer=char` reads it as characters (the alphabet of the whole file, sorted: on tiny
+Shakespeare's input.txt exactly the ids of `tinyshakespeare_char`); `bpe` as sentencepiece
+pieces fit on the train part (`data.vocab_size`). Either tokenizer is kept in the workdir and
+read back from there, so `eval`, `sample` and a resume keep it even when the file changes.
+
+The file is read whole, as the TFDS-built corpora are read whole once built: an array_record
+copy in the cache would cost a second copy of the user's file and buy nothing for text that
+fits in memory (corpora that do not: `token_corpus`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from genzoo.data import tokenizers
+from genzoo.data.text import CharTokenizer, TokenStreamData
+from genzoo.errors import UserError
+
+CHARS = "chars.json"  # the character alphabet, kept in the workdir
+TOKENIZERS = ("char", "bpe")
+
+
+def text_file(cfg, workdir=None) -> TokenStreamData:
+    path = cfg.path
+    if not path and cfg.get("shakespeare_if_unset", False):  # smoke runs: no file to give
+        from genzoo.data import shakespeare
+
+        path = str(shakespeare.source_path())
+    text = _read(path)
+    cut = int(0.9 * len(text))
+    texts = {"train": text[:cut], "validation": text[cut:]}
+    if cfg.tokenizer not in TOKENIZERS:
+        raise UserError(f"data.tokenizer must be one of {', '.join(TOKENIZERS)}, "
+                        f"got {cfg.tokenizer!r}")  # fmt: skip
+    saved = Path(workdir) if workdir else None
+    if cfg.tokenizer == "char":
+        tokenizer = CharTokenizer(_alphabet(saved, text))
+        artifacts = {CHARS: json.dumps(tokenizer.vocab).encode("utf-8")}
+    else:
+        if saved is not None and (saved / tokenizers.FILENAME).is_file():
+            model = (saved / tokenizers.FILENAME).read_bytes()
+            tokenizer = tokenizers.SentencePieceTokenizer(model)
+        else:
+            tokenizer = tokenizers.train_sentencepiece(texts["train"], cfg.vocab_size, "bpe")
+        artifacts = tokenizer.artifacts
+    try:
+        splits = {s: np.asarray(tokenizer.encode(t), np.int32) for s, t in texts.items()}
+    except UserError as e:  # the file changed since the run saved its alphabet
+        raise UserError(f"{path} no longer fits this run's tokenizer: {e}") from None
+    per_char = {s: len(texts[s]) / max(len(splits[s]), 1) for s in splits}
+    return TokenStreamData(splits, tokenizer, cfg.seq_len, per_char, artifacts)
+
+
+def _read(path: str) -> str:
+    if not path:
+        raise UserError("data.path: set it to a UTF-8 text file (--set data.path=input.txt)")
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"data.path={path!r} is not a file")
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (at byte {e.start})") from None
+
+
+def _alphabet(saved: Path | None, text: str) -> str:
+    if saved is not None and (saved / CHARS).is_file():
+        try:
+            alphabet = json.loads((saved / CHARS).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            alphabet = None
+        if not isinstance(alphabet, str) or not alphabet:
+            raise UserError(f"{saved / CHARS} is corrupt: expected a JSON string of characters")
+        return alphabet
+    return "".join(sorted(set(text)))

@@ -1,0 +1,66 @@
+"""A text file of the user's as a data set (`data.name=text_file`, experiment gpt_text_file)."""
+
+import json
+
+import ml_collections
+import numpy as np
+
+from genzoo import cli, data
+from genzoo.data import shakespeare, tokenizers
+
+
+def _cfg(path, tokenizer="char"):
+    return ml_collections.ConfigDict(
+        dict(name="text_file", path=str(path), tokenizer=tokenizer, vocab_size=400, seq_len=32)
+    )
+
+
+def test_tiny_shakespeare_as_a_text_file_is_the_char_data_set(char_data):
+    """nanoGPT's prepare.py split and alphabet: the same ids as `tinyshakespeare_char` (and in
+    BPE pieces as `tinyshakespeare_bpe`), so gpt_text_file on input.txt is the demo run."""
+    mine = data.load(_cfg(shakespeare.source_path()))
+    assert mine.tokenizer.vocab == char_data.tokenizer.vocab
+    for split in ("train", "validation"):
+        np.testing.assert_array_equal(mine.splits[split], char_data.splits[split])
+    assert mine.chars_per_token == {"train": 1.0, "validation": 1.0}
+    pieces = data.load(_cfg(shakespeare.source_path(), "bpe"))  # and gpt_shakespeare_bpe's
+    bpe = dict(name="tinyshakespeare_bpe", seq_len=32, vocab_size=400, model_type="bpe")
+    theirs = data.load(ml_collections.ConfigDict(bpe))
+    for split in ("train", "validation"):
+        np.testing.assert_array_equal(pieces.splits[split], theirs.splits[split])
+    assert pieces.chars_per_token == theirs.chars_per_token
+
+
+def test_bpe_pieces_are_fit_once_and_read_back_from_the_workdir(text, tmp_path):
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    first = data.load(_cfg(tmp_path / "t.txt", "bpe"))
+    assert first.tokenizer.vocab_size == 400 and first.chars_per_token["train"] > 1.5
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / tokenizers.FILENAME).write_bytes(first.artifacts[tokenizers.FILENAME])
+    # A changed file is still read in the run's pieces, not refit.
+    (tmp_path / "t.txt").write_text(text[::-1], encoding="utf-8")
+    again = data.load(_cfg(tmp_path / "t.txt", "bpe"), run)
+    assert again.tokenizer.model_proto == first.tokenizer.model_proto
+
+
+def test_a_text_file_trains_samples_and_keeps_its_alphabet(text, tmp_path, capsys):
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    run = tmp_path / "run"
+    argv = ["train", "gpt_text_file", "--variant", "smoke", "--workdir", str(run),
+            "--set", f"data.path={tmp_path / 't.txt'}", "--set", "log.progress=false"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert json.loads((run / "chars.json").read_text()) == "".join(sorted(set(text)))
+    capsys.readouterr()
+    assert cli.main(["sample", "--workdir", str(run), "--prompt", "KING:", "--seed", "0",
+                     "--max-new-tokens", "8"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.startswith("KING:")
+    # Fewer characters in the file now: read in the saved alphabet (65 ids, as trained).
+    (tmp_path / "t.txt").write_text(text.replace("z", "s"), encoding="utf-8")
+    assert cli.main(["eval", "--workdir", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 20
+    # A character the run never saw: one line naming the file.
+    (tmp_path / "t.txt").write_text(text + "\u20ac", encoding="utf-8")
+    assert cli.main(["eval", "--workdir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "t.txt no longer fits this run's tokenizer: characters not in the vocabulary" in err
