@@ -200,4 +200,6 @@ IO_MUTANTS = [
     ("a text file split 80/20", "genzoo/data/text_file.py",
      "    cut = int(0.9 * len(text))", "    cut = int(0.8 * len(text))",
      "tests/test_text_file.py"),
+    ("a text file's unknown characters become id 65535", "genzoo/data/text_file.py",
+     "        if (ids < 0).any():", "        if False:", "tests/test_text_file.py"),
 ]  # fmt: skip

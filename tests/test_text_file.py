@@ -4,6 +4,7 @@ import json
 
 import ml_collections
 import numpy as np
+import pytest
 
 from genzoo import cli, data
 from genzoo.data import shakespeare, tokenizers
@@ -64,3 +65,17 @@ def test_a_text_file_trains_samples_and_keeps_its_alphabet(text, tmp_path, capsy
     assert cli.main(["eval", "--workdir", str(run)]) == 2
     err = capsys.readouterr().err
     assert "t.txt no longer fits this run's tokenizer: characters not in the vocabulary" in err
+
+
+def test_char_ids_are_the_char_tokenizers_in_chunks():
+    from genzoo.data.text import CharTokenizer
+    from genzoo.data.text_file import char_ids
+    from genzoo.errors import UserError
+
+    text = "héllo wörld \U0001f600\n" * 50  # a code point beyond 16 bits among the others
+    alphabet = "".join(sorted(set(text)))
+    ids = char_ids(text, alphabet, chunk=7)  # chunks that split the text anywhere
+    assert ids.dtype == np.uint16
+    np.testing.assert_array_equal(ids, CharTokenizer(alphabet).encode(text))
+    with pytest.raises(UserError, match="characters not in the vocabulary: 'zé'"):
+        char_ids("zé" + text, alphabet.replace("é", ""), chunk=7)
