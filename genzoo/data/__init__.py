@@ -12,6 +12,7 @@ Loaders take the `data` config section and the workdir (None before one exists).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -94,13 +95,13 @@ def _in_pieces(tokenizer, seq_len: int, artifacts: dict) -> TokenStreamData:
 def tinyshakespeare_bpe(cfg, workdir=None) -> TokenStreamData:
     """Tiny Shakespeare in sentencepiece pieces; the tokenizer is fit on the train split once
     and then always read back from the workdir."""
-    saved = Path(workdir) / tokenizers.FILENAME if workdir else None
-    if saved is not None and saved.is_file():
-        tokenizer = tokenizers.SentencePieceTokenizer(saved.read_bytes())
-    else:
+
+    def fit():
         splits, chars = shakespeare_splits()
         train_text = chars.decode(splits["train"])
-        tokenizer = tokenizers.train_sentencepiece(train_text, cfg.vocab_size, cfg.model_type)
+        return tokenizers.train_sentencepiece(train_text, cfg.vocab_size, cfg.model_type)
+
+    tokenizer = tokenizers.saved_or_trained(workdir, tokenizers.FILENAME, fit)
     return _in_pieces(tokenizer, cfg.seq_len, {tokenizers.FILENAME: tokenizer.model_proto})
 
 
@@ -179,14 +180,6 @@ def bible_en_char(cfg, workdir=None) -> TokenStreamData:
     return TokenStreamData(splits, tokenizer, seq_len=cfg.seq_len)
 
 
-def _workdir_tokenizer(workdir, name: str, train) -> tokenizers.SentencePieceTokenizer:
-    """The tokenizer saved in the workdir, else `train()` (saved by the trainer as artifact)."""
-    saved = Path(workdir) / name if workdir else None
-    if saved is not None and saved.is_file():
-        return tokenizers.SentencePieceTokenizer(saved.read_bytes())
-    return train()
-
-
 def bible_es_en(cfg, workdir=None) -> ExampleData:
     """Spanish -> English verse pairs: `src` = Spanish + EOS, `tgt` = BOS + English + EOS.
 
@@ -198,13 +191,14 @@ def bible_es_en(cfg, workdir=None) -> ExampleData:
     if cfg.tokenizer not in ("joint", "separate"):
         raise UserError(f"data.tokenizer must be joint or separate, got {cfg.tokenizer!r}")
     fit = lambda texts: lambda: tokenizers.train_sentence_pieces(texts, cfg.vocab_size)
+    kept = functools.partial(tokenizers.saved_or_trained, workdir)
     if cfg.tokenizer == "joint":
         both = [s for _, es, en in train for s in (es, en)]
-        src_tok = tgt_tok = _workdir_tokenizer(workdir, tokenizers.FILENAME, fit(both))
+        src_tok = tgt_tok = kept(tokenizers.FILENAME, fit(both))
         artifacts = {tokenizers.FILENAME: src_tok.model_proto}
     else:
-        src_tok = _workdir_tokenizer(workdir, "tokenizer_src.model", fit([v[1] for v in train]))
-        tgt_tok = _workdir_tokenizer(workdir, "tokenizer_tgt.model", fit([v[2] for v in train]))
+        src_tok = kept("tokenizer_src.model", fit([v[1] for v in train]))
+        tgt_tok = kept("tokenizer_tgt.model", fit([v[2] for v in train]))
         artifacts = {"tokenizer_src.model": src_tok.model_proto,
                      "tokenizer_tgt.model": tgt_tok.model_proto}  # fmt: skip
     bos, eos = [tokenizers.BOS], [tokenizers.EOS]
@@ -261,7 +255,7 @@ def wmt14_en_de(cfg, workdir=None) -> ExampleData:
              for s, src in sources_.items()}  # fmt: skip
     sample = [t for pair in pairs["train"][: cfg.tokenizer_sentences // 2] for t in pair]
     fit = lambda: tokenizers.train_sentence_pieces(sample, cfg.vocab_size)
-    tok = _workdir_tokenizer(workdir, tokenizers.FILENAME, fit)
+    tok = tokenizers.saved_or_trained(workdir, tokenizers.FILENAME, fit)
     bos, eos = [tokenizers.BOS], [tokenizers.EOS]
     splits = {s: {"src": [np.asarray(tok.encode(en) + eos, np.int32) for en, _ in rows],
                   "tgt": [np.asarray(bos + tok.encode(de) + eos, np.int32) for _, de in rows]}

@@ -43,11 +43,8 @@ def text_file(cfg, workdir=None) -> TokenStreamData:
         tokenizer = CharTokenizer(_alphabet(saved, text))
         artifacts = {CHARS: json.dumps(tokenizer.vocab).encode("utf-8")}
     else:
-        if saved is not None and (saved / tokenizers.FILENAME).is_file():
-            model = (saved / tokenizers.FILENAME).read_bytes()
-            tokenizer = tokenizers.SentencePieceTokenizer(model)
-        else:
-            tokenizer = tokenizers.train_sentencepiece(texts["train"], cfg.vocab_size, "bpe")
+        fit = lambda: tokenizers.train_sentencepiece(texts["train"], cfg.vocab_size, "bpe")  # noqa: E731
+        tokenizer = tokenizers.saved_or_trained(workdir, tokenizers.FILENAME, fit)
         artifacts = tokenizer.artifacts
     encode = (lambda t: char_ids(t, tokenizer.vocab)) if cfg.tokenizer == "char" else (
         lambda t: np.asarray(tokenizer.encode(t), np.int32))  # fmt: skip

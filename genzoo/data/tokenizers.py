@@ -7,6 +7,7 @@ kept as pieces, and bytes for anything unseen, so `decode(encode(s)) == s` for a
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import sentencepiece as spm
 
@@ -43,6 +44,15 @@ class SentencePieceTokenizer:
 
     def id_piece(self, i: int) -> str:
         return self._sp.id_to_piece(int(i))
+
+
+def saved_or_trained(workdir, name: str, train) -> SentencePieceTokenizer:
+    """The tokenizer saved in the workdir as `name`, else `train()` (the trainer saves it
+    there as an artifact), so a run keeps its pieces when its text changes."""
+    saved = Path(workdir) / name if workdir else None
+    if saved is not None and saved.is_file():
+        return SentencePieceTokenizer(saved.read_bytes())
+    return train()
 
 
 # Ids of the special pieces in sentence tokenizers (`train_sentence_pieces`).
