@@ -26,6 +26,7 @@ demo: $(STAMP)
 	@echo ""
 	@echo "checkpoint: $(DEMO_DIR)/checkpoints   metrics: $(DEMO_DIR)/metrics.jsonl"
 	@echo "pictures:   $(DEMO_DIR)/plots/loss.png   TensorBoard events: $(DEMO_DIR)/tensorboard"
+	@echo "your own text: $(GENZOO) train gpt_text_file --set data.path=FILE   (all: $(GENZOO) list)"
 
 # One pytest worker per core (at most 4: each holds 8 simulated devices and its compiles); a
 # module's tests stay on one worker, so a module fixture that trains runs is built once.
