@@ -202,4 +202,7 @@ IO_MUTANTS = [
      "tests/test_text_file.py"),
     ("a text file's unknown characters become id 65535", "genzoo/data/text_file.py",
      "        if (ids < 0).any():", "        if False:", "tests/test_text_file.py"),
+    ("sample prints a deterministic text --num times", "genzoo/kinds/language_model.py",
+     "    if (args.num or 1) > 1 and (args.temperature == 0 or args.beams > 1):",
+     "    if False:", "tests/test_bad_input.py"),
 ]  # fmt: skip

@@ -224,6 +224,8 @@ CASES = {
     "temperature negative": (("sample", "--workdir", RUN, "--temperature", "-1"), None),
     "temperature nan": (("sample", "--workdir", RUN, "--temperature", "nan"), None),
     "num 0": (("sample", "--workdir", RUN, "--num", "0"), None),
+    "greedy, twice": (("sample", "--workdir", RUN, "--temperature", "0", "--num", "2"), None),
+    "beam search, twice": (("sample", "--workdir", RUN, "--beams", "2", "--num", "2"), None),
     "reconstruct a text model": (("sample", "--workdir", RUN, "--reconstruct"), None),
     "corrupt tokenizer file": (("sample", "--workdir", f"{TMP}/copy"), "tokenizer"),
     # import

@@ -163,6 +163,10 @@ class LanguageModel:
 
 def _sample(lm: LanguageModel, args) -> None:
     prompt = args.prompt if args.prompt else "\n"
+    if (args.num or 1) > 1 and (args.temperature == 0 or args.beams > 1):
+        how = "beam search" if args.beams > 1 else "greedy decoding (--temperature 0)"
+        raise UserError(f"{how} is deterministic: --num {args.num} would print one text "
+                        f"{args.num} times")  # fmt: skip
     if args.max_new_tokens is None:
         args.max_new_tokens = max(1, min(200, lm.context - len(lm.encode(prompt))))
     texts = lm.generate(
