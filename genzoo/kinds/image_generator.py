@@ -42,6 +42,8 @@ class ImageGenerator:
 
 def out_path(args, name: str) -> Path:
     out = Path(args.out) if args.out else Path(args.workdir) / name
+    if out.is_dir() or out.suffix.lower() != ".png":  # the grid is always written as PNG
+        raise UserError(f"--out {out}: give a file name ending in .png")
     if not out.parent.is_dir():
         raise UserError(f"folder {out.parent} does not exist")
     return out
