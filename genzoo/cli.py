@@ -77,7 +77,7 @@ def _train_locked(cfg, run_dir: Path, lock) -> None:
     if frozen.train.init_from and not has_step:
         from genzoo import init_from
 
-        init_params = init_from.load(frozen.train.init_from)
+        init_params = init_from.load(frozen.train.init_from, getattr(data, "tokenizer", None))
         trainer.check_params(init_params)  # before the workdir exists
     lock.acquire()  # creates the workdir: every check has passed
     if distributed.is_main():

@@ -60,19 +60,35 @@ def subtree(params, path: str, where: str):
     return params
 
 
-def load(spec: str) -> list[Part]:
-    """Opens each named run (its evaluation parameters: the EMA when it keeps one)."""
+def load(spec: str, tokenizer=None) -> list[Part]:
+    """Opens each named run (its evaluation parameters: the EMA when it keeps one). A whole
+    model must read text in the same tokens as this run (`tokenizer`, this run's data's)."""
     from genzoo import workdir
 
     parts = []
     for dest, run_dir, src in parse(spec):
         path, at, which = run_dir.rpartition("@")
         path, which = (path, workdir.parse_checkpoint(which)) if at else (run_dir, "latest")
-        params = jax.device_get(workdir.open_run(Path(path), checkpoint=which).params)
+        run = workdir.open_run(Path(path), checkpoint=which)
+        if not dest:
+            _check_tokens(getattr(run.data, "tokenizer", None), tokenizer, path)
+        params = jax.device_get(run.params)
         parts.append(
             Part(dest, subtree(params, src, run_dir), f"{run_dir}:{src}" if src else run_dir)
         )
     return parts
+
+
+def _check_tokens(theirs, mine, path: str) -> None:
+    """UserError when both runs' tokenizers are of one kind and map ids differently: the
+    vocabulary is padded to 128 rows, so a 11-character alphabet loaded the demo's 65-character
+    embeddings without a shape error, each id now another character."""
+    said = lambda tok: getattr(tok, "vocab", None) or getattr(tok, "model_proto", None)  # noqa: E731
+    if type(theirs) is not type(mine) or said(theirs) is None or said(theirs) == said(mine):
+        return
+    hint = f" (a text file: --set data.alphabet_from={path})" if hasattr(mine, "vocab") else ""
+    raise UserError(f"init_from {path} reads text in other tokens than this run: its ids would "
+                    f"mean other characters or pieces{hint}")  # fmt: skip
 
 
 def _flat(tree, prefix: str = "") -> dict:

@@ -64,7 +64,7 @@ def test_a_text_file_trains_samples_and_keeps_its_alphabet(text, tmp_path, capsy
     (tmp_path / "t.txt").write_text(text + "\u20ac", encoding="utf-8")
     assert cli.main(["eval", "--workdir", str(run)]) == 2
     err = capsys.readouterr().err
-    assert "t.txt no longer fits this run's tokenizer: characters not in the vocabulary" in err
+    assert "t.txt does not fit this run's alphabet: characters not in the vocabulary" in err
 
 
 def test_char_ids_are_the_char_tokenizers_in_chunks():
@@ -79,3 +79,27 @@ def test_char_ids_are_the_char_tokenizers_in_chunks():
     np.testing.assert_array_equal(ids, CharTokenizer(alphabet).encode(text))
     with pytest.raises(UserError, match="characters not in the vocabulary: 'zé'"):
         char_ids("zé" + text, alphabet.replace("é", ""), chunk=7)
+
+
+def test_a_fine_tune_from_the_demo_reads_the_text_in_the_demos_alphabet(text, tmp_path, capsys):
+    demo = tmp_path / "demo"
+    assert cli.main(["train", "gpt_shakespeare_char", "--variant", "smoke", "--workdir",
+                     str(demo), "--set", "log.progress=false"]) == 0  # fmt: skip
+    (tmp_path / "t.txt").write_text("the king and the queen\n" * 200, encoding="utf-8")
+    tune = ["train", "gpt_text_file", "--variant", "smoke", "--init-from", str(demo),
+            "--set", f"data.path={tmp_path / 't.txt'}", "--set", "log.progress=false"]  # fmt: skip
+    capsys.readouterr()
+    # In its own 11 characters each id would mean another character than in the demo; both
+    # embeddings have 128 rows (padded), so no shape told.
+    assert cli.main([*tune, "--workdir", str(tmp_path / "own")]) == 2
+    assert "reads text in other tokens than this run" in capsys.readouterr().err
+    assert not (tmp_path / "own").exists()
+    mine = [*tune, "--set", f"data.alphabet_from={demo}"]
+    assert cli.main([*mine, "--workdir", str(tmp_path / "tuned")]) == 0
+    alphabet = json.loads((tmp_path / "tuned" / "chars.json").read_text())
+    assert alphabet == "".join(sorted(set(text))) and len(alphabet) == 65
+    (tmp_path / "t.txt").write_text("the king \u20ac\n" * 200, encoding="utf-8")
+    capsys.readouterr()
+    assert cli.main([*mine, "--workdir", str(tmp_path / "euro")]) == 2
+    err = capsys.readouterr().err
+    assert f"does not fit {demo}'s alphabet: characters not in the vocabulary: '\u20ac'" in err

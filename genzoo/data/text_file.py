@@ -40,7 +40,7 @@ def text_file(cfg, workdir=None) -> TokenStreamData:
                         f"got {cfg.tokenizer!r}")  # fmt: skip
     saved = Path(workdir) if workdir else None
     if cfg.tokenizer == "char":
-        tokenizer = CharTokenizer(_alphabet(saved, text))
+        tokenizer = CharTokenizer(_alphabet(saved, text, cfg.get("alphabet_from", "")))
         artifacts = {CHARS: json.dumps(tokenizer.vocab).encode("utf-8")}
     else:
         fit = lambda: tokenizers.train_sentencepiece(texts["train"], cfg.vocab_size, "bpe")  # noqa: E731
@@ -50,8 +50,11 @@ def text_file(cfg, workdir=None) -> TokenStreamData:
         lambda t: np.asarray(tokenizer.encode(t), np.int32))  # fmt: skip
     try:
         splits = {s: encode(t) for s, t in texts.items()}
-    except UserError as e:  # the file changed since the run saved its alphabet
-        raise UserError(f"{path} no longer fits this run's tokenizer: {e}") from None
+    except UserError as e:  # the file changed since the run saved its alphabet, or
+        # another run's alphabet (data.alphabet_from) lacks some of the file's characters
+        mine = saved is not None and (saved / CHARS).is_file()
+        whose = "this run's alphabet" if mine else f"{cfg.get('alphabet_from')}'s alphabet"
+        raise UserError(f"{path} does not fit {whose}: {e}") from None
     per_char = {s: len(texts[s]) / max(len(splits[s]), 1) for s in splits}
     return TokenStreamData(splits, tokenizer, cfg.seq_len, per_char, artifacts)
 
@@ -68,16 +71,36 @@ def _read(path: str) -> str:
         raise UserError(f"{path} is not UTF-8 text (at byte {e.start})") from None
 
 
-def _alphabet(saved: Path | None, text: str) -> str:
+def _alphabet(saved: Path | None, text: str, other_run: str = "") -> str:
+    """The run's saved alphabet, else another run's (`data.alphabet_from`: a fine-tune from it
+    keeps its embedding rows), else the file's own."""
     if saved is not None and (saved / CHARS).is_file():
-        try:
-            alphabet = json.loads((saved / CHARS).read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            alphabet = None
-        if not isinstance(alphabet, str) or not alphabet:
-            raise UserError(f"{saved / CHARS} is corrupt: expected a JSON string of characters")
-        return alphabet
+        return _saved_chars(saved)
+    if other_run:
+        return _alphabet_of_run(Path(other_run))
     return "".join(sorted(set(text)))
+
+
+def _saved_chars(run: Path) -> str:
+    try:
+        alphabet = json.loads((run / CHARS).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        alphabet = None
+    if not isinstance(alphabet, str) or not alphabet:
+        raise UserError(f"{run / CHARS} is corrupt: expected a JSON string of characters")
+    return alphabet
+
+
+def _alphabet_of_run(run: Path) -> str:
+    """A character model's alphabet: its `chars.json`, or its data set's (`runs/demo`)."""
+    from genzoo import data, workdir
+
+    if (run / CHARS).is_file():
+        return _saved_chars(run)
+    tokenizer = data.load(workdir.load_config(run).data, run).tokenizer
+    if not isinstance(tokenizer, CharTokenizer):
+        raise UserError(f"data.alphabet_from={str(run)!r} is not a character model's run")
+    return tokenizer.vocab
 
 
 def char_ids(text: str, alphabet: str, chunk: int = 1 << 24) -> np.ndarray:
