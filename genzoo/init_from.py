@@ -81,7 +81,7 @@ def load(spec: str, tokenizer=None) -> list[Part]:
 
 def _check_tokens(theirs, mine, path: str) -> None:
     """UserError when both runs' tokenizers are of one kind and map ids differently: the
-    vocabulary is padded to 128 rows, so a 11-character alphabet loaded the demo's 65-character
+    vocabulary is padded to 128 rows, so an 11-character alphabet loaded the demo's 65-character
     embeddings without a shape error, each id now another character."""
     said = lambda tok: getattr(tok, "vocab", None) or getattr(tok, "model_proto", None)  # noqa: E731
     if type(theirs) is not type(mine) or said(theirs) is None or said(theirs) == said(mine):
