@@ -40,20 +40,19 @@ def text_file(cfg, workdir=None) -> TokenStreamData:
                         f"got {cfg.tokenizer!r}")  # fmt: skip
     saved = Path(workdir) if workdir else None
     if cfg.tokenizer == "char":
-        tokenizer = CharTokenizer(_alphabet(saved, text, cfg.get("alphabet_from", "")))
-        artifacts = {CHARS: json.dumps(tokenizer.vocab).encode("utf-8")}
-    else:
+        alphabet, whose = _alphabet(saved, text, cfg.get("alphabet_from", ""))
+        tokenizer = CharTokenizer(alphabet)
+        artifacts = {CHARS: json.dumps(alphabet).encode("utf-8")}
+        encode = lambda t: char_ids(t, alphabet)  # noqa: E731
+    else:  # pieces with byte fallback: every text fits
         fit = lambda: tokenizers.train_sentencepiece(texts["train"], cfg.vocab_size, "bpe")  # noqa: E731
         tokenizer = tokenizers.saved_or_trained(workdir, tokenizers.FILENAME, fit)
-        artifacts = tokenizer.artifacts
-    encode = (lambda t: char_ids(t, tokenizer.vocab)) if cfg.tokenizer == "char" else (
-        lambda t: np.asarray(tokenizer.encode(t), np.int32))  # fmt: skip
+        artifacts, whose = tokenizer.artifacts, "this run's pieces"
+        encode = lambda t: np.asarray(tokenizer.encode(t), np.int32)  # noqa: E731
     try:
         splits = {s: encode(t) for s, t in texts.items()}
     except UserError as e:  # the file changed since the run saved its alphabet, or
         # another run's alphabet (data.alphabet_from) lacks some of the file's characters
-        mine = saved is not None and (saved / CHARS).is_file()
-        whose = "this run's alphabet" if mine else f"{cfg.get('alphabet_from')}'s alphabet"
         raise UserError(f"{path} does not fit {whose}: {e}") from None
     per_char = {s: len(texts[s]) / max(len(splits[s]), 1) for s in splits}
     return TokenStreamData(splits, tokenizer, cfg.seq_len, per_char, artifacts)
@@ -71,14 +70,14 @@ def _read(path: str) -> str:
         raise UserError(f"{path} is not UTF-8 text (at byte {e.start})") from None
 
 
-def _alphabet(saved: Path | None, text: str, other_run: str = "") -> str:
-    """The run's saved alphabet, else another run's (`data.alphabet_from`: a fine-tune from it
-    keeps its embedding rows), else the file's own."""
+def _alphabet(saved: Path | None, text: str, other_run: str = "") -> tuple[str, str]:
+    """(alphabet, whose it is): the run's saved one, else another run's (`data.alphabet_from`:
+    a fine-tune from it keeps its embedding rows), else the file's own."""
     if saved is not None and (saved / CHARS).is_file():
-        return _saved_chars(saved)
+        return _saved_chars(saved), "this run's alphabet"
     if other_run:
-        return _alphabet_of_run(Path(other_run))
-    return "".join(sorted(set(text)))
+        return _alphabet_of_run(Path(other_run)), f"{other_run}'s alphabet"
+    return "".join(sorted(set(text))), "the file's alphabet"
 
 
 def _saved_chars(run: Path) -> str:
