@@ -126,6 +126,7 @@ def test_generate_keeps_the_best_by_clip_and_sample_writes_a_grid(chain, capsys)
     (["--beams", "2"], "--beams does not apply"),
     (["--guidance", "nan"], "guidance must be a finite number >= 0"),
     (["--guidance", "-1"], "guidance must be a finite number >= 0"),
+    (["--guidance", "inf"], "guidance must be a finite number >= 0"),
     (["--out", "grid.jpg"], "give a file name ending in .png"),  # PNG bytes in a .jpg
     (["--out", "runs"], "give a file name ending in .png"),  # a folder: an IsADirectoryError
 ])  # fmt: skip

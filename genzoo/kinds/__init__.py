@@ -61,6 +61,8 @@ SAMPLING_RANGES = {
     "repetition_penalty": (_REAL, lambda v: v > 0, "> 0"),
     "candidates": (_WHOLE, lambda v: v >= 1, ">= 1"),
     "keep": (_WHOLE, lambda v: v >= 1, ">= 1"),
+    # Classifier-free guidance (text to image): NaN would still draw (noise), < 0 steers away.
+    "guidance": (_REAL, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (1: off)"),
     "seed": (_WHOLE, lambda v: -(2**63) <= v < 2**63, "a 64-bit integer"),
     "batch_size": (_WHOLE, lambda v: v >= 1, "at least 1"),
 }

@@ -12,7 +12,6 @@ them against their caption with the CLIP run it requires, and returns the K best
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -71,11 +70,9 @@ class TextToImage:
         `ranked=False` keeps the first `keep` draws in the order they were drawn."""
         kinds.check_sampling(dict(temperature=temperature, top_k=top_k, top_p=top_p,
                                   candidates=candidates, keep=keep, seed=seed,
-                                  batch_size=batch_size))  # fmt: skip
+                                  guidance=guidance, batch_size=batch_size))  # fmt: skip
         if not 1 <= keep <= candidates:
             raise UserError(f"need 1 <= keep <= candidates, got {keep} and {candidates}")
-        if not (math.isfinite(guidance) and guidance >= 0):  # NaN would still draw (noise)
-            raise UserError(f"guidance must be a finite number >= 0 (1: off), got {guidance}")
         captions = kinds.texts(captions, "captions")
         if not captions:
             shape = tuple(self.image_tokenizer.run.cfg.model.image_shape)
