@@ -30,10 +30,12 @@ def split(spec: str) -> tuple[str, int | None]:
     return path, int(step)
 
 
-def pin(family, requires, saved=None) -> dict:
+def pin(family, requires, saved=None, chain_hint="") -> dict:
     """{name: "workdir@step"}, checked against what the family declares: every name given,
     each a trained run of the declared kind with that checkpoint. `saved` (a resumed run's
-    pins) wins for the workdirs it names, so a resume never moves to a newer step."""
+    pins) wins for the workdirs it names, so a resume never moves to a newer step.
+    `chain_hint` (the `genzoo chain` command for this experiment) ends the error for a
+    dependency not trained yet."""
     from genzoo import models, workdir
     from genzoo.checkpoint import saved_steps
 
@@ -50,6 +52,9 @@ def pin(family, requires, saved=None) -> dict:
         old_path, old_step = split(saved[name]) if saved and name in saved else (None, None)
         if step is None and old_path == path:
             step = old_step
+        if not (Path(path) / workdir.CONFIG).is_file():
+            hint = f", or every missing link in order: {chain_hint}" if chain_hint else ""
+            raise UserError(f"model.requires.{name}: {path} is no trained run; train it first{hint}")
         cfg = workdir.load_config(Path(path))  # UserError when it is no workdir
         kind = getattr(models.get(cfg.model.family), "KIND", "")
         if kind != want[name]:

@@ -86,7 +86,11 @@ def prepare_training(cfg: ml_collections.ConfigDict, workdir: Path):
     family = models.get(cfg.model.family)
     if requires.declared(family) or cfg.model.get("requires"):
         saved_pins = saved.model.get("requires") if saved is not None else None
-        cfg.model.requires = requires.pin(family, cfg.model.get("requires"), saved_pins)
+        name, variant = cfg.experiment.name, cfg.experiment.variant
+        chain = ""  # only for experiments `genzoo chain` finds by name
+        if name and (experiment.experiments_dir() / f"{name}.py").is_file():
+            chain = f"genzoo chain {name}" + (f" --variant {variant}" if variant else "")
+        cfg.model.requires = requires.pin(family, cfg.model.get("requires"), saved_pins, chain)
     deps = requires.open_all(cfg.model.get("requires"))
     data = with_deps(family, data, deps)
     for key in ("decay_steps", "prune_end"):

@@ -77,7 +77,7 @@ def test_a_required_run_is_pinned_loaded_and_passed_to_loss_and_eval(toys, tmp_p
     "requires, message",
     [
         ({}, "must name ['teacher']"),
-        ({"teacher": "nowhere"}, "is not a genzoo workdir"),
+        ({"teacher": "nowhere"}, "nowhere is no trained run; train it first"),
         ({"teacher": "TEACHER@99"}, "has no step 99"),
         ({"teacher": "TEACHER", "critic": "TEACHER"}, "unknown ['critic']"),
     ],
@@ -91,7 +91,17 @@ def test_a_missing_or_wrong_dependency_is_one_line_and_writes_nothing(
     requires = {k: v.replace("TEACHER", str(teacher)) for k, v in requires.items()}
     code, err = _train(capsys, _student(tmp_path, requires), "--workdir", str(tmp_path / "s"))
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert "genzoo chain" not in err  # a file outside experiments/: chain would not find it
     assert not (tmp_path / "s").exists()
+
+
+def test_an_untrained_link_names_the_chain_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no runs/ here: dalle_shapes' tokenizer and CLIP are missing
+    code, err = _train(capsys, "dalle_shapes", "--variant", "smoke")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "runs/dvae_shapes_smoke is no trained run" in err or "runs/clip_shapes_smoke" in err
+    assert err.rstrip().endswith("genzoo chain dalle_shapes --variant smoke")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_dependency_of_the_wrong_kind_is_refused(toys, tmp_path, capsys, monkeypatch):
