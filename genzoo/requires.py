@@ -54,7 +54,8 @@ def pin(family, requires, saved=None, chain_hint="") -> dict:
             step = old_step
         if not (Path(path) / workdir.CONFIG).is_file():
             hint = f", or every missing link in order: {chain_hint}" if chain_hint else ""
-            raise UserError(f"model.requires.{name}: {path} is no trained run; train it first{hint}")
+            raise UserError(f"model.requires.{name}: {path} is no trained run; "
+                            f"train it first{hint}")  # fmt: skip
         cfg = workdir.load_config(Path(path))  # UserError when it is no workdir
         kind = getattr(models.get(cfg.model.family), "KIND", "")
         if kind != want[name]:
