@@ -211,4 +211,12 @@ IO_MUTANTS = [
     ("a fine-tune loads a run that reads other tokens", "genzoo/init_from.py",
      "            _check_tokens(getattr(run.data, \"tokenizer\", None), tokenizer, path)",
      "            pass", "tests/test_text_file.py"),
+    ("a sliding window drops the rows' padding", "genzoo/kinds/language_model.py",
+     "                row[:] = (row + list(tokens))[-keep:]",
+     "                row[:] = (row + list(tokens))[-keep:]\n"
+     "            rows = [row[-min(map(len, rows)):] for row in rows]",
+     "tests/test_generation.py"),
+    ("a long prompt is not cropped to the window", "genzoo/kinds/language_model.py",
+     "rows = [list(ids[-keep:]) for ids in encoded]", "rows = [list(ids) for ids in encoded]",
+     "tests/test_generation.py"),
 ]  # fmt: skip

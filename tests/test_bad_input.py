@@ -218,7 +218,7 @@ CASES = {
     # sample
     "prompt out of vocabulary": (("sample", "--workdir", RUN, "--prompt", "\u00e9t\u00e9"), None),
     "prompt not UTF-8": (("sample", "--workdir", RUN, "--prompt", "ab\udcff"), None),
-    "too many new tokens": (("sample", "--workdir", RUN, "--max-new-tokens", "5000"), None),
+    "beams past context": (("sample", "--workdir", RUN, "--max-new-tokens=99", "--beams=2"), None),
     "top-p 0": (("sample", "--workdir", RUN, "--top-p", "0"), None),
     "top-p 1.5": (("sample", "--workdir", RUN, "--top-p", "1.5"), None),
     "temperature negative": (("sample", "--workdir", RUN, "--temperature", "-1"), None),

@@ -212,6 +212,7 @@ def test_python_api_generate_and_score(tmp_path, capsys, caplog):
     eos = a[0][4]  # a token the greedy text holds: the text ends before it
     ended = lm.generate("KING:", max_new_tokens=12, temperature=0.0, eos=eos)[0]
     assert ended == a[0][: a[0].index(eos)] and eos not in ended
+    _check_sliding_window(lm)
     text = "KING:\nGood lord."
     ids = lm.encode(text)
     # One forward: by causality (test_layers) position i-1 sees exactly the prefix ids[:i]
@@ -222,6 +223,27 @@ def test_python_api_generate_and_score(tmp_path, capsys, caplog):
     assert score == pytest.approx(manual, abs=1e-3) and score < 0
     scores = lm.score(["KING:", text])
     assert scores[1] == pytest.approx(score, abs=1e-4) and math.isfinite(scores[0])
+
+
+def _check_sliding_window(lm):
+    """Past the context (32 here) each window keeps the last 24 tokens and adds 8: greedy text
+    past the context is the greedy text of those windows, one call each."""
+    greedy = lambda prompts, n: lm.generate(prompts, max_new_tokens=n, temperature=0.0)
+    assert lm.context == 32
+    (long,) = greedy("KING:", 60)
+    assert len(long) == 60
+    (first,) = greedy("KING:", 27)  # the first window: what fits after the prompt
+    (second,) = greedy(("KING:" + first)[-24:], 8)
+    assert long[:27] == first and long[27:35] == second
+    # Ragged rows: the short one is left-padded in later windows too (19 - 5 > 8 tokens).
+    prompts = ["KING:", "my lord and my king"]
+    assert greedy(prompts, 40) == [greedy(p, 40)[0] for p in prompts]
+    prompt = "my lord and my king, the duke of york"  # longer than the context: cropped
+    assert greedy(prompt, 8) == greedy(prompt[-24:], 8)
+    sampled = lm.generate("KING:", max_new_tokens=50, seed=3)
+    assert sampled == lm.generate("KING:", max_new_tokens=50, seed=3) and len(sampled[0]) == 50
+    with pytest.raises(UserError, match="beam search: prompt \\+ max_new_tokens exceeds"):
+        lm.generate("KING:", max_new_tokens=28, num_beams=2)
 
 
 def test_next_token_skips_only_what_the_knobs_switch_off():

@@ -76,6 +76,8 @@ class LanguageModel:
         Prompts of different lengths are batched with left padding where the family supports
         it (the GPT), and one by one otherwise; both give the same text. `eos` names a token
         that ends a row; `stop` strings cut the returned text at their first occurrence.
+        Sampling may run past the model's context (the window slides: `_slide`); beam search
+        may not.
         """
         prompts = kinds.texts(prompts, "prompts")
         stop = kinds.texts(stop or (), "stop")  # one string is one stop, not its characters
@@ -86,11 +88,11 @@ class LanguageModel:
         if not prompts:
             return []
         encoded = [self.encode(p if p else "\n") for p in prompts]
-        longest = max(len(ids) for ids in encoded)
-        if longest + max_new_tokens > self.context:
-            raise UserError(
-                f"prompt + max_new_tokens exceeds the model's context of {self.context}"
-            )
+        if num_beams > 1 and max(map(len, encoded)) + max_new_tokens > self.context:
+            # Beams compare whole continuations; a sliding window would rescore them on
+            # different contexts, so beam search stays within one window.
+            raise UserError(f"beam search: prompt + max_new_tokens exceeds the model's "
+                            f"context of {self.context}")  # fmt: skip
         eos_id = -1
         if eos is not None:
             eos_ids = self.encode(eos)
@@ -98,7 +100,6 @@ class LanguageModel:
                 raise UserError(f"eos {eos!r} is not a single token")
             eos_id = eos_ids[0]
         options = dict(
-            max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
@@ -110,8 +111,38 @@ class LanguageModel:
             # (`_finish`) and refuse beams themselves (the HMM said TypeError for both).
             optional = dict(length_penalty=length_penalty, eos_id=eos_id)
             options.update({k: v for k, v in optional.items() if self._takes(k)})
-        rng = jax.random.PRNGKey(seed)
+        rows = self._slide(encoded, max_new_tokens, jax.random.PRNGKey(seed), options, eos_id)
+        return [self._finish(row, eos_id, stop) for row in rows]
+
+    def _slide(self, encoded, max_new_tokens, rng, options, eos_id) -> list[np.ndarray]:
+        """New tokens per row. Within the context one call; past it the window slides as in
+        nanoGPT, which crops to the last `context` tokens for every new token. Here a window
+        keeps the last 3/4 of the context and adds 1/4 new tokens through the KV cache, so
+        each token sees at least 3/4 of a context and only two shapes compile (the first
+        window, then every later one)."""
+        if max(map(len, encoded)) + max_new_tokens <= self.context:
+            return self._continue(encoded, max_new_tokens, rng, options)
+        stride = max(1, self.context // 4)
+        keep = self.context - stride
+        rows = [list(ids[-keep:]) for ids in encoded]  # nanoGPT crops long prompts too
+        new = [[] for _ in rows]
+        window = 0
+        while len(new[0]) < max_new_tokens:
+            step_rng = rng if window == 0 else jax.random.fold_in(rng, window)
+            grown = self._continue(rows, self.context - max(map(len, rows)), step_rng, options)
+            for row, more, tokens in zip(rows, new, grown, strict=True):
+                more.extend(int(t) for t in tokens)
+                row[:] = (row + list(tokens))[-keep:]
+            window += 1
+            if eos_id >= 0 and all(eos_id in more for more in new):
+                break  # every row has ended; `_finish` cuts there
+        return [np.asarray(more[:max_new_tokens], np.int32) for more in new]
+
+    def _continue(self, encoded, max_new_tokens, rng, options) -> list[np.ndarray]:
+        """One call of the family's sampler: `max_new_tokens` new tokens after each row."""
+        options = dict(options, max_new_tokens=max_new_tokens)
         if getattr(self.family, "RAGGED_PROMPTS", False):
+            longest = max(len(ids) for ids in encoded)
             pad_B = np.array([longest - len(ids) for ids in encoded], np.int32)
             prompt_BxP = np.zeros((len(encoded), longest), np.int32)
             for row, ids in enumerate(encoded):
@@ -119,16 +150,14 @@ class LanguageModel:
             new_BxN = self.family.sample(
                 self.params, rng, self.run.cfg.model, prompt_BxP=prompt_BxP, pad_B=pad_B, **options
             )
-            rows = list(np.asarray(new_BxN))
-        else:
-            # One call per prompt; each row its own key, so equal prompts give different texts.
-            rows = [
-                np.asarray(self.family.sample(self.params, jax.random.fold_in(rng, row),
-                                              self.run.cfg.model, prompt_BxP=np.asarray([ids]),
-                                              **options))[0]
-                for row, ids in enumerate(encoded)
-            ]  # fmt: skip
-        return [self._finish(row, eos_id, stop) for row in rows]
+            return list(np.asarray(new_BxN))
+        # One call per prompt; each row its own key, so equal prompts give different texts.
+        return [
+            np.asarray(self.family.sample(self.params, jax.random.fold_in(rng, row),
+                                          self.run.cfg.model, prompt_BxP=np.asarray([ids]),
+                                          **options))[0]
+            for row, ids in enumerate(encoded)
+        ]  # fmt: skip
 
     def _takes(self, keyword: str) -> bool:
         params = inspect.signature(self.family.sample).parameters.values()
@@ -167,8 +196,9 @@ def _sample(lm: LanguageModel, args) -> None:
         how = "beam search" if args.beams > 1 else "greedy decoding (--temperature 0)"
         raise UserError(f"{how} is deterministic: --num {args.num} would print one text "
                         f"{args.num} times")  # fmt: skip
-    if args.max_new_tokens is None:
-        args.max_new_tokens = max(1, min(200, lm.context - len(lm.encode(prompt))))
+    if args.max_new_tokens is None:  # beams stay within the context; sampling slides past it
+        fits = lm.context - len(lm.encode(prompt))
+        args.max_new_tokens = max(1, min(200, fits)) if args.beams > 1 else 200
     texts = lm.generate(
         [prompt] * (args.num or 1),
         max_new_tokens=args.max_new_tokens,
@@ -197,7 +227,7 @@ SAMPLING_OPTIONS = (
 BEAM_OPTIONS = (
     Option("--beams", 1, dict(type=int, help="beam search width (1: sample)")),
     Option("--length-penalty", 1.0, dict(type=float, help="beams: score / len**this")),
-    Option("--max-new-tokens", None, dict(type=int, help="default: what fits, at most 200")),
+    Option("--max-new-tokens", None, dict(type=int, help="default 200 (beams: what fits)")),
 )
 PROMPT = Option("--prompt", "", dict(help="text to continue / translate / fill"))
 
