@@ -219,4 +219,7 @@ IO_MUTANTS = [
     ("a long prompt is not cropped to the window", "genzoo/kinds/language_model.py",
      "rows = [list(ids[-keep:]) for ids in encoded]", "rows = [list(ids) for ids in encoded]",
      "tests/test_generation.py"),
+    ("a long text's windows score their overlap twice", "genzoo/kinds/language_model.py",
+     "        windows.append((start, end))", "        windows.append((start, start + 1))",
+     "tests/test_generation.py"),
 ]  # fmt: skip

@@ -244,6 +244,17 @@ def _check_sliding_window(lm):
     assert sampled == lm.generate("KING:", max_new_tokens=50, seed=3) and len(sampled[0]) == 50
     with pytest.raises(UserError, match="beam search: prompt \\+ max_new_tokens exceeds"):
         lm.generate("KING:", max_new_tokens=28, num_beams=2)
+    # Scoring reads the same windows: 60 characters are scored as [0, 32) from position 1,
+    # then [8, 40) from 32, [16, 48) from 40, [24, 56) from 48 and [28, 60) from 56; by
+    # causality a window's later tokens score as that window minus its prefix.
+    text = (long * 2)[:60]
+    pieces = [lm.score(text[:32])[0]] + [
+        lm.score(text[start:end])[0] - lm.score(text[start:first])[0]
+        for start, first, end in ((8, 32, 40), (16, 40, 48), (24, 48, 56), (28, 56, 60))
+    ]
+    (whole,) = lm.score(text, batch_size=2)  # five windows in three batches
+    assert whole == pytest.approx(sum(pieces), abs=2e-3)
+    assert lm.score([text, "KING:"]) == pytest.approx([whole, lm.score("KING:")[0]], abs=1e-4)
 
 
 def test_next_token_skips_only_what_the_knobs_switch_off():

@@ -122,8 +122,7 @@ class LanguageModel:
         window, then every later one)."""
         if max(map(len, encoded)) + max_new_tokens <= self.context:
             return self._continue(encoded, max_new_tokens, rng, options)
-        stride = max(1, self.context // 4)
-        keep = self.context - stride
+        keep = self.context - _stride(self.context)
         rows = [list(ids[-keep:]) for ids in encoded]  # nanoGPT crops long prompts too
         new = [[] for _ in rows]
         window = 0
@@ -171,23 +170,51 @@ class LanguageModel:
         cuts = [text.index(s) for s in stop if s and s in text]
         return text[: min(cuts)] if cuts else text
 
-    def score(self, texts: str | list[str]) -> list[float]:
+    def score(self, texts: str | list[str], batch_size: int = 64) -> list[float]:
         """Total log-likelihood of each text in nats: sum over tokens i >= 1 of
-        log p(token_i | tokens before i) (the first token is conditioned on, not scored)."""
+        log p(token_i | tokens before i) (the first token is conditioned on, not scored).
+        A text longer than the context is read in the windows generation slides through
+        (`_windows`), so each token is scored once, seeing at least 3/4 of a context."""
         texts = kinds.texts(texts)
+        kinds.check_sampling(dict(batch_size=batch_size))
         if not texts:
             return []
-        encoded = [self.encode(t) for t in texts]
-        if any(len(ids) > self.context for ids in encoded):
-            raise UserError(f"a text is longer than the model's context of {self.context} tokens")
-        longest = max(len(ids) for ids in encoded)
-        tokens_BxT = np.zeros((len(encoded), max(longest, 2)), np.int32)
-        valid_BxT = np.zeros(tokens_BxT.shape, bool)
-        for row, ids in enumerate(encoded):
-            tokens_BxT[row, : len(ids)] = ids
-            valid_BxT[row, : len(ids)] = True
-        log_p = np.asarray(self.family.token_log_probs(self.params, tokens_BxT, self.run.cfg.model))
-        return [float(v) for v in np.where(valid_BxT[:, 1:], log_p, 0.0).sum(axis=1)]
+        windows, owners, firsts = [], [], []
+        for owner, ids in enumerate(self.encode(t) for t in texts):
+            for start, first in _windows(len(ids), self.context):
+                windows.append(ids[start : start + self.context])
+                owners.append(owner)
+                firsts.append(first - start)
+        tokens_WxT = np.zeros((len(windows), max(2, *map(len, windows))), np.int32)
+        scored_WxT = np.zeros(tokens_WxT.shape, bool)  # the tokens this window scores
+        for row, (ids, first) in enumerate(zip(windows, firsts, strict=True)):
+            tokens_WxT[row, : len(ids)] = ids
+            scored_WxT[row, first : len(ids)] = True
+        log_p = kinds.in_batches(
+            lambda t: self.family.token_log_probs(self.params, t, self.run.cfg.model),
+            tokens_WxT, batch_size,
+        )  # fmt: skip
+        totals = np.zeros(len(texts))
+        np.add.at(totals, owners, np.where(scored_WxT[:, 1:], log_p, 0.0).sum(axis=1))
+        return [float(v) for v in totals]
+
+
+def _stride(context: int) -> int:
+    """New tokens per window past the context: a quarter of it (each token then sees at
+    least 3/4 of a context; nanoGPT re-reads the context for every token)."""
+    return max(1, context // 4)
+
+
+def _windows(length: int, context: int) -> list[tuple[int, int]]:
+    """(start, first scored position) of each window over a text of `length` tokens: the
+    first window scores positions 1..context-1, and each later one ends a quarter context
+    past the last (or at the text's end) and scores only what it adds, as generation slides."""
+    windows, end = [(0, 1)], min(length, context)
+    while end < length:
+        start = min(end + _stride(context), length) - context
+        windows.append((start, end))
+        end = start + context
+    return windows
 
 
 def _sample(lm: LanguageModel, args) -> None:
