@@ -1,6 +1,7 @@
 """Kinds through the CLI and `genzoo.load`: translators, masked LMs, options per kind."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -98,6 +99,21 @@ def test_the_translator_masks_the_padding_it_adds(translator_run, monkeypatch):
     lengths = [len(model.src_tok.encode(t)) + 1 for t in texts]  # + EOS
     assert valid_BxS.sum(1).tolist() == lengths + [0] * (len(src_BxS) - 2)
     assert src_BxS[0, lengths[0] - 1] == EOS and not valid_BxS[0, lengths[0] :].any()
+
+
+def test_a_source_past_the_training_length_is_cut_with_a_warning(translator_run, caplog):
+    model = genzoo.load(translator_run)
+    long = "y dijo dios: sea la luz. " * 20
+    assert len(model.src_tok.encode(long)) > model.src_len
+    with caplog.at_level(logging.WARNING, logger="genzoo"):
+        cut, short = model.translate([long, "la luz"], num_beams=1, max_new_tokens=4)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"1 of 2 texts had more than the model's {model.src_len - 1} source tokens: each was cut "
+        "there (translate them in shorter pieces)"
+    ]
+    # What the encoder read: the first src_len - 1 tokens, so the cut text translates alike.
+    head = model.src_tok.decode(model.src_tok.encode(long)[: model.src_len - 1])
+    assert model.translate([head], num_beams=1, max_new_tokens=4) == [cut]
 
 
 def test_translator_eval_reports_text_metrics_and_copy_baseline(translator_run, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -15,6 +16,8 @@ from genzoo.data.tokenizers import EOS
 from genzoo.errors import UserError
 from genzoo.kinds import Kind, Option, register
 from genzoo.kinds.language_model import BEAM_OPTIONS, PROMPT
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -38,7 +41,8 @@ class Translator:
     def translate(self, texts, *, num_beams: int = 4, length_penalty: float = 0.6,
                   max_new_tokens: int | None = None, batch_size: int = 64,
                   progress: bool = False) -> list[str]:  # fmt: skip
-        """One translation per text; sources longer than the training length are cut."""
+        """One translation per text; sources longer than the training length are cut (with a
+        warning naming how many)."""
         texts = kinds.texts(texts)
         kinds.check_sampling(dict(num_beams=num_beams, length_penalty=length_penalty,
                                   max_new_tokens=max_new_tokens,
@@ -47,13 +51,15 @@ class Translator:
         max_new_tokens = limit if max_new_tokens is None else max_new_tokens
         if not 1 <= max_new_tokens <= limit:
             raise UserError(f"--max-new-tokens must be in [1, {limit}]")
-        out = []
+        out, cut = [], 0
         chunks = range(0, len(texts), batch_size)
         for start in tqdm(chunks, disable=not progress, unit="batch", desc="translating"):
             rows = texts[start : start + batch_size]
             src_BxS = np.zeros((batch_size, self.src_len), np.int32)  # fixed shape: one compile
             for i, text in enumerate(rows):
-                ids = self.src_tok.encode(text)[: self.src_len - 1] + [EOS]
+                ids = self.src_tok.encode(text)
+                cut += len(ids) > self.src_len - 1
+                ids = ids[: self.src_len - 1] + [EOS]
                 src_BxS[i, : len(ids)] = ids
             new_BxN = self.family.translate(
                 self.run.params, self.run.cfg.model, src_BxS, src_BxS > 0,
@@ -61,6 +67,10 @@ class Translator:
             )  # fmt: skip
             for ids in np.asarray(new_BxN)[: len(rows)].tolist():
                 out.append(self.tgt_tok.decode(ids[: ids.index(EOS)] if EOS in ids else ids))
+        if cut:  # the encoder never saw more; a silent cut reads as a bad translation
+            log.warning("%d of %d texts had more than the model's %d source tokens: each was "
+                        "cut there (translate them in shorter pieces)", cut, len(texts),
+                        self.src_len - 1)  # fmt: skip
         return out
 
 
