@@ -189,11 +189,19 @@ def test_the_image_apis_refuse_bad_shapes_and_codes_and_take_empty_inputs(chain)
         tokenizer.decode(np.full((1, 8, 8), 16))  # a gather would clamp it to code 15
     with pytest.raises(UserError, match=r"codes must be \[N, 8, 8\], got \[1, 4, 4\]"):
         tokenizer.decode(np.zeros((1, 4, 4)))
+    with pytest.raises(UserError, match="codes must be whole numbers"):
+        tokenizer.decode(np.full((1, 8, 8), 2.5))
+    assert (
+        tokenizer.decode(np.full((1, 8, 8), 2.0)) == tokenizer.decode(np.full((1, 8, 8), 2))
+    ).all()
     none = tokenizer.encode(np.zeros((0, 32, 32, 3)))
     assert none.shape == (0, 8, 8) and none.dtype == np.int32
     clip = genzoo.load("runs/clip_shapes_smoke")
     with pytest.raises(UserError, match=r"images must be \[N, 32, 32, 3\]"):
         clip.encode_images(np.zeros((2, 28, 28, 1)))
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(clip.encode_images(pixels), clip.encode_images(pixels / 255.0),
+                               atol=1e-6)  # fmt: skip
     width = clip.encode_texts(["a small red square"]).shape[1]
     assert clip.encode_texts([]).shape == (0, width)
     assert clip.encode_images(np.zeros((0, 32, 32, 3))).shape == (0, width)

@@ -135,14 +135,23 @@ def in_batches(fn, rows, batch_size: int):
 
 
 def images_for(run, images):
-    """`images` as float32 [N, H, W, C] of the run's `model.image_shape`; UserError otherwise
-    (the first layer would fail with a parameter-shape error naming a kernel)."""
+    """`images` as float32 [N, H, W, C] of the run's `model.image_shape`, values in [0, 1]
+    (uint8 pixels are divided by 255, as the data sets do); UserError otherwise (a wrong
+    shape failed in the first layer naming a kernel, a 0..255 float image scored silently)."""
     import numpy as np
 
-    images, shape = np.asarray(images, np.float32), tuple(run.cfg.model.image_shape)
+    images, shape = np.asarray(images), tuple(run.cfg.model.image_shape)
     if images.ndim != 4 or tuple(images.shape[1:]) != shape:
         raise UserError(f"images must be [N, {', '.join(map(str, shape))}] for this model, "
                         f"got {list(images.shape)}")  # fmt: skip
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255.0
+    if not (np.issubdtype(images.dtype, np.floating) or images.dtype == bool):
+        raise UserError(f"images must be floats in [0, 1] or uint8, got {images.dtype}")
+    images = images.astype(np.float32)
+    if images.size and not (images.min() >= 0.0 and images.max() <= 1.0):  # NaN fails too
+        raise UserError(f"images must hold values in [0, 1] (or be uint8 0..255), got "
+                        f"{images.min():g}..{images.max():g}")  # fmt: skip
     return images
 
 

@@ -48,6 +48,8 @@ class ImageTokenizer:
             # out of range, a gather would clamp them and decode some other code's image
             raise UserError(f"codes must be in [0, {self.codebook_size}), got "
                             f"{codes.min()}..{codes.max()}")  # fmt: skip
+        if not np.issubdtype(codes.dtype, np.integer) and not np.array_equal(codes, codes // 1):
+            raise UserError("codes must be whole numbers (code ids)")  # 2.5 was read as 2
         return np.asarray(self.family.decode(self.run.params, codes.astype(np.int32),
                                              self.run.cfg.model))  # fmt: skip
 
