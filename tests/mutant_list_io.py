@@ -222,4 +222,12 @@ IO_MUTANTS = [
     ("a long text's windows score their overlap twice", "genzoo/kinds/language_model.py",
      "        windows.append((start, end))", "        windows.append((start, start + 1))",
      "tests/test_generation.py"),
+    ("0..255 float images taken as pixels in [0, 1]", "genzoo/kinds/__init__.py",
+     "    if images.size and not (images.min() >= 0.0 and images.max() <= 1.0):",
+     "    if False:", "tests/test_kinds.py"),
+    ("uint8 images not divided by 255", "genzoo/kinds/__init__.py",
+     "        return images.astype(np.float32) / 255.0", "        return images.astype(np.float32)",
+     "tests/test_text_to_image.py"),
+    ("a translation cut silently", "genzoo/kinds/translator.py",
+     "        if cut:  # the encoder never saw more", "        if False:", "tests/test_kinds.py"),
 ]  # fmt: skip
