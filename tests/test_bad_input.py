@@ -88,6 +88,7 @@ SETUPS = {
     "corpus_odd": lambda runs, tmp: _corpus(tmp, {"train.bin": 4001, "val.bin": 400}),
     "latin1": lambda runs, tmp: (tmp / "text.txt").write_bytes("caf\xe9 ".encode("latin-1") * 99),
     "short": lambda runs, tmp: (tmp / "text.txt").write_text("too short\n", encoding="utf-8"),
+    "empty text": lambda runs, tmp: (tmp / "text.txt").write_text(""),
 }
 
 
@@ -202,6 +203,11 @@ CASES = {
     "text file is a folder": ((*TEXT, "--set", f"data.path={TMP}"), None),
     "text file not UTF-8": ((*TEXT, "--set", f"data.path={TMP}/text.txt"), "latin1"),
     "text file shorter than a window": ((*TEXT, "--set", f"data.path={TMP}/text.txt"), "short"),
+    "text file empty": ((*TEXT, "--set", f"data.path={TMP}/text.txt"), "empty text"),  # traceback
+    "text file under BPE's vocabulary": (
+        (*TEXT, "--variant", "bpe", "--set", f"data.path={TMP}/text.txt"),
+        "short",
+    ),
     "text file unknown tokenizer": (
         (*TEXT, "--set", f"data.path={TMP}/afile", "--set", "data.tokenizer=word"),
         "file",

@@ -54,6 +54,11 @@ def text_file(cfg, workdir=None) -> TokenStreamData:
     except UserError as e:  # the file changed since the run saved its alphabet, or
         # another run's alphabet (data.alphabet_from) lacks some of the file's characters
         raise UserError(f"{path} does not fit {whose}: {e}") from None
+    for name, part in (("train", "first 90%"), ("validation", "last 10%")):
+        if len(splits[name]) < cfg.seq_len + 2:  # a window and its shifted targets
+            raise UserError(f"{path}: its {part} ({name}) holds {len(splits[name])} tokens, "
+                            f"too few for data.seq_len={cfg.seq_len} (needs {cfg.seq_len + 2}): "
+                            "give a longer text or a smaller data.seq_len")  # fmt: skip
     per_char = {s: len(texts[s]) / max(len(splits[s]), 1) for s in splits}
     return TokenStreamData(splits, tokenizer, cfg.seq_len, per_char, artifacts)
 
@@ -65,9 +70,12 @@ def _read(path: str) -> str:
     if not file.is_file():
         raise UserError(f"data.path={path!r} is not a file")
     try:
-        return file.read_text(encoding="utf-8-sig")  # a byte-order mark is not text
+        text = file.read_text(encoding="utf-8-sig")  # a byte-order mark is not text
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text (at byte {e.start})") from None
+    if not text:
+        raise UserError(f"data.path={path!r} is empty")
+    return text
 
 
 def _alphabet(saved: Path | None, text: str, other_run: str = "") -> tuple[str, str]:

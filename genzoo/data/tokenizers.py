@@ -89,7 +89,8 @@ def _train(sentences, vocab_size: int, model_type: str, **options) -> SentencePi
     try:
         _train_into(buffer, sentences, vocab_size, model_type, **options)
     except RuntimeError as e:  # sentencepiece reports bad settings (a vocabulary too small)
-        raise UserError(f"cannot train the tokenizer: {str(e).split('] ')[-1]}") from None
+        raise UserError(f"cannot train the tokenizer: {str(e).split('] ')[-1]} "
+                        "(data.vocab_size sets it)") from None  # fmt: skip
     return SentencePieceTokenizer(buffer.getvalue())
 
 
