@@ -279,6 +279,22 @@ def _scalars(event_file) -> list[tuple[int, str, float]]:
     return found
 
 
+def test_files_written_whole_get_the_umasks_mode_or_keep_their_own(ten_twenty, tmp_path):
+    """A temp file renamed into place was 0600: a teammate could not read a run's config."""
+    from genzoo.data import sources
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    want = 0o666 & ~umask
+    assert want & 0o044  # the suite runs with a umask that lets others read
+    assert (ten_twenty / "config.json").stat().st_mode & 0o777 == want
+    own = tmp_path / "private.txt"
+    own.write_text("old")
+    own.chmod(0o600)
+    sources.write_atomic(own, lambda f: f.write(b"new"))
+    assert own.read_text() == "new" and own.stat().st_mode & 0o777 == 0o600
+
+
 def test_tensorboard_opened_late_still_gets_every_row(tmp_path):
     """The trainer starts TensorBoard's import after the step compiles: rows written before
     reach the event file too, in order, once it is open."""

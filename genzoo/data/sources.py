@@ -35,6 +35,10 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+_UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
+
 def write_atomic(dest: Path, write) -> None:
     """Creates `dest` via `write(binary_file)` in a temp file renamed into place: a failure
     (or a crash) never leaves a half-written `dest` behind."""
@@ -42,6 +46,9 @@ def write_atomic(dest: Path, write) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".partial-")
     try:
+        # mkstemp makes the file 0600: a run's config, a translation or a PNG would be
+        # unreadable to the rest of a team. Keep the file's own mode, else the umask's.
+        os.fchmod(fd, dest.stat().st_mode & 0o777 if dest.exists() else 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as out:
             write(out)
         os.replace(tmp, dest)
