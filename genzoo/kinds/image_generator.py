@@ -10,7 +10,7 @@ import numpy as np
 
 from genzoo import models
 from genzoo.errors import UserError
-from genzoo.kinds import Kind, Option, check_sampling, images_for, register
+from genzoo.kinds import Kind, Option, check_sampling, images_for, in_batches, register
 
 
 @runtime_checkable
@@ -23,21 +23,25 @@ class ImageGenerator:
     def __init__(self, run):
         self.run, self.family = run, models.get(run.cfg.model.family)
 
-    def sample(self, num: int = 64, seed: int = 0) -> np.ndarray:
-        check_sampling(dict(num=num, seed=seed))
-        images = self.family.sample(
-            self.run.params, jax.random.PRNGKey(seed), self.run.cfg.model, num=num
-        )
-        return np.asarray(images)
+    def sample(self, num: int = 64, seed: int = 0, batch_size: int = 256) -> np.ndarray:
+        """`num` images [N, H, W, C] in [0, 1], drawn `batch_size` at a time (100,000 at once
+        was a std::bad_alloc abort): every batch has one size, so one program compiles; the
+        first uses the seed's key, batch i the key folded with i, so a larger `num` extends a
+        smaller one."""
+        check_sampling(dict(num=num, seed=seed, batch_size=batch_size))
+        rng, size = jax.random.PRNGKey(seed), min(num, batch_size)
+        batches = [
+            np.asarray(self.family.sample(self.run.params, jax.random.fold_in(rng, i) if i else rng,
+                                          self.run.cfg.model, num=size))
+            for i in range(-(-num // size))
+        ]  # fmt: skip
+        return np.concatenate(batches)[:num]
 
-    def reconstruct(self, images_BxHxWxC) -> np.ndarray:
+    def reconstruct(self, images_BxHxWxC, batch_size: int = 256) -> np.ndarray:
         if not hasattr(self.family, "reconstruct"):
             raise UserError(f"family {self.run.cfg.model.family!r} cannot reconstruct")
-        images = images_for(self.run, images_BxHxWxC)
-        if not len(images):
-            return images  # [0, H, W, C]: the reconstructions of no images
-        out = self.family.reconstruct(self.run.params, images, self.run.cfg.model)
-        return np.asarray(out)
+        reconstruct = lambda x: self.family.reconstruct(self.run.params, x, self.run.cfg.model)  # noqa: E731
+        return in_batches(reconstruct, images_for(self.run, images_BxHxWxC), batch_size)
 
 
 def out_path(args, name: str) -> Path:
