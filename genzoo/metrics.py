@@ -276,3 +276,51 @@ def _measured_peak(device) -> float:
 
 def host_scalars(tree) -> dict:
     return {k: float(np.asarray(v)) for k, v in jax.device_get(tree).items()}
+
+
+class LogLines:
+    """The training bar where stderr is not a terminal (a Slurm or nohup log): tqdm's
+    carriage returns there pile up as thousands of redraws, so a plain line every
+    `interval` seconds says step, rate, ETA and the last loss instead."""
+
+    def __init__(self, total: int, initial: int, interval: float = 60.0):
+        self.total, self.n, self.interval, self.postfix = total, initial, interval, ""
+        self.start_n, self.start = initial, time.monotonic()
+        self.last = self.start
+
+    def update(self, n: int = 1) -> None:
+        import sys
+
+        self.n += n
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            return
+        self.last = now
+        rate = (self.n - self.start_n) / max(now - self.start, 1e-9)
+        left = int((self.total - self.n) / rate) if rate > 0 else 0
+        clock = f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+        line = (f"step {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f}%), "
+                f"{rate:.3g} step/s, {clock} left")  # fmt: skip
+        line += f", {self.postfix}" if self.postfix else ""
+        print(line, file=sys.stderr, flush=True)  # where tqdm draws
+
+    def set_postfix(self, refresh: bool = False, **values) -> None:
+        self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def write(self, line: str) -> None:
+        print(line, flush=True)  # on stdout, as `tqdm.write` prints
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, initial: int, enabled: bool):
+    """tqdm on a terminal, `LogLines` in a log file, a silent tqdm when disabled."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    if enabled and not sys.stderr.isatty():
+        return LogLines(total, initial)
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step",
+                dynamic_ncols=True)  # fmt: skip

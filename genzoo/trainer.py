@@ -18,7 +18,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from genzoo import aot, distributed, host_memory, init_from, models, optim, requires, sharding
 from genzoo import metrics as metrics_lib
@@ -260,8 +259,7 @@ class Trainer(StartUp):
         state, latest, writer, batch, t_first = self._begin(workdir, ckpt, train_iter, data,
                                                             init_params)  # fmt: skip
         step = int(state.step)
-        bar = tqdm(total=cfg.train.steps, initial=step, disable=not (cfg.log.progress and main),
-                   unit="step", dynamic_ncols=True)  # fmt: skip
+        bar = metrics_lib.progress_bar(cfg.train.steps, step, bool(cfg.log.progress and main))
         say = bar.write if main else lambda line: None
         if latest is None and init_params is not None and cfg.eval.every_steps > 0:
             # A fine-tune's starting point on its new data: the "before" of before/after.

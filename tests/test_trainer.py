@@ -2,6 +2,7 @@
 init-from, budgets, the overlapped start (every experiment: tests/test_every_experiment.py)."""
 
 import functools
+import re
 import threading
 
 import jax
@@ -355,3 +356,23 @@ def test_initial_state_compiled_for_speed_of_compiling_is_the_same_bit_for_bit(s
     assert program.seconds["compile"] > 0 and program.compiled is not None
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(program(key).params),
                  jax.device_get(plain.params))  # fmt: skip
+
+
+def test_a_log_file_gets_progress_lines_not_bar_redraws(capsys):
+    """Where stderr is no terminal (a Slurm log, nohup) tqdm's redraws piled up; a line every
+    interval says the step, rate, time left and loss instead, and eval lines go to stdout."""
+    from genzoo import metrics
+
+    bar = metrics.progress_bar(10, 2, enabled=True)  # capsys: stderr is not a terminal
+    assert isinstance(bar, metrics.LogLines)
+    bar.interval = 0.0
+    bar.set_postfix(loss="1.5000", refresh=False)
+    bar.update(1)
+    bar.write("step 3: validation loss 1.4")
+    out, err = capsys.readouterr()
+    assert out == "step 3: validation loss 1.4\n"
+    assert re.fullmatch(r"step 3/10 \(30%\), [\d.e+]+ step/s, 0:00:\d\d left, loss 1\.5000\n", err)
+    bar.interval = 3600.0
+    bar.update(1)  # within the interval: nothing
+    assert capsys.readouterr() == ("", "")
+    assert not isinstance(metrics.progress_bar(10, 0, enabled=False), metrics.LogLines)
