@@ -1,4 +1,5 @@
-"""Optax builders: warmup + cosine schedule, clipping, AdamW with a weight-decay mask, groups."""
+"""Optax builders: warmup + cosine schedule, clipping, AdamW (or Lion, Adafactor, SGD) with a
+weight-decay mask, groups."""
 
 from __future__ import annotations
 
@@ -48,17 +49,37 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+OPTIMIZERS = ("adamw", "lion", "adafactor", "sgd", "em")
+
+
 def _single(o) -> optax.GradientTransformation:
+    """`o.name` with the shared fields: the schedule, clipping, and weight decay on matrices
+    and embeddings (`decay_mask`). Lion reads b1/b2 as its two interpolations (use a 3-10x
+    smaller lr than AdamW's); SGD reads b1 as its momentum (0: plain SGD); Adafactor keeps
+    factored second moments (memory O(rows + cols) per matrix), takes AdamW's lr and ignores
+    b1/b2/eps."""
     if o.name == "em":  # needs a loss whose gradients are expected counts (see genzoo/em.py)
         return em.em(o.get("em_power", 0.7), o.get("em_smoothing", 1e-3))
-    if o.name != "adamw":
-        raise UserError(f"unknown optimizer {o.name!r} (known: adamw, em)")
-    return optax.chain(
-        optax.clip_by_global_norm(o.clip_norm) if o.clip_norm > 0 else optax.identity(),
-        optax.adamw(
-            schedule(o), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask
-        ),
-    )
+    lr = schedule(o)
+    if o.name == "adamw":
+        step = optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+                           mask=decay_mask)  # fmt: skip
+    elif o.name == "lion":
+        step = optax.lion(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
+    elif o.name == "adafactor":
+        # Not optax.adafactor: it adds weight decay after the learning rate (0.1 took 10% of
+        # every weight each step) and scales steps by each matrix's RMS. This is Hugging
+        # Face's common fine-tuning form: factored RMS, clipped, AdamW's lr and decay.
+        step = optax.chain(optax.scale_by_factored_rms(), optax.clip_by_block_rms(1.0),
+                           optax.add_decayed_weights(o.weight_decay, decay_mask),
+                           optax.scale_by_learning_rate(lr))  # fmt: skip
+    elif o.name == "sgd":
+        step = optax.chain(optax.add_decayed_weights(o.weight_decay, decay_mask),
+                           optax.sgd(lr, momentum=o.b1 or None))  # fmt: skip
+    else:
+        raise UserError(f"unknown optimizer {o.name!r} (known: {', '.join(OPTIMIZERS)})")
+    clip = optax.clip_by_global_norm(o.clip_norm) if o.clip_norm > 0 else optax.identity()
+    return optax.chain(clip, step)
 
 
 def group_config(o, group: str):

@@ -22,6 +22,15 @@ MUTANTS = [
     ("HMM scores shifted windows", "genzoo/models/hmm.py",
      'batch["inputs"][:, :1], batch["targets"]', 'batch["inputs"][:, -1:], batch["targets"]',
      "tests/test_teeth.py tests/test_hmm.py"),
+    ("Adafactor decays after the learning rate", "genzoo/optim.py",
+     "                           optax.add_decayed_weights(o.weight_decay, decay_mask),\n"
+     "                           optax.scale_by_learning_rate(lr))",
+     "                           optax.scale_by_learning_rate(lr),\n"
+     "                           optax.add_decayed_weights(-o.weight_decay, decay_mask))",
+     "tests/test_optim.py"),
+    ("Lion's decay on every parameter", "genzoo/optim.py",
+     "weight_decay=o.weight_decay, mask=decay_mask)\n    elif o.name == \"adafactor\":",
+     "weight_decay=o.weight_decay)\n    elif o.name == \"adafactor\":", "tests/test_optim.py"),
     ("weight decay on 1-D parameters", "genzoo/optim.py",
      "lambda p: p.ndim >= 2, params", "lambda p: p.ndim >= 1, params", "tests/test_teeth.py"),
     ("Adam moments replicated", "genzoo/sharding.py",
