@@ -17,6 +17,8 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
+OPTIMIZERS = ("adamw", "lion", "adafactor", "sgd", "em")  # genzoo.optim builds each
+
 # key: (predicate, what it must be). Every value in these sections has its type checked
 # against base_config() first, so the predicates see numbers where numbers are expected.
 RANGES = {
@@ -24,7 +26,8 @@ RANGES = {
     "train.max_seconds": (lambda v: _finite(v) and v >= 0, "a finite number >= 0 (0: no limit)"),
     "train.batch_size": (lambda v: v >= 1, "at least 1"),
     "train.grad_accum": (lambda v: v >= 1, "at least 1"),
-    "train.seed": (lambda v: v >= 0, "at least 0"),
+    "train.seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),  # grain's shuffle seed
+    "eval.seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
     "train.peak_flops": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
     "train.ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.skip_nonfinite": (lambda v: v >= 0, "at least 0"),
@@ -43,6 +46,7 @@ RANGES = {
     "optim.clip_norm": (lambda v: _finite(v) and v >= 0, "a finite number >= 0 (0: off)"),
     "optim.prune_sparsity": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optim.prune_scope": (lambda v: v in ("layer", "global"), "layer or global"),
+    "optim.name": (lambda v: v in OPTIMIZERS, ", ".join(OPTIMIZERS[:-1]) + " or em"),
     "optim.prune_begin": (lambda v: v >= 0, "at least 0"),
     "optim.prune_end": (lambda v: v >= -1, "-1 (3/4 of train.steps) or a step"),
     "optim.prune_every": (lambda v: v >= 1, "at least 1"),

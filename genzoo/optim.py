@@ -11,6 +11,7 @@ import ml_collections
 import optax
 
 from genzoo import em, pruning
+from genzoo.config_checks import OPTIMIZERS
 from genzoo.errors import UserError
 
 GROUP_FIELDS = ("lr", "min_lr", "warmup_steps", "b1", "b2", "eps", "weight_decay", "clip_norm")
@@ -47,9 +48,6 @@ def schedule(o) -> optax.Schedule:
 def decay_mask(params):
     """Decay matrices and embeddings only; biases and norm scales are left alone (as in GPT-2)."""
     return jax.tree.map(lambda p: p.ndim >= 2, params)
-
-
-OPTIMIZERS = ("adamw", "lion", "adafactor", "sgd", "em")
 
 
 def _single(o) -> optax.GradientTransformation:
