@@ -171,9 +171,9 @@ def _cmd_quantize(args) -> None:
         raise UserError(f"{args.workdir} is already quantized")
     run = workdir.open_run(Path(args.workdir), checkpoint=workdir.parse_checkpoint(args.checkpoint))
     counts = quantize.write(run, out)
-    mib = lambda n: n / 2**20  # noqa: E731
+    size = lambda n: f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"  # noqa: E731
     print(f"quantized {counts['quantized']} weight arrays to int8 (kept {counts['kept']} float): "
-          f"{mib(counts['bytes_before']):.1f} MiB -> {mib(counts['bytes_after']):.1f} MiB in {out}"
+          f"{size(counts['bytes_before'])} -> {size(counts['bytes_after'])} in {out}"
           f" (genzoo eval/sample --workdir {out})")  # fmt: skip
 
 
