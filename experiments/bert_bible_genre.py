@@ -3,6 +3,7 @@
     genzoo train bert_mlm_english --variant cpu                 # pretrain first
     genzoo train bert_bible_genre --variant cpu                 # --init-from runs/bert_mlm_english
     genzoo eval --workdir runs/bert_bible_genre --json          # accuracy, and both baselines
+    genzoo sample --workdir runs/bert_bible_genre --prompt "Blessed are the meek"   # genres
 
 The label is the verse's book mapped to one of 7 genres (genzoo/data/sentences.py).
 `eval` also reports, computed in the same run, a bag-of-words logistic regression and the

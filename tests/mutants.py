@@ -1,6 +1,6 @@
 """Plants small, plausible bugs one at a time and checks the test suite catches each one.
 
-    make mutants                                  # ~60 min on 2 cores (170 mutants); outside CI
+    make mutants                                  # ~60 min on 2 cores (171 mutants); outside CI
     python tests/mutants.py "beam" "CLIP"         # those whose name contains a word
 
 Each mutant (`mutant_list.py`, `mutant_list_io.py`) names a file, a snippet and its mutated

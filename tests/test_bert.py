@@ -185,3 +185,19 @@ def test_the_bag_of_words_baseline_reads_words_and_ignores_specials():
     by_word = bow_logistic_regression(data((8, 9)), "validation", first_word_id=7)
     by_special = bow_logistic_regression(data((5, 6)), "validation", first_word_id=7)
     assert by_word > 0.95 and by_special < 0.7
+
+
+def test_classify_gives_the_probabilities_the_fine_tuning_loss_scores():
+    """`classify`'s p_k is exp(-loss) of the same text labelled k (one example per batch)."""
+    cfg = dict(CFG, nsp=False, num_classes=7)
+    params = unbox(bert.init(jax.random.key(0), cfg))
+    rs = np.random.RandomState(0)
+    tokens = rs.randint(7, 300, (1, 16)).astype(np.int32)
+    valid = np.arange(16)[None] < 11
+    probs = np.asarray(bert.classify(params, cfg, tokens, np.zeros_like(tokens), valid))[0]
+    assert probs.shape == (7,) and abs(probs.sum() - 1) < 1e-5 and probs.std() > 1e-4
+    sums = jax.jit(lambda label: bert.eval_sums(params, dict(
+        tokens=tokens, tokens_mask=valid.astype(np.int32), segments=np.zeros_like(tokens),
+        mask=np.ones(1, np.float32), label=label), jax.random.key(1), cfg))  # fmt: skip
+    nll = [float(sums(np.array([k], np.int32))["cls_nll"]) for k in range(7)]
+    np.testing.assert_allclose(probs, np.exp(-np.array(nll)), rtol=1e-4)

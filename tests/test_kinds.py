@@ -148,6 +148,37 @@ def test_fill_mask_and_encode(bert_run, capsys):
     assert code == 0 and out.startswith("[MASK] 1:") and out.count("'") >= 10
 
 
+def test_a_fine_tuned_bert_classifies_texts_in_the_api_and_the_cli(bert_run, tmp_path_factory,
+                                                                   capsys):  # fmt: skip
+    """The genre fine-tune could only be evaluated: now `classify` and `sample --prompt`."""
+    genre_run = _smoke_run(tmp_path_factory, "bert_bible_genre")
+    genre = genzoo.load(genre_run)
+    capsys.readouterr()  # the training's output
+    assert genre.class_names[0] == "law" and len(genre.class_names) == 7
+    texts = ["and god said let there be light", "blessed are the meek", "the king"]
+    probs = genre.classify(texts * 3, batch_size=4)  # three batches, one shape
+    assert probs.shape == (9, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    np.testing.assert_allclose(probs[:3], probs[3:6], atol=1e-6)
+    np.testing.assert_allclose(genre.classify(texts[1:2])[0], probs[1], atol=1e-6)  # alone
+    assert genre.classify([]).shape == (0, 7)
+    from genzoo.kinds.masked_lm import CLS, SEP  # padded to max_len: as the text alone
+
+    ids = [genre.tokenizer.piece_id(CLS), *genre.tokenizer.encode(texts[0]),
+           genre.tokenizer.piece_id(SEP)]  # fmt: skip
+    tokens_1xL = np.array([ids], np.int32)
+    alone = genre.family.classify(genre.run.params, genre.run.cfg.model, tokens_1xL,
+                                  0 * tokens_1xL, tokens_1xL > -1)  # fmt: skip
+    # An untrained head keeps probabilities near 1/7: padding seen moves them by ~1e-5.
+    np.testing.assert_allclose(probs[0], np.asarray(alone)[0], atol=1e-6)
+    code, out, _ = run(capsys, "sample", "--workdir", genre_run, "--prompt", texts[0],
+                       "--top-k", "3")  # fmt: skip
+    best = np.argsort(-probs[0])[:3]
+    assert code == 0 and out.split() == [x for k in best for x in
+                                         (genre.class_names[k], f"{probs[0, k]:.3f}")]  # fmt: skip
+    with pytest.raises(UserError, match="no fine-tuned classifier"):
+        genzoo.load(bert_run).classify(texts)
+
+
 def test_encode_gives_each_texts_own_states_whatever_the_padding(bert_run):
     """`encode` and `fill_mask` pad every text to the model's length (one compile): the
     states of a text must be those of the text alone, unpadded."""

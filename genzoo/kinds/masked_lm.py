@@ -21,7 +21,10 @@ class MaskedLMFamily(Protocol):
         """(final hidden states [B, L, D], MLM logits [B, L, V])."""
 
     def max_length(self, cfg) -> int:
-        """The most tokens, [CLS] and [SEP] included, one text may have."""
+        """The most tokens, [CLS] and [SEP] included, one text may have.
+
+        A fine-tuned classifier (`model.num_classes > 0`) also offers `classify(params, cfg,
+        tokens_BxL, segments_BxL, valid_BxL)`: class probabilities [B, num_classes]."""
 
 
 class MaskedLM:
@@ -30,22 +33,47 @@ class MaskedLM:
         self.tokenizer = run.data.tokenizers["tokens"]
         self.max_len = self.family.max_length(run.cfg.model)
 
-    def _batch(self, texts):
-        if not texts:  # nothing to encode: no batch (and no compile)
-            return [], None, None
+    def _tokens(self, texts):
+        """([CLS] ids [SEP] per text, tokens [N, max_len], valid [N, max_len]): one shape."""
         cls, sep = self.tokenizer.piece_id(CLS), self.tokenizer.piece_id(SEP)
         ids = [[cls, *self.tokenizer.encode(t), sep] for t in texts]
-        if max(map(len, ids)) > self.max_len:
+        if ids and max(map(len, ids)) > self.max_len:
             raise UserError(f"a text is longer than the model's {self.max_len} tokens")
         tokens_BxL = np.zeros((len(ids), self.max_len), np.int32)  # one shape: one compile
         for row, seq in enumerate(ids):
             tokens_BxL[row, : len(seq)] = seq
         valid_BxL = np.arange(self.max_len)[None] < np.array([len(s) for s in ids])[:, None]
+        return ids, tokens_BxL, valid_BxL.reshape(len(ids), self.max_len)
+
+    def _batch(self, texts):
+        if not texts:  # nothing to encode: no batch (and no compile)
+            return [], None, None
+        ids, tokens_BxL, valid_BxL = self._tokens(texts)
         hidden, logits = self.family.encode(
             self.run.params, self.run.cfg.model, tokens_BxL, np.zeros_like(tokens_BxL),
             valid_BxL,
         )  # fmt: skip
         return ids, np.asarray(hidden), np.asarray(logits)
+
+    @property
+    def class_names(self) -> list[str]:
+        """A fine-tuned classifier's classes (its data's names, else their numbers)."""
+        k = int(self.run.cfg.model.get("num_classes", 0) or 0)
+        names = getattr(self.run.data, "class_names", None)
+        return list(names) if names and len(names) == k else [str(i) for i in range(k)]
+
+    def classify(self, texts, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities [N, classes] of a fine-tuned classifier (`class_names` names
+        the columns), `batch_size` texts at a time."""
+        texts = kinds.texts(texts)
+        if not self.class_names or not hasattr(self.family, "classify"):
+            raise UserError("this run is no fine-tuned classifier (model.num_classes is 0): "
+                            "fill_mask and encode apply")  # fmt: skip
+        _, tokens_BxL, valid_BxL = self._tokens(texts)
+        rows = np.stack([tokens_BxL, valid_BxL.astype(np.int32)], axis=1)  # [N, 2, L]
+        classify = lambda r: self.family.classify(self.run.params, self.run.cfg.model, r[:, 0],  # noqa: E731
+                                                  0 * r[:, 0], r[:, 1] > 0)  # fmt: skip
+        return kinds.in_batches(classify, rows, batch_size)
 
     def encode(self, texts) -> list[np.ndarray]:
         """Final hidden states per token ([CLS] and [SEP] included), [L_i, D] per text."""
@@ -75,8 +103,15 @@ class MaskedLM:
 
 
 def _sample(mlm: MaskedLM, args) -> None:
+    if mlm.class_names and args.prompt and MASK not in args.prompt:  # a fine-tuned classifier
+        (probs,) = mlm.classify([args.prompt])
+        best = np.argsort(-probs)[: args.top_k or 5]
+        print("  ".join(f"{mlm.class_names[k]} {probs[k]:.3f}" for k in best))
+        return
     if MASK not in (args.prompt or ""):
-        raise UserError(f'give a --prompt with {MASK}, e.g. "in the beginning god {MASK} the"')
+        hint = " (or a text to classify)" if mlm.class_names else ""
+        raise UserError(f'give a --prompt with {MASK}{hint}, e.g. "in the beginning god '
+                        f'{MASK} the"')  # fmt: skip
     for i, fills in enumerate(mlm.fill_mask([args.prompt], top_k=args.top_k or 5)[0]):
         print(f"{MASK} {i + 1}: " + "  ".join(f"{w!r} {p:.3f}" for w, p in fills))
 

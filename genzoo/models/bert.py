@@ -253,6 +253,21 @@ def encode(params, cfg, tokens_BxL, segments_BxL, valid_BxL):
                    jnp.asarray(valid_BxL, bool), c=BertConfig.from_cfg(cfg))  # fmt: skip
 
 
+@functools.partial(jax.jit, static_argnames=("c",))
+def _classify(params, tokens_BxL, segments_BxL, valid_BxL, *, c):
+    model = Bert(c)
+    h_BxLxD = model.apply({"params": params}, tokens_BxL, segments_BxL, valid_BxL, method="encode")
+    logits_BxK = model.apply({"params": params}, h_BxLxD, method="cls_logits")
+    return jax.nn.softmax(logits_BxK[:, : c.num_classes], axis=-1)
+
+
+def classify(params, cfg, tokens_BxL, segments_BxL, valid_BxL):
+    """Class probabilities [B, num_classes] of a fine-tuned classifier (`num_classes > 0`)."""
+    return _classify(params, jnp.asarray(tokens_BxL, jnp.int32),
+                     jnp.asarray(segments_BxL, jnp.int32), jnp.asarray(valid_BxL, bool),
+                     c=BertConfig.from_cfg(cfg))  # fmt: skip
+
+
 def max_length(cfg) -> int:
     return int(BertConfig.from_cfg(cfg).max_len)
 
