@@ -351,6 +351,31 @@ def test_an_image_generator_samples_and_reconstructs_in_batches_of_one_shape():
     assert gen.reconstruct(np.zeros((0, 28, 28, 1))).shape == (0, 28, 28, 1)
 
 
+def test_the_image_classifier_checks_pixels_and_predicts_in_batches():
+    """It took any array whole (no shape or range check, one batch for any count)."""
+    from types import SimpleNamespace
+
+    from genzoo.kinds.classifier import Classifier
+
+    sizes = []
+
+    def predict(params, images, cfg):
+        sizes.append(len(images))
+        return images.reshape(len(images), -1)[:, :3], None
+
+    cfg = SimpleNamespace(model=SimpleNamespace(family="classifier", image_shape=(28, 28, 1)),
+                          eval=SimpleNamespace(split="test"))  # fmt: skip
+    data = SimpleNamespace(meta=lambda split: {"class_names": ["a", "b", "c"]})
+    clf = Classifier(SimpleNamespace(cfg=cfg, data=data, params=None))
+    clf.family = SimpleNamespace(predict=predict)
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 28, 28, 1), dtype=np.uint8)
+    got = clf.predict(pixels, batch_size=2)
+    assert sizes == [2, 2, 1] and clf.class_names == ["a", "b", "c"]
+    np.testing.assert_allclose(got, pixels.reshape(5, -1)[:, :3] / 255.0, rtol=1e-6)
+    with pytest.raises(UserError, match=r"images must be \[N, 28, 28, 1\]"):
+        clf.predict(np.zeros((2, 32, 32, 3)))
+
+
 def test_an_image_generator_refuses_other_shapes_and_counts():
     """Checked before the family runs: a run stand-in with the VAE's image shape suffices."""
     from types import SimpleNamespace

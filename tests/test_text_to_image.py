@@ -216,6 +216,18 @@ def test_the_image_apis_refuse_bad_shapes_and_codes_and_take_empty_inputs(chain)
         dalle.generate(["a small red square"], candidates=2.0)
     with pytest.raises(UserError, match="captions must be strings, got 7"):
         dalle.generate(["a small red square", 7])
+    judge = genzoo.load("runs/shapes_judge_smoke")  # no images: empty answers, not IndexErrors
+    assert judge.features(np.zeros((0, 32, 32, 3))).shape == (0, 16)  # the smoke width
+    assert all(v.shape == (0,) for v in judge.predict(np.zeros((0, 32, 32, 3))).values())
+    assert judge.judge(np.zeros((0, 32, 32, 3)), [])["scene"].shape == (0,)
+    with pytest.raises(UserError, match="one caption per image, got 1 captions for 2 images"):
+        judge.judge(np.zeros((2, 32, 32, 3)), ["a small red square"])
+    with pytest.raises(UserError, match=r"images must be \[N, 32, 32, 3\]"):
+        judge.features(np.zeros((2, 28, 28, 1)))
+    # Batched as one: three batches of two give the features of all six at once.
+    pixels = np.random.default_rng(1).random((6, 32, 32, 3))
+    np.testing.assert_allclose(judge._apply(pixels, batch_size=2)[1], judge.features(pixels),
+                               atol=1e-5)  # fmt: skip
 
 
 def test_recall_at_k_counts_any_equal_caption_in_the_top_k():

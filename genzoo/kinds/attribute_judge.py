@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import jax
 import numpy as np
 
-from genzoo import models
+from genzoo import kinds, models
 from genzoo.data import shapes
-from genzoo.kinds import Kind, register
+from genzoo.errors import UserError
+from genzoo.kinds import Kind, check_sampling, images_for, register
 
 
 @runtime_checkable
@@ -35,10 +37,15 @@ class AttributeJudge:
         self.run, self.family = run, models.get(run.cfg.model.family)
 
     def _apply(self, images_BxHxWxC, batch_size: int = 500):
-        images = np.asarray(images_BxHxWxC, np.float32)
-        parts = [self.family.predict(self.run.params, images[i : i + batch_size],
-                                     self.run.cfg.model)
-                 for i in range(0, len(images), batch_size)]  # fmt: skip
+        check_sampling(dict(batch_size=batch_size))
+        images = images_for(self.run, images_BxHxWxC)
+        predict = lambda x: self.family.predict(self.run.params, x, self.run.cfg.model)  # noqa: E731
+        if not len(images):  # shapes only: a conv stack cannot run on an empty batch
+            heads, f = jax.eval_shape(predict, jax.ShapeDtypeStruct((1, *images.shape[1:]),
+                                                                    images.dtype))  # fmt: skip
+            empty = lambda s: np.zeros((0, *s.shape[1:]), s.dtype)  # noqa: E731
+            return {h: empty(s) for h, s in heads.items()}, empty(f)
+        parts = [predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
         heads = {h: np.concatenate([np.asarray(p[0][h]) for p in parts]) for h in parts[0][0]}
         return heads, np.concatenate([np.asarray(p[1]) for p in parts])
 
@@ -50,12 +57,19 @@ class AttributeJudge:
 
     def judge(self, images_BxHxWxC, captions) -> dict:
         """{shape, colour, size, relation, scene: bool [B]}: does image b show caption b?"""
+        captions = kinds.texts(captions, "captions")
+        images = images_for(self.run, images_BxHxWxC)
+        if len(captions) != len(images):
+            raise UserError(f"judge needs one caption per image, got {len(captions)} captions "
+                            f"for {len(images)} images")  # fmt: skip
+        if not captions:
+            return {a: np.zeros(0, bool) for a in (*shapes.ATTRIBUTES, "relation", "scene")}
         parsed = [shapes.parse(t) for t in captions]
         stacked = {k: np.stack([p[k] for p in parsed]) for k in parsed[0]}
         from genzoo.models.judge import targets
 
         want = targets(stacked, np)
-        got = self.predict(images_BxHxWxC)
+        got = self.predict(images)
         return _per_attribute({h: got[h] == want[h] for h in want})
 
 

@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from genzoo import models
-from genzoo.kinds import Kind, register
+from genzoo.kinds import Kind, images_for, in_batches, register
 
 
 @runtime_checkable
@@ -20,10 +20,11 @@ class Classifier:
         self.run, self.family = run, models.get(run.cfg.model.family)
         self.class_names = run.data.meta(run.cfg.eval.split).get("class_names")
 
-    def predict(self, images_BxHxWxC) -> np.ndarray:
-        """Class probabilities [B, classes] of images in [0, 1]."""
-        probs, _ = self.family.predict(self.run.params, images_BxHxWxC, self.run.cfg.model)
-        return np.asarray(probs)
+    def predict(self, images_BxHxWxC, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities [B, classes] of images in [0, 1] (or uint8), `batch_size` at a
+        time; `class_names` names the columns."""
+        probs = lambda x: self.family.predict(self.run.params, x, self.run.cfg.model)[0]  # noqa: E731
+        return in_batches(probs, images_for(self.run, images_BxHxWxC), batch_size)
 
 
 register(Kind("classifier", ClassifierFamily, Classifier))
