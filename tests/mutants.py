@@ -2,6 +2,7 @@
 
     make mutants                                  # ~60 min on 2 cores (171 mutants); outside CI
     python tests/mutants.py "beam" "CLIP"         # those whose name contains a word
+    python tests/mutants.py genzoo/optim.py       # those planted in a file
 
 Each mutant (`mutant_list.py`, `mutant_list_io.py`) names a file, a snippet and its mutated
 form, and the tests that should fail.
@@ -67,9 +68,9 @@ def _interrupt(signum, frame):
 
 
 def main(names: list[str]) -> int:
-    """Every mutant, or those whose name contains one of `names`."""
+    """Every mutant, or those whose name contains one of `names` or whose file is one."""
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` or a timeout, as Ctrl-C
-    chosen = [m for m in MUTANTS if not names or any(n in m[0] for n in names)]
+    chosen = [m for m in MUTANTS if not names or any(n in m[0] or n == m[1] for n in names)]
     scratch = scratch_copy()
     try:
         # A copy that fails its own tests would "kill" every mutant: check it passes first.
