@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import threading
 import time
 from pathlib import Path
@@ -285,18 +286,16 @@ class LogLines:
 
     def __init__(self, total: int, initial: int, interval: float = 60.0):
         self.total, self.n, self.interval, self.postfix = total, initial, interval, ""
-        self.start_n, self.start = initial, time.monotonic()
-        self.last = self.start
+        self.last, self.last_n = time.monotonic(), initial
 
     def update(self, n: int = 1) -> None:
-        import sys
-
         self.n += n
         now = time.monotonic()
         if now - self.last < self.interval:
             return
-        self.last = now
-        rate = (self.n - self.start_n) / max(now - self.start, 1e-9)
+        # The rate since the last line: the first step's compile would skew one from the start.
+        rate = (self.n - self.last_n) / max(now - self.last, 1e-9)
+        self.last, self.last_n = now, self.n
         left = int((self.total - self.n) / rate) if rate > 0 else 0
         clock = f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
         line = (f"step {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f}%), "
@@ -316,8 +315,6 @@ class LogLines:
 
 def progress_bar(total: int, initial: int, enabled: bool):
     """tqdm on a terminal, `LogLines` in a log file, a silent tqdm when disabled."""
-    import sys
-
     from tqdm.auto import tqdm
 
     if enabled and not sys.stderr.isatty():

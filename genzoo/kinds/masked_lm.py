@@ -43,7 +43,7 @@ class MaskedLM:
         for row, seq in enumerate(ids):
             tokens_BxL[row, : len(seq)] = seq
         valid_BxL = np.arange(self.max_len)[None] < np.array([len(s) for s in ids])[:, None]
-        return ids, tokens_BxL, valid_BxL.reshape(len(ids), self.max_len)
+        return ids, tokens_BxL, valid_BxL
 
     def _batch(self, texts):
         if not texts:  # nothing to encode: no batch (and no compile)
