@@ -144,6 +144,15 @@ def test_fill_mask_and_encode(bert_run, capsys):
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
     (hidden,) = mlm.encode(["the king"])
     assert hidden.ndim == 2 and hidden.shape[1] == 32 and np.isfinite(hidden).all()
+    # Batches of one (the logits of 10,000 texts at once took 30 GB) answer as one batch.
+    texts = ["the king [MASK]", "my [MASK] lord and the queen", "[MASK]"]
+    one, whole = mlm.fill_mask(texts, top_k=2, batch_size=1), mlm.fill_mask(texts, top_k=2)
+    assert [[[w for w, _ in f] for f in t] for t in one] == [[[w for w, _ in f] for f in t]
+                                                             for t in whole]  # fmt: skip
+    for a, b in zip(mlm.encode(texts, batch_size=2), mlm.encode(texts), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    with pytest.raises(UserError, match="longer than the model's"):  # before any batch runs
+        mlm.encode(["the king"] + ["the king " * 40], batch_size=1)
     code, out, _ = run(capsys, "sample", "--workdir", bert_run, "--prompt", "my [MASK] lord")
     assert code == 0 and out.startswith("[MASK] 1:") and out.count("'") >= 10
 

@@ -45,15 +45,18 @@ class MaskedLM:
         valid_BxL = np.arange(self.max_len)[None] < np.array([len(s) for s in ids])[:, None]
         return ids, tokens_BxL, valid_BxL
 
-    def _batch(self, texts):
-        if not texts:  # nothing to encode: no batch (and no compile)
-            return [], None, None
-        ids, tokens_BxL, valid_BxL = self._tokens(texts)
-        hidden, logits = self.family.encode(
-            self.run.params, self.run.cfg.model, tokens_BxL, np.zeros_like(tokens_BxL),
-            valid_BxL,
-        )  # fmt: skip
-        return ids, np.asarray(hidden), np.asarray(logits)
+    def _batches(self, texts, batch_size: int):
+        """(ids, hidden [B, L, D], MLM logits [B, L, V]) per `batch_size` texts: the logits
+        of 10,000 texts at once would take 30 GB. No texts: no batch (and no compile)."""
+        kinds.check_sampling(dict(batch_size=batch_size))
+        self._tokens(texts)  # every text checked before any runs
+        for start in range(0, len(texts), batch_size):
+            ids, tokens_BxL, valid_BxL = self._tokens(texts[start : start + batch_size])
+            hidden, logits = self.family.encode(
+                self.run.params, self.run.cfg.model, tokens_BxL, np.zeros_like(tokens_BxL),
+                valid_BxL,
+            )  # fmt: skip
+            yield ids, np.asarray(hidden), np.asarray(logits)
 
     @property
     def class_names(self) -> list[str]:
@@ -75,13 +78,14 @@ class MaskedLM:
                                                   0 * r[:, 0], r[:, 1] > 0)  # fmt: skip
         return kinds.in_batches(classify, rows, batch_size)
 
-    def encode(self, texts) -> list[np.ndarray]:
+    def encode(self, texts, batch_size: int = 64) -> list[np.ndarray]:
         """Final hidden states per token ([CLS] and [SEP] included), [L_i, D] per text."""
         texts = kinds.texts(texts)
-        ids, hidden, _ = self._batch(texts)
-        return [hidden[i, : len(seq)] for i, seq in enumerate(ids)]
+        return [hidden[i, : len(seq)] for ids, hidden, _ in self._batches(texts, batch_size)
+                for i, seq in enumerate(ids)]  # fmt: skip
 
-    def fill_mask(self, texts, top_k: int = 5) -> list[list[list[tuple[str, float]]]]:
+    def fill_mask(self, texts, top_k: int = 5,
+                  batch_size: int = 64) -> list[list[list[tuple[str, float]]]]:  # fmt: skip
         """Per text, per [MASK] in it, the `top_k` (filler, probability) pairs, best first."""
         texts = kinds.texts(texts)
         if any(MASK not in t for t in texts):
@@ -89,16 +93,17 @@ class MaskedLM:
         kinds.check_sampling(dict(top_k=top_k))
         if top_k < 1:
             raise UserError(f"top_k must be at least 1 (fillers to list), got {top_k}")
-        ids, _, logits = self._batch(texts)
         mask_id, out = self.tokenizer.piece_id(MASK), []
-        for i, seq in enumerate(ids):
-            fills = []
-            for pos in [p for p, t in enumerate(seq) if t == mask_id]:
-                z = logits[i, pos] - logits[i, pos].max()
-                probs = np.exp(z) / np.exp(z).sum()
-                best = np.argsort(-probs)[:top_k]
-                fills.append([(self.tokenizer.decode([int(j)]), float(probs[j])) for j in best])
-            out.append(fills)
+        for ids, _, logits in self._batches(texts, batch_size):
+            for i, seq in enumerate(ids):
+                fills = []
+                for pos in [p for p, t in enumerate(seq) if t == mask_id]:
+                    z = logits[i, pos] - logits[i, pos].max()
+                    probs = np.exp(z) / np.exp(z).sum()
+                    best = np.argsort(-probs)[:top_k]
+                    fills.append([(self.tokenizer.decode([int(j)]), float(probs[j]))
+                                  for j in best])  # fmt: skip
+                out.append(fills)
         return out
 
 
