@@ -39,7 +39,7 @@ class ImageTokenizer:
         encode = lambda x: self.family.encode(self.run.params, x, self.run.cfg.model)
         return in_batches(encode, images_for(self.run, images_BxHxWxC), batch_size)
 
-    def decode(self, codes_Bxhxw) -> np.ndarray:
+    def decode(self, codes_Bxhxw, batch_size: int = 256) -> np.ndarray:
         codes = np.asarray(codes_Bxhxw)
         if codes.ndim != 3 or tuple(codes.shape[1:]) != tuple(self.grid_shape):
             raise UserError(f"codes must be [N, {', '.join(map(str, self.grid_shape))}], "
@@ -50,8 +50,8 @@ class ImageTokenizer:
                             f"{codes.min()}..{codes.max()}")  # fmt: skip
         if not np.issubdtype(codes.dtype, np.integer) and not np.array_equal(codes, codes // 1):
             raise UserError("codes must be whole numbers (code ids)")  # 2.5 was read as 2
-        return np.asarray(self.family.decode(self.run.params, codes.astype(np.int32),
-                                             self.run.cfg.model))  # fmt: skip
+        decode = lambda c: self.family.decode(self.run.params, c, self.run.cfg.model)  # noqa: E731
+        return in_batches(decode, codes.astype(np.int32), batch_size)  # bounded device memory
 
     def reconstruct(self, images_BxHxWxC) -> np.ndarray:
         return self.decode(self.encode(images_BxHxWxC))
