@@ -207,6 +207,10 @@ def test_the_image_apis_refuse_bad_shapes_and_codes_and_take_empty_inputs(chain)
     assert clip.encode_images(np.zeros((0, 32, 32, 3))).shape == (0, width)
     with pytest.raises(UserError, match="batch_size must be at least 1, got 0"):
         clip.encode_texts(["a small red square"], batch_size=0)  # range()'s step of 0
+    with pytest.raises(UserError, match="one text per image, got 1 texts for 2 images"):
+        clip.pair_scores(np.zeros((2, 32, 32, 3)), ["a small red square"])  # it broadcast
+    with pytest.raises(UserError, match="caption longer than"):  # it was cut silently
+        clip.encode_texts(["a small red square " * 8])
     dalle = genzoo.load("runs/dalle_smoke")
     images, scores = dalle.generate([], candidates=3, keep=2)
     assert images.shape == (0, 2, 32, 32, 3) and scores.shape == (0, 2)

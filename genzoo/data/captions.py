@@ -63,6 +63,18 @@ def pad_captions(ids_list, length: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, (ids > 0).astype(np.float32)
 
 
+def caption_ids(tokenizer, captions, length: int) -> np.ndarray:
+    """Padded ids [N, length] of captions a user gave: unknown words and captions too long
+    for the model are refused (cutting one would score or draw another caption)."""
+    from genzoo.errors import UserError
+
+    ids = [tokenizer.encode(t) for t in captions]  # UserError for unknown words
+    too_long = [t for t, i in zip(captions, ids, strict=True) if len(i) > length]
+    if too_long:
+        raise UserError(f"caption longer than {length - 1} words: {too_long[0]!r}")
+    return pad_captions(ids, length)[0]
+
+
 class _Batch:
     """Ids of examples (and which phrasing of each) -> a batch dict (a grain map)."""
 

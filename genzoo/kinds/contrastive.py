@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from genzoo import kinds, models
+from genzoo.errors import UserError
 from genzoo.kinds import Kind, images_for, in_batches, register
 
 
@@ -34,10 +35,11 @@ class Contrastive:
         return in_batches(encode, images_for(self.run, images_BxHxWxC), batch_size)
 
     def encode_texts(self, texts, batch_size: int = 256) -> np.ndarray:
-        from genzoo.data.captions import pad_captions
+        from genzoo.data.captions import caption_ids
 
-        ids, _ = pad_captions([self.tokenizer.encode(t) for t in kinds.texts(texts)],
-                              int(self.run.cfg.model.max_caption_len))  # fmt: skip
+        ids = caption_ids(
+            self.tokenizer, kinds.texts(texts), int(self.run.cfg.model.max_caption_len)
+        )
         encode = lambda x: self.family.encode_texts(self.run.params, x, self.run.cfg.model)
         return in_batches(encode, ids, batch_size)
 
@@ -49,6 +51,9 @@ class Contrastive:
         """The CLIP score of image n with text n, [N] (the diagonal of `score`, without the
         rest of the matrix)."""
         image_NxE, text_NxE = self.encode_images(images_NxHxWxC), self.encode_texts(texts)
+        if len(image_NxE) != len(text_NxE):  # one text would broadcast over every image
+            raise UserError(f"pair_scores needs one text per image, got {len(text_NxE)} texts "
+                            f"for {len(image_NxE)} images")  # fmt: skip
         return 100.0 * np.sum(image_NxE * text_NxE, axis=1)
 
 

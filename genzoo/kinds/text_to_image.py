@@ -54,14 +54,9 @@ class TextToImage:
         self.clip = kinds.api_of(run.deps["clip"])
 
     def encode_captions(self, captions) -> np.ndarray:
-        from genzoo.data.captions import pad_captions
+        from genzoo.data.captions import caption_ids
 
-        length = int(self.run.cfg.model.max_caption_len)
-        ids = [self.tokenizer.encode(t) for t in captions]  # UserError for unknown words
-        too_long = [t for t, i in zip(captions, ids, strict=True) if len(i) > length]
-        if too_long:
-            raise UserError(f"caption longer than {length - 1} words: {too_long[0]!r}")
-        return pad_captions(ids, length)[0]
+        return caption_ids(self.tokenizer, captions, int(self.run.cfg.model.max_caption_len))
 
     def generate(self, captions, *, candidates: int = 1, keep: int = 1, guidance: float = 1.0,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
