@@ -151,6 +151,13 @@ def test_fill_mask_and_encode(bert_run, capsys):
                                                              for t in whole]  # fmt: skip
     for a, b in zip(mlm.encode(texts, batch_size=2), mlm.encode(texts), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+    # A word start and a piece inside a word read alike once decoded ("▁the", "the"): the
+    # second is shown as WordPiece shows it, "##the".
+    pieces = {i: mlm.tokenizer.id_piece(i) for i in range(mlm.tokenizer.vocab_size)}
+    word = next(i for i, p in pieces.items() if p.startswith("▁") and p[1:].isalpha())
+    inner = next(i for i, p in pieces.items() if p.isalpha())
+    assert mlm._filler(word) == pieces[word][1:] and mlm._filler(inner) == "##" + pieces[inner]
+    assert mlm._filler(mlm.tokenizer.piece_id("[SEP]")) == "[SEP]"
     with pytest.raises(UserError, match="longer than the model's"):  # before any batch runs
         mlm.encode(["the king"] + ["the king " * 40], batch_size=1)
     code, out, _ = run(capsys, "sample", "--workdir", bert_run, "--prompt", "my [MASK] lord")

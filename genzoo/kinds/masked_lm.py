@@ -101,10 +101,19 @@ class MaskedLM:
                     z = logits[i, pos] - logits[i, pos].max()
                     probs = np.exp(z) / np.exp(z).sum()
                     best = np.argsort(-probs)[:top_k]
-                    fills.append([(self.tokenizer.decode([int(j)]), float(probs[j]))
-                                  for j in best])  # fmt: skip
+                    fills.append([(self._filler(int(j)), float(probs[j])) for j in best])
                 out.append(fills)
         return out
+
+    def _filler(self, i: int) -> str:
+        """A piece as a filler: a word's continuation marked "##" as WordPiece marks it, so a
+        sentencepiece "▁the" (a word) and "the" (inside one) are not both shown as 'the'."""
+        piece = getattr(self.tokenizer, "id_piece", lambda _: "")(i)
+        text = self.tokenizer.decode([i])
+        special = piece.startswith("[") and piece.endswith("]")  # [CLS], [SEP], ...
+        if not piece or piece.startswith("▁") or special or piece != text:
+            return text  # a word start, a WordPiece token, a special piece or a byte
+        return "##" + text
 
 
 def _sample(mlm: MaskedLM, args) -> None:
