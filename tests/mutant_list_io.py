@@ -230,6 +230,13 @@ IO_MUTANTS = [
      "tests/test_text_to_image.py"),
     ("BERT classifies with the padding visible", "genzoo/kinds/masked_lm.py",
      "0 * r[:, 0], r[:, 1] > 0)", "0 * r[:, 0], r[:, 1] > -1)", "tests/test_kinds.py"),
+    ("BERT answers only its first batch", "genzoo/kinds/masked_lm.py",
+     "        for start in range(0, len(texts), batch_size):",
+     "        for start in range(0, min(len(texts), batch_size), batch_size):",
+     "tests/test_kinds.py"),
+    ("generate's batches share one key", "genzoo/kinds/language_model.py",
+     "keys = jax.random.split(rng, len(chunks)) if len(chunks) > 1 else [rng]",
+     "keys = [rng] * len(chunks)", "tests/test_generation.py"),
     ("a translation cut silently", "genzoo/kinds/translator.py",
      "        if cut:  # the encoder never saw more", "        if False:", "tests/test_kinds.py"),
 ]  # fmt: skip

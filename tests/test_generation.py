@@ -242,8 +242,8 @@ def _check_sliding_window(lm):
     three = lm.generate(prompts + ["GLOUCESTER:"], max_new_tokens=40, temperature=0.0,
                         batch_size=2)  # fmt: skip
     assert three == greedy(prompts, 40) + greedy("GLOUCESTER:", 40)
-    again = lambda: lm.generate(prompts * 2, max_new_tokens=5, seed=1, batch_size=3)  # noqa: E731
-    assert again() == again() and len(set(again())) > 1
+    again = lambda: lm.generate(["KING:"] * 4, max_new_tokens=8, seed=1, batch_size=2)  # noqa: E731
+    assert again() == again() and len(set(again())) == 4  # no batch repeats another's draws
     prompt = "my lord and my king, the duke of york"  # longer than the context: cropped
     assert greedy(prompt, 8) == greedy(prompt[-24:], 8)
     sampled = lm.generate("KING:", max_new_tokens=50, seed=3)
