@@ -80,6 +80,21 @@ def _single(o) -> optax.GradientTransformation:
     return optax.chain(clip, step)
 
 
+def minimise(loss, params, tx: optax.GradientTransformation, steps: int):
+    """`params` after `steps` full-batch steps of `tx` on `loss(params)`: the small convex
+    fits beside the trainer (the bag-of-words baseline) and the optimizer tests."""
+
+    @jax.jit
+    def step(params, state):
+        updates, state = tx.update(jax.grad(loss)(params), state, params)
+        return optax.apply_updates(params, updates), state
+
+    state = tx.init(params)
+    for _ in range(steps):
+        params, state = step(params, state)
+    return params
+
+
 def group_config(o, group: str):
     """The optimizer fields for one parameter group: the shared ones with its overrides."""
     merged = ml_collections.ConfigDict({k: v for k, v in o.items() if k != "groups"})

@@ -46,19 +46,9 @@ def test_each_optimizer_minimises_a_least_squares_problem(name):
     x, target = rng.normal(size=(64, 8)), rng.normal(size=(64, 8))
     loss = lambda p: jnp.mean((x @ p["w"] + p["b"] - target) ** 2)  # noqa: E731
     params = _params()
-    tx = optim.build(_config(name), params)
-    state = tx.init(params)
-
-    @jax.jit
-    def step(params, state):
-        grads = jax.grad(loss)(params)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
     best = float(loss(jax.tree.map(jnp.asarray, _least_squares(x, target))))
     start = float(loss(params))
-    for _ in range(300):
-        params, state = step(params, state)
+    params = optim.minimise(loss, params, optim.build(_config(name), params), 300)
     assert float(loss(params)) - best < 0.05 * (start - best), name
 
 

@@ -14,11 +14,12 @@ import json
 import tempfile
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+
+from genzoo import optim
 
 
 def _bags(data, split: str):
@@ -45,17 +46,7 @@ def bow_logistic_regression(data, split: str, *, first_word_id: int, steps: int 
         return nll + l2 * jnp.sum(w["W"] ** 2)
 
     w = {"W": jnp.zeros((vocab, classes)), "b": jnp.zeros(classes)}
-    tx = optax.adam(lr)
-    opt = tx.init(w)
-
-    @jax.jit
-    def step(w, opt):
-        g = jax.grad(loss)(w)
-        updates, opt = tx.update(g, opt, w)
-        return optax.apply_updates(w, updates), opt
-
-    for _ in range(steps):
-        w, opt = step(w, opt)
+    w = optim.minimise(loss, w, optax.adam(lr), steps)
     return float((np.asarray(jnp.argmax(logits(w, x_te), -1)) == y_te).mean())
 
 
