@@ -407,6 +407,7 @@ def test_an_image_generator_refuses_other_shapes_and_counts():
     # Pixels are [0, 1] floats or uint8: 0..255 floats were taken as they are, NaN too.
     for bad, message in ((np.full((1, 28, 28, 1), 255.0), r"values in \[0, 1\].*got 255..255"),
                          (np.full((1, 28, 28, 1), np.nan), r"values in \[0, 1\].*got nan"),
+                         (np.full((1, 28, 28, 1), -1.0), r"values in \[0, 1\].*got -1"),
                          (np.zeros((1, 28, 28, 1), int), "or uint8, got int64")):  # fmt: skip
         with pytest.raises(UserError, match=message):
             gen.reconstruct(bad)

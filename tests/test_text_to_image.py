@@ -202,6 +202,9 @@ def test_the_image_apis_refuse_bad_shapes_and_codes_and_take_empty_inputs(chain)
     pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_allclose(clip.encode_images(pixels), clip.encode_images(pixels / 255.0),
                                atol=1e-6)  # fmt: skip
+    overshoot = np.clip(pixels / 255.0 * 1.08 - 0.04, -0.04, 1.04)  # a resize's, clipped
+    np.testing.assert_allclose(clip.encode_images(overshoot),
+                               clip.encode_images(np.clip(overshoot, 0, 1)), atol=1e-6)  # fmt: skip
     width = clip.encode_texts(["a small red square"]).shape[1]
     assert clip.encode_texts([]).shape == (0, width)
     assert clip.encode_images(np.zeros((0, 32, 32, 3))).shape == (0, width)

@@ -136,7 +136,8 @@ def in_batches(fn, rows, batch_size: int):
 
 def images_for(run, images):
     """`images` as float32 [N, H, W, C] of the run's `model.image_shape`, values in [0, 1]
-    (uint8 pixels are divided by 255, as the data sets do); UserError otherwise (a wrong
+    (uint8 pixels are divided by 255, as the data sets do; floats within 0.1 of the range are
+    clipped to it); UserError otherwise (a wrong
     shape failed in the first layer naming a kernel, a 0..255 float image scored silently)."""
     import numpy as np
 
@@ -149,10 +150,12 @@ def images_for(run, images):
     if not (np.issubdtype(images.dtype, np.floating) or images.dtype == bool):
         raise UserError(f"images must be floats in [0, 1] or uint8, got {images.dtype}")
     images = images.astype(np.float32)
-    if images.size and not (images.min() >= 0.0 and images.max() <= 1.0):  # NaN fails too
+    # A resize's overshoot (bicubic: a few %) is clipped; another scale (0..255, -1..1) is
+    # refused. NaN fails the comparison too.
+    if images.size and not (images.min() >= -0.1 and images.max() <= 1.1):
         raise UserError(f"images must hold values in [0, 1] (or be uint8 0..255), got "
                         f"{images.min():g}..{images.max():g}")  # fmt: skip
-    return images
+    return np.clip(images, 0.0, 1.0)
 
 
 def api_of(run):
