@@ -102,8 +102,8 @@ IO_MUTANTS = [
      'digest.update(f"{Path(tokenizer_run.path).resolve()}".encode())',
      "tests/test_reliability.py tests/test_text_to_image.py"),
     ("batched encoding drops the last partial batch", "genzoo/kinds/__init__.py",
-     "for i in range(0, len(rows), batch_size)])",
-     "for i in range(0, len(rows) - batch_size + 1, batch_size)])",
+     "for i in range(0, len(rows), batch_size)]",
+     "for i in range(0, len(rows) - batch_size + 1, batch_size)]",
      "tests/test_text_to_image.py tests/test_clip.py"),
     ("the chain checks each link only when it comes to train it", "genzoo/cli.py",
      "    done = [chain.trained(path, name, variant) for name, variant, path in links]\n"

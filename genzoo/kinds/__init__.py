@@ -121,24 +121,26 @@ def of_family(family) -> Kind:
 
 
 def in_batches(fn, rows, batch_size: int):
-    """`fn` over consecutive slices of `rows` (bounded device memory), outputs joined as numpy;
-    no rows give no outputs, shaped as `fn` would shape them (traced, not run)."""
+    """`fn` over consecutive slices of `rows` (bounded device memory), outputs joined as numpy
+    (leaf by leaf where `fn` returns a pytree: the judge's heads and features); no rows give
+    no outputs, shaped as `fn` would shape them (traced, not run: a conv stack cannot run on
+    an empty batch)."""
     import jax
     import numpy as np
 
     check_sampling(dict(batch_size=batch_size))
     if not len(rows):
         out = jax.eval_shape(fn, jax.ShapeDtypeStruct((1, *rows.shape[1:]), rows.dtype))
-        return np.zeros((0, *out.shape[1:]), out.dtype)
-    return np.concatenate([np.asarray(fn(rows[i : i + batch_size]))
-                           for i in range(0, len(rows), batch_size)])  # fmt: skip
+        return jax.tree.map(lambda s: np.zeros((0, *s.shape[1:]), s.dtype), out)
+    parts = [fn(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+    return jax.tree.map(lambda *leaves: np.concatenate([np.asarray(x) for x in leaves]), *parts)
 
 
 def images_for(run, images):
     """`images` as float32 [N, H, W, C] of the run's `model.image_shape`, values in [0, 1]
     (uint8 pixels are divided by 255, as the data sets do; floats within 0.1 of the range are
-    clipped to it); UserError otherwise (a wrong
-    shape failed in the first layer naming a kernel, a 0..255 float image scored silently)."""
+    clipped to it); UserError otherwise (a wrong shape failed in the first layer naming a
+    kernel, a 0..255 float image scored silently)."""
     import numpy as np
 
     images, shape = np.asarray(images), tuple(run.cfg.model.image_shape)

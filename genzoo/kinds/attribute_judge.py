@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-import jax
 import numpy as np
 
 from genzoo import kinds, models
 from genzoo.data import shapes
 from genzoo.errors import UserError
-from genzoo.kinds import Kind, check_sampling, images_for, register
+from genzoo.kinds import Kind, images_for, in_batches, register
 
 
 @runtime_checkable
@@ -37,17 +36,9 @@ class AttributeJudge:
         self.run, self.family = run, models.get(run.cfg.model.family)
 
     def _apply(self, images_BxHxWxC, batch_size: int = 500):
-        check_sampling(dict(batch_size=batch_size))
-        images = images_for(self.run, images_BxHxWxC)
+        """({head: class ids [B]}, features [B, F]), `batch_size` images at a time."""
         predict = lambda x: self.family.predict(self.run.params, x, self.run.cfg.model)  # noqa: E731
-        if not len(images):  # shapes only: a conv stack cannot run on an empty batch
-            heads, f = jax.eval_shape(predict, jax.ShapeDtypeStruct((1, *images.shape[1:]),
-                                                                    images.dtype))  # fmt: skip
-            empty = lambda s: np.zeros((0, *s.shape[1:]), s.dtype)  # noqa: E731
-            return {h: empty(s) for h, s in heads.items()}, empty(f)
-        parts = [predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-        heads = {h: np.concatenate([np.asarray(p[0][h]) for p in parts]) for h in parts[0][0]}
-        return heads, np.concatenate([np.asarray(p[1]) for p in parts])
+        return in_batches(predict, images_for(self.run, images_BxHxWxC), batch_size)
 
     def predict(self, images_BxHxWxC) -> dict:
         return self._apply(images_BxHxWxC)[0]

@@ -49,14 +49,14 @@ class MaskedLM:
         """(ids, hidden [B, L, D], MLM logits [B, L, V]) per `batch_size` texts: the logits
         of 10,000 texts at once would take 30 GB. No texts: no batch (and no compile)."""
         kinds.check_sampling(dict(batch_size=batch_size))
-        self._tokens(texts)  # every text checked before any runs
+        ids, tokens_NxL, valid_NxL = self._tokens(texts)  # every text checked before any runs
         for start in range(0, len(texts), batch_size):
-            ids, tokens_BxL, valid_BxL = self._tokens(texts[start : start + batch_size])
+            tokens_BxL = tokens_NxL[start : start + batch_size]
             hidden, logits = self.family.encode(
                 self.run.params, self.run.cfg.model, tokens_BxL, np.zeros_like(tokens_BxL),
-                valid_BxL,
+                valid_NxL[start : start + batch_size],
             )  # fmt: skip
-            yield ids, np.asarray(hidden), np.asarray(logits)
+            yield ids[start : start + batch_size], np.asarray(hidden), np.asarray(logits)
 
     @property
     def class_names(self) -> list[str]:
