@@ -31,6 +31,7 @@ RANGES = {
     "train.peak_flops": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
     "train.ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.skip_nonfinite": (lambda v: v >= 0, "at least 0"),
+    "train.loss_scale": (lambda v: v in ("auto", "dynamic", "none"), "auto, dynamic or none"),
     "train.rng_impl": (
         lambda v: v in ("threefry", "rbg", "unsafe_rbg"),
         "threefry, rbg or unsafe_rbg",

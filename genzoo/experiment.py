@@ -62,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
         init_fresh="",  # globs of parameters init_from does not provide (a new head)
         ema_decay=0.0,  # > 0: keep an average of the parameters; eval and sample use it
         skip_nonfinite=0,  # steps with a NaN/Inf loss or gradient to skip before stopping
+        loss_scale="auto",  # "auto": dynamic loss scaling under float16 compute; "dynamic", "none"
         rng_impl="threefry",  # or "rbg": XLA's RngBitGenerator for dropout (faster on GPU)
     )
     c.optim = dict(

@@ -25,7 +25,14 @@ from genzoo.checkpoint import Checkpointer
 from genzoo.errors import NonFinite, Preempted, UserError
 from genzoo.models.protocols import CountsFlops
 from genzoo.preemption import StopRequest
-from genzoo.train_step import TrainState, eval_step, init_state, state_key, train_step
+from genzoo.train_step import (
+    TrainState,
+    eval_step,
+    init_state,
+    initial_loss_scale,
+    state_key,
+    train_step,
+)
 from genzoo.trainer_start import StartUp
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,14 @@ def _throughput(step_seconds, batch_size, tokens_per_example, flops_per_example,
         row["perf/flops_per_second"] = examples_per_s * flops_per_example
         row["perf/mfu"] = row["perf/flops_per_second"] / peak
     return row
+
+
+def loss_scaling(cfg) -> bool:
+    """`train.loss_scale`: "auto" scales the loss under float16 compute only (bfloat16 has
+    float32's range); "dynamic" always, "none" never. Configs saved before the key: never,
+    so their checkpoints keep reading."""
+    mode = cfg.train.get("loss_scale", "none")
+    return mode == "dynamic" or (mode == "auto" and cfg.model.get("dtype") == "float16")
 
 
 def _host_memory_for_step(program: aot.Program) -> None:
@@ -73,21 +88,21 @@ class Trainer(StartUp):
         self.tx = optim.build(cfg.optim, nn.unbox(boxed), cfg.train.trainable, model_state)
         statics = dict(family=self.family, model_cfg=self.model_cfg, tx=self.tx)
         ema = cfg.train.get("ema_decay", 0.0) > 0
-        self.abstract_state = jax.eval_shape(
-            functools.partial(init_state, **statics, ema=ema), jax.random.PRNGKey(0)
-        )
+        scaled = loss_scaling(cfg)
+        init = functools.partial(init_state, **statics, ema=ema, loss_scale=scaled)
+        self.abstract_state = jax.eval_shape(init, jax.random.PRNGKey(0))
         repl = sharding.replicated(self.mesh)
         param_shardings = sharding.logical_shardings(boxed, self.mesh, self.rules)
         sharding.check_divisible(nn.unbox(boxed), param_shardings, optim.param_path)
         opt_shardings = sharding.like_params(
             self.abstract_state.opt_state, self.abstract_state.params, param_shardings, repl
         )
-        self.state_shardings = TrainState(
-            repl, param_shardings, opt_shardings, repl, param_shardings if ema else None
-        )
+        scale_shardings = {"scale": repl, "good_steps": repl} if scaled else None
+        self.state_shardings = TrainState(repl, param_shardings, opt_shardings, repl,
+                                          param_shardings if ema else None,
+                                          scale_shardings)  # fmt: skip
         self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
 
-        init = functools.partial(init_state, **statics, ema=ema)
         init = jax.jit(init, out_shardings=self.state_shardings)
         self._init = aot.Program(init, "initial state", compiler_options=aot.run_once_options())
         self.train_step = jax.jit(
@@ -173,7 +188,10 @@ class Trainer(StartUp):
                 (self.state_shardings.step, self.state_shardings.rng),
             )
             ema = None if self.state_shardings.ema is None else jax.tree.map(jnp.copy, params)
-            return TrainState(step, params, opt_state, state_rng, ema)
+            loss_scale = self.state_shardings.loss_scale
+            if loss_scale is not None:
+                loss_scale = jax.device_put(initial_loss_scale(), loss_scale)
+            return TrainState(step, params, opt_state, state_rng, ema, loss_scale)
 
     def restore(self, checkpointer: Checkpointer, which="latest"):
         """(state, data-iterator state, step, damaged newer steps) from `which`: latest (the
