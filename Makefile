@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/family_speed.py
 	$(VENV)/bin/python benchmarks/bits_per_char.py
 	$(VENV)/bin/python benchmarks/int8_decode.py
+	$(VENV)/bin/python benchmarks/fp16_gradients.py
 	$(VENV)/bin/python benchmarks/char_wall.py --variant cpu --runs default,second --steps 300 \
 		--out benchmarks/results/char_wall_cpu.json
 
