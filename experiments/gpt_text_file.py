@@ -12,7 +12,8 @@ figure, validation loss 1.6927 (measured). The `smoke` variant trains 20 steps, 
 Shakespeare when no data.path is given.
 
 To fine-tune the demo on your text, read the text in the demo's alphabet (a character the
-demo lacks is a one-line error naming it):
+demo lacks is a one-line error naming it; `--set data.unknown_chars=drop` drops such characters,
+`--set "data.unknown_chars= "` reads them as spaces):
 
     genzoo train gpt_text_file --set data.path=input.txt --set data.alphabet_from=runs/demo \
         --init-from runs/demo --set train.steps=500 --set optim.lr=3e-4 --workdir runs/mine
@@ -27,7 +28,7 @@ def get_config(variant=None):
     c = experiment.load("gpt_shakespeare_char", "smoke" if variant == "smoke" else "cpu")
     c.experiment.description = ""
     c.data = dict(name="text_file", path="", tokenizer="char", vocab_size=2000,
-                  alphabet_from="", seq_len=c.data.seq_len)  # fmt: skip
+                  alphabet_from="", unknown_chars="refuse", seq_len=c.data.seq_len)  # fmt: skip
     # Without data.path the smoke variant reads tiny Shakespeare's input.txt (tests, trying it).
     c.data.shakespeare_if_unset = variant == "smoke"
     if variant == "bpe":

@@ -81,6 +81,23 @@ def test_char_ids_are_the_char_tokenizers_in_chunks():
         char_ids("zé" + text, alphabet.replace("é", ""), chunk=7)
 
 
+def test_characters_outside_the_alphabet_are_dropped_or_replaced_when_asked(caplog):
+    from genzoo.data.text_file import _unknown_chars, char_ids
+    from genzoo.errors import UserError
+
+    alphabet = " abc"
+    text = "a€b c€€\U0001f600a" * 3  # € three times a line, 😀 once
+    with caplog.at_level("WARNING", logger="genzoo.data.text_file"):
+        dropped = char_ids(text, alphabet, chunk=5, unknown=_unknown_chars("drop", alphabet))
+    np.testing.assert_array_equal(dropped, char_ids("ab ca" * 3, alphabet))
+    assert "12 characters outside the alphabet dropped: €\U0001f600" in caplog.text
+    spaced = char_ids(text, alphabet, chunk=5, unknown=_unknown_chars(" ", alphabet))
+    np.testing.assert_array_equal(spaced, char_ids("a b c   a" * 3, alphabet))
+    for bad in ("z", "ab", ""):
+        with pytest.raises(UserError, match="data.unknown_chars must be refuse, drop or one"):
+            _unknown_chars(bad, alphabet)
+
+
 def test_a_fine_tune_from_the_demo_reads_the_text_in_the_demos_alphabet(text, tmp_path, capsys):
     demo = tmp_path / "demo"
     assert cli.main(["train", "gpt_shakespeare_char", "--variant", "smoke", "--workdir",
@@ -103,3 +120,7 @@ def test_a_fine_tune_from_the_demo_reads_the_text_in_the_demos_alphabet(text, tm
     assert cli.main([*mine, "--workdir", str(tmp_path / "euro")]) == 2
     err = capsys.readouterr().err
     assert f"does not fit {demo}'s alphabet: characters not in the vocabulary: '\u20ac'" in err
+    assert "data.unknown_chars=drop" in err and not (tmp_path / "euro").exists()
+    assert cli.main([*mine, "--workdir", str(tmp_path / "euro"), "--set",
+                     "data.unknown_chars= "]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "euro" / "chars.json").read_text()) == alphabet
