@@ -135,6 +135,11 @@ CASES = {
     "every seconds negative": ((*NEW, "--set", "checkpoint.every_seconds=-1.0"), None),
     "time budget negative": ((*NEW, "--set", "train.max_seconds=-5"), None),
     "sequence past the context": ((*NEW, "--set", "data.seq_len=64"), None),
+    "context of one token": (
+        (*NEW, "--set", "model.block_size=1", "--set", "data.seq_len=1"),
+        None,
+    ),  # sampling past it looped forever
+    "loss scale unknown": ((*NEW, "--set", "train.loss_scale=static"), None),
     "unknown remat policy": ((*NEW, "--set", "model.remat=some"), None),
     "unknown eval split": ((*NEW, "--set", "eval.split=test"), None),
     "loss chunk not dividing": ((*NEW, "--set", "model.loss_chunk=5"), None),
@@ -209,6 +214,10 @@ CASES = {
     "text file empty": ((*TEXT, "--set", f"data.path={TMP}/text.txt"), "empty text"),  # traceback
     "text file under BPE's vocabulary": (
         (*TEXT, "--variant", "bpe", "--set", f"data.path={TMP}/text.txt"),
+        "short",
+    ),
+    "text file unknown_chars two characters": (
+        (*TEXT, "--set", f"data.path={TMP}/text.txt", "--set", "data.unknown_chars=ab"),
         "short",
     ),
     "text file unknown tokenizer": (

@@ -46,6 +46,8 @@ class GPTConfig(FromConfig):
         )
         if self.loss_chunk < 0:
             raise UserError(f"model.loss_chunk must be >= 0, got {self.loss_chunk}")
+        if self.block_size < 2:  # a window must keep one token and add one to slide (sampling)
+            raise UserError(f"model.block_size must be at least 2, got {self.block_size}")
 
     @property
     def padded_vocab(self) -> int:
