@@ -1,4 +1,4 @@
-"""`genzoo list | train | chain | eval | sample | import | quantize`: parsing and error reporting.
+"""`genzoo list | train | chain | eval | sample | import | quantize | export`: parsing and errors.
 
 Any `UserError` (and any argument error) becomes one line on stderr and exit code 2.
 """
@@ -161,20 +161,42 @@ def _cmd_import(args) -> None:
     print(f"imported {args.path} into {run_dir} (genzoo eval/sample --workdir {run_dir})")
 
 
-def _cmd_quantize(args) -> None:
+def _size(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def _source_and_out(args, verb: str):
+    """(the run `--workdir` names at `--checkpoint`, `--out`) for the commands that copy a
+    run into a new folder; neither may be a quantized copy's or an existing path."""
     from genzoo import quantize, workdir
 
     out = Path(args.out)
     if out.exists():
-        raise UserError(f"--out {out} exists; quantize into a new folder")
+        raise UserError(f"--out {out} exists; {verb} into a new folder")
     if quantize.is_quantized(Path(args.workdir)):
-        raise UserError(f"{args.workdir} is already quantized")
-    run = workdir.open_run(Path(args.workdir), checkpoint=workdir.parse_checkpoint(args.checkpoint))
+        raise UserError(f"{args.workdir} is a quantized copy: {verb} the float original")
+    which = workdir.parse_checkpoint(args.checkpoint)
+    return workdir.open_run(Path(args.workdir), checkpoint=which), out
+
+
+def _cmd_quantize(args) -> None:
+    from genzoo import quantize
+
+    run, out = _source_and_out(args, "quantize")
     counts = quantize.write(run, out)
-    size = lambda n: f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"  # noqa: E731
     print(f"quantized {counts['quantized']} weight arrays to int8 (kept {counts['kept']} float): "
-          f"{size(counts['bytes_before'])} -> {size(counts['bytes_after'])} in {out}"
+          f"{_size(counts['bytes_before'])} -> {_size(counts['bytes_after'])} in {out}"
           f" (genzoo eval/sample --workdir {out})")  # fmt: skip
+
+
+def _cmd_export(args) -> None:
+    from genzoo import exports
+
+    run, out = _source_and_out(args, "export")
+    done = exports.write(run, out)
+    print(f"exported step {run.step} as a Hugging Face {done['class']} ({done['tensors']} tensors, "
+          f"{_size(done['bytes'])}; tokenizer: {', '.join(done['files']) or 'none'}) to {out}\n"
+          f"PyTorch: transformers.{done['class']}.from_pretrained({str(out)!r})")  # fmt: skip
 
 
 def _cmd_sample(args) -> None:
@@ -271,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="a new workdir for the copy")
     q.add_argument("--checkpoint", default="latest", help=CHECKPOINT_HELP)
     q.set_defaults(fn=_cmd_quantize)
+
+    x = sub.add_parser("export", help="a run as a Hugging Face folder (GPT: GPT2LMHeadModel)")
+    x.add_argument("--workdir", required=True)
+    x.add_argument("--out", required=True, help="a new folder: config.json, model.safetensors")
+    x.add_argument("--checkpoint", default="latest", help=CHECKPOINT_HELP)
+    x.set_defaults(fn=_cmd_export)
 
     s = sub.add_parser("sample", help="generate from the latest checkpoint")
     s.add_argument("--workdir", required=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genzoo import cli, errors, workdir
+from genzoo import cli, errors, quantize, workdir
 from genzoo.data import tokenizers
 
 CHAR = ("train", "gpt_shakespeare_char", "--variant", "smoke", "--set", "log.progress=false")
@@ -89,6 +89,7 @@ SETUPS = {
     "latin1": lambda runs, tmp: (tmp / "text.txt").write_bytes("caf\xe9 ".encode("latin-1") * 99),
     "short": lambda runs, tmp: (tmp / "text.txt").write_text("too short\n", encoding="utf-8"),
     "empty text": lambda runs, tmp: (tmp / "text.txt").write_text(""),
+    "quantized": lambda runs, tmp: (_copy(runs, tmp) / quantize.MARKER).write_text("{}"),
 }
 
 
@@ -224,6 +225,16 @@ CASES = {
         (*TEXT, "--set", f"data.path={TMP}/afile", "--set", "data.tokenizer=word"),
         "file",
     ),  # fmt: skip
+    # export
+    "export into an existing folder": (("export", "--workdir", RUN, "--out", TMP), None),
+    "export missing workdir": (
+        ("export", "--workdir", f"{TMP}/missing", "--out", f"{TMP}/o"),
+        None,
+    ),
+    "export a quantized copy": (
+        ("export", "--workdir", f"{TMP}/copy", "--out", f"{TMP}/o"),
+        "quantized",
+    ),
     # eval
     "eval missing workdir": (("eval", "--workdir", f"{TMP}/missing"), None),
     "eval not a workdir": (("eval", "--workdir", f"{TMP}/empty"), "empty"),

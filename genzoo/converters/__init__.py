@@ -1,7 +1,8 @@
-"""Converters from other libraries' checkpoints to genzoo parameters, one module per format.
+"""Converters between other libraries' checkpoints and genzoo parameters, one module per format.
 
 Each module offers `from_hf(path) -> (model config fields, params)` (safetensors only, never
-pickle); `genzoo.imports` writes the result as a workdir.
+pickle), which `genzoo.imports` writes as a workdir, and `to_hf(fields, params)`, the inverse,
+which `genzoo.exports` writes as a Hugging Face folder.
 """
 
 from __future__ import annotations
@@ -43,3 +44,9 @@ def convert(path: Path, name: str, build):
         raise UserError(
             f"the {name} checkpoint in {path} does not match its config: {message}"
         ) from None
+
+
+def contiguous(tensors: dict) -> dict:
+    """Row-major copies where needed: safetensors writes an array's memory as it lies, so a
+    transposed view (torch's [out, in] from genzoo's [in, out]) would be saved untransposed."""
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}

@@ -1,4 +1,5 @@
-"""Hugging Face `BertForMaskedLM` checkpoints (config.json + model.safetensors) as genzoo BERT.
+"""Hugging Face `BertForMaskedLM` checkpoints (config.json + model.safetensors) as genzoo BERT,
+and back (`to_hf`: a BertForMaskedLM, or a fine-tuned classifier's BertForSequenceClassification).
 
 torch's Linear weights are [out, in]; genzoo's kernels are [in, out], with q/k/v stacked as
 [D, 3, heads, head_dim] (heads major, as Hugging Face splits them). The vocabulary is
@@ -11,6 +12,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from genzoo.converters import contiguous as _contiguous
 from genzoo.converters import convert, read_hf
 from genzoo.errors import UserError
 from genzoo.models import bert
@@ -75,3 +77,57 @@ def _params(fields: dict, w: dict) -> dict:
     params["mlm_ln"] = ln("cls.predictions.transform.LayerNorm")
     params["mlm_bias"] = padded(w["cls.predictions.bias"])
     return params
+
+
+def to_hf(fields, params, class_names=None) -> tuple[dict, dict, str]:
+    """(config.json, {tensor name: float32 array}, class) of the Hugging Face BERT computing what
+    genzoo's does: `_params` inverted. A fine-tuned classifier (`model.num_classes`) becomes a
+    BertForSequenceClassification (pooler, classifier, labels), any other a BertForMaskedLM."""
+    c = bert.BertConfig.from_cfg(fields)
+    D, V = c.width, c.vocab_size
+    w = lambda x: np.asarray(x, np.float32)  # noqa: E731
+    dense = lambda t, name: {f"{name}.weight": w(t["kernel"]).T, f"{name}.bias": w(t["bias"])}  # noqa: E731
+
+    def ln(tree, name):
+        norm = tree["LayerNorm_0"]
+        return {f"{name}.weight": w(norm["scale"]), f"{name}.bias": w(norm["bias"])}
+
+    t = {"bert.embeddings.word_embeddings.weight": w(params["word"]["embedding"])[:V],
+         "bert.embeddings.position_embeddings.weight": w(params["position"]["embedding"]),
+         "bert.embeddings.token_type_embeddings.weight": w(params["segment"]["embedding"]),
+         **ln(params["embed_ln"], "bert.embeddings.LayerNorm")}  # fmt: skip
+    for i in range(c.num_layers):
+        layer, p = params[f"layer_{i}"], f"bert.encoder.layer.{i}."
+        attn = layer["attn"]
+        qkv, qkv_bias = w(attn["qkv_kernel"]).reshape(D, 3, D), w(attn["qkv_bias"]).reshape(3, D)
+        for j, name in enumerate(("query", "key", "value")):
+            t[f"{p}attention.self.{name}.weight"] = qkv[:, j].T
+            t[f"{p}attention.self.{name}.bias"] = qkv_bias[j]
+        t[f"{p}attention.output.dense.weight"] = w(attn["out_kernel"]).reshape(D, D).T
+        t[f"{p}attention.output.dense.bias"] = w(attn["out_bias"])
+        t.update({**ln(layer["ln_1"], f"{p}attention.output.LayerNorm"),
+                  **dense(layer["mlp"]["fc"], f"{p}intermediate.dense"),
+                  **dense(layer["mlp"]["proj"], f"{p}output.dense"),
+                  **ln(layer["ln_2"], f"{p}output.LayerNorm")})  # fmt: skip
+    config = {
+        "model_type": "bert", "vocab_size": V, "hidden_size": D,
+        "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
+        "intermediate_size": c.mlp_hidden, "hidden_act": "gelu",
+        "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.dropout,
+        "max_position_embeddings": c.max_len, "type_vocab_size": c.type_vocab_size,
+        "layer_norm_eps": c.ln_epsilon, "initializer_range": 0.02, "pad_token_id": 0,
+        "tie_word_embeddings": True,
+    }  # fmt: skip
+    if c.num_classes:
+        names = list(class_names or [str(k) for k in range(c.num_classes)])
+        t.update({**dense(params["pooler"], "bert.pooler.dense"),
+                  **dense(params["cls_head"], "classifier")})  # fmt: skip
+        config.update(architectures=["BertForSequenceClassification"],
+                      num_labels=c.num_classes, id2label=dict(enumerate(names)),
+                      label2id={n: k for k, n in enumerate(names)})  # fmt: skip
+        return config, _contiguous(t), "BertForSequenceClassification"
+    t.update({**dense(params["mlm_dense"], "cls.predictions.transform.dense"),
+              **ln(params["mlm_ln"], "cls.predictions.transform.LayerNorm"),
+              "cls.predictions.bias": w(params["mlm_bias"])[:V]})  # fmt: skip
+    config["architectures"] = ["BertForMaskedLM"]
+    return config, _contiguous(t), "BertForMaskedLM"

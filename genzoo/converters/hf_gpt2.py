@@ -1,10 +1,11 @@
-"""Hugging Face GPT-2 checkpoints (config.json + model.safetensors) as genzoo GPT parameters."""
+"""Hugging Face GPT-2 checkpoints (config.json + model.safetensors) as genzoo GPT parameters,
+and back (`to_hf`: what `genzoo export` writes for a GPT)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from genzoo.converters import convert, read_hf
+from genzoo.converters import contiguous, convert, read_hf
 from genzoo.errors import UserError
 from genzoo.models import gpt
 
@@ -62,3 +63,46 @@ def _params(fields: dict, w: dict) -> dict:
             },
         }
     return params
+
+
+def to_hf(fields, params) -> tuple[dict, dict]:
+    """(config.json, {tensor name: float32 array}) of a `GPT2LMHeadModel` computing what the
+    genzoo GPT with config `fields` and `params` computes: `_params` inverted. A GPT without
+    biases gets zero ones (GPT-2 always has them); the padded vocabulary rows are dropped."""
+    c = gpt.GPTConfig.from_cfg(fields)
+    D, V = c.width, c.vocab_size
+    p = {k: v for k, v in params.items()}
+    w = lambda x: np.asarray(x, np.float32)  # noqa: E731
+    bias = lambda tree, name, size: w(tree[name]) if name in tree else np.zeros(size, np.float32)  # noqa: E731
+
+    def ln(tree, name):
+        norm = tree["LayerNorm_0"]
+        return {f"{name}.weight": w(norm["scale"]), f"{name}.bias": bias(norm, "bias", D)}
+
+    tensors = {"wte.weight": w(p["wte"]["embedding"])[:V], "wpe.weight": w(p["wpe"]["embedding"]),
+               **ln(p["ln_f"], "ln_f")}  # fmt: skip
+    for i in range(c.num_layers):
+        block, h = p[f"block_{i}"], f"h.{i}."
+        attn, mlp = block["attn"], block["mlp"]
+        tensors.update({
+            **ln(block["ln_1"], h + "ln_1"), **ln(block["ln_2"], h + "ln_2"),
+            h + "attn.c_attn.weight": w(attn["qkv_kernel"]).reshape(D, 3 * D),
+            h + "attn.c_attn.bias": bias(attn, "qkv_bias", (3, D)).reshape(3 * D),
+            h + "attn.c_proj.weight": w(attn["out_kernel"]).reshape(D, D),
+            h + "attn.c_proj.bias": bias(attn, "out_bias", D),
+            h + "mlp.c_fc.weight": w(mlp["fc"]["kernel"]),
+            h + "mlp.c_fc.bias": bias(mlp["fc"], "bias", 4 * D),
+            h + "mlp.c_proj.weight": w(mlp["proj"]["kernel"]),
+            h + "mlp.c_proj.bias": bias(mlp["proj"], "bias", D),
+        })  # fmt: skip
+    special = V - 1 if V == 50257 else None  # GPT-2's <|endoftext|>; other vocabularies: none
+    config = {
+        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": V,
+        "n_positions": c.block_size, "n_ctx": c.block_size, "n_embd": D,
+        "n_layer": c.num_layers, "n_head": c.num_heads, "n_inner": None,
+        "activation_function": "gelu_new" if c.gelu_approximate else "gelu",
+        "layer_norm_epsilon": c.ln_epsilon, "resid_pdrop": c.dropout, "embd_pdrop": c.dropout,
+        "attn_pdrop": c.dropout, "initializer_range": 0.02, "tie_word_embeddings": True,
+        "scale_attn_weights": True, "bos_token_id": special, "eos_token_id": special,
+    }  # fmt: skip
+    return config, contiguous({"transformer." + k: v for k, v in tensors.items()})

@@ -61,9 +61,7 @@ class MaskedLM:
     @property
     def class_names(self) -> list[str]:
         """A fine-tuned classifier's classes (its data's names, else their numbers)."""
-        k = int(self.run.cfg.model.get("num_classes", 0) or 0)
-        names = getattr(self.run.data, "class_names", None)
-        return list(names) if names and len(names) == k else [str(i) for i in range(k)]
+        return class_names(self.run)
 
     def classify(self, texts, batch_size: int = 64) -> np.ndarray:
         """Class probabilities [N, classes] of a fine-tuned classifier (`class_names` names
@@ -139,3 +137,11 @@ register(
         sample=_sample,
     )
 )
+
+
+def class_names(run) -> list[str]:
+    """A fine-tuned BERT classifier's classes: its data's names, else their numbers (none for
+    a masked LM)."""
+    k = int(run.cfg.model.get("num_classes", 0) or 0)
+    names = getattr(run.data, "class_names", None)
+    return list(names) if names and len(names) == k else [str(i) for i in range(k)]
