@@ -117,3 +117,21 @@ def test_init_from_an_imported_workdir(hf_dir, imported, tmp_path, capsys):
     assert (new / "vocab.json").read_bytes() == (src / "vocab.json").read_bytes()
     rows = [json.loads(x) for x in (new / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["step"] == 0 and np.isfinite(rows[0]["val/loss"])  # started from GPT-2
+
+
+def test_exporting_an_import_gives_back_the_hugging_face_model(hf_dir, tmp_path, capsys):
+    """Hugging Face -> genzoo -> Hugging Face: the same tensors, and GPT-2's tokenizer files."""
+    folder, model = hf_dir
+    wd, out = tmp_path / "gpt2", tmp_path / "hf"
+    assert cli.main(["import", "gpt2", str(folder), "--workdir", str(wd)]) == 0
+    assert cli.main(["export", "--workdir", str(wd), "--out", str(out)]) == 0
+    for name in ("vocab.json", "merges.txt"):
+        assert (out / name).read_bytes() == (folder / name).read_bytes()
+    again = transformers.GPT2LMHeadModel.from_pretrained(out).state_dict()
+    for name, tensor in model.state_dict().items():
+        np.testing.assert_array_equal(again[name].numpy(), tensor.numpy(), err_msg=name)
+    tokenizer = transformers.GPT2TokenizerFast.from_pretrained(out)
+    from genzoo import api
+
+    lm = api.load(wd)
+    assert tokenizer("the king")["input_ids"] == list(lm.encode("the king"))
