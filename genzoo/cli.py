@@ -1,4 +1,4 @@
-"""`genzoo list | train | chain | eval | sample | import | quantize | export`: parsing and errors.
+"""`genzoo list | config | train | chain | eval | sample | import | quantize | export`: the CLI.
 
 Any `UserError` (and any argument error) becomes one line on stderr and exit code 2.
 """
@@ -36,6 +36,13 @@ def _cmd_list(args) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3])
+
+
+def _cmd_config(args) -> None:
+    from genzoo import experiment
+
+    cfg = experiment.load(args.experiment, args.variant, list(args.set or ()))
+    print(cfg.to_json_best_effort(indent=2))
 
 
 def _cmd_train(args) -> None:
@@ -249,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     sub.add_parser("list", help="list experiments").set_defaults(fn=_cmd_list)
+
+    g = sub.add_parser("config", help="print an experiment's config with overrides, as JSON")
+    g.add_argument("experiment", help="a name from experiments/ or a path to an experiment file")
+    g.add_argument("--variant", help="e.g. smoke (CI-sized) or cpu")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    g.set_defaults(fn=_cmd_config)
 
     t = sub.add_parser("train", help="train (or resume) an experiment")
     t.add_argument("experiment", help="a name from experiments/ or a path to an experiment file")

@@ -107,6 +107,7 @@ IMPORT = ("import", "gpt2", f"{TMP}/gpt2", "--workdir", f"{TMP}/imp")
 CASES = {
     # experiment and overrides
     "unknown experiment": ((("train", "no_such_experiment")), None),
+    "config of an unknown experiment": (("config", "no_such_experiment"), None),
     "unknown key": (("train", "gpt_shakespeare_char", "--set", "train.nope=1"), None),
     "ill-typed value": (("train", "gpt_shakespeare_char", "--set", "train.steps=ten"), None),
     "override without =": (("train", "gpt_shakespeare_char", "--set", "train.steps"), None),

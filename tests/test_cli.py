@@ -60,6 +60,19 @@ def test_list_names_every_experiment(capsys):
     assert experiment.summary("One line, no period") == "One line, no period"
 
 
+def test_config_prints_what_train_would_use_with_the_overrides(capsys):
+    code, out, err = run(capsys, "config", "gpt_shakespeare_char", "--variant", "cpu",
+                         "--set", "optim.lr=3e-4", "--set", "model.dtype=bfloat16")  # fmt: skip
+    assert code == 0 and err == ""
+    cfg = json.loads(out)
+    assert cfg["optim"]["lr"] == 3e-4 and cfg["model"]["dtype"] == "bfloat16"
+    assert cfg["experiment"]["variant"] == "cpu" and cfg["model"]["width"] == 128
+    assert cfg == json.loads(experiment.load("gpt_shakespeare_char", "cpu", [
+        "optim.lr=3e-4", "model.dtype=bfloat16"]).to_json())  # fmt: skip
+    code, out, err = run(capsys, "config", "gpt_shakespeare_char", "--set", "optim.lr=abc")
+    assert code == 2 and out == "" and "optim.lr" in err
+
+
 def test_train_writes_config_metrics_and_plot(trained):
     saved = json.loads((trained / "config.json").read_text())
     assert saved["model"]["vocab_size"] > 0 and saved["train"]["steps"] == 20
