@@ -13,10 +13,9 @@ the run keeps one).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-from genzoo.data.sources import write_atomic
+from genzoo.data.sources import folder_atomic
 from genzoo.errors import UserError
 
 CHARS = "chars.json"
@@ -60,17 +59,11 @@ def write(run, out: Path) -> dict:
                         f"{run.path} is a {family}")  # fmt: skip
     config, tensors, cls = EXPORTERS[family](run)
     files = tokenizer_files(run.data)
-    tmp = out.with_name(f".partial-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with folder_atomic(out) as tmp:
         meta = {"format": "pt", "genzoo_step": str(run.step)}
-        write_atomic(tmp / "model.safetensors", lambda fh: fh.write(save(tensors, meta)))
+        (tmp / "model.safetensors").write_bytes(save(tensors, meta))
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         for name, blob in files.items():
             (tmp / name).write_bytes(blob)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     size = sum(v.nbytes for v in tensors.values())
     return {"class": cls, "tensors": len(tensors), "bytes": size, "files": sorted(files)}

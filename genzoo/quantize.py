@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from genzoo.data.sources import write_atomic
+from genzoo.data.sources import folder_atomic
 from genzoo.errors import UserError
 
 WEIGHTS = "params_int8.safetensors"
@@ -109,20 +109,14 @@ def write(run, out: Path) -> dict:
     from safetensors.numpy import save
 
     tensors, counts = quantize_params(run.params)
-    tmp = out.with_name(f".partial-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with folder_atomic(out) as tmp:
         for f in Path(run.path).iterdir():  # config and tokenizer files
             if f.is_file() and f.name not in SKIP_FILES:
                 shutil.copy2(f, tmp / f.name)
-        write_atomic(tmp / WEIGHTS, lambda fh: fh.write(save(tensors)))
+        (tmp / WEIGHTS).write_bytes(save(tensors))
         marker = {"format": "int8 weight-only, per-channel absmax", "step": run.step,
                   "source": str(Path(run.path).absolute()), **counts}  # fmt: skip
         (tmp / MARKER).write_text(json.dumps(marker, indent=1))
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return counts
 
 

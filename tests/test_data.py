@@ -199,3 +199,22 @@ def test_building_a_data_set_prints_nothing(monkeypatch, tmp_path, capsys):
     builder = data.prepared_builder(shakespeare.TinyShakespeareChar, sha)
     assert builder.is_prepared() and str(tmp_path) in str(builder.data_dir)
     assert capsys.readouterr() == ("", "")
+
+
+def test_a_folder_written_whole_appears_only_when_its_block_succeeds(tmp_path):
+    from genzoo.data.sources import folder_atomic
+
+    dest = tmp_path / "out"
+    with pytest.raises(RuntimeError), folder_atomic(dest) as tmp:
+        (tmp / "half").write_text("x")
+        raise RuntimeError("killed halfway")
+    assert list(tmp_path.iterdir()) == []  # neither `out` nor the partial folder
+    with folder_atomic(dest) as tmp:
+        (tmp / "whole").write_text("x")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (dest / "whole").is_file()
+    with pytest.raises(OSError), folder_atomic(dest) as tmp:  # a finished folder is kept
+        (tmp / "again").write_text("y")
+    with folder_atomic(dest, shared=True) as tmp:  # another process got there first: fine
+        (tmp / "again").write_text("y")
+    assert sorted(p.name for p in dest.iterdir()) == ["whole"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

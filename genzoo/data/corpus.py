@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -85,10 +83,8 @@ def build(files: dict[str, Path], folder: Path) -> None:
 
     Not a GeneratorBasedBuilder: TFDS's writer sorts examples through a shuffle buffer that
     spills to disk with TensorFlow beyond 1 GiB; records written in order need neither."""
-    tmp = folder.with_name(f".partial-{folder.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    # Other processes of a multi-process run may finish the same build first: theirs stays.
+    with sources.folder_atomic(folder, shared=True) as tmp:
         vocab, infos = 0, []
         for split, path in files.items():
             with open(path, "rb") as source:  # the largest id, block by block
@@ -101,13 +97,6 @@ def build(files: dict[str, Path], folder: Path) -> None:
             data_dir=tmp, features=FEATURES, split_infos=infos, check_data=False,
             description=__doc__, metadata=tfds.core.MetadataDict(meta), disable_shuffling=True,
         )  # fmt: skip
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process (of a multi-process run) finished the same build first
-            if not (folder / "dataset_info.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class RecordTokens:

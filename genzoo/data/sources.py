@@ -8,6 +8,7 @@ that fails, the copy shipped inside the package, then system folders (e.g. Debia
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import lzma
@@ -55,6 +56,27 @@ def write_atomic(dest: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def folder_atomic(dest: Path, shared: bool = False):
+    """Yields a new folder beside `dest`, renamed to `dest` when the block ends without an
+    error and removed otherwise: a failure or a kill never leaves a half-written `dest`.
+    `shared`: other processes may build the same folder (a multi-process run); the first
+    rename wins and the others' copies are dropped."""
+    dest = Path(dest)
+    tmp = dest.with_name(f".partial-{dest.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not (shared and dest.is_dir()):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _download(url: str, dest: Path, sha256: str) -> bool:
