@@ -12,8 +12,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from genzoo.converters import contiguous as _contiguous
-from genzoo.converters import convert, read_hf
+from genzoo.converters import contiguous, convert, read_hf
 from genzoo.errors import UserError
 from genzoo.models import bert
 
@@ -125,9 +124,9 @@ def to_hf(fields, params, class_names=None) -> tuple[dict, dict, str]:
         config.update(architectures=["BertForSequenceClassification"],
                       num_labels=c.num_classes, id2label=dict(enumerate(names)),
                       label2id={n: k for k, n in enumerate(names)})  # fmt: skip
-        return config, _contiguous(t), "BertForSequenceClassification"
+        return config, contiguous(t), "BertForSequenceClassification"
     t.update({**dense(params["mlm_dense"], "cls.predictions.transform.dense"),
               **ln(params["mlm_ln"], "cls.predictions.transform.LayerNorm"),
               "cls.predictions.bias": w(params["mlm_bias"])[:V]})  # fmt: skip
     config["architectures"] = ["BertForMaskedLM"]
-    return config, _contiguous(t), "BertForMaskedLM"
+    return config, contiguous(t), "BertForMaskedLM"

@@ -71,7 +71,7 @@ def to_hf(fields, params) -> tuple[dict, dict]:
     biases gets zero ones (GPT-2 always has them); the padded vocabulary rows are dropped."""
     c = gpt.GPTConfig.from_cfg(fields)
     D, V = c.width, c.vocab_size
-    p = {k: v for k, v in params.items()}
+    p = params
     w = lambda x: np.asarray(x, np.float32)  # noqa: E731
     bias = lambda tree, name, size: w(tree[name]) if name in tree else np.zeros(size, np.float32)  # noqa: E731
 
