@@ -256,7 +256,9 @@ def from_json(text: str) -> ml_collections.ConfigDict:
 
 
 def _upgrade(data: dict) -> None:
-    """Saved configs from before host-side evaluators name their classifier run directly."""
+    """Saved configs from before host-side evaluators name their classifier run directly;
+    from before loss scaling, their checkpoints hold no scale (today's default would add one)."""
+    data.setdefault("train", {}).setdefault("loss_scale", "none")
     ev = data.get("eval", {})
     if "classifier_workdir" in ev:
         classifier, num = ev.pop("classifier_workdir"), ev.pop("num_samples", 1000)

@@ -97,6 +97,9 @@ def prepare_training(cfg: ml_collections.ConfigDict, workdir: Path):
         if saved is not None and cfg.optim.get(key) == -1 and key in saved.optim:
             # Schedules are fixed at first launch; a longer run keeps them (as nanoGPT does).
             cfg.optim[key] = saved.optim[key]
+    if saved is not None and cfg.train.get("loss_scale") == "auto":
+        # Fixed at first launch, like the schedule: the checkpoints hold a scale or do not.
+        cfg.train.loss_scale = saved.train.loss_scale
     frozen = resolve(cfg, data)
     if saved is not None:
         conflicts = experiment.resume_conflicts(saved, ml_collections.ConfigDict(frozen))

@@ -202,3 +202,26 @@ def test_scaled_gradients_of_dict_losses_equal_unscaled_ones():
     for group in "ab":
         np.testing.assert_array_equal(scaled[group], plain[group])
     np.testing.assert_array_equal(scaled["a"], params["b"] * batch)
+
+
+def test_a_float16_run_saved_before_loss_scaling_resumes_without_it(tmp_path, capsys):
+    """Its checkpoints hold no scale: resuming with today's default (auto) keeps it unscaled."""
+    path = tmp_path / "old"
+    f16 = [*SMOKE, "--set", "model.dtype=float16", "--workdir", str(path)]
+    assert cli.main([*f16, "--set", "train.loss_scale=none", "--set", "train.steps=2"]) == 0
+    saved = json.loads((path / "config.json").read_text())
+    del saved["train"]["loss_scale"]  # as written before the key existed
+    (path / "config.json").write_text(json.dumps(saved))
+    assert workdir.open_run(path).state.loss_scale is None  # eval and sample read it
+    assert cli.main([*f16, "--set", "train.steps=4"]) == 0, capsys.readouterr().err
+    run = workdir.open_run(path)
+    assert run.step == 4 and run.state.loss_scale is None
+    assert json.loads((path / "config.json").read_text())["train"]["loss_scale"] == "none"
+    # A run saved with its scale resumes with it; asking to drop it is refused (the layout).
+    new = [*SMOKE, "--set", "model.dtype=float16", "--workdir", str(tmp_path / "new")]
+    assert cli.main([*new, "--set", "train.steps=2"]) == 0
+    assert cli.main([*new, "--set", "train.steps=3"]) == 0
+    assert workdir.open_run(tmp_path / "new").state.loss_scale is not None
+    capsys.readouterr()
+    assert cli.main([*new, "--set", "train.steps=4", "--set", "train.loss_scale=none"]) == 2
+    assert "train.loss_scale" in capsys.readouterr().err
