@@ -16,9 +16,8 @@ import json
 from pathlib import Path
 
 from genzoo.data.sources import folder_atomic
+from genzoo.data.text_file import CHARS
 from genzoo.errors import UserError
-
-CHARS = "chars.json"
 
 
 def _gpt(run) -> tuple[dict, dict, str]:

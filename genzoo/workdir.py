@@ -72,6 +72,13 @@ def with_deps(family, data, deps: dict):
     return prepare(data, deps) if prepare is not None else data
 
 
+# Settings whose default is decided at a run's first launch and kept by every resume that leaves
+# them at it: the schedule's lengths (a longer run keeps them, as nanoGPT does) and whether the
+# loss is scaled (the checkpoints hold a scale or do not).
+FIXED_AT_FIRST_LAUNCH = (("optim", "decay_steps", -1), ("optim", "prune_end", -1),
+                         ("train", "loss_scale", "auto"))  # fmt: skip
+
+
 def prepare_training(cfg: ml_collections.ConfigDict, workdir: Path):
     """Resolved frozen config, data and opened dependencies ({name: Run}); refuses a resume
     whose settings conflict."""
@@ -93,13 +100,9 @@ def prepare_training(cfg: ml_collections.ConfigDict, workdir: Path):
         cfg.model.requires = requires.pin(family, cfg.model.get("requires"), saved_pins, chain)
     deps = requires.open_all(cfg.model.get("requires"))
     data = with_deps(family, data, deps)
-    for key in ("decay_steps", "prune_end"):
-        if saved is not None and cfg.optim.get(key) == -1 and key in saved.optim:
-            # Schedules are fixed at first launch; a longer run keeps them (as nanoGPT does).
-            cfg.optim[key] = saved.optim[key]
-    if saved is not None and cfg.train.get("loss_scale") == "auto":
-        # Fixed at first launch, like the schedule: the checkpoints hold a scale or do not.
-        cfg.train.loss_scale = saved.train.loss_scale
+    for section, key, default in FIXED_AT_FIRST_LAUNCH:
+        if saved is not None and cfg[section].get(key) == default and key in saved[section]:
+            cfg[section][key] = saved[section][key]
     frozen = resolve(cfg, data)
     if saved is not None:
         conflicts = experiment.resume_conflicts(saved, ml_collections.ConfigDict(frozen))

@@ -71,7 +71,6 @@ def to_hf(fields, params) -> tuple[dict, dict]:
     biases gets zero ones (GPT-2 always has them); the padded vocabulary rows are dropped."""
     c = gpt.GPTConfig.from_cfg(fields)
     D, V = c.width, c.vocab_size
-    p = params
     w = lambda x: np.asarray(x, np.float32)  # noqa: E731
     bias = lambda tree, name, size: w(tree[name]) if name in tree else np.zeros(size, np.float32)  # noqa: E731
 
@@ -79,10 +78,11 @@ def to_hf(fields, params) -> tuple[dict, dict]:
         norm = tree["LayerNorm_0"]
         return {f"{name}.weight": w(norm["scale"]), f"{name}.bias": bias(norm, "bias", D)}
 
-    tensors = {"wte.weight": w(p["wte"]["embedding"])[:V], "wpe.weight": w(p["wpe"]["embedding"]),
-               **ln(p["ln_f"], "ln_f")}  # fmt: skip
+    tensors = {"wte.weight": w(params["wte"]["embedding"])[:V],
+               "wpe.weight": w(params["wpe"]["embedding"]),
+               **ln(params["ln_f"], "ln_f")}  # fmt: skip
     for i in range(c.num_layers):
-        block, h = p[f"block_{i}"], f"h.{i}."
+        block, h = params[f"block_{i}"], f"h.{i}."
         attn, mlp = block["attn"], block["mlp"]
         tensors.update({
             **ln(block["ln_1"], h + "ln_1"), **ln(block["ln_2"], h + "ln_2"),
