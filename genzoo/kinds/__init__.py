@@ -122,17 +122,19 @@ def of_family(family) -> Kind:
 
 def in_batches(fn, rows, batch_size: int):
     """`fn` over consecutive slices of `rows` (bounded device memory), outputs joined as numpy
-    (leaf by leaf where `fn` returns a pytree: the judge's heads and features); no rows give
-    no outputs, shaped as `fn` would shape them (traced, not run: a conv stack cannot run on
-    an empty batch)."""
+    (leaf by leaf where `fn` returns a pytree: the judge's heads and features); `rows` may be a
+    tuple of arrays with one row each per input, sliced alike and passed as `fn`'s arguments.
+    No rows give no outputs, shaped as `fn` would shape them (traced, not run: a conv stack
+    cannot run on an empty batch)."""
     import jax
     import numpy as np
 
     check_sampling(dict(batch_size=batch_size))
-    if not len(rows):
-        out = jax.eval_shape(fn, jax.ShapeDtypeStruct((1, *rows.shape[1:]), rows.dtype))
+    args = rows if isinstance(rows, tuple) else (rows,)
+    if not len(args[0]):
+        out = jax.eval_shape(fn, *[jax.ShapeDtypeStruct((1, *a.shape[1:]), a.dtype) for a in args])
         return jax.tree.map(lambda s: np.zeros((0, *s.shape[1:]), s.dtype), out)
-    parts = [fn(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+    parts = [fn(*(a[i : i + batch_size] for a in args)) for i in range(0, len(args[0]), batch_size)]
     return jax.tree.map(lambda *leaves: np.concatenate([np.asarray(x) for x in leaves]), *parts)
 
 

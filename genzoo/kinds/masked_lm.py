@@ -70,11 +70,11 @@ class MaskedLM:
         if not self.class_names or not hasattr(self.family, "classify"):
             raise UserError("this run is no fine-tuned classifier (model.num_classes is 0): "
                             "fill_mask and encode apply")  # fmt: skip
-        _, tokens_BxL, valid_BxL = self._tokens(texts)
-        rows = np.stack([tokens_BxL, valid_BxL.astype(np.int32)], axis=1)  # [N, 2, L]
-        classify = lambda r: self.family.classify(self.run.params, self.run.cfg.model, r[:, 0],  # noqa: E731
-                                                  0 * r[:, 0], r[:, 1] > 0)  # fmt: skip
-        return kinds.in_batches(classify, rows, batch_size)
+        _, tokens_NxL, valid_NxL = self._tokens(texts)
+        # Segments all 0: `0 * t` also traces (in_batches shapes an empty input by tracing).
+        classify = lambda t, v: self.family.classify(self.run.params, self.run.cfg.model, t,  # noqa: E731
+                                                     0 * t, v)  # fmt: skip
+        return kinds.in_batches(classify, (tokens_NxL, valid_NxL), batch_size)
 
     def encode(self, texts, batch_size: int = 64) -> list[np.ndarray]:
         """Final hidden states per token ([CLS] and [SEP] included), [L_i, D] per text."""
