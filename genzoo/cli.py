@@ -1,6 +1,7 @@
 """`genzoo list | config | train | chain | eval | sample | import | quantize | export`: the CLI.
 
-Any `UserError` (and any argument error) becomes one line on stderr and exit code 2.
+Any `UserError` (and any argument error) becomes one line on stderr and exit code 2; a full
+or failing disk one line and exit code 74 (`errors.storage_error`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ from pathlib import Path
 from genzoo.errors import (
     EXIT_NONFINITE,
     EXIT_PREEMPTED,
+    EXIT_STORAGE,
     EXIT_USER_ERROR,
     NonFinite,
     Preempted,
     UserError,
     check_environment,
+    quiet_storage_reports,
+    storage_error,
+    storage_message,
 )
 
 
@@ -335,9 +340,12 @@ def _quiet_libraries(verbose: bool) -> None:
     fmt = "%(relativeCreated)9.0f ms  %(message)s" if verbose else "%(message)s"
     logging.basicConfig(level=level, format=fmt, force=True)  # over any library's handler
     logging.getLogger("genzoo").setLevel(level)
+    if not verbose:
+        quiet_storage_reports()
 
 
 def main(argv=None) -> int:
+    args = None
     try:
         args = build_parser().parse_args(argv)
         check_environment()
@@ -357,6 +365,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("genzoo: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if (failure := storage_error(e)) is None:
+            raise
+        training = getattr(args, "fn", None) in (_cmd_train, _cmd_chain)
+        print(f"genzoo: error: {storage_message(failure, training)}", file=sys.stderr)
+        return EXIT_STORAGE
     return 0
 
 

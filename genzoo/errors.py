@@ -1,10 +1,16 @@
 """The exceptions a command ends with, and the exit codes the CLI maps them to."""
 
+import errno
+import logging
 import os
 import re
+import sys
+import threading
+import warnings
 
 EXIT_USER_ERROR = 2  # bad input: nothing was written
 EXIT_NONFINITE = 3  # training met a NaN/Inf loss or gradient; eval produced a non-finite figure
+EXIT_STORAGE = 74  # the disk filled or failed mid-write (sysexits' EX_IOERR)
 EXIT_PREEMPTED = 75  # stopped by SIGTERM/SIGINT after saving (sysexits' EX_TEMPFAIL: retry)
 
 
@@ -18,6 +24,99 @@ class NonFinite(Exception):
 
 class Preempted(Exception):
     """Training stopped on a signal after saving a checkpoint (exit 75)."""
+
+
+# The storage failures a command cannot recover from but a rerun can, once the disk has room
+# (or works) again: a full disk or quota, an I/O error, a file system gone read-only.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+
+
+# Set once a storage failure has been seen: the process is on its way out, and what its
+# threads report after that (a writer whose queue was closed under it) follows from it.
+_STORAGE_FAILED = threading.Event()
+
+
+def storage_error(error: BaseException | None) -> OSError | None:
+    """The storage failure behind `error`, or None (found: later reports from the process's
+    threads are quieted, `quiet_storage_reports`): orbax re-raises a failed background
+    write wrapped in its own exceptions, so causes, contexts and groups are searched too,
+    and tensorstore reports the OS's error inside a ValueError's text."""
+    seen, todo = set(), [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            _STORAGE_FAILED.set()
+            return e
+        code = re.search(r"os_error_code='(\d+)'", str(e))
+        if code and int(code[1]) in STORAGE_ERRNOS:
+            _STORAGE_FAILED.set()
+            return OSError(int(code[1]), os.strerror(int(code[1])))
+        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+    return None
+
+
+def storage_message(error: OSError, training: bool) -> str:
+    """One line for a storage failure: what, where, and what a rerun does."""
+    where = f" ({error.filename})" if error.filename else ""
+    then = "training resumes from its last complete checkpoint" if training else "nothing was kept"
+    return (
+        f"{error.strerror or os.strerror(error.errno)}{where}; make room (or repair the disk) "
+        f"and run the same command again: {then}"
+    )
+
+
+def _after_storage_failure(error: BaseException | None) -> bool:
+    return storage_error(error) is not None or _STORAGE_FAILED.is_set()
+
+
+class _StorageReports(logging.Filter):
+    """Drops log records that carry a storage failure, or follow one (orbax logs its
+    background threads' failures with tracebacks, asyncio its tasks' at exit)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not _after_storage_failure(error) or record.levelno < logging.ERROR
+
+
+_STORAGE_REPORTS = _StorageReports()
+
+
+def quiet_storage_reports() -> None:
+    """The CLI reports a storage failure in one line; the same failure also surfaces in
+    orbax's background threads (logged), tensorboardX's writer thread (threading's hook),
+    atexit flushes (the unraisable hook) and coroutines left unawaited (warnings), some 300
+    lines of tracebacks for one full disk. Those reports, and the errors that follow them,
+    are dropped from this call on."""
+    _STORAGE_FAILED.clear()  # a new command (tests run several in one process)
+    logging.getLogger("absl").addFilter(_STORAGE_REPORTS)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_STORAGE_REPORTS)
+    if getattr(threading.excepthook, "genzoo_quiet", False):
+        return
+    thread_hook, unraisable_hook, show = (
+        threading.excepthook,
+        sys.unraisablehook,
+        warnings.showwarning,
+    )
+
+    def on_thread(args):
+        if not _after_storage_failure(args.exc_value):
+            thread_hook(args)
+
+    def on_unraisable(report):
+        if not _after_storage_failure(report.exc_value):
+            unraisable_hook(report)
+
+    def on_warning(*args, **kwargs):
+        if not _STORAGE_FAILED.is_set():
+            show(*args, **kwargs)
+
+    on_thread.genzoo_quiet = True
+    threading.excepthook, sys.unraisablehook = on_thread, on_unraisable
+    warnings.showwarning = on_warning
 
 
 # Every environment knob with a fixed set of values, the default first (docs/usage.md has

@@ -84,10 +84,15 @@ class MetricsWriter:
             if self._opening.ident is not None:
                 self._opening.join()
                 self._flush_tensorboard()
-        if self._file is not None:
-            self._file.close()
-        if self._tb is not None:
-            self._tb.close()
+        try:
+            if self._file is not None:
+                self._file.close()  # raises where its last rows could not be written
+        finally:
+            if self._tb is not None:
+                try:
+                    self._tb.close()
+                except OSError as err:  # metrics.jsonl holds every row; it says if it failed
+                    log.info("TensorBoard events incomplete: %s", err)
 
 
 def _ends_torn(path: Path) -> bool:

@@ -360,8 +360,20 @@ class Trainer(StartUp):
                             "checkpoint saved; run the same command to resume"
                         )
                 check(previous)
-        finally:
-            bar.close()
-            ckpt.close()  # waits for the save in flight: a preempted run keeps its last step
-            writer.close()
+        finally:  # ckpt.close waits for the save in flight: a preempted run keeps its last step
+            _close_all(bar.close, ckpt.close, writer.close)
         return state
+
+
+def _close_all(*closers) -> None:
+    """Runs every closer even when one fails (a full disk fails the checkpoint's wait and the
+    metrics' flush alike, and TensorBoard's writer must still stop), then raises the first
+    failure."""
+    first = None
+    for close in closers:
+        try:
+            close()
+        except Exception as err:
+            first = first or err
+    if first is not None:
+        raise first

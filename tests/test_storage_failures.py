@@ -1,0 +1,174 @@
+"""A full or failing disk: one line, exit 74, nothing half-written, and the same command resumes."""
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from genzoo import checkpoint, cli, workdir
+from genzoo.errors import EXIT_STORAGE, storage_error
+
+SMOKE = ["train", "gpt_shakespeare_char", "--variant", "smoke", "--set", "log.progress=false"]
+FULL = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _raised(make):
+    try:
+        make()
+    except BaseException as e:  # noqa: BLE001 - the test inspects whatever was raised
+        return e
+    raise AssertionError("nothing raised")
+
+
+def _wrapped_as_orbax_does():
+    try:
+        raise FULL
+    except OSError as e:
+        raise RuntimeError("Save Finalize thread (save_finalize) failed") from e
+
+
+def _raised_while_handling():
+    try:
+        raise FULL
+    except OSError:
+        raise ValueError("the commit callback failed") from None  # context kept, cause hidden
+
+
+TENSORSTORE = (  # the text tensorstore raises (a ValueError) when a write meets a full disk
+    'RESOURCE_EXHAUSTED: Error writing "params.wte/0" in OCDBT database at local file "/r/": '
+    "Failed to write 50342 bytes to file 7: No space left on device [os_error_code='28']"
+)
+
+
+@pytest.mark.parametrize(
+    "make, errno_found",
+    [
+        (lambda: FULL, errno.ENOSPC),
+        (lambda: _raised(_wrapped_as_orbax_does), errno.ENOSPC),
+        (lambda: _raised(_raised_while_handling), errno.ENOSPC),
+        (
+            lambda: ExceptionGroup("writers", [KeyError("x"), OSError(errno.EDQUOT, "q")]),
+            errno.EDQUOT,
+        ),
+        (lambda: ValueError(TENSORSTORE), errno.ENOSPC),
+        (lambda: OSError(errno.EIO, "Input/output error"), errno.EIO),
+        (lambda: OSError(errno.ENOENT, "No such file or directory"), None),
+        (lambda: ValueError(TENSORSTORE.replace("'28'", "'2'")), None),
+        (lambda: RuntimeError("No space left on device"), None),  # words alone are not enough
+        (lambda: None, None),
+    ],
+    ids=[
+        "direct",
+        "cause",
+        "context",
+        "group",
+        "tensorstore",
+        "eio",
+        "enoent",
+        "ts-enoent",
+        "words",
+        "none",
+    ],  # fmt: skip
+)
+def test_storage_error_is_found_behind_wrappers(make, errno_found):
+    found = storage_error(make())
+    assert (found.errno if found is not None else None) == errno_found
+
+
+@pytest.fixture(scope="module")
+def ten(tmp_path_factory):
+    """A smoke run saved at step 10, and its state after 10 more steps without a failure."""
+    path = tmp_path_factory.mktemp("storage") / "run"
+    assert cli.main([*SMOKE, "--workdir", str(path), "--set", "train.steps=10"]) == 0
+    reference = path.with_name("reference")
+    shutil.copytree(path, reference)
+    assert cli.main([*SMOKE, "--workdir", str(reference), "--set", "train.steps=20"]) == 0
+    return path, _params(reference)
+
+
+def _params(path: Path):
+    run = workdir.open_run(path)
+    return run.step, [np.asarray(x) for x in jax.tree.leaves(jax.device_get(run.state.params))]
+
+
+def _checkpoint_bytes(path: Path) -> dict:
+    return {str(p.relative_to(path)): p.read_bytes()
+            for p in sorted((path / "checkpoints").rglob("*")) if p.is_file()}  # fmt: skip
+
+
+@pytest.mark.skipif(not os.access("/dev/full", os.W_OK), reason="no /dev/full")
+def test_a_full_disk_is_one_line_exit_74_and_the_same_command_resumes(ten, tmp_path, capsys):
+    """metrics.jsonl as /dev/full: every write to it fails with ENOSPC, as on a full disk."""
+    path = tmp_path / "run"
+    shutil.copytree(ten[0], path)
+    rows = (path / "metrics.jsonl").read_bytes()
+    saved = _checkpoint_bytes(path)
+    (path / "metrics.jsonl").unlink()
+    (path / "metrics.jsonl").symlink_to("/dev/full")
+    capsys.readouterr()
+    code = cli.main([*SMOKE, "--workdir", str(path), "--set", "train.steps=20"])
+    out, err = capsys.readouterr()
+    assert code == EXIT_STORAGE == 74
+    assert err.count("\n") == 1 and err.startswith("genzoo: error: No space left on device")
+    assert "resumes from its last complete checkpoint" in err
+    assert _checkpoint_bytes(path) == saved  # the complete step 10 untouched, nothing added
+
+    (path / "metrics.jsonl").unlink()
+    (path / "metrics.jsonl").write_bytes(rows)
+    assert cli.main([*SMOKE, "--workdir", str(path), "--set", "train.steps=20"]) == 0
+    step, params = _params(path)
+    assert step == ten[1][0] == 20
+    for got, want in zip(params, ten[1][1], strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_disk_filling_during_an_asynchronous_save_is_one_line_exit_74(tmp_path):
+    """A real small file system (a tmpfs; root only): orbax's background write fails, which
+    reaches the CLI wrapped in orbax's and tensorstore's exceptions, and reports from its
+    threads, TensorBoard's writer and asyncio must stay quiet."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir}
+    argv = [sys.executable, "-m", "genzoo.cli", *SMOKE, "--workdir", str(small / "run")]
+    try:
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == EXIT_STORAGE, proc.stderr[-3000:]
+        assert proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+        assert proc.stderr.startswith("genzoo: error: No space left on device")
+        assert checkpoint.saved_steps(small / "run") == []  # the first save (~0.5 MB) failed
+        assert list((small / "run" / "checkpoints").glob("*tmp*"))  # left as orbax's temporary
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert checkpoint.saved_steps(small / "run") == [10, 20]
+        assert not list((small / "run" / "checkpoints").glob("*tmp*"))  # the failed save's
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def test_a_failed_save_still_closes_the_metrics(ten, tmp_path, capsys, monkeypatch):
+    """The checkpoint's close raising (its save met a full disk) must not leave TensorBoard's
+    writer thread running: every closer runs, the first failure is raised."""
+    path = tmp_path / "run"
+    shutil.copytree(ten[0], path)
+    close = checkpoint.Checkpointer.close
+
+    def failing_close(self):
+        close(self)
+        raise FULL
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "close", failing_close)
+    assert cli.main([*SMOKE, "--workdir", str(path), "--set", "train.steps=20"]) == EXIT_STORAGE
+    assert capsys.readouterr().err.startswith("genzoo: error: No space left on device")
+    writers = [t for t in threading.enumerate() if type(t).__name__ == "_EventLoggerThread"]
+    assert writers == []
