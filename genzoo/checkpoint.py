@@ -79,9 +79,10 @@ def verify(step_dir: Path) -> str | None:
 
 
 def _quiet_closed_loop_reports() -> None:
-    """After a failed orbax restore, tensorstore's pending reads complete into an asyncio
-    loop orbax has closed, and each reports a traceback through sys.unraisablehook
-    (hundreds of lines for one damaged file). Those, and only those, are dropped."""
+    """After a failed orbax restore or save, tensorstore's pending reads or writes complete
+    into an asyncio loop orbax has closed, and each reports a traceback through
+    sys.unraisablehook (hundreds of lines for one damaged file or a full disk). Those, and
+    only those, are dropped."""
     previous = sys.unraisablehook
     if getattr(previous, "genzoo_quiet", False):
         return
@@ -126,6 +127,7 @@ class Checkpointer:
             read_only=read_only,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        _quiet_closed_loop_reports()
         self._unsealed: list[int] = []  # saved steps whose manifest is not written yet
         self._pending_best: dict | None = None
         self.best = self._read_best()
@@ -222,7 +224,6 @@ class Checkpointer:
             shardings,
         )
         damaged = []
-        _quiet_closed_loop_reports()
         for step in self.choose(which):
             problem = verify(self.directory / str(step))
             if problem is None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from genzoo.errors import (
     EXIT_NONFINITE,
+    EXIT_OUT_OF_MEMORY,
     EXIT_PREEMPTED,
     EXIT_STORAGE,
     EXIT_USER_ERROR,
@@ -23,6 +24,7 @@ from genzoo.errors import (
     Preempted,
     UserError,
     check_environment,
+    out_of_memory,
     quiet_storage_reports,
     storage_error,
     storage_message,
@@ -366,12 +368,25 @@ def main(argv=None) -> int:
         print("genzoo: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        if (failure := storage_error(e)) is None:
-            raise
         training = getattr(args, "fn", None) in (_cmd_train, _cmd_chain)
-        print(f"genzoo: error: {storage_message(failure, training)}", file=sys.stderr)
-        return EXIT_STORAGE
+        if (failure := storage_error(e)) is not None:
+            print(f"genzoo: error: {storage_message(failure, training)}", file=sys.stderr)
+            return EXIT_STORAGE
+        if (report := out_of_memory(e)) is not None:
+            print(f"genzoo: error: out of memory ({report}); {_memory_hint(args)}", file=sys.stderr)
+            return EXIT_OUT_OF_MEMORY
+        raise
     return 0
+
+
+def _memory_hint(args) -> str:
+    """What to change when a command's programs do not fit the device."""
+    if args.fn in (_cmd_train, _cmd_chain):
+        return ("lower train.batch_size (train.grad_accum=N keeps the global batch), shard the "
+                "state with mesh.fsdp, or recompute activations with model.remat=dots")  # fmt: skip
+    if args.fn is _cmd_eval:
+        return "lower eval.batch_size (--set eval.batch_size=N)"
+    return "ask for fewer outputs at once"
 
 
 if __name__ == "__main__":

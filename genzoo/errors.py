@@ -12,6 +12,7 @@ EXIT_USER_ERROR = 2  # bad input: nothing was written
 EXIT_NONFINITE = 3  # training met a NaN/Inf loss or gradient; eval produced a non-finite figure
 EXIT_STORAGE = 74  # the disk filled or failed mid-write (sysexits' EX_IOERR)
 EXIT_PREEMPTED = 75  # stopped by SIGTERM/SIGINT after saving (sysexits' EX_TEMPFAIL: retry)
+EXIT_OUT_OF_MEMORY = 78  # a program does not fit the device's memory (sysexits' EX_CONFIG)
 
 
 class UserError(Exception):
@@ -36,17 +37,24 @@ STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 _STORAGE_FAILED = threading.Event()
 
 
-def storage_error(error: BaseException | None) -> OSError | None:
-    """The storage failure behind `error`, or None (found: later reports from the process's
-    threads are quieted, `quiet_storage_reports`): orbax re-raises a failed background
-    write wrapped in its own exceptions, so causes, contexts and groups are searched too,
-    and tensorstore reports the OS's error inside a ValueError's text."""
+def _chain(error: BaseException | None):
+    """`error` and what it wraps: causes, contexts and groups' members (orbax re-raises a
+    failed background write wrapped in its own exceptions)."""
     seen, todo = set(), [error]
     while todo:
         e = todo.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+
+
+def storage_error(error: BaseException | None) -> OSError | None:
+    """The storage failure behind `error`, or None (found: later reports from the process's
+    threads are quieted, `quiet_storage_reports`). Tensorstore reports the OS's error inside
+    a ValueError's text."""
+    for e in _chain(error):
         if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
             _STORAGE_FAILED.set()
             return e
@@ -54,7 +62,16 @@ def storage_error(error: BaseException | None) -> OSError | None:
         if code and int(code[1]) in STORAGE_ERRNOS:
             _STORAGE_FAILED.set()
             return OSError(int(code[1]), os.strerror(int(code[1])))
-        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+    return None
+
+
+def out_of_memory(error: BaseException | None) -> str | None:
+    """The first line of XLA's out-of-memory report behind `error`, or None: a step, a
+    state or a batch too large for the device (GPU/TPU HBM, or the host's RAM on CPU)."""
+    for e in _chain(error):
+        text = str(e).strip()
+        if isinstance(e, RuntimeError) and "RESOURCE_EXHAUSTED" in text and "memory" in text:
+            return text.splitlines()[0]
     return None
 
 

@@ -16,7 +16,7 @@ import ml_collections
 
 from genzoo import config_checks, experiment, models, quantize, requires
 from genzoo import data as data_lib
-from genzoo.checkpoint import Checkpointer
+from genzoo.checkpoint import Checkpointer, saved_steps
 from genzoo.data import sources
 from genzoo.errors import UserError
 
@@ -107,9 +107,16 @@ def prepare_training(cfg: ml_collections.ConfigDict, workdir: Path):
     if saved is not None:
         conflicts = experiment.resume_conflicts(saved, ml_collections.ConfigDict(frozen))
         if conflicts:
+            # A first launch that died before its first save (out of memory, say) left only
+            # its config: starting afresh is then what the user wants, but its tokenizer and
+            # metrics would stay beside the new settings, so the choice is theirs.
+            fresh = "" if saved_steps(workdir) else (
+                f" (it holds no checkpoint: remove {workdir} or choose another --workdir "
+                "to start afresh with them)")  # fmt: skip
             raise UserError(
                 f"cannot resume {workdir}: these settings differ from the saved run: "
                 + ", ".join(conflicts)
+                + fresh
             )
     return frozen, data, deps
 

@@ -1,4 +1,5 @@
-"""A full or failing disk: one line, exit 74, nothing half-written, and the same command resumes."""
+"""A full or failing disk (one line, exit 74, nothing half-written, the same command resumes)
+and programs too large for memory (one line, exit 78)."""
 
 import errno
 import os
@@ -6,14 +7,16 @@ import shutil
 import subprocess
 import sys
 import threading
+import types
+import warnings
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from genzoo import checkpoint, cli, workdir
-from genzoo.errors import EXIT_STORAGE, storage_error
+from genzoo import checkpoint, cli, errors, workdir
+from genzoo.errors import EXIT_OUT_OF_MEMORY, EXIT_STORAGE, EXIT_USER_ERROR, storage_error
 
 SMOKE = ["train", "gpt_shakespeare_char", "--variant", "smoke", "--set", "log.progress=false"]
 FULL = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -80,6 +83,37 @@ TENSORSTORE = (  # the text tensorstore raises (a ValueError) when a write meets
 def test_storage_error_is_found_behind_wrappers(make, errno_found):
     found = storage_error(make())
     assert (found.errno if found is not None else None) == errno_found
+
+
+def _in_a_thread(error):
+    def fail():
+        raise error
+
+    t = threading.Thread(target=fail)
+    t.start()
+    t.join()
+
+
+def test_reports_that_follow_a_storage_failure_are_quiet(monkeypatch):
+    """Threads, the unraisable hook and warnings: another failure is reported until a storage
+    failure has been seen, and then nothing more is (what follows is its consequence)."""
+    seen = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.exc_value))
+    monkeypatch.setattr(sys, "unraisablehook", lambda report: seen.append(report.exc_value))
+    monkeypatch.setattr(warnings, "showwarning", lambda message, *a, **k: seen.append(message))
+    monkeypatch.setattr(errors, "_STORAGE_FAILED", threading.Event())
+    errors.quiet_storage_reports()
+
+    def report_all(name):
+        _in_a_thread(KeyError(f"thread {name}"))
+        sys.unraisablehook(types.SimpleNamespace(exc_value=KeyError(f"unraisable {name}")))
+        warnings.showwarning(f"warning {name}", UserWarning, __file__, 1)
+
+    report_all("before")
+    assert [str(x) for x in seen] == ["'thread before'", "'unraisable before'", "warning before"]
+    _in_a_thread(FULL)
+    report_all("after")
+    assert len(seen) == 3  # neither the storage failure nor anything after it
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +206,24 @@ def test_a_failed_save_still_closes_the_metrics(ten, tmp_path, capsys, monkeypat
     assert capsys.readouterr().err.startswith("genzoo: error: No space left on device")
     writers = [t for t in threading.enumerate() if type(t).__name__ == "_EventLoggerThread"]
     assert writers == []
+
+
+def test_a_model_too_large_for_memory_is_one_line_exit_78(tmp_path, capsys):
+    """A real allocation failure: every matrix of a width-131072 GPT needs 64 GiB or more, so
+    XLA refuses the first at once, on any machine with less memory than that."""
+    path = tmp_path / "run"
+    wide = ["--set", "model.width=131072", "--set", "model.num_heads=1"]
+    try:
+        code = cli.main([*SMOKE, "--workdir", str(path), *wide])
+    except Exception as e:  # pytest's traceback would repr the state, whose arrays never came
+        pytest.fail(f"raised {type(e).__name__}: {str(e)[:300]}", pytrace=False)  # to be: a hang
+    err = capsys.readouterr().err
+    assert code == EXIT_OUT_OF_MEMORY == 78
+    assert err.count("\n") == 1 and err.startswith(
+        "genzoo: error: out of memory (RESOURCE_EXHAUSTED"
+    )
+    assert "train.batch_size" in err
+    # The launch saved its config but no checkpoint: a smaller model is refused with the way out.
+    code = cli.main([*SMOKE, "--workdir", str(path), "--set", "model.num_heads=1"])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and f"holds no checkpoint: remove {path}" in err
