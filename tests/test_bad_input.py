@@ -311,6 +311,16 @@ def test_read_only_workdir_is_refused(runs, tmp_path, capsys):
     assert "permission denied" in capsys.readouterr().err
 
 
+def test_a_cache_folder_that_cannot_be_made_is_refused(runs, tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("GENZOO_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    before = _tree(tmp_path, runs)
+    assert cli.main([*CHAR, "--workdir", str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "set GENZOO_CACHE_DIR to a writable folder" in err
+    assert _tree(tmp_path, runs) == before
+
+
 def test_a_busy_workdir_is_refused_before_loading_anything(runs, capsys):
     lock = workdir.WriterLock(runs / "char").acquire()
     try:

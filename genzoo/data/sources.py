@@ -25,7 +25,19 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("GENZOO_CACHE_DIR", Path.home() / ".cache" / "genzoo"))
+    """Where built data sets, tokenizers and codes go (created on first use); one that cannot
+    be created or written is bad input naming GENZOO_CACHE_DIR, not a traceback from the
+    first file written there."""
+    path = Path(os.environ.get("GENZOO_CACHE_DIR", Path.home() / ".cache" / "genzoo"))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        problem = None if os.access(path, os.W_OK | os.X_OK) else "not writable"
+    except OSError as e:
+        problem = e.strerror
+    if problem:
+        raise UserError(f"cannot use {path} as genzoo's cache ({problem}); "
+                        "set GENZOO_CACHE_DIR to a writable folder")  # fmt: skip
+    return path
 
 
 def sha256_of(path: Path) -> str:
