@@ -252,6 +252,12 @@ class Trainer(StartUp):
         Raises `Preempted` after saving on SIGTERM/SIGINT, `NonFinite` after more than
         `train.skip_nonfinite` steps with a NaN/Inf loss or gradient (never saved: see
         train_step)."""
+        # Signals are caught from here, not from the first step: a preemption while the step
+        # compiles (minutes on a GPU) saves after the first step and exits 75 like any other.
+        with StopRequest() as stop:
+            return self._fit(workdir, data, init_params, stop)
+
+    def _fit(self, workdir: Path, data, init_params, stop: StopRequest) -> TrainState:
         cfg, c = self.cfg, self.cfg.checkpoint
         ckpt = Checkpointer(Path(workdir) / "checkpoints", c.keep, c.async_save,
                             keep_best=c.keep_best, best_mode=c.best_mode)  # fmt: skip
@@ -300,66 +306,65 @@ class Trainer(StartUp):
 
         log.info("training from step %d to %d", step, cfg.train.steps)
         try:
-            with StopRequest() as stop:
-                while step < cfg.train.steps:
-                    batch = next(train_iter) if batch is None else batch
-                    state, step_metrics = self.step(state, batch)
-                    batch = None
-                    step += 1
-                    window_steps += 1
+            while step < cfg.train.steps:
+                batch = next(train_iter) if batch is None else batch
+                state, step_metrics = self.step(state, batch)
+                batch = None
+                step += 1
+                window_steps += 1
+                skipped += check(previous)
+                previous = (step, step_metrics["finite"])
+                if window_steps == 1 and step == int(latest or 0) + 1:
+                    jax.block_until_ready(step_metrics)
+                    first = {"perf/first_step_seconds": time.perf_counter() - t_first}
+                    if compiles:  # this launch's trace and compile of the step
+                        phases = self.step_program.seconds.items()
+                        first.update({f"perf/{k}_seconds": v for k, v in phases})
+                    writer.write(step, {**first, **({"perf/peak_flops": peak} if peak else {})})
+                    window_start, window_steps = time.perf_counter(), 0
+                bar.update(1)
+                last = step == cfg.train.steps or (
+                    deadline is not None and time.monotonic() >= deadline
+                )
+                if step % cfg.log.every_steps == 0 or last:
+                    scalars = metrics_lib.host_scalars(step_metrics)
+                    row = {f"train/{k}": v for k, v in scalars.items()}
+                    row["train/skipped_steps"] = skipped + (scalars["finite"] == 0)
+                    if window_steps:
+                        seconds = (time.perf_counter() - window_start) / window_steps
+                        row.update(_throughput(seconds, cfg.train.batch_size, tokens, flops,
+                                               peak))  # fmt: skip
+                    writer.write(step, row)
+                    bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
+                    window_start, window_steps = time.perf_counter(), 0
+                best = None
+                if cfg.eval.every_steps > 0 and (step % cfg.eval.every_steps == 0 or last):
+                    skipped += check(previous)  # a skipped step is counted before use
+                    previous = None
+                    line, row = self._evaluate_into(writer, state.eval_params(), data, step)
+                    say(line)
+                    if c.keep_best and ckpt.improves(value := self._best_value(row)):
+                        best = value
+                    window_start, window_steps = time.perf_counter(), 0
+                due = step % c.every_steps == 0 or last or best is not None or stop.signal
+                if c.every_seconds > 0 and time.monotonic() - last_save >= c.every_seconds:
+                    due = True
+                if due:
                     skipped += check(previous)
-                    previous = (step, step_metrics["finite"])
-                    if window_steps == 1 and step == int(latest or 0) + 1:
-                        jax.block_until_ready(step_metrics)
-                        first = {"perf/first_step_seconds": time.perf_counter() - t_first}
-                        if compiles:  # this launch's trace and compile of the step
-                            phases = self.step_program.seconds.items()
-                            first.update({f"perf/{k}_seconds": v for k, v in phases})
-                        writer.write(step, {**first, **({"perf/peak_flops": peak} if peak else {})})
-                        window_start, window_steps = time.perf_counter(), 0
-                    bar.update(1)
-                    last = step == cfg.train.steps or (
-                        deadline is not None and time.monotonic() >= deadline
+                    previous = None
+                    t_save = time.perf_counter()
+                    ckpt.save(step, state, train_iter.get_state(), best_value=best)
+                    log.info("checkpoint %d: %.2f s on the training thread", step,
+                             time.perf_counter() - t_save)  # fmt: skip
+                    last_save, saved_step = time.monotonic(), step
+                if last:
+                    break
+                if stop.signal:
+                    raise Preempted(
+                        f"stopped by {stop.name} at step {step} with its "
+                        "checkpoint saved; run the same command to resume"
                     )
-                    if step % cfg.log.every_steps == 0 or last:
-                        scalars = metrics_lib.host_scalars(step_metrics)
-                        row = {f"train/{k}": v for k, v in scalars.items()}
-                        row["train/skipped_steps"] = skipped + (scalars["finite"] == 0)
-                        if window_steps:
-                            seconds = (time.perf_counter() - window_start) / window_steps
-                            row.update(_throughput(seconds, cfg.train.batch_size, tokens, flops,
-                                                   peak))  # fmt: skip
-                        writer.write(step, row)
-                        bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
-                        window_start, window_steps = time.perf_counter(), 0
-                    best = None
-                    if cfg.eval.every_steps > 0 and (step % cfg.eval.every_steps == 0 or last):
-                        skipped += check(previous)  # a skipped step is counted before use
-                        previous = None
-                        line, row = self._evaluate_into(writer, state.eval_params(), data, step)
-                        say(line)
-                        if c.keep_best and ckpt.improves(value := self._best_value(row)):
-                            best = value
-                        window_start, window_steps = time.perf_counter(), 0
-                    due = step % c.every_steps == 0 or last or best is not None or stop.signal
-                    if c.every_seconds > 0 and time.monotonic() - last_save >= c.every_seconds:
-                        due = True
-                    if due:
-                        skipped += check(previous)
-                        previous = None
-                        t_save = time.perf_counter()
-                        ckpt.save(step, state, train_iter.get_state(), best_value=best)
-                        log.info("checkpoint %d: %.2f s on the training thread", step,
-                                 time.perf_counter() - t_save)  # fmt: skip
-                        last_save, saved_step = time.monotonic(), step
-                    if last:
-                        break
-                    if stop.signal:
-                        raise Preempted(
-                            f"stopped by {stop.name} at step {step} with its "
-                            "checkpoint saved; run the same command to resume"
-                        )
-                check(previous)
+            check(previous)
         finally:  # ckpt.close waits for the save in flight: a preempted run keeps its last step
             _close_all(bar.close, ckpt.close, writer.close)
         return state

@@ -1,9 +1,11 @@
-"""A full or failing disk (one line, exit 74, nothing half-written, the same command resumes)
-and programs too large for memory (one line, exit 78)."""
+"""What the machine does to a run: a full or failing disk (one line, exit 74, nothing
+half-written, the same command resumes), programs too large for memory (one line, exit 78),
+a preemption before the first step (exit 75 like any other)."""
 
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -15,8 +17,14 @@ import jax
 import numpy as np
 import pytest
 
-from genzoo import checkpoint, cli, errors, workdir
-from genzoo.errors import EXIT_OUT_OF_MEMORY, EXIT_STORAGE, EXIT_USER_ERROR, storage_error
+from genzoo import checkpoint, cli, errors, trainer, workdir
+from genzoo.errors import (
+    EXIT_OUT_OF_MEMORY,
+    EXIT_PREEMPTED,
+    EXIT_STORAGE,
+    EXIT_USER_ERROR,
+    storage_error,
+)
 
 SMOKE = ["train", "gpt_shakespeare_char", "--variant", "smoke", "--set", "log.progress=false"]
 FULL = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -227,3 +235,21 @@ def test_a_model_too_large_for_memory_is_one_line_exit_78(tmp_path, capsys):
     code = cli.main([*SMOKE, "--workdir", str(path), "--set", "model.num_heads=1"])
     err = capsys.readouterr().err
     assert code == EXIT_USER_ERROR and f"holds no checkpoint: remove {path}" in err
+
+
+def test_a_preemption_while_the_step_compiles_saves_after_the_first_step(ten, tmp_path, capsys,
+                                                                         monkeypatch):  # fmt: skip
+    """SIGTERM before the loop (restoring, compiling: minutes on a GPU) was the default
+    action, exit 143 with nothing saved; now it is a stop request like any other."""
+    path = tmp_path / "run"
+    shutil.copytree(ten[0], path)
+    begin = trainer.Trainer._begin
+
+    def preempted_begin(self, *args):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled when Python next runs: inside _begin
+        return begin(self, *args)
+
+    monkeypatch.setattr(trainer.Trainer, "_begin", preempted_begin)
+    assert cli.main([*SMOKE, "--workdir", str(path), "--set", "train.steps=20"]) == EXIT_PREEMPTED
+    assert "stopped by SIGTERM at step 11" in capsys.readouterr().err
+    assert checkpoint.saved_steps(path) == [10, 11]
