@@ -1,12 +1,14 @@
 """Data: the TFDS builder's split and vocabulary, resumable iterators, whole-split eval, sources."""
 
+import gzip
 import hashlib
 import lzma
 
 import numpy as np
 import pytest
+from conftest import write_idx
 
-from genzoo.data import shakespeare, sources
+from genzoo.data import fashion_mnist, shakespeare, sources
 from genzoo.errors import UserError
 
 
@@ -143,6 +145,25 @@ def test_fashion_mnist_builder_reads_idx_files(image_data):
     np.testing.assert_array_equal(labels[order], want_labels[want])
 
 
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda good: good[: len(good) // 2], "Compressed file ended"),
+        (lambda good: b"not gzip at all", "Not a gzipped file"),
+        (lambda good: gzip.compress(b"\x00\x00\x0d\x01" + bytes(8)), "no idx header"),
+        (lambda good: gzip.compress(gzip.decompress(good)[:-5]), "cannot reshape"),
+    ],
+    ids=["truncated", "not gzip", "floats", "short data"],
+)
+def test_a_damaged_idx_file_is_one_line_naming_it(tmp_path, damage, reason):
+    write_idx(tmp_path / "good.gz", np.arange(24, dtype=np.uint8).reshape(2, 3, 4))
+    assert fashion_mnist.read_idx(tmp_path / "good.gz").shape == (2, 3, 4)
+    (tmp_path / "bad.gz").write_bytes(damage((tmp_path / "good.gz").read_bytes()))
+    with pytest.raises(UserError, match=reason) as info:
+        fashion_mnist.read_idx(tmp_path / "bad.gz")
+    assert str(tmp_path / "bad.gz") in str(info.value) and "\n" not in str(info.value)
+
+
 def test_image_eval_batches_pad_with_mask_and_index(image_data):
     batches = list(image_data.eval_batches("test", 48))
     assert len(batches) == 2 and batches[1]["image"].shape == (48, 28, 28, 1)
@@ -151,8 +172,6 @@ def test_image_eval_batches_pad_with_mask_and_index(image_data):
 
 
 def test_missing_fashion_mnist_offline_says_where_to_put_files(monkeypatch, tmp_path):
-    from genzoo.data import fashion_mnist
-
     monkeypatch.delenv("GENZOO_DATA_DIR")
     monkeypatch.setenv("GENZOO_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", str(tmp_path / "nowhere"))
@@ -192,13 +211,25 @@ def test_building_a_data_set_prints_nothing(monkeypatch, tmp_path, capsys):
     line on stderr, also on the call that builds the data set's records (TFDS announces a
     build with prints)."""
     from genzoo import data
-    from genzoo.data import shakespeare, sources
 
     monkeypatch.setenv("GENZOO_CACHE_DIR", str(tmp_path))
     sha = sources.sha256_of(shakespeare.source_path())
     builder = data.prepared_builder(shakespeare.TinyShakespeareChar, sha)
     assert builder.is_prepared() and str(tmp_path) in str(builder.data_dir)
     assert capsys.readouterr() == ("", "")
+
+
+def test_a_tiny_shakespeare_that_is_not_utf8_is_one_line(monkeypatch, tmp_path):
+    from genzoo import data
+
+    (tmp_path / "tinyshakespeare").mkdir()
+    (tmp_path / "tinyshakespeare" / "input.txt").write_bytes(b"First \xff Citizen:\n" * 50)
+    monkeypatch.setenv("GENZOO_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("GENZOO_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(
+        UserError, match=r"input.txt is not UTF-8 text: invalid start byte at byte 6"
+    ):
+        data.shakespeare_splits()
 
 
 def test_a_folder_written_whole_appears_only_when_its_block_succeeds(tmp_path):

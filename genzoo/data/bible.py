@@ -7,8 +7,6 @@ canonical URL: it is read from `$GENZOO_DATA_DIR/bible-es-en/`.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -61,10 +59,7 @@ class BibleEsEn(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, path):
         # A test.tsv is the user's own file (no checksum): a bad line is a one-line error.
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
+        text = sources.read_utf8(path)
         # Lines end at "\n" only (str.splitlines would also split at U+2028 or U+0085 inside
         # a verse).
         for index, line in enumerate(text.removesuffix("\n").split("\n")):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from genzoo.data import sources
+from genzoo.errors import UserError
 
 URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -38,12 +40,19 @@ def sources_digest(paths: dict) -> str:
 
 
 def read_idx(path) -> np.ndarray:
-    """An idx file (the MNIST format): big-endian dims after a magic number, then uint8 data."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    """An idx file (the MNIST format): big-endian dims after a magic number, then uint8 data.
+    A truncated or foreign file is bad input naming it, not a gzip or numpy traceback."""
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+        if raw[:3] != b"\x00\x00\x08":  # two zero bytes, then 8: unsigned bytes
+            raise ValueError("no idx header of unsigned bytes")
+        ndim = raw[3]
+        dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+        return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    except (EOFError, gzip.BadGzipFile, zlib.error, ValueError) as e:
+        raise UserError(f"{path} is not a whole gzipped idx file ({e}); replace it with the "
+                        "published one") from None  # fmt: skip
 
 
 class FashionMnist(tfds.core.GeneratorBasedBuilder):

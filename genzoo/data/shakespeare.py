@@ -39,7 +39,7 @@ class TinyShakespeareChar(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         del dl_manager  # sources.resolve owns downloading, so offline rules are in one place
         path = source_path()
-        text = path.read_text(encoding="utf-8")
+        text = sources.read_utf8(path)
         vocab = "".join(sorted(set(text)))
         self.info.metadata["vocab"] = vocab
         self.info.metadata["source_sha256"] = sources.sha256_of(path)

@@ -40,6 +40,14 @@ def cache_dir() -> Path:
     return path
 
 
+def read_utf8(path: Path, encoding: str = "utf-8") -> str:
+    """A text file's contents; one that is not UTF-8 is bad input naming the byte."""
+    try:
+        return Path(path).read_text(encoding=encoding)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

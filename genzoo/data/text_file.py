@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genzoo.data import tokenizers
+from genzoo.data import sources, tokenizers
 from genzoo.data.text import CharTokenizer, TokenStreamData
 from genzoo.errors import UserError
 
@@ -76,10 +76,7 @@ def _read(path: str) -> str:
     file = Path(path)
     if not file.is_file():
         raise UserError(f"data.path={path!r} is not a file")
-    try:
-        text = file.read_text(encoding="utf-8-sig")  # a byte-order mark is not text
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (at byte {e.start})") from None
+    text = sources.read_utf8(file, "utf-8-sig")  # a byte-order mark is not text
     if not text:
         raise UserError(f"data.path={path!r} is empty")
     return text
