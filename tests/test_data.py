@@ -164,6 +164,22 @@ def test_a_damaged_idx_file_is_one_line_naming_it(tmp_path, damage, reason):
     assert str(tmp_path / "bad.gz") in str(info.value) and "\n" not in str(info.value)
 
 
+def test_idx_files_that_disagree_are_one_line(monkeypatch, tmp_path):
+    from genzoo import data
+
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    for prefix, num in (("train", 8), ("t10k", 4)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", np.zeros((num, 28, 28), np.uint8))
+        write_idx(
+            folder / f"{prefix}-labels-idx1-ubyte.gz", np.zeros(num - (prefix == "t10k"), np.uint8)
+        )
+    monkeypatch.setenv("GENZOO_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("GENZOO_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(UserError, match=r"t10k-\*.gz: \(4, 28, 28\) images do not match \(3,\)"):
+        data.prepared_builder(fashion_mnist.FashionMnist, "x")
+
+
 def test_image_eval_batches_pad_with_mask_and_index(image_data):
     batches = list(image_data.eval_batches("test", 48))
     assert len(batches) == 2 and batches[1]["image"].shape == (48, 28, 28, 1)

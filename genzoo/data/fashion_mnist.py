@@ -73,13 +73,15 @@ class FashionMnist(tfds.core.GeneratorBasedBuilder):
         paths = source_paths()
         self.info.metadata["class_names"] = list(CLASS_NAMES)
         self.info.metadata["source_sha256"] = sources_digest(paths)
-        return {
-            split: self._generate_examples(
-                read_idx(paths[f"{prefix}-images-idx3-ubyte.gz"]),
-                read_idx(paths[f"{prefix}-labels-idx1-ubyte.gz"]),
-            )
-            for split, prefix in (("train", "train"), ("test", "t10k"))
-        }
+        splits = {}
+        for split, prefix in (("train", "train"), ("test", "t10k")):
+            images = read_idx(paths[f"{prefix}-images-idx3-ubyte.gz"])
+            labels = read_idx(paths[f"{prefix}-labels-idx1-ubyte.gz"])
+            if images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
+                raise UserError(f"{prefix}-*.gz: {images.shape} images do not match {labels.shape} "
+                                "labels; replace them with the published files")  # fmt: skip
+            splits[split] = self._generate_examples(images, labels)
+        return splits
 
     def _generate_examples(self, images, labels):
         for i, (image, label) in enumerate(zip(images, labels, strict=True)):
