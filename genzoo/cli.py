@@ -1,7 +1,7 @@
 """`genzoo list | config | train | chain | eval | sample | import | quantize | export`: the CLI.
 
-Any `UserError` (and any argument error) becomes one line on stderr and exit code 2; a full
-or failing disk one line and exit code 74 (`errors.storage_error`).
+Any `UserError` (and any argument error) becomes one line on stderr and exit code 2; the other
+ways a command can end (a NaN, a preemption, a full disk, out of memory) are `errors.ending`.
 """
 
 from __future__ import annotations
@@ -15,19 +15,11 @@ import sys
 from pathlib import Path
 
 from genzoo.errors import (
-    EXIT_NONFINITE,
-    EXIT_OUT_OF_MEMORY,
-    EXIT_PREEMPTED,
-    EXIT_STORAGE,
-    EXIT_USER_ERROR,
     NonFinite,
-    Preempted,
     UserError,
     check_environment,
-    out_of_memory,
+    ending,
     quiet_storage_reports,
-    storage_error,
-    storage_message,
 )
 
 
@@ -355,38 +347,26 @@ def main(argv=None) -> int:
         if os.getcwd() not in sys.path:  # `model.family` may name a module of the user's
             sys.path.append(os.getcwd())  # last: never shadows an installed package
         args.fn(args)
-    except UserError as e:
-        print(f"genzoo: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except NonFinite as e:
-        print(f"genzoo: error: {e}", file=sys.stderr)
-        return EXIT_NONFINITE
-    except Preempted as e:
-        print(f"genzoo: {e}", file=sys.stderr)
-        return EXIT_PREEMPTED
-    except KeyboardInterrupt:
-        print("genzoo: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:
-        training = getattr(args, "fn", None) in (_cmd_train, _cmd_chain)
-        if (failure := storage_error(e)) is not None:
-            print(f"genzoo: error: {storage_message(failure, training)}", file=sys.stderr)
-            return EXIT_STORAGE
-        if (report := out_of_memory(e)) is not None:
-            print(f"genzoo: error: out of memory ({report}); {_memory_hint(args)}", file=sys.stderr)
-            return EXIT_OUT_OF_MEMORY
-        raise
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+    except (Exception, KeyboardInterrupt) as e:
+        end = ending(e, getattr(args, "command", None))
+        if end is None:  # a bug: the traceback is the report
+            raise
+        line, code = end
+        if isinstance(e, BrokenPipeError):
+            _stdout_to_devnull()
+        else:
+            print(line, file=sys.stderr)
+        return code
     return 0
 
 
-def _memory_hint(args) -> str:
-    """What to change when a command's programs do not fit the device."""
-    if args.fn in (_cmd_train, _cmd_chain):
-        return ("lower train.batch_size (train.grad_accum=N keeps the global batch), shard the "
-                "state with mesh.fsdp, or recompute activations with model.remat=dots")  # fmt: skip
-    if args.fn is _cmd_eval:
-        return "lower eval.batch_size (--set eval.batch_size=N)"
-    return "ask for fewer outputs at once"
+def _stdout_to_devnull() -> None:
+    """Where stdout's reader went away, Python's last flush must not fail at exit."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (captured in tests)
+        pass
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ EXIT_NONFINITE = 3  # training met a NaN/Inf loss or gradient; eval produced a n
 EXIT_STORAGE = 74  # the disk filled or failed mid-write (sysexits' EX_IOERR)
 EXIT_PREEMPTED = 75  # stopped by SIGTERM/SIGINT after saving (sysexits' EX_TEMPFAIL: retry)
 EXIT_OUT_OF_MEMORY = 78  # a program does not fit the device's memory (sysexits' EX_CONFIG)
+EXIT_INTERRUPTED = 130  # Ctrl-C outside training (as a shell reports SIGINT)
+EXIT_BROKEN_PIPE = 141  # stdout's reader went away (`| head`), as a shell reports SIGPIPE
 
 
 class UserError(Exception):
@@ -73,6 +75,36 @@ def out_of_memory(error: BaseException | None) -> str | None:
         if isinstance(e, RuntimeError) and "RESOURCE_EXHAUSTED" in text and "memory" in text:
             return text.splitlines()[0]
     return None
+
+
+def ending(error: BaseException, command: str | None) -> tuple[str, int] | None:
+    """How a `genzoo COMMAND` that raised `error` ends: the line for stderr ("" for none) and
+    the exit code; None for an error that is a bug (the CLI lets its traceback through)."""
+    if isinstance(error, BrokenPipeError):
+        return "", EXIT_BROKEN_PIPE
+    if isinstance(error, UserError):
+        return f"genzoo: error: {error}", EXIT_USER_ERROR
+    if isinstance(error, NonFinite):
+        return f"genzoo: error: {error}", EXIT_NONFINITE
+    if isinstance(error, Preempted):
+        return f"genzoo: {error}", EXIT_PREEMPTED
+    if isinstance(error, KeyboardInterrupt):
+        return "genzoo: interrupted", EXIT_INTERRUPTED
+    training = command in ("train", "chain")
+    if (failure := storage_error(error)) is not None:
+        return f"genzoo: error: {storage_message(failure, training)}", EXIT_STORAGE
+    if (report := out_of_memory(error)) is not None:
+        hint = _MEMORY_HINTS.get("train" if training else command, _MEMORY_HINTS[""])
+        return f"genzoo: error: out of memory ({report}); {hint}", EXIT_OUT_OF_MEMORY
+    return None
+
+
+_MEMORY_HINTS = {  # what to lower when a command's programs do not fit the device
+    "train": "lower train.batch_size (train.grad_accum=N keeps the global batch), shard the "
+    "state with mesh.fsdp, or recompute activations with model.remat=dots",
+    "eval": "lower eval.batch_size (--set eval.batch_size=N)",
+    "": "ask for fewer outputs at once",
+}
 
 
 def storage_message(error: OSError, training: bool) -> str:

@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -58,6 +60,16 @@ def test_list_names_every_experiment(capsys):
     doc = "A Transformer over codes,\nwith guidance. More here.\n\nUsage: ..."
     assert experiment.summary(doc) == "A Transformer over codes, with guidance."
     assert experiment.summary("One line, no period") == "One line, no period"
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`genzoo list | head -1`: stdout's reader closes first; the command ends as a pipeline
+    member killed by SIGPIPE does (141), with nothing on stderr (it was a traceback)."""
+    proc = subprocess.Popen([sys.executable, "-m", "genzoo.cli", "list"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.close()  # before the child, still importing, writes anything
+    assert proc.wait(timeout=120) == 141
+    assert proc.stderr.read() == b""
 
 
 def test_config_prints_what_train_would_use_with_the_overrides(capsys):
