@@ -92,7 +92,7 @@ def ending(error: BaseException, command: str | None) -> tuple[str, int] | None:
         return "genzoo: interrupted", EXIT_INTERRUPTED
     training = command in ("train", "chain")
     if (failure := storage_error(error)) is not None:
-        return f"genzoo: error: {storage_message(failure, training)}", EXIT_STORAGE
+        return f"genzoo: error: {_storage_message(failure, training)}", EXIT_STORAGE
     if (report := out_of_memory(error)) is not None:
         hint = _MEMORY_HINTS.get("train" if training else command, _MEMORY_HINTS[""])
         return f"genzoo: error: out of memory ({report}); {hint}", EXIT_OUT_OF_MEMORY
@@ -107,7 +107,7 @@ _MEMORY_HINTS = {  # what to lower when a command's programs do not fit the devi
 }
 
 
-def storage_message(error: OSError, training: bool) -> str:
+def _storage_message(error: OSError, training: bool) -> str:
     """One line for a storage failure: what, where, and what a rerun does."""
     where = f" ({error.filename})" if error.filename else ""
     then = "training resumes from its last complete checkpoint" if training else "nothing was kept"
