@@ -130,12 +130,20 @@ def save_config(cfg, workdir: Path, data=None) -> None:
     write_atomic(Path(workdir) / CONFIG, experiment.to_json(ml_collections.ConfigDict(cfg)))
 
 
+class Deferred:
+    """A saved run's data set, loaded when first used: a VAE or GAN samples without it, so
+    a workdir moved to a machine that lacks the data set still samples there."""
+
+    def __init__(self, load):
+        self.load = load
+
+
 @dataclasses.dataclass
 class Run:
     """A trained run loaded from its workdir: config, data, trainer and restored state."""
 
     cfg: ml_collections.FrozenConfigDict
-    data: object
+    _data: object  # the data set, or `Deferred` until `data` is first read
     trainer: object
     state: object
     step: int
@@ -143,6 +151,12 @@ class Run:
     deps: dict = dataclasses.field(default_factory=dict)  # {name: Run} of model.requires
     # Sampling's parameters where they differ from `params`: a quantized copy's int8 weights.
     sampling_params: object = None
+
+    @property
+    def data(self):
+        if isinstance(self._data, Deferred):
+            self._data = self._data.load()
+        return self._data
 
     @property
     def params(self):
@@ -206,7 +220,8 @@ def _assemble(workdir: Path, cfg):
 
     frozen = ml_collections.FrozenConfigDict(cfg)
     deps = requires.open_all(cfg.model.get("requires"))
-    data = with_deps(models.get(cfg.model.family), data_lib.load(cfg.data, workdir), deps)
+    family = models.get(cfg.model.family)
+    data = Deferred(lambda: with_deps(family, data_lib.load(cfg.data, workdir), deps))
     return frozen, data, Trainer(frozen, deps=deps), deps
 
 
