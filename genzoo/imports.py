@@ -9,6 +9,7 @@ from genzoo import experiment, workdir
 from genzoo.checkpoint import Checkpointer
 from genzoo.converters import hf_bert, hf_gpt2
 from genzoo.data import tokenizers
+from genzoo.data.sources import folder_atomic
 from genzoo.errors import UserError
 
 
@@ -45,16 +46,20 @@ def _write(cfg, params, run_dir: Path) -> Path:
     frozen = workdir.resolve(cfg, data)
     trainer = Trainer(frozen)
     state = trainer.init_state(params)  # checks every shape before anything is written
-    workdir.save_config(frozen, run_dir, data)
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=frozen.checkpoint.keep, async_save=False)
-    ckpt.save(0, state, data.train_iterator(frozen.train.batch_size, frozen.train.seed).get_state())
-    ckpt.close()
+    data_state = data.train_iterator(frozen.train.batch_size, frozen.train.seed).get_state()
+    with folder_atomic(run_dir) as folder:  # a failure (a full disk) leaves no half a run
+        workdir.save_config(frozen, folder, data)
+        ckpt = Checkpointer(folder / "checkpoints", keep=frozen.checkpoint.keep, async_save=False)
+        ckpt.save(0, state, data_state)
+        ckpt.close()
     return run_dir
 
 
 def _check_new(run_dir: Path, source: Path, files) -> None:
     if (run_dir / workdir.CONFIG).exists():
         raise UserError(f"{run_dir} already holds a run; import into a new workdir")
+    if run_dir.exists() and not (run_dir.is_dir() and not any(run_dir.iterdir())):
+        raise UserError(f"{run_dir} is not an empty folder; import into a new workdir")
     missing = [f for f in files if not (source / f).is_file()]
     if missing:
         raise UserError(f"{source} lacks the tokenizer files {', '.join(missing)}")

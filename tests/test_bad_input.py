@@ -265,6 +265,8 @@ CASES = {
     "import mis-shaped": (IMPORT, "misshaped"),
     "import without safetensors": (IMPORT, "nosafetensors"),
     "import into a run": (("import", "gpt2", f"{TMP}/gpt2", "--workdir", RUN), "gpt2"),
+    "import with an empty tokenizer": (IMPORT, "gpt2"),  # vocab.json is {}
+    "import into a folder not empty": (("import", "gpt2", f"{TMP}/gpt2", "--workdir", TMP), "gpt2"),
     "import unknown format": (
         ("import", "llama", f"{TMP}/gpt2", "--workdir", f"{TMP}/imp"),
         "gpt2",

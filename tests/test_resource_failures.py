@@ -3,6 +3,7 @@ half-written, the same command resumes), programs too large for memory (one line
 a preemption before the first step (exit 75 like any other)."""
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -253,3 +254,27 @@ def test_a_preemption_while_the_step_compiles_saves_after_the_first_step(ten, tm
     assert cli.main([*SMOKE, "--workdir", str(path), "--set", "train.steps=20"]) == EXIT_PREEMPTED
     assert "stopped by SIGTERM at step 11" in capsys.readouterr().err
     assert checkpoint.saved_steps(path) == [10, 11]
+
+
+def test_an_import_that_meets_a_full_disk_leaves_no_half_run(tmp_path, capsys, monkeypatch):
+    """`genzoo import` builds the run beside its workdir and renames it: a failed save leaves
+    nothing, so the same command works once there is room (it refused the half-written run)."""
+    from test_bad_input import _gpt2_dir
+    from test_gpt2_import import bytes_to_unicode
+
+    source, path = _gpt2_dir(tmp_path / "gpt2"), tmp_path / "imported"
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}  # bytes, no merges
+    (source / "vocab.json").write_text(json.dumps(vocab))
+    save = checkpoint.Checkpointer.save
+
+    def failing_save(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        raise FULL
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", failing_save)
+    assert cli.main(["import", "gpt2", str(source), "--workdir", str(path)]) == EXIT_STORAGE
+    assert "nothing was kept" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2"]
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
+    assert cli.main(["import", "gpt2", str(source), "--workdir", str(path)]) == 0
+    assert checkpoint.saved_steps(path) == [0]

@@ -88,6 +88,9 @@ def _in_pieces(tokenizer, seq_len: int, artifacts: dict) -> TokenStreamData:
     char_splits, chars = shakespeare_splits()
     texts = {s: chars.decode(ids) for s, ids in char_splits.items()}
     splits = {s: np.asarray(tokenizer.encode(t), np.int32) for s, t in texts.items()}
+    if not all(len(ids) for ids in splits.values()):  # an empty vocab.json, say
+        raise UserError("the tokenizer turns tiny Shakespeare into no tokens: its vocabulary "
+                        "files are empty or not its own")  # fmt: skip
     chars_per_token = {s: len(texts[s]) / len(splits[s]) for s in splits}
     return TokenStreamData(splits, tokenizer, seq_len, chars_per_token, artifacts)
 
