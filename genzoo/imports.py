@@ -58,7 +58,7 @@ def _write(cfg, params, run_dir: Path) -> Path:
 def _check_new(run_dir: Path, source: Path, files) -> None:
     if (run_dir / workdir.CONFIG).exists():
         raise UserError(f"{run_dir} already holds a run; import into a new workdir")
-    if run_dir.exists() and not (run_dir.is_dir() and not any(run_dir.iterdir())):
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise UserError(f"{run_dir} is not an empty folder; import into a new workdir")
     missing = [f for f in files if not (source / f).is_file()]
     if missing:
