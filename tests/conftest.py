@@ -177,3 +177,48 @@ def experiment_config(name, *overrides):
     from genzoo import experiment, workdir
 
     return workdir.resolve(experiment.load(name, "smoke", overrides), experiment_data(name))
+
+
+def gpt2_byte_vocab() -> dict[str, int]:
+    """GPT-2's 256 byte tokens as a vocab.json maps them (ids 0..255): its reversible map from
+    bytes to printable characters, from its paper's code."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return {ch: i for i, ch in enumerate(chars.values())}
+
+
+def tiny_gpt2_dir(folder: Path, drop: str = "", reshape: str = "") -> Path:
+    """A tiny GPT-2 in Hugging Face's layout; `drop`/`reshape` spoil one tensor."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from genzoo.data import tokenizers
+
+    folder.mkdir()
+    config = dict(model_type="gpt2", vocab_size=300, n_positions=64, n_embd=32, n_layer=1,
+                  n_head=4)  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    for name in tokenizers.GPT2_FILES:
+        (folder / name).write_text("{}" if name.endswith(".json") else "#version: 0.2\n")
+    d, rng = 32, np.random.default_rng(0)
+    shapes = {"wte.weight": (300, d), "wpe.weight": (64, d), "ln_f.weight": (d,),
+              "ln_f.bias": (d,), "h.0.ln_1.weight": (d,), "h.0.ln_1.bias": (d,),
+              "h.0.ln_2.weight": (d,), "h.0.ln_2.bias": (d,),
+              "h.0.attn.c_attn.weight": (d, 3 * d), "h.0.attn.c_attn.bias": (3 * d,),
+              "h.0.attn.c_proj.weight": (d, d), "h.0.attn.c_proj.bias": (d,),
+              "h.0.mlp.c_fc.weight": (d, 4 * d), "h.0.mlp.c_fc.bias": (4 * d,),
+              "h.0.mlp.c_proj.weight": (4 * d, d), "h.0.mlp.c_proj.bias": (d,)}  # fmt: skip
+    if reshape:
+        shapes[reshape] = (shapes[reshape][0] + 1, *shapes[reshape][1:])
+    tensors = {f"transformer.{k}": rng.normal(size=s).astype(np.float32)
+               for k, s in shapes.items() if k != drop}  # fmt: skip
+    save_file(tensors, str(folder / "model.safetensors"))
+    return folder

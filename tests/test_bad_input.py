@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_gpt2_dir
 
 from genzoo import cli, errors, quantize, workdir
 from genzoo.data import tokenizers
@@ -26,32 +27,6 @@ def runs(tmp_path_factory):
     bpe = ["train", "gpt_shakespeare_bpe", "--variant", "smoke", "--workdir", str(root / "bpe")]
     assert cli.main([*bpe, "--set", "log.progress=false"]) == 0
     return root
-
-
-def _gpt2_dir(folder: Path, drop: str = "", reshape: str = "") -> Path:
-    """A tiny GPT-2 in Hugging Face's layout; `drop`/`reshape` spoil one tensor."""
-    from safetensors.numpy import save_file
-
-    folder.mkdir()
-    config = dict(model_type="gpt2", vocab_size=300, n_positions=64, n_embd=32, n_layer=1,
-                  n_head=4)  # fmt: skip
-    (folder / "config.json").write_text(json.dumps(config))
-    for name in tokenizers.GPT2_FILES:
-        (folder / name).write_text("{}" if name.endswith(".json") else "#version: 0.2\n")
-    d, rng = 32, np.random.default_rng(0)
-    shapes = {"wte.weight": (300, d), "wpe.weight": (64, d), "ln_f.weight": (d,),
-              "ln_f.bias": (d,), "h.0.ln_1.weight": (d,), "h.0.ln_1.bias": (d,),
-              "h.0.ln_2.weight": (d,), "h.0.ln_2.bias": (d,),
-              "h.0.attn.c_attn.weight": (d, 3 * d), "h.0.attn.c_attn.bias": (3 * d,),
-              "h.0.attn.c_proj.weight": (d, d), "h.0.attn.c_proj.bias": (d,),
-              "h.0.mlp.c_fc.weight": (d, 4 * d), "h.0.mlp.c_fc.bias": (4 * d,),
-              "h.0.mlp.c_proj.weight": (4 * d, d), "h.0.mlp.c_proj.bias": (d,)}  # fmt: skip
-    if reshape:
-        shapes[reshape] = (shapes[reshape][0] + 1, *shapes[reshape][1:])
-    tensors = {f"transformer.{k}": rng.normal(size=s).astype(np.float32)
-               for k, s in shapes.items() if k != drop}  # fmt: skip
-    save_file(tensors, str(folder / "model.safetensors"))
-    return folder
 
 
 def _copy(runs, tmp, name="char", as_name="copy") -> Path:
@@ -73,16 +48,16 @@ SETUPS = {
     "tokenizer": lambda runs, tmp: (_copy(runs, tmp, "bpe") / tokenizers.FILENAME).write_bytes(
         b"\x00garbage"
     ),
-    "gpt2": lambda runs, tmp: _gpt2_dir(tmp / "gpt2"),
+    "gpt2": lambda runs, tmp: tiny_gpt2_dir(tmp / "gpt2"),
     "truncated": lambda runs, tmp: (lambda f: f.write_bytes(f.read_bytes()[:100]))(
-        _gpt2_dir(tmp / "gpt2") / "model.safetensors"
+        tiny_gpt2_dir(tmp / "gpt2") / "model.safetensors"
     ),
-    "random": lambda runs, tmp: (_gpt2_dir(tmp / "gpt2") / "model.safetensors").write_bytes(
+    "random": lambda runs, tmp: (tiny_gpt2_dir(tmp / "gpt2") / "model.safetensors").write_bytes(
         np.random.default_rng(1).bytes(4000)
     ),
-    "incomplete": lambda runs, tmp: _gpt2_dir(tmp / "gpt2", drop="h.0.mlp.c_fc.weight"),
-    "misshaped": lambda runs, tmp: _gpt2_dir(tmp / "gpt2", reshape="h.0.attn.c_attn.weight"),
-    "nosafetensors": lambda runs, tmp: (_gpt2_dir(tmp / "gpt2") / "model.safetensors").unlink(),
+    "incomplete": lambda runs, tmp: tiny_gpt2_dir(tmp / "gpt2", drop="h.0.mlp.c_fc.weight"),
+    "misshaped": lambda runs, tmp: tiny_gpt2_dir(tmp / "gpt2", reshape="h.0.attn.c_attn.weight"),
+    "nosafetensors": lambda runs, tmp: (tiny_gpt2_dir(tmp / "gpt2") / "model.safetensors").unlink(),
     "empty": lambda runs, tmp: (tmp / "empty").mkdir(),
     "corpus_noval": lambda runs, tmp: _corpus(tmp, {"train.bin": 4000}),
     "corpus_odd": lambda runs, tmp: _corpus(tmp, {"train.bin": 4001, "val.bin": 400}),

@@ -8,6 +8,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="parity needs PyTorch (pip install torch==2.13.0)")
 transformers = pytest.importorskip("transformers", reason="parity needs transformers")
 
+from conftest import gpt2_byte_vocab  # noqa: E402
+
 from genzoo import cli  # noqa: E402
 from genzoo.converters import hf_gpt2  # noqa: E402
 from genzoo.models import gpt  # noqa: E402
@@ -15,24 +17,11 @@ from genzoo.models import gpt  # noqa: E402
 MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("Ġ", "a"), ("i", "n"), ("o", "u")]
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from bytes to printable characters (from its paper's code)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return chars
-
-
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     """A random 2-layer GPT-2 saved as config.json + model.safetensors + vocab.json + merges.txt."""
     folder = tmp_path_factory.mktemp("gpt2")
-    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
+    vocab = gpt2_byte_vocab()
     for a, b in MERGES:
         vocab[a + b] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab))

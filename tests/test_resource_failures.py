@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import gpt2_byte_vocab, tiny_gpt2_dir
 
 from genzoo import checkpoint, cli, errors, trainer, workdir
 from genzoo.errors import (
@@ -259,12 +260,8 @@ def test_a_preemption_while_the_step_compiles_saves_after_the_first_step(ten, tm
 def test_an_import_that_meets_a_full_disk_leaves_no_half_run(tmp_path, capsys, monkeypatch):
     """`genzoo import` builds the run beside its workdir and renames it: a failed save leaves
     nothing, so the same command works once there is room (it refused the half-written run)."""
-    from test_bad_input import _gpt2_dir
-    from test_gpt2_import import bytes_to_unicode
-
-    source, path = _gpt2_dir(tmp_path / "gpt2"), tmp_path / "imported"
-    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}  # bytes, no merges
-    (source / "vocab.json").write_text(json.dumps(vocab))
+    source, path = tiny_gpt2_dir(tmp_path / "gpt2"), tmp_path / "imported"
+    (source / "vocab.json").write_text(json.dumps(gpt2_byte_vocab()))  # bytes, no merges
     save = checkpoint.Checkpointer.save
 
     def failing_save(self, *args, **kwargs):
