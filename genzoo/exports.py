@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from genzoo.data import tokenizers
 from genzoo.data.sources import folder_atomic
-from genzoo.data.text_file import CHARS
 from genzoo.errors import UserError
 
 
@@ -37,16 +37,6 @@ def _bert(run) -> tuple[dict, dict, str]:
 EXPORTERS = {"gpt": _gpt, "bert": _bert}
 
 
-def tokenizer_files(data) -> dict[str, bytes]:
-    """The run's tokenizer as files: what its data keeps in the workdir, or a character
-    vocabulary written out (the built-in Shakespeare alphabet keeps none)."""
-    files = dict(getattr(data, "artifacts", {}) or {})
-    vocab = getattr(getattr(data, "tokenizer", None), "vocab", None)
-    if isinstance(vocab, str) and CHARS not in files:
-        files[CHARS] = json.dumps(vocab).encode("utf-8")
-    return files
-
-
 def write(run, out: Path) -> dict:
     """Writes `run` (a workdir.Run) as a Hugging Face folder at the new path `out`; returns
     what was written ({"class", "tensors", "bytes", "files"})."""
@@ -57,7 +47,7 @@ def write(run, out: Path) -> dict:
         raise UserError(f"genzoo export writes Hugging Face models for {', '.join(EXPORTERS)}; "
                         f"{run.path} is a {family}")  # fmt: skip
     config, tensors, cls = EXPORTERS[family](run)
-    files = tokenizer_files(run.data)
+    files = tokenizers.files_of(run.tokenizers)  # a char alphabet too: chars.json
     with folder_atomic(out) as tmp:
         meta = {"format": "pt", "genzoo_step": str(run.step)}
         (tmp / "model.safetensors").write_bytes(save(tensors, meta))

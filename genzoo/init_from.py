@@ -70,8 +70,8 @@ def load(spec: str, tokenizer=None) -> list[Part]:
         path, at, which = run_dir.rpartition("@")
         path, which = (path, workdir.parse_checkpoint(which)) if at else (run_dir, "latest")
         run = workdir.open_run(Path(path), checkpoint=which)
-        if not dest:
-            _check_tokens(getattr(run.data, "tokenizer", None), tokenizer, path)
+        if not dest and tokenizer is not None:
+            _check_tokens(run.tokenizers.get("tokens"), tokenizer, path)
         params = jax.device_get(run.params)
         parts.append(
             Part(dest, subtree(params, src, run_dir), f"{run_dir}:{src}" if src else run_dir)

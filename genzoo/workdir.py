@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import numbers
 import os
 from pathlib import Path
@@ -157,6 +158,18 @@ class Run:
         if isinstance(self._data, Deferred):
             self._data = self._data.load()
         return self._data
+
+    @functools.cached_property
+    def tokenizers(self) -> dict:
+        """{field: tokenizer}, from the workdir's files where it keeps them (no data set needed:
+        `data_lib.tokenizers.saved`), else the data's; {} for a model that reads no text."""
+        lowercase = self.cfg.data.get("lowercase", True)
+        saved = self.path and data_lib.tokenizers.saved(self.path, lowercase)
+        if saved:
+            return saved
+        one = getattr(self.data, "tokenizer", None)
+        return dict(getattr(self.data, "tokenizers", None) or
+                    (dict.fromkeys(("tokens", "src", "tgt"), one) if one else {}))  # fmt: skip
 
     @property
     def params(self):

@@ -8,7 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from genzoo import cli, experiment, metrics
+from genzoo import cli, experiment, metrics, workdir
+from genzoo import data as data_lib
+from genzoo.data import tokenizers
+from genzoo.kinds import masked_lm
 
 
 def run(capsys, *argv):
@@ -49,6 +52,29 @@ def test_every_experiment_smoke_trains_and_evaluates(name, tmp_path, capsys):
     numbers = [v for k, v in figures.items() if isinstance(v, float)]
     assert code == 0 and figures["step"] == experiment.load(name, "smoke").train.steps
     assert numbers and all(math.isfinite(v) for v in numbers)
+    _check_kept_tokenizers(tmp_path / name)
+
+
+def _check_kept_tokenizers(path):
+    """A moved workdir samples with the tokenizers read from its files alone: they must read
+    text as its data's do. Fixed vocabularies (captions) and bare ids keep no files."""
+    cfg = workdir.load_config(path)
+    data = data_lib.load(cfg.data, path)
+    from_data = workdir.Run(cfg, data, None, None, 0).tokenizers  # no path: the data's
+    kept = tokenizers.saved(path, cfg.data.get("lowercase", True))
+    if not tokenizers.files_of(from_data):
+        assert kept is None
+        return
+    probe = "KING HENRY: Thou art, 12 said the Lord."
+    assert set(from_data) <= set(kept)
+    for field, tokenizer in from_data.items():
+        alphabet = getattr(tokenizer, "vocab", None)  # a test alphabet may lack some
+        probe = "".join(ch for ch in probe if ch in alphabet) if alphabet else probe
+        assert type(kept[field]) is type(tokenizer)
+        assert kept[field].encode(probe) == tokenizer.encode(probe) != []
+    names = getattr(data, "class_names", None)
+    if names and cfg.model.family == "bert":  # a classifier names its classes without data
+        assert masked_lm.class_names(workdir.Run(cfg, None, None, None, 0, path)) == list(names)
 
 
 def test_list_names_every_experiment(capsys):
@@ -129,6 +155,19 @@ def test_sample_is_seeded_and_greedy_is_deterministic(trained, capsys):
     _, g1, _ = run(capsys, *base, "--temperature", "0", "--seed", "1")
     _, g2, _ = run(capsys, *base, "--temperature", "0", "--seed", "9")
     assert g1 == g2 and g1.startswith("KING:")
+
+
+def test_a_moved_run_samples_without_its_data_set(trained, tmp_path, monkeypatch, capsys):
+    """The run keeps its alphabet (chars.json): sampling on a machine without tiny Shakespeare
+    gives what it gave beside it; evaluation names the missing file."""
+    base = ("sample", "--workdir", str(trained), "--prompt", "KING:", "--max-new-tokens", "20")
+    _, here, _ = run(capsys, *base, "--seed", "3")
+    monkeypatch.setenv("GENZOO_DATA_DIR", str(tmp_path / "no_data"))
+    monkeypatch.setenv("GENZOO_CACHE_DIR", str(tmp_path / "no_cache"))
+    code, moved, err = run(capsys, *base, "--seed", "3")
+    assert code == 0 and moved == here and err == ""
+    code, _, err = run(capsys, "eval", "--workdir", str(trained))
+    assert code == 2 and "tinyshakespeare/input.txt not found" in err
 
 
 def test_resume_with_longer_run_and_refusal_of_model_change(trained, capsys):

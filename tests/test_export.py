@@ -17,6 +17,7 @@ from safetensors.numpy import save_file  # noqa: E402
 
 from genzoo import cli, exports  # noqa: E402
 from genzoo.converters import hf_bert, hf_gpt2  # noqa: E402
+from genzoo.data import tokenizers  # noqa: E402
 from genzoo.errors import UserError  # noqa: E402
 from genzoo.models import bert, gpt  # noqa: E402
 
@@ -121,13 +122,15 @@ def test_a_fine_tuned_bert_exports_its_labels_and_vocabulary(tmp_path):
     model = ml_collections.ConfigDict(dict(family="bert", vocab_size=40, max_len=16, num_layers=1,
                                            num_heads=2, width=16, mlp_hidden=32, dropout=0.0,
                                            num_classes=2))  # fmt: skip
-    data = types.SimpleNamespace(class_names=["law", "poetry"], artifacts={"vocab.txt": b"[PAD]\n"})
+    data = types.SimpleNamespace(class_names=["law", "poetry"])
+    vocab = {"tokens": tokenizers.WordPieceTokenizer(b"[PAD]\n[UNK]\n")}
     run = types.SimpleNamespace(cfg=types.SimpleNamespace(model=model), data=data, step=7,
+                                tokenizers=vocab,
                                 params=bert.unboxed_init(jax.random.PRNGKey(0), model),
                                 path=tmp_path / "run")  # fmt: skip
     done = exports.write(run, tmp_path / "hf")
     assert done["class"] == "BertForSequenceClassification" and done["files"] == ["vocab.txt"]
     loaded = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "hf")
     assert loaded.config.id2label == {0: "law", 1: "poetry"} and loaded.config.num_labels == 2
-    assert (tmp_path / "hf" / "vocab.txt").read_bytes() == b"[PAD]\n"
+    assert (tmp_path / "hf" / "vocab.txt").read_bytes() == b"[PAD]\n[UNK]\n"
     assert not any(p.name.startswith(".partial") for p in tmp_path.iterdir())

@@ -48,3 +48,32 @@ def test_workdir_keeps_its_tokenizer_across_resume(tmp_path, capsys):
     figures = json.loads(capsys.readouterr().out)
     # Pieces are longer than characters: bits per char are fewer than bits per token.
     assert figures["bits_per_char"] < figures["bits_per_token"] / 1.5
+
+
+def test_saved_tokenizers_are_read_from_the_workdirs_files_alone(bpe, tmp_path):
+    """What `Run.tokenizers` reads where the data set is absent: a translation's separate pair
+    stays two, one file serves every field, a BERT's vocab.txt wins as its loader's does."""
+    assert tokenizers.saved(tmp_path) is None  # a run that keeps none: its data then says
+    other = tokenizers.train_sentencepiece("hola mundo, adios mundo. " * 40, 300, "bpe")
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    for name, payload in tokenizers.files_of({"src": other, "tgt": bpe}).items():
+        (pair / name).write_bytes(payload)
+    kept = tokenizers.saved(pair)
+    assert set(kept) == {"src", "tgt"}
+    assert kept["src"].model_proto == other.model_proto != kept["tgt"].model_proto
+    assert kept["tgt"].model_proto == bpe.model_proto
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / tokenizers.FILENAME).write_bytes(bpe.model_proto)
+    kept = tokenizers.saved(one)
+    assert kept["tokens"] is kept["src"] is kept["tgt"]
+    (one / tokenizers.WORDPIECE_FILE).write_bytes(b"[PAD]\n[UNK]\nthe\n")
+    assert isinstance(tokenizers.saved(one)["tokens"], tokenizers.WordPieceTokenizer)
+    chars = tmp_path / "chars"
+    chars.mkdir()
+    (chars / tokenizers.CHARS).write_text(json.dumps("\n ab"))
+    assert tokenizers.saved(chars)["tokens"].encode("ba a\n") == [3, 2, 1, 2, 0]
+    (chars / tokenizers.CHARS).write_text("[1, 2]")
+    with pytest.raises(UserError, match="chars.json is corrupt"):
+        tokenizers.saved(chars)

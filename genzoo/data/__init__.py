@@ -200,10 +200,9 @@ def bible_es_en(cfg, workdir=None) -> ExampleData:
         src_tok = tgt_tok = kept(tokenizers.FILENAME, fit(both))
         artifacts = {tokenizers.FILENAME: src_tok.model_proto}
     else:
-        src_tok = kept("tokenizer_src.model", fit([v[1] for v in train]))
-        tgt_tok = kept("tokenizer_tgt.model", fit([v[2] for v in train]))
-        artifacts = {"tokenizer_src.model": src_tok.model_proto,
-                     "tokenizer_tgt.model": tgt_tok.model_proto}  # fmt: skip
+        src_tok = kept(tokenizers.SEPARATE["src"], fit([v[1] for v in train]))
+        tgt_tok = kept(tokenizers.SEPARATE["tgt"], fit([v[2] for v in train]))
+        artifacts = tokenizers.files_of({"src": src_tok, "tgt": tgt_tok})
     bos, eos = [tokenizers.BOS], [tokenizers.EOS]
     splits, texts = {}, {}
     for split, rows in verses.items():

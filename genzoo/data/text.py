@@ -9,10 +9,13 @@ zero mask so every batch has the same shape.
 
 from __future__ import annotations
 
+import json
+
 import grain
 import numpy as np
 
 from genzoo.data.batches import id_batches
+from genzoo.data.tokenizers import CHARS
 from genzoo.errors import UserError
 
 
@@ -35,6 +38,11 @@ class CharTokenizer:
 
     def decode(self, ids) -> str:
         return "".join(self.vocab[int(i)] for i in ids if 0 <= int(i) < len(self.vocab))
+
+    @property
+    def artifacts(self) -> dict:
+        """chars.json: the alphabet, so the run samples without its data set."""
+        return {CHARS: json.dumps(self.vocab).encode("utf-8")}
 
 
 class IdTokenizer:
@@ -84,7 +92,7 @@ class TokenStreamData:
         self.splits, self.tokenizer, self.seq_len = splits, tokenizer, seq_len
         # Characters per token of each split (1 for characters): turns bits/token into bits/char.
         self.chars_per_token = chars_per_token or {s: 1.0 for s in splits}
-        self.artifacts = artifacts or {}
+        self.artifacts = artifacts or dict(getattr(tokenizer, "artifacts", {}))
         for name, tokens in splits.items():
             if len(tokens) <= seq_len + 1:
                 raise UserError(f"split {name!r} has {len(tokens)} tokens, fewer than seq_len+2")

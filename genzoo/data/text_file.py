@@ -15,7 +15,6 @@ fits in memory (corpora that do not: `token_corpus`).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -23,9 +22,9 @@ import numpy as np
 
 from genzoo.data import sources, tokenizers
 from genzoo.data.text import CharTokenizer, TokenStreamData
+from genzoo.data.tokenizers import CHARS
 from genzoo.errors import UserError
 
-CHARS = "chars.json"  # the character alphabet, kept in the workdir
 TOKENIZERS = ("char", "bpe")
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ def text_file(cfg, workdir=None) -> TokenStreamData:
     if cfg.tokenizer == "char":
         alphabet, whose = _alphabet(saved, text, cfg.get("alphabet_from", ""))
         tokenizer = CharTokenizer(alphabet)
-        artifacts = {CHARS: json.dumps(alphabet).encode("utf-8")}
+        artifacts = tokenizer.artifacts
         unknown = _unknown_chars(cfg.get("unknown_chars", "refuse"), alphabet)
         encode = lambda t: char_ids(t, alphabet, unknown=unknown)  # noqa: E731
     else:  # pieces with byte fallback: every text fits
@@ -93,13 +92,7 @@ def _alphabet(saved: Path | None, text: str, other_run: str = "") -> tuple[str, 
 
 
 def _saved_chars(run: Path) -> str:
-    try:
-        alphabet = json.loads((run / CHARS).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        alphabet = None
-    if not isinstance(alphabet, str) or not alphabet:
-        raise UserError(f"{run / CHARS} is corrupt: expected a JSON string of characters")
-    return alphabet
+    return tokenizers.read_chars(run / CHARS)
 
 
 def _alphabet_of_run(run: Path) -> str:

@@ -7,6 +7,7 @@ kept as pieces, and bytes for anything unseen, so `decode(encode(s)) == s` for a
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import sentencepiece as spm
@@ -14,7 +15,9 @@ import sentencepiece as spm
 from genzoo.errors import UserError
 
 FILENAME = "tokenizer.model"
+SEPARATE = {"src": "tokenizer_src.model", "tgt": "tokenizer_tgt.model"}  # a translation's two
 GPT2_FILES = ("vocab.json", "merges.txt")
+CHARS = "chars.json"  # a character model's alphabet, as one JSON string
 
 
 class SentencePieceTokenizer:
@@ -114,8 +117,6 @@ class GPT2Tokenizer:
     """GPT-2's byte-level BPE from `vocab.json` + `merges.txt` (Hugging Face `tokenizers`)."""
 
     def __init__(self, files: dict[str, bytes]):
-        import json
-
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
         self.files = files
@@ -138,6 +139,10 @@ class GPT2Tokenizer:
 
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids])
+
+    @property
+    def artifacts(self) -> dict:
+        return dict(self.files)
 
 
 WORDPIECE_FILE = "vocab.txt"
@@ -180,3 +185,51 @@ class WordPieceTokenizer:
 
     def piece_id(self, piece: str) -> int:
         return self._tok.token_to_id(piece)
+
+
+def read_chars(path: Path) -> str:
+    """The alphabet in a run's `chars.json`."""
+    try:
+        alphabet = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        alphabet = None
+    if not isinstance(alphabet, str) or not alphabet:
+        raise UserError(f"{path} is corrupt: expected a JSON string of characters")
+    return alphabet
+
+
+def saved(folder, lowercase: bool = True) -> dict | None:
+    """A run's tokenizers by field, read from the files its workdir keeps, so a run samples
+    on a machine without its data set: {"src", "tgt"} for a translation's separate pair,
+    else one tokenizer serving "tokens", "src" and "tgt". None where the folder keeps none
+    (a run that predates chars.json, a corpus of bare ids): its data then says.
+    `lowercase`: a WordPiece vocabulary's casing (`data.lowercase`)."""
+    from genzoo.data.text import CharTokenizer  # text.py holds the char tokenizer
+
+    folder = Path(folder)
+    has = lambda *names: all((folder / n).is_file() for n in names)  # noqa: E731
+    read = lambda name: (folder / name).read_bytes()  # noqa: E731
+    if has(*SEPARATE.values()):
+        return {f: SentencePieceTokenizer(read(name)) for f, name in SEPARATE.items()}
+    # The loaders' own precedence: a BERT's vocab.txt before a sentencepiece model.
+    if has(WORDPIECE_FILE):
+        one = WordPieceTokenizer(read(WORDPIECE_FILE), lowercase)
+    elif has(FILENAME):
+        one = SentencePieceTokenizer(read(FILENAME))
+    elif has(*GPT2_FILES):
+        one = GPT2Tokenizer({name: read(name) for name in GPT2_FILES})
+    elif has(CHARS):
+        one = CharTokenizer(read_chars(folder / CHARS))
+    else:
+        return None
+    return dict.fromkeys(("tokens", "src", "tgt"), one)
+
+
+def files_of(tokenizers: dict) -> dict[str, bytes]:
+    """The files that rebuild `tokenizers` ({field: tokenizer}) with `saved`."""
+    if set(tokenizers) >= set(SEPARATE) and tokenizers["src"] is not tokenizers["tgt"]:
+        return {SEPARATE[f]: tokenizers[f].model_proto for f in SEPARATE}
+    files = {}
+    for tokenizer in {id(t): t for t in tokenizers.values()}.values():
+        files.update(getattr(tokenizer, "artifacts", {}))
+    return files

@@ -45,7 +45,7 @@ class LanguageModel:
 
     def __init__(self, run):
         self.run, self.family = run, models.get(run.cfg.model.family)
-        self.params, self.tokenizer = run.params, run.data.tokenizer
+        self.params, self.tokenizer = run.params, run.tokenizers["tokens"]
         if getattr(run, "sampling_params", None) is not None:  # int8 weights stay int8
             self.params = run.sampling_params
         self.context = self.family.context_length(run.cfg.model)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from genzoo import kinds, models
+from genzoo.data.sentences import CLASSES
 from genzoo.errors import UserError
 from genzoo.kinds import Kind, register
 from genzoo.kinds.language_model import PROMPT, SAMPLING_OPTIONS
@@ -30,7 +33,7 @@ class MaskedLMFamily(Protocol):
 class MaskedLM:
     def __init__(self, run):
         self.run, self.family = run, models.get(run.cfg.model.family)
-        self.tokenizer = run.data.tokenizers["tokens"]
+        self.tokenizer = run.tokenizers["tokens"]
         self.max_len = self.family.max_length(run.cfg.model)
 
     def _tokens(self, texts):
@@ -143,5 +146,14 @@ def class_names(run) -> list[str]:
     """A fine-tuned BERT classifier's classes: its data's names, else their numbers (none for
     a masked LM)."""
     k = int(run.cfg.model.get("num_classes", 0) or 0)
-    names = getattr(run.data, "class_names", None)
+    if not k:
+        return []
+    saved = Path(run.path) / CLASSES if run.path else None
+    if saved is not None and saved.is_file():  # kept by the run: no data set needed
+        try:
+            names = json.loads(saved.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise UserError(f"{saved} is corrupt: expected a JSON list of class names") from None
+    else:
+        names = getattr(run.data, "class_names", None)
     return list(names) if names and len(names) == k else [str(i) for i in range(k)]

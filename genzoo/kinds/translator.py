@@ -35,8 +35,8 @@ class Translator:
 
     def __init__(self, run):
         self.run, self.family = run, models.get(run.cfg.model.family)
-        self.src_tok, self.tgt_tok = run.data.tokenizers["src"], run.data.tokenizers["tgt"]
-        self.src_len = run.data.lengths["src"]
+        self.src_tok, self.tgt_tok = run.tokenizers["src"], run.tokenizers["tgt"]
+        self.src_len = run.cfg.data.max_src_len  # the data's `lengths["src"]`
 
     def translate(self, texts, *, num_beams: int = 4, length_penalty: float = 0.6,
                   max_new_tokens: int | None = None, batch_size: int = 64,
