@@ -19,6 +19,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
+from genzoo import errors
 from genzoo.errors import UserError
 
 MANIFEST = "genzoo_integrity.json"
@@ -78,24 +79,6 @@ def verify(step_dir: Path) -> str | None:
     return None
 
 
-def _quiet_closed_loop_reports() -> None:
-    """After a failed orbax restore or save, tensorstore's pending reads or writes complete
-    into an asyncio loop orbax has closed, and each reports a traceback through
-    sys.unraisablehook (hundreds of lines for one damaged file or a full disk). Those, and
-    only those, are dropped."""
-    previous = sys.unraisablehook
-    if getattr(previous, "genzoo_quiet", False):
-        return
-
-    def hook(report):
-        value = report.exc_value
-        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
-            previous(report)
-
-    hook.genzoo_quiet = True
-    sys.unraisablehook = hook
-
-
 def _one_line(error: Exception) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= 120 else text[:117] + "..."
@@ -127,7 +110,7 @@ class Checkpointer:
             read_only=read_only,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
-        _quiet_closed_loop_reports()
+        errors.quiet_closed_loop_reports()
         self._unsealed: list[int] = []  # saved steps whose manifest is not written yet
         self._pending_best: dict | None = None
         self.best = self._read_best()

@@ -168,6 +168,25 @@ def quiet_storage_reports() -> None:
     warnings.showwarning = on_warning
 
 
+def quiet_closed_loop_reports() -> None:
+    """After a failed orbax restore or save, tensorstore's pending reads or writes complete
+    into an asyncio loop orbax has closed, and each reports a traceback through
+    sys.unraisablehook (hundreds of lines for one damaged file or a full disk). Those, and
+    only those, are dropped: installed by every Checkpointer, for the API as for the CLI
+    (`quiet_storage_reports` is the CLI's, after a storage failure)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "genzoo_quiet", False):
+        return
+
+    def hook(report):
+        value = report.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            previous(report)
+
+    hook.genzoo_quiet = True
+    sys.unraisablehook = hook
+
+
 # Every environment knob with a fixed set of values, the default first (docs/usage.md has
 # the table). `check_environment` refuses any other value before a command starts, so a typo
 # is one line and exit 2, not a silently ignored switch.
