@@ -12,6 +12,9 @@ import signal
 import sys
 import threading
 
+import jax
+import numpy as np
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -44,3 +47,20 @@ class StopRequest:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         return False
+
+
+def agreed(local: tuple[bool, ...], step: int, every: int) -> tuple[bool, ...]:
+    """The flags every process of the run acts on after `step`: in one process, `local` (a stop
+    signal, a clock run out). In several, each process's signals and clocks are its own: a
+    SIGTERM reaching one of them first (or only one) sent it into a checkpoint save's
+    collectives while the others stepped on, and the run hung for good. So the processes OR
+    their flags every `every` steps (an all-gather of a few ints; the trainer passes its
+    logging interval, steps that read metrics anyway) and act on nothing in between."""
+    if jax.process_count() == 1:
+        return local
+    if step % every:
+        return (False,) * len(local)
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.asarray(local, np.int32))
+    return tuple(bool(v) for v in np.asarray(flags).reshape(-1, len(local)).any(axis=0))

@@ -24,7 +24,7 @@ from genzoo import metrics as metrics_lib
 from genzoo.checkpoint import Checkpointer
 from genzoo.errors import NonFinite, Preempted, UserError
 from genzoo.models.protocols import CountsFlops
-from genzoo.preemption import StopRequest
+from genzoo.preemption import StopRequest, agreed
 from genzoo.train_step import (
     TrainState,
     eval_step,
@@ -323,9 +323,13 @@ class Trainer(StartUp):
                     writer.write(step, {**first, **({"perf/peak_flops": peak} if peak else {})})
                     window_start, window_steps = time.perf_counter(), 0
                 bar.update(1)
-                last = step == cfg.train.steps or (
-                    deadline is not None and time.monotonic() >= deadline
-                )
+                now = time.monotonic()
+                stopping, out_of_time, save_by_clock = agreed(
+                    (stop.signal is not None, deadline is not None and now >= deadline,
+                     c.every_seconds > 0 and now - last_save >= c.every_seconds),
+                    step, cfg.log.every_steps,
+                )  # fmt: skip
+                last = step == cfg.train.steps or out_of_time
                 if step % cfg.log.every_steps == 0 or last:
                     scalars = metrics_lib.host_scalars(step_metrics)
                     row = {f"train/{k}": v for k, v in scalars.items()}
@@ -346,10 +350,8 @@ class Trainer(StartUp):
                     if c.keep_best and ckpt.improves(value := self._best_value(row)):
                         best = value
                     window_start, window_steps = time.perf_counter(), 0
-                due = step % c.every_steps == 0 or last or best is not None or stop.signal
-                if c.every_seconds > 0 and time.monotonic() - last_save >= c.every_seconds:
-                    due = True
-                if due:
+                due = step % c.every_steps == 0 or last or best is not None or stopping
+                if due or save_by_clock:
                     skipped += check(previous)
                     previous = None
                     t_save = time.perf_counter()
@@ -359,10 +361,10 @@ class Trainer(StartUp):
                     last_save, saved_step = time.monotonic(), step
                 if last:
                     break
-                if stop.signal:
+                if stopping:
                     raise Preempted(
-                        f"stopped by {stop.name} at step {step} with its "
-                        "checkpoint saved; run the same command to resume"
+                        f"stopped by {stop.name or 'a signal to another process'} at step "
+                        f"{step} with its checkpoint saved; run the same command to resume"
                     )
             check(previous)
         finally:  # ckpt.close waits for the save in flight: a preempted run keeps its last step

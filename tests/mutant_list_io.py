@@ -287,4 +287,7 @@ IO_MUTANTS = [
     ("the char alphabet not kept in the workdir", "genzoo/data/text.py",
      "        self.artifacts = artifacts or dict(getattr(tokenizer, \"artifacts\", {}))",
      "        self.artifacts = artifacts or {}", "tests/test_cli.py"),
+    ("each process acts on its own stop signal", "genzoo/preemption.py",
+     "    if jax.process_count() == 1:\n        return local", "    if True:\n        return local",
+     "tests/test_multiprocess.py"),
 ]  # fmt: skip

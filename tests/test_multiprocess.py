@@ -2,14 +2,18 @@
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 
 from genzoo import cli, workdir
+from genzoo.checkpoint import saved_steps
 
 ARGS = ["train", "gpt_shakespeare_char", "--variant", "smoke", "--set", "train.steps=6",
         "--set", "log.every_steps=1", "--set", "eval.every_steps=3",
@@ -23,38 +27,25 @@ def _losses(path):
     }
 
 
-def test_two_processes_match_one_process_with_eight_devices(tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert cli.main([*ARGS, "--workdir", str(one)]) == 0  # also prepares the data cache
+def _launch(args, run_dir) -> list[subprocess.Popen]:
+    """`genzoo -v train ...` as processes 0 and 1 of one run (4 simulated devices each)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     flags = os.environ["XLA_FLAGS"].replace("device_count=8", "device_count=4")
     env = dict(os.environ, XLA_FLAGS=flags,
                JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)  # fmt: skip
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "genzoo.cli",
-                "-v",
-                *ARGS,
-                "--workdir",
-                str(two),
-                "--coordinator",
-                f"127.0.0.1:{port}",
-                "--num-processes",
-                "2",
-                "--process-id",
-                str(i),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        for i in range(2)
-    ]
+    cluster = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+    return [subprocess.Popen([sys.executable, "-m", "genzoo.cli", "-v", *args, "--workdir",
+                              str(run_dir), *cluster, "--process-id", str(i)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for i in range(2)]  # fmt: skip
+
+
+def test_two_processes_match_one_process_with_eight_devices(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli.main([*ARGS, "--workdir", str(one)]) == 0  # also prepares the data cache
+    procs = _launch(ARGS, two)
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err.decode()[-2000:]
@@ -83,6 +74,33 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
     (train_1, _), (train_2, _) = _losses(one), _losses(two)
     for step in (7, 8):
         np.testing.assert_allclose(train_2[step], train_1[step], atol=1e-6, rtol=0)
+
+
+def test_a_signal_to_one_process_stops_every_process_at_one_step(tmp_path):
+    """SIGTERM to process 1 alone sent it into the checkpoint save's collectives while process 0
+    stepped on: the run hung for good. The processes agree at each logging step, so both save
+    that step together and exit 75."""
+    run_dir = tmp_path / "run"
+    args = [*ARGS, "--set", "train.steps=100000", "--set", "eval.every_steps=0",
+            "--set", "checkpoint.every_steps=100000", "--set", "log.every_steps=2"]  # fmt: skip
+    procs = _launch(args, run_dir)
+    try:
+        deadline = time.monotonic() + 240
+        metrics = run_dir / "metrics.jsonl"
+        while not (metrics.is_file() and "train/loss" in metrics.read_text()):  # step 2 done
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+            time.sleep(0.5)
+        procs[1].send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    codes, errs = [p.returncode for p in procs], [err.decode() for _, err in outs]
+    assert codes == [75, 75], errs[0][-2000:]
+    steps = [int(re.search(r"stopped by .* at step (\d+) with", e).group(1)) for e in errs]
+    assert "stopped by SIGTERM" in errs[1] and "a signal to another process" in errs[0]
+    assert steps[0] == steps[1] and steps[0] % 2 == 0
+    assert saved_steps(run_dir) == [steps[0]]
 
 
 def test_the_environment_describes_the_run_when_the_command_line_does_not(monkeypatch):
