@@ -11,6 +11,7 @@ process 0 writes the config, metrics, pictures and progress, and holds the workd
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 
@@ -41,3 +42,41 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 def is_main() -> bool:
     """Process 0: the one that writes files and prints."""
     return jax.process_index() == 0
+
+
+_ENDED = "genzoo/ended/"  # the coordination service's key-value store: process id -> ending
+
+
+def _client():
+    from jax._src import distributed  # the client jax.distributed joined with (no public name)
+
+    return distributed.global_state.client
+
+
+def several() -> bool:
+    """This process is one of a multi-process run (jax imported and joined to others)."""
+    jax_ = sys.modules.get("jax")
+    return bool(jax_ and jax_.distributed.is_initialized() and jax_.process_count() > 1)
+
+
+def report_ending(code: int, line: str) -> None:
+    """Tells the run's other processes how this one ended, before it leaves: a peer that then
+    fails in a collective with it says why (`ending_elsewhere`) instead of a transport error."""
+    try:
+        _client().key_value_set(f"{_ENDED}{jax.process_index()}", f"{code} {line}")
+    except Exception:  # the service may be gone already: the report is best effort
+        pass
+
+
+def ending_elsewhere() -> tuple[int, str] | None:
+    """(exit code, line) of another process of the run that has ended, if one told."""
+    try:
+        told = _client().key_value_dir_get(_ENDED)
+    except Exception:
+        return None
+    for key, value in sorted(told):
+        process = int(key.rsplit("/", 1)[-1])
+        if process != jax.process_index():
+            code, _, line = value.partition(" ")
+            return int(code), f"process {process} of this run ended first: {line}"
+    return None

@@ -3,6 +3,7 @@
 import gzip
 import hashlib
 import lzma
+import time
 
 import numpy as np
 import pytest
@@ -265,3 +266,25 @@ def test_a_folder_written_whole_appears_only_when_its_block_succeeds(tmp_path):
         (tmp / "again").write_text("y")
     assert sorted(p.name for p in dest.iterdir()) == ["whole"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_builds_in_one_cache_take_turns(tmp_path):
+    """Two processes of a run on one host built tiny Shakespeare's records at once and one
+    failed renaming its build into place; the build now holds a lock on a file in the cache."""
+    import threading
+
+    inside, order = threading.Event(), []
+
+    def first():
+        with sources.exclusive(tmp_path / "cache" / ".lock"):
+            inside.set()
+            time.sleep(0.5)
+            order.append("first done")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    inside.wait(10)
+    with sources.exclusive(tmp_path / "cache" / ".lock"):  # its own open file: it waits
+        order.append("second in")
+    thread.join()
+    assert order == ["first done", "second in"]

@@ -27,8 +27,9 @@ def _losses(path):
     }
 
 
-def _launch(args, run_dir) -> list[subprocess.Popen]:
-    """`genzoo -v train ...` as processes 0 and 1 of one run (4 simulated devices each)."""
+def _launch(args, run_dir, program=("-m", "genzoo.cli", "-v"), env1=None) -> list:
+    """`genzoo -v train ...` as processes 0 and 1 of one run (4 simulated devices each);
+    `env1`: variables for process 1 alone."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -36,9 +37,10 @@ def _launch(args, run_dir) -> list[subprocess.Popen]:
     env = dict(os.environ, XLA_FLAGS=flags,
                JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)  # fmt: skip
     cluster = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
-    return [subprocess.Popen([sys.executable, "-m", "genzoo.cli", "-v", *args, "--workdir",
-                              str(run_dir), *cluster, "--process-id", str(i)],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return [subprocess.Popen([sys.executable, *program, *args, "--workdir", str(run_dir),
+                              *cluster, "--process-id", str(i)],
+                             env={**env, **(env1 or {})} if i else env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             for i in range(2)]  # fmt: skip
 
 
@@ -101,6 +103,42 @@ def test_a_signal_to_one_process_stops_every_process_at_one_step(tmp_path):
     assert "stopped by SIGTERM" in errs[1] and "a signal to another process" in errs[0]
     assert steps[0] == steps[1] and steps[0] % 2 == 0
     assert saved_steps(run_dir) == [steps[0]]
+
+
+# Process 1's disk fills at its step-4 save; process 0's does not.
+_FULL_DISK_ON_ONE = """
+import errno, os, sys
+from genzoo import checkpoint, cli
+if os.environ.get("FULL_DISK"):
+    save = checkpoint.Checkpointer.save
+    def full(self, step, *args, **kwargs):
+        if step >= 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(self, step, *args, **kwargs)
+    checkpoint.Checkpointer.save = full
+sys.exit(cli.main())
+"""
+
+
+def test_a_process_that_fails_alone_ends_the_run_at_once_saying_why(tmp_path):
+    """Process 1's disk fills: it printed its line, then waited 5 minutes at jax's exit
+    barrier while process 0 hung in a collective with it, then both aborted with C++ stack
+    dumps. Now it leaves at once, and process 0 says why the run ended, with its code."""
+    script = tmp_path / "full_disk_on_one.py"
+    script.write_text(_FULL_DISK_ON_ONE)
+    args = [*ARGS, "--set", "train.steps=100", "--set", "checkpoint.every_steps=2",
+            "--set", "eval.every_steps=0"]  # fmt: skip
+    procs = _launch(args, tmp_path / "run", program=(str(script),), env1={"FULL_DISK": "1"})
+    try:
+        outs = [p.communicate(timeout=150) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    errs = [err.decode().strip() for _, err in outs]
+    assert [p.returncode for p in procs] == [74, 74], errs
+    assert errs[1].startswith("genzoo: error: No space left on device") and "\n" not in errs[1]
+    assert errs[0].startswith("genzoo: error: process 1 of this run ended first: No space left")
+    assert "\n" not in errs[0]
 
 
 def test_the_environment_describes_the_run_when_the_command_line_does_not(monkeypatch):

@@ -50,6 +50,11 @@ def prepared_builder(builder_cls, source_sha256: str) -> tfds.core.DatasetBuilde
     """
     tfds.disable_progress_bar()
     data_dir = str(sources.cache_dir() / "tfds")
+    with sources.exclusive(Path(data_dir) / f".{builder_cls.name}.lock"):
+        return _prepared(builder_cls, data_dir, source_sha256)
+
+
+def _prepared(builder_cls, data_dir: str, source_sha256: str) -> tfds.core.DatasetBuilder:
     builder = builder_cls(data_dir=data_dir, file_format="array_record")
     if builder.is_prepared() and builder.info.metadata.get("source_sha256") != source_sha256:
         log.info("source changed; rebuilding %s", builder.data_dir)

@@ -9,6 +9,7 @@ that fails, the copy shipped inside the package, then system folders (e.g. Debia
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import lzma
@@ -97,6 +98,22 @@ def folder_atomic(dest: Path, shared: bool = False):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path):
+    """Holds an advisory lock on the file `lock` (created) for the block: processes that share
+    the cache (a multi-process run on one host) build a data set one at a time, the later
+    ones finding it built (two renaming TFDS's build into place at once was a
+    FileExistsError)."""
+    lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def _download(url: str, dest: Path, sha256: str) -> bool:
