@@ -11,7 +11,6 @@ process 0 writes the config, metrics, pictures and progress, and holds the workd
 from __future__ import annotations
 
 import os
-import sys
 
 import jax
 
@@ -54,9 +53,8 @@ def _client():
 
 
 def several() -> bool:
-    """This process is one of a multi-process run (jax imported and joined to others)."""
-    jax_ = sys.modules.get("jax")
-    return bool(jax_ and jax_.distributed.is_initialized() and jax_.process_count() > 1)
+    """This process is one of a multi-process run (joined to others)."""
+    return jax.distributed.is_initialized() and jax.process_count() > 1
 
 
 def report_ending(code: int, line: str) -> None:
