@@ -354,7 +354,6 @@ def main(argv=None) -> int:
         cluster = _cluster()
         if end is None and cluster:  # a peer's exit breaks the collectives: say why it left
             end = cluster.ending_elsewhere()
-            end = (f"genzoo: error: {end[1]}", end[0]) if end else None
         if end is None and not cluster:  # a bug: the traceback is the report
             raise
         line, code = end or (traceback.format_exc().rstrip(), 1)
@@ -362,15 +361,10 @@ def main(argv=None) -> int:
             _stdout_to_devnull()
         else:
             print(line, file=sys.stderr)
-        if code not in _TOGETHER and cluster:
-            _leave_now(cluster, code, line)
+        if cluster:
+            cluster.leave(code, line)  # returns where every process ends together
         return code
     return 0
-
-
-# Endings every process of a run reaches at the same step (NaN is read off global values, a
-# stop is agreed: preemption.agreed), so jax's exit barrier passes at once.
-_TOGETHER = (3, 75)
 
 
 def _cluster():
@@ -378,18 +372,6 @@ def _cluster():
     it imports jax, which `genzoo list` must not wait for)."""
     module = sys.modules.get("genzoo.distributed")
     return module if module is not None and module.several() else None
-
-
-def _leave_now(cluster, code: int, line: str) -> None:
-    """A process of a multi-process run that fails leaves at once: at a normal exit
-    jax.distributed waits up to 5 minutes at a barrier for the others, which are stuck in
-    collectives with it, then aborts every process with stack dumps. It tells the others
-    why first; their collectives with it fail (gloo, at once) or their coordination service
-    misses its heartbeats (NCCL, ~100 s), and they stop."""
-    cluster.report_ending(code, line.removeprefix("genzoo: error: ").splitlines()[-1])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def _stdout_to_devnull() -> None:

@@ -11,10 +11,11 @@ process 0 writes the config, metrics, pictures and progress, and holds the workd
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 
-from genzoo.errors import env_choice
+from genzoo.errors import EXIT_NONFINITE, EXIT_PREEMPTED, env_choice
 
 _ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
@@ -57,17 +58,33 @@ def several() -> bool:
     return jax.distributed.is_initialized() and jax.process_count() > 1
 
 
-def report_ending(code: int, line: str) -> None:
-    """Tells the run's other processes how this one ended, before it leaves: a peer that then
-    fails in a collective with it says why (`ending_elsewhere`) instead of a transport error."""
+# Endings every process of a run reaches at the same step (NaN is read off global values, a
+# stop is agreed: preemption.agreed), so jax's exit barrier passes at once.
+TOGETHER = (EXIT_NONFINITE, EXIT_PREEMPTED)
+
+
+def leave(code: int, line: str) -> None:
+    """Ends this process of a multi-process run at once, unless `code` is an ending every
+    process reaches together (then it returns). At a normal exit jax.distributed waits up to
+    5 minutes at a barrier for the others, which are stuck in collectives with this one,
+    then aborts every process with stack dumps. It tells the others why first (the
+    coordination service's key-value store); their collectives with it fail (gloo, at once)
+    or their coordination service misses its heartbeats (NCCL, ~100 s), and they stop."""
+    if code in TOGETHER:
+        return
+    told = line.removeprefix("genzoo: error: ").splitlines()[-1]
     try:
-        _client().key_value_set(f"{_ENDED}{jax.process_index()}", f"{code} {line}")
+        _client().key_value_set(f"{_ENDED}{jax.process_index()}", f"{code} {told}")
     except Exception:  # the service may be gone already: the report is best effort
         pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
-def ending_elsewhere() -> tuple[int, str] | None:
-    """(exit code, line) of another process of the run that has ended, if one told."""
+def ending_elsewhere() -> tuple[str, int] | None:
+    """(line, exit code) of another process of the run that has ended, if one told (the
+    form of `errors.ending`)."""
     try:
         told = _client().key_value_dir_get(_ENDED)
     except Exception:
@@ -76,5 +93,5 @@ def ending_elsewhere() -> tuple[int, str] | None:
         process = int(key.rsplit("/", 1)[-1])
         if process != jax.process_index():
             code, _, line = value.partition(" ")
-            return int(code), f"process {process} of this run ended first: {line}"
+            return f"genzoo: error: process {process} of this run ended first: {line}", int(code)
     return None
