@@ -168,8 +168,8 @@ class Run:
         if saved:
             return saved
         one = getattr(self.data, "tokenizer", None)
-        return dict(getattr(self.data, "tokenizers", None) or
-                    (dict.fromkeys(("tokens", "src", "tgt"), one) if one else {}))  # fmt: skip
+        kept = getattr(self.data, "tokenizers", None)
+        return dict(kept or (data_lib.tokenizers.every_field(one) if one else {}))
 
     @property
     def params(self):

@@ -85,14 +85,10 @@ def _alphabet(saved: Path | None, text: str, other_run: str = "") -> tuple[str, 
     """(alphabet, whose it is): the run's saved one, else another run's (`data.alphabet_from`:
     a fine-tune from it keeps its embedding rows), else the file's own."""
     if saved is not None and (saved / CHARS).is_file():
-        return _saved_chars(saved), "this run's alphabet"
+        return tokenizers.read_chars(saved / CHARS), "this run's alphabet"
     if other_run:
         return _alphabet_of_run(Path(other_run)), f"{other_run}'s alphabet"
     return "".join(sorted(set(text))), "the file's alphabet"
-
-
-def _saved_chars(run: Path) -> str:
-    return tokenizers.read_chars(run / CHARS)
 
 
 def _alphabet_of_run(run: Path) -> str:
@@ -100,7 +96,7 @@ def _alphabet_of_run(run: Path) -> str:
     from genzoo import data, workdir
 
     if (run / CHARS).is_file():
-        return _saved_chars(run)
+        return tokenizers.read_chars(run / CHARS)
     tokenizer = data.load(workdir.load_config(run).data, run).tokenizer
     if not isinstance(tokenizer, CharTokenizer):
         raise UserError(f"data.alphabet_from={str(run)!r} is not a character model's run")

@@ -222,7 +222,13 @@ def saved(folder, lowercase: bool = True) -> dict | None:
         one = CharTokenizer(read_chars(folder / CHARS))
     else:
         return None
-    return dict.fromkeys(("tokens", "src", "tgt"), one)
+    return every_field(one)
+
+
+def every_field(tokenizer) -> dict:
+    """One tokenizer serving every field a kind reads: "tokens", and a translation's "src" and
+    "tgt" (a joint vocabulary)."""
+    return dict.fromkeys(("tokens", "src", "tgt"), tokenizer)
 
 
 def files_of(tokenizers: dict) -> dict[str, bytes]:
