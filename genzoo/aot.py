@@ -84,15 +84,17 @@ class Program:
             with executables.compiled_fresh() as fresh:
                 compiled = lowered.compile(compiler_options=self.compiler_options)
             self._install(compiled, args, {"trace": trace_s, "compile": time.perf_counter() - t0})
-            if self.store is not None and fresh.value:
+            if self.store is not None:
                 path = self._stored_at(args)
-                self.store.save(path, compiled)
-                if self.runs_often and jax.default_backend() == "cpu":
-                    # XLA:CPU runs the stored copy faster than the executable it just built
-                    # (the demo's step: 92-95 against 96-98 ms, alternating launches).
-                    stored = self.store.load(path)
-                    if stored is not None:
-                        compiled = self.compiled = self._by_types[_types(args)] = stored
+                if fresh.value and self.store.folder is not None:
+                    self.store.save(path, compiled)
+                    if self.runs_often and jax.default_backend() == "cpu":
+                        # XLA:CPU runs the stored copy faster than the executable it just
+                        # built (the demo's step: 92-95 against 96-98 ms, alternating launches).
+                        stored = self.store.load(path)
+                        if stored is not None:
+                            compiled = self.compiled = self._by_types[_types(args)] = stored
+                self.store.keep(path, compiled)  # this process's next Trainer: no trace
         self._compiled_hook()
         return compiled
 

@@ -15,12 +15,18 @@ Only executables this process compiled are stored: one that XLA:CPU loaded from 
 persistent cache loses its kernels when serialised again ("Function ... not found" when
 run), so a launch whose compile hit that cache stores nothing (`compiled_fresh`).
 
+Within one process the executables are also kept in memory under the same key (the newest
+`KEEP`), so a process that trains the same config twice (a test suite, a notebook, `genzoo
+chain`) traces once even where XLA's persistent cache answered the compile and nothing could be
+stored on disk.
+
 Loading runs the stored bytes (pickle, native code), as XLA's own cache does: the folder is
 as trusted as the user's other caches; never point it at files from elsewhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -30,6 +36,7 @@ import os
 import pickle
 import sys
 import threading
+from collections import OrderedDict
 from importlib import metadata
 from pathlib import Path
 
@@ -51,6 +58,9 @@ _DISTRIBUTIONS = ("jax", "jaxlib", "flax", "optax", "chex", "numpy", "ml_collect
 _PREFIXES = tuple({Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
 _local = threading.local()  # per thread: did this compile come from XLA's persistent cache?
 _listening = False
+# The newest executables this process compiled or loaded, by path (a key; the file may not exist).
+_kept: OrderedDict[Path, object] = OrderedDict()
+_kept_lock = threading.Lock()
 
 
 def _on_event(event: str, **_) -> None:
@@ -120,8 +130,9 @@ def _source_digest() -> str:
     files = set(package.rglob("*.py"))
     for module in list(sys.modules.values()):
         name = getattr(module, "__file__", None)
-        if name and not _installed(getattr(module, "__name__", ""), Path(name).resolve()):
-            files.add(Path(name).resolve())
+        source = _outside_packages(getattr(module, "__name__", ""), name) if name else None
+        if source is not None:
+            files.add(source)
     digest = hashlib.sha256()
     for path in sorted(files):
         try:
@@ -129,6 +140,14 @@ def _source_digest() -> str:
         except OSError:  # a module whose file went away: part of the key as such
             digest.update(f"{path}:gone\n".encode())
     return digest.hexdigest()
+
+
+@functools.cache
+def _outside_packages(module: str, file: str) -> Path | None:
+    """`file`'s resolved path where module `module` is read as source, else None. Cached: a
+    module's file does not move, and resolving thousands of them took ~0.5 s per launch."""
+    path = Path(file).resolve()
+    return None if _installed(module, path) else path
 
 
 def _versions() -> dict:
@@ -155,12 +174,12 @@ def _environment() -> dict:
 
 
 class Store:
-    """Executables of one run's programs under `folder`, keyed by `context` (the resolved
-    config as JSON) and the environment, which is read once, here: what is imported later
-    (while tracing) is covered by the installed packages' stamps."""
+    """Executables of one run's programs under `folder` (None: in memory only), keyed by
+    `context` (the resolved config as JSON) and the environment, which is read once, here:
+    what is imported later (while tracing) is covered by the installed packages' stamps."""
 
-    def __init__(self, folder: Path, context: str):
-        self.folder = Path(folder)
+    def __init__(self, folder: Path | None, context: str):
+        self.folder = None if folder is None else Path(folder)
         environment = json.dumps(_environment(), sort_keys=True, default=repr)
         self.fingerprint = hashlib.sha256((context + "\n" + environment).encode()).hexdigest()
         watch_compiles()
@@ -173,10 +192,22 @@ class Store:
 
     def path(self, name: str, types, compiler_options) -> Path:
         key = repr((self.fingerprint, name, types, sorted((compiler_options or {}).items())))
-        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()}.jaxexec"
+        name = f"{hashlib.sha256(key.encode()).hexdigest()}.jaxexec"
+        return (self.folder or Path("<memory>")) / name
 
     def load(self, path: Path):
-        """The executable stored at `path`, or None (missing, unreadable or stale)."""
+        """The executable kept or stored at `path`, or None (missing, unreadable or stale)."""
+        with _kept_lock:
+            kept = _kept.get(path)
+            if kept is not None:
+                _kept.move_to_end(path)
+        if kept is not None:
+            if self.folder is not None:
+                with contextlib.suppress(OSError):  # recently used: kept by `_prune`
+                    os.utime(path)
+            return kept
+        if self.folder is None:
+            return None
         try:
             blob = path.read_bytes()
         except OSError:
@@ -192,7 +223,17 @@ class Store:
             path.unlink(missing_ok=True)
             return None
         os.utime(path)  # recently used: kept by `_prune`
+        self.keep(path, compiled)
         return compiled
+
+    def keep(self, path: Path, compiled) -> None:
+        """Keeps `compiled` in this process's memory under `path`'s key (any compile: XLA's
+        persistent cache may have answered it, which bars only the disk)."""
+        with _kept_lock:
+            _kept[path] = compiled
+            _kept.move_to_end(path)
+            while len(_kept) > KEEP:
+                _kept.popitem(last=False)
 
     def save(self, path: Path, compiled) -> None:
         """Writes `compiled` (atomically: a reader never sees half a file) and keeps the
@@ -236,6 +277,18 @@ def config_context(cfg) -> str:
             node = node.get(name, {})
         node.pop(leaf, None)
     return json.dumps(tree, sort_keys=True)
+
+
+def forget() -> None:
+    """Drops the executables kept in memory (the disk's stay)."""
+    with _kept_lock:
+        _kept.clear()
+
+
+def in_memory(cfg) -> Store:
+    """A store that keeps `cfg`'s programs in this process's memory only (a Trainer built
+    again for the same config loads them instead of tracing)."""
+    return Store(None, config_context(cfg))
 
 
 def for_training(context: str) -> Store | None:

@@ -121,13 +121,16 @@ def test_eval_summary_reports_perplexity_and_dead_codes():
 def test_vq_codebook_state_resumes_bit_exactly_and_the_kind_round_trips(tmp_path, capsys):
     from conftest import tiny_config
 
-    from genzoo import cli, data, kinds
+    from genzoo import cli, data, executables, kinds
     from genzoo.trainer import Trainer
 
     over = ("model.quantizer=vq", "checkpoint.every_steps=2", "eval.every_steps=0",
             "optim.decay_steps=9", "log.progress=false")  # fmt: skip
-    make = lambda steps: Trainer(tiny_config(*over, f"train.steps={steps}", name="dvae_shapes"),
-                                 devices=jax.devices()[:1])  # fmt: skip
+
+    def make(steps):  # the same config twice: the second Trainer loads the first's programs
+        cfg = tiny_config(*over, f"train.steps={steps}", name="dvae_shapes")
+        return Trainer(cfg, devices=jax.devices()[:1], executables=executables.in_memory(cfg))
+
     d = data.load(make(4).cfg.data)
     a = make(4).fit(tmp_path / "a", d)
     make(2).fit(tmp_path / "b", d)

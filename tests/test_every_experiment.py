@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import experiment_config, experiment_data, experiment_deps, run_steps, unbox
 
-from genzoo import experiment, models
+from genzoo import executables, experiment, models
 from genzoo import train_step as trainer_lib
 from genzoo.trainer import Trainer
 
@@ -23,22 +23,28 @@ EXPERIMENTS = [pytest.param(row[0], marks=pytest.mark.slow) if row[0] in REPEATS
 
 def step_config_for(name, *overrides):
     """The one training set-up the three tests below share, so each experiment's one-device
-    step compiles once (the persistent cache serves the others): no warm-up (the loss falls
+    step traces once (this process keeps it: `trainer_for`): no warm-up (the loss falls
     within a few steps), a decay fixed whatever `train.steps` is, and dropout where the family
     has it (its RNG must agree across meshes and across a resume)."""
     shared = ("optim.warmup_steps=0", "optim.min_lr=0.001", "optim.lr=0.003",
-              "optim.decay_steps=6", "eval.every_steps=0", "log.progress=false")  # fmt: skip
+              "optim.decay_steps=6", "train.steps=6", "eval.every_steps=0",
+              "log.progress=false")  # fmt: skip
     if "dropout" in experiment.load(name, "smoke").model:  # what the family declares
         shared += ("model.dropout=0.1",)
     return experiment_config(name, *shared, *overrides)
 
 
+def trainer_for(name, *overrides, devices=None):
+    """A Trainer that loads the programs an earlier one of the same config compiled."""
+    cfg = step_config_for(name, *overrides)
+    return Trainer(cfg, devices=devices, deps=experiment_deps(name),
+                   executables=executables.in_memory(cfg))  # fmt: skip
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_eight_devices_match_one(name):
-    deps = experiment_deps(name)
-    one = Trainer(step_config_for(name), devices=jax.devices()[:1], deps=deps)
-    many = Trainer(step_config_for(name, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"),
-                   deps=deps)  # fmt: skip
+    one = trainer_for(name, devices=jax.devices()[:1])
+    many = trainer_for(name, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
     assert dict(many.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
     _, a = run_steps(one, experiment_data(name), 3)
     _, b = run_steps(many, experiment_data(name), 3)
@@ -50,12 +56,11 @@ def test_eight_devices_match_one(name):
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_resume_is_bit_identical(name, tmp_path):
-    make = lambda steps: Trainer(step_config_for(name, "checkpoint.every_steps=3",
-                                                 f"train.steps={steps}"),
-                                 devices=jax.devices()[:1], deps=experiment_deps(name))  # fmt: skip
-    a = make(6).fit(tmp_path / "a", experiment_data(name))
-    make(3).fit(tmp_path / "b", experiment_data(name))
-    b = make(6).fit(tmp_path / "b", experiment_data(name))
+    make = lambda *steps: trainer_for(name, "checkpoint.every_steps=3", *steps,
+                                      devices=jax.devices()[:1])  # fmt: skip
+    a = make().fit(tmp_path / "a", experiment_data(name))
+    make("train.steps=3").fit(tmp_path / "b", experiment_data(name))
+    b = make().fit(tmp_path / "b", experiment_data(name))
     assert int(a.step) == int(b.step) == 6
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -65,8 +70,8 @@ def test_resume_is_bit_identical(name, tmp_path):
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_loss_decreases_on_a_fixed_batch(name):
-    cfg = step_config_for(name)
-    t = Trainer(cfg, devices=jax.devices()[:1], deps=experiment_deps(name))
+    t = trainer_for(name, devices=jax.devices()[:1])
+    cfg = t.cfg
     batch = next(experiment_data(name).train_iterator(cfg.train.batch_size, 0))
     state = t.init_state()
     key = "loss_discriminator" if cfg.model.family == "gan" else "loss"  # G and D pull apart

@@ -31,6 +31,7 @@ def test_second_fit_loads_the_train_step_and_trains_bit_for_bit(tmp_path):
     store = executables.Store(tmp_path / "exe", executables.config_context(cfg))
     runs = []
     for name in ("first", "second"):
+        executables.forget()  # a second launch: a new process, with the disk's copy alone
         trainer = Trainer(cfg, devices=jax.devices()[:1], executables=store)
         state = trainer.fit(tmp_path / name, text)
         rows = metrics_lib.read(tmp_path / name / "metrics.jsonl")
@@ -74,6 +75,7 @@ def test_program_stores_only_what_it_compiled_and_survives_a_corrupt_file(tmp_pa
     )
     assert set(loaded.seconds) == {"load"}
     # A damaged file is a miss: removed, compiled again, stored again.
+    executables.forget()  # (this process keeps what it loaded in memory: the disk is tested)
     path.write_bytes(b"not an executable")
     again = aot.Program(fn, "scale")
     again.store = store
@@ -88,6 +90,35 @@ def test_program_stores_only_what_it_compiled_and_survives_a_corrupt_file(tmp_pa
     with executables.compiled_fresh() as fresh:
         pass
     assert fresh.value is True
+
+
+def test_a_process_keeps_its_programs_for_the_next_trainer_of_the_same_config(tmp_path):
+    """In memory, whatever XLA's persistent cache did (this test session's cache has compiled
+    this config before, so nothing reaches the disk): one trace for two Trainers."""
+    cfg = tiny_config("train.steps=2", "eval.every_steps=0", "log.progress=false")
+    text = data.load(cfg.data)
+    executables.forget()
+    trainers = [Trainer(cfg, devices=jax.devices()[:1], executables=executables.in_memory(cfg))
+                for _ in range(2)]  # fmt: skip
+    states = [t.fit(tmp_path / str(i), text) for i, t in enumerate(trainers)]
+    assert set(trainers[0].step_program.seconds) == {"trace", "compile"}
+    assert set(trainers[1].step_program.seconds) == {"load"}
+    assert trainers[1].step_program.compiled is trainers[0].step_program.compiled
+    jax.tree.map(np.testing.assert_array_equal, *jax.device_get([s.params for s in states]))
+    assert not list(tmp_path.glob("**/*.jaxexec"))  # memory only
+    # Another config, or the same on other devices, is another program.
+    other_cfg = tiny_config("train.steps=2", "eval.every_steps=0", "optim.lr=0.5")
+    other = Trainer(other_cfg, devices=jax.devices()[:1],
+                    executables=executables.in_memory(other_cfg))  # fmt: skip
+    two = Trainer(cfg, devices=jax.devices()[:2], executables=executables.in_memory(cfg))
+    batch = next(text.train_iterator(cfg.train.batch_size, 0))
+    for trainer in (other, two):
+        trainer.step(trainer.init_state(), batch)
+        assert set(trainer.step_program.seconds) == {"trace", "compile"}
+    executables.forget()
+    again = Trainer(cfg, devices=jax.devices()[:1], executables=executables.in_memory(cfg))
+    again.step(again.init_state(), batch)
+    assert set(again.step_program.seconds) == {"trace", "compile"}
 
 
 def test_key_covers_config_environment_and_source(tmp_path, monkeypatch):
@@ -160,9 +191,10 @@ def test_store_keeps_the_newest_executables(tmp_path, monkeypatch, keep):
     assert len(list(tmp_path.glob("*.jaxexec"))) == 1
 
 
-def test_a_loaded_executable_counts_as_recently_used(tmp_path, monkeypatch):
-    """Pruning keeps the `KEEP` most recently *used*: a program loaded by every launch must
-    outlive one compiled once since."""
+@pytest.mark.parametrize("from_disk", [True, False])
+def test_a_loaded_executable_counts_as_recently_used(tmp_path, monkeypatch, from_disk):
+    """Pruning keeps the `KEEP` most recently *used*: a program loaded by every launch (from
+    the disk, or from this process's memory) must outlive one compiled once since."""
     monkeypatch.setattr(executables, "KEEP", 2)
     store = executables.Store(tmp_path, "context")
     spec = jax.ShapeDtypeStruct((2,), jnp.float32)
@@ -177,6 +209,8 @@ def test_a_loaded_executable_counts_as_recently_used(tmp_path, monkeypatch):
     compile_as("once", _fresh_constant())
     for i, path in enumerate(sorted(tmp_path.glob("*.jaxexec"), key=os.path.getmtime)):
         os.utime(path, (1e9 + i, 1e9 + i))  # "daily" older than "once", a second apart
+    if from_disk:
+        executables.forget()
     assert compile_as("daily", 0.0).seconds.keys() == {"load"}  # loaded, not compiled
     compile_as("new", _fresh_constant())
     kept = {p.name for p in tmp_path.glob("*.jaxexec")}
