@@ -118,6 +118,24 @@ def image_data():
     return data.load(ml_collections.ConfigDict({"name": "fashion_mnist"}))
 
 
+@pytest.fixture(scope="session")
+def smoke_char_run(tmp_path_factory) -> Path:
+    """`genzoo train gpt_shakespeare_char --variant smoke`, trained once per test process (many
+    modules start from such a run). Never written to: tests take a copy (`char_run`)."""
+    from genzoo import cli
+
+    path = tmp_path_factory.mktemp("shared") / "smoke_char"
+    argv = ["train", "gpt_shakespeare_char", "--variant", "smoke", "--workdir", str(path)]
+    assert cli.main([*argv, "--set", "log.progress=false"]) == 0
+    return path
+
+
+@pytest.fixture
+def char_run(smoke_char_run, tmp_path) -> Path:
+    """This test's own copy of `smoke_char_run` (a workdir may be moved: tested in test_cli)."""
+    return Path(shutil.copytree(smoke_char_run, tmp_path / "char_run"))
+
+
 def tiny_config(*overrides: str, variant: str = "smoke", name: str = "gpt_shakespeare_char"):
     """An experiment's smoke config, resolved against the generated data, with overrides."""
     from genzoo import data, experiment, workdir

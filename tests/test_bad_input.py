@@ -20,10 +20,10 @@ CHAR = ("train", "gpt_shakespeare_char", "--variant", "smoke", "--set", "log.pro
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(smoke_char_run, tmp_path_factory):
     """A trained char GPT and a trained BPE GPT (its workdir holds a tokenizer file)."""
     root = tmp_path_factory.mktemp("bad")
-    assert cli.main([*CHAR, "--workdir", str(root / "char")]) == 0
+    shutil.copytree(smoke_char_run, root / "char")
     bpe = ["train", "gpt_shakespeare_bpe", "--variant", "smoke", "--workdir", str(root / "bpe")]
     assert cli.main([*bpe, "--set", "log.progress=false"]) == 0
     return root

@@ -2,8 +2,10 @@
 
 import json
 import math
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,13 +23,8 @@ def run(capsys, *argv):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run") / "smoke"
-    assert (
-        cli.main(["train", "gpt_shakespeare_char", "--variant", "smoke", "--workdir", str(workdir)])
-        == 0
-    )
-    return workdir
+def trained(smoke_char_run, tmp_path_factory):
+    return Path(shutil.copytree(smoke_char_run, tmp_path_factory.mktemp("run") / "smoke"))
 
 
 # Experiments that require trained runs are trained after them by test_text_to_image's chain.
@@ -192,8 +189,6 @@ def test_resume_with_longer_run_and_refusal_of_model_change(trained, capsys):
 def test_a_longer_resumed_run_keeps_the_first_launchs_decay(trained, tmp_path, capsys):
     """`optim.decay_steps=-1` is the run's length at its first launch: training on past it
     keeps that schedule (then flat at min_lr) rather than stretch the decay already begun."""
-    import shutil
-
     longer = tmp_path / "longer"
     shutil.copytree(trained, longer)
     argv = ("train", "gpt_shakespeare_char", "--variant", "smoke", "--workdir", str(longer))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import genzoo
-from genzoo import cli, sampling
+from genzoo import sampling
 from genzoo.errors import UserError
 from genzoo.models import gpt
 
@@ -164,12 +164,8 @@ def test_repetition_penalty_and_eos(model):
     assert np.all(stopped[0, first:] == eos)
 
 
-def test_python_api_generate_and_score(tmp_path, capsys, caplog):
-    wd = tmp_path / "run"
-    assert (
-        cli.main(["train", "gpt_shakespeare_char", "--variant", "smoke", "--workdir", str(wd)]) == 0
-    )
-    capsys.readouterr()
+def test_python_api_generate_and_score(char_run, capsys, caplog):
+    wd = char_run
     verbosity = absl.logging.get_verbosity()
     absl.logging.set_verbosity(absl.logging.WARNING)  # as a script importing genzoo has it
     try:

@@ -53,10 +53,9 @@ def test_pruning_reaches_the_sparsity_and_keeps_it(scope):
         np.testing.assert_array_equal(now == 0, then)
 
 
-def test_fine_tuning_prunes_only_the_trained_kernels(tmp_path):
-    base, tuned = tmp_path / "base", tmp_path / "tuned"
+def test_fine_tuning_prunes_only_the_trained_kernels(char_run, tmp_path):
+    base, tuned = char_run, tmp_path / "tuned"
     args = ["train", "gpt_shakespeare_char", "--variant", "smoke", "--set", "log.progress=false"]
-    assert cli.main([*args, "--workdir", str(base)]) == 0
     assert cli.main([*args, "--workdir", str(tuned), "--init-from", str(base),
                      "--set", "train.trainable=block_1/*", "--set", "optim.prune_sparsity=0.5",
                      "--set", "optim.prune_every=2"]) == 0  # fmt: skip

@@ -98,10 +98,10 @@ def test_characters_outside_the_alphabet_are_dropped_or_replaced_when_asked(capl
             _unknown_chars(bad, alphabet)
 
 
-def test_a_fine_tune_from_the_demo_reads_the_text_in_the_demos_alphabet(text, tmp_path, capsys):
-    demo = tmp_path / "demo"
-    assert cli.main(["train", "gpt_shakespeare_char", "--variant", "smoke", "--workdir",
-                     str(demo), "--set", "log.progress=false"]) == 0  # fmt: skip
+def test_a_fine_tune_from_the_demo_reads_the_text_in_the_demos_alphabet(
+    text, char_run, tmp_path, capsys
+):
+    demo = char_run
     (tmp_path / "t.txt").write_text("the king and the queen\n" * 200, encoding="utf-8")
     tune = ["train", "gpt_text_file", "--variant", "smoke", "--init-from", str(demo),
             "--set", f"data.path={tmp_path / 't.txt'}", "--set", "log.progress=false"]  # fmt: skip
