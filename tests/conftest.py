@@ -32,7 +32,7 @@ jax.config.update(
     "jax_compilation_cache_dir",
     os.environ.get("GENZOO_TEST_JAX_CACHE", str(Path.home() / ".cache" / "genzoo" / "jax-tests")),
 )
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 WORDS = "the king and queen of my lord thou art not a fool but good sir love death night".split()
 NAMES = ["ROMEO", "JULIET", "KING", "NURSE"]

@@ -181,9 +181,8 @@ def test_packed_rows_give_the_same_loss_as_separate_examples(params):
     row = next(packed.train_iterator(1, 0))
     assert set(np.unique(row["src_segments"])) == {0, 1, 2, 3}
     batch = next(plain.eval_batches("train", 3))
-    rng0 = jax.random.PRNGKey(0)
-    a = transformer.eval_sums(params, {k: jnp.asarray(v) for k, v in row.items()}, rng0, CFG)
-    b = transformer.eval_sums(params, {k: jnp.asarray(v) for k, v in batch.items()}, rng0, CFG)
+    sums = jax.jit(lambda p, b: transformer.eval_sums(p, b, jax.random.PRNGKey(0), CFG))
+    a, b = sums(params, dict(row)), sums(params, dict(batch))
     assert float(a["num_tokens"]) == float(b["num_tokens"]) == 5 + 3 + 4 + 3
     np.testing.assert_allclose(float(a["nll"]), float(b["nll"]), rtol=1e-5)
 
