@@ -16,9 +16,9 @@ persistent cache loses its kernels when serialised again ("Function ... not foun
 run), so a launch whose compile hit that cache stores nothing (`compiled_fresh`).
 
 Within one process the executables are also kept in memory under the same key (the newest
-`KEEP`), so a process that trains the same config twice (a test suite, a notebook, `genzoo
-chain`) traces once even where XLA's persistent cache answered the compile and nothing could be
-stored on disk.
+`KEEP`), so a process that builds a Trainer for the same config twice (a test suite, a
+notebook) traces once, even where XLA's persistent cache answered the compile and nothing
+could be stored on disk.
 
 Loading runs the stored bytes (pickle, native code), as XLA's own cache does: the folder is
 as trusted as the user's other caches; never point it at files from elsewhere.
