@@ -86,7 +86,7 @@ class Program:
             self._install(compiled, args, {"trace": trace_s, "compile": time.perf_counter() - t0})
             if self.store is not None:
                 path = self._stored_at(args)
-                if fresh.value and self.store.folder is not None:
+                if fresh.value:  # (a store without a folder writes and reads nothing)
                     self.store.save(path, compiled)
                     if self.runs_often and jax.default_backend() == "cpu":
                         # XLA:CPU runs the stored copy faster than the executable it just
