@@ -37,6 +37,7 @@ RUNS = {
     "no_autotune": ({"XLA_FLAGS": "--xla_gpu_autotune_level=0"}, []),
     "no_triton_gemm": ({"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=false"}, []),
     "no_dropout": ({}, ["model.dropout=0.0"]),
+    "scan": ({}, ["model.scan_layers=true"]),  # one lax.scan over the blocks: one compiled block
     "blocks1": ({"GENZOO_ATTENTION_BLOCKS": "1"}, []),  # one attention block, not 4
     "blocks1_no_autotune": (
         {"GENZOO_ATTENTION_BLOCKS": "1", "XLA_FLAGS": "--xla_gpu_autotune_level=0"},

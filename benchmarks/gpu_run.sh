@@ -55,14 +55,15 @@ PY
 esac
 case " $STEPS " in *" char "*)
   # The first run trains 2000 steps, the others --probe-steps. First today's default (glibc's
-  # malloc left alone on an accelerator since 2026-11-28) and its second launch; then cuBLAS
+  # malloc left alone on an accelerator since 2026-11-28) and its second launch; then the
+  # blocks as one lax.scan (model.scan_layers: one block to compile, never timed on a GPU); cuBLAS
   # for every GEMM (no Triton GEMM candidates to compile while autotuning), the Pallas flash
   # kernels (dropout inside the kernel), and last malloc_reuse (one arena, what every H200 run
   # since 2026-11-27 06:00 had: the suspect for its 3.6x slower compiles; the slowest, and each
   # run's row is written as it ends, so a timeout loses only it).
   timeout "${CHAR_TIMEOUT:-540}" $PY benchmarks/char_wall.py --out "$OUT/char_wall.json" \
     ${CHAR_SIZE[@]+"${CHAR_SIZE[@]}"} \
-    --runs "${CHAR_RUNS:-default,second,no_triton_gemm,pallas,malloc_reuse}" \
+    --runs "${CHAR_RUNS:-default,second,scan,no_triton_gemm,pallas,malloc_reuse}" \
     --probe-steps "${CHAR_PROBE_STEPS:-300}" 2>&1 | quiet \
     | tee "$OUT/char_wall.txt";;
 esac
@@ -77,7 +78,7 @@ case " $STEPS " in *" memory "*)
 esac
 case " $STEPS " in *" speed "*)
   timeout "${SPEED_TIMEOUT:-330}" $PY benchmarks/gpu_speed.py --steps "${GPU_STEPS:-20}" \
-    --genzoo-extras pallas \
+    --genzoo-extras pallas,scan \
     --only "${SPEED_ONLY:-baby_fp32,baby_bf16,gpt2_bf16}" --out "$OUT/gpu_speed.json" 2>&1 \
     | quiet | tee "$OUT/gpu_speed.txt";;
 esac

@@ -8,9 +8,9 @@ GPT-2 124M shape (12x768, ctx 1024, vocab 50304, batch 16) in bf16. Random token
 gradient clipping, no dropout. MFU divides by the vendor's dense peak for the compute
 dtype (genzoo.metrics.peak_flops). Prints a table; writes benchmarks/results/gpu_speed.json
 with tokens/s, MFU, first-step (compile) seconds, peak memory and (genzoo) the step's XLA
-temporaries. `--genzoo-extras chunk128,remat_dots,pallas` adds genzoo rows with those memory
-switches or the Pallas flash kernels; `--only tiny_fp32 --impls genzoo` is a dry run without
-a GPU.
+temporaries. `--genzoo-extras chunk128,remat_dots,pallas,scan` adds genzoo rows with those
+memory switches, the Pallas flash kernels or scanned blocks; `--only tiny_fp32 --impls genzoo`
+is a dry run without a GPU.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ ROWS = {  # name: (shape, batch, bf16 compute)
 GENZOO_EXTRAS = {
     "chunk128": ({}, ["model.loss_chunk=128"]),
     "remat_dots": ({}, ["model.remat=dots"]),
+    "scan": ({}, ["model.scan_layers=true"]),  # one compiled block: first step vs steps/s
     "remat_full": ({}, ["model.remat=full"]),
     "pallas": ({"GENZOO_ATTENTION": "pallas"}, []),  # layers/flash.py
 }

@@ -31,6 +31,7 @@ def get_config(variant=None):
         nsp=True,
         dtype="float32",
         remat="none",  # or full / dots: recompute activations in the backward pass
+        scan_layers=False,  # True: one lax.scan over the blocks (compiles one block, not N)
     )
     c.data = dict(name="english_mlm", vocab_size=8000, max_len=128, seed=0, tokenizer_dir="")
     c.train.update(steps=20000, batch_size=128)

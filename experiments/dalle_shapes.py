@@ -35,6 +35,7 @@ def get_config(variant=None):
         caption_dropout=0.1,
         dtype="float32",
         remat="none",  # or full / dots: recompute activations in the backward pass
+        scan_layers=False,  # True: one lax.scan over the blocks (compiles one block, not N)
         requires={"image_tokenizer": "runs/dvae_shapes", "clip": "runs/clip_shapes"},
     )
     c.data = dict(name="shapes", max_caption_len=12)

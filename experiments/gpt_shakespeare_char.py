@@ -29,6 +29,7 @@ def get_config(variant=None):
         gelu_approximate=False,
         dtype="float32",
         remat="none",  # or full / dots: recompute activations in the backward pass
+        scan_layers=False,  # True: one lax.scan over the blocks (compiles one block, not N)
         loss_chunk=0,  # > 0: logits for this many positions at a time (large vocabularies)
     )
     c.data = dict(name="tinyshakespeare_char", seq_len=256)

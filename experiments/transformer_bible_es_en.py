@@ -34,6 +34,7 @@ def get_config(variant=None):
         max_decode_len=128,
         dtype="float32",
         remat="none",  # or full / dots: recompute activations in the backward pass
+        scan_layers=False,  # True: one lax.scan over the blocks (compiles one block, not N)
     )
     c.data = dict(name="bible_es_en", tokenizer="joint", vocab_size=8000, pack=True, max_src_len=96,
                   max_tgt_len=96)  # fmt: skip

@@ -19,7 +19,7 @@ def get_config(variant=None):
     c.model = dict(family="transformer", src_vocab_size=-1, tgt_vocab_size=-1, num_layers=6,
                    num_heads=8, width=512, mlp_hidden=2048, dropout=0.1, label_smoothing=0.1,
                    post_ln=True, share_embeddings=True, max_decode_len=256,
-                   remat="none")  # fmt: skip
+                   remat="none", scan_layers=False)  # fmt: skip
     c.data = dict(name="wmt14_en_de", vocab_size=37000, max_src_len=128, max_tgt_len=128,
                   tokenizer_sentences=1_000_000, synthetic_examples=0)  # fmt: skip
     c.train.update(steps=100_000, batch_size=256)

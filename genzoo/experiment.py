@@ -23,7 +23,8 @@ from genzoo.errors import UserError
 # evaluation and checkpoint cadence. Everything else (model, data, optimizer) must match.
 # How a step is computed (rematerialisation, loss chunks) may change too: same values.
 RESUMABLE_PREFIXES = ("train.steps", "train.max_seconds", "mesh.", "log.", "eval.", "checkpoint.",
-                      "experiment.", "model.remat", "model.loss_chunk")  # fmt: skip
+                      "experiment.", "model.remat", "model.loss_chunk",
+                      "model.scan_layers")  # fmt: skip
 
 DEFAULT_RULES = (
     # Parameters: FSDP shards the model width, tensor parallelism the wide dimensions.

@@ -301,5 +301,12 @@ MUTANTS = [
      'require(value > 0, f"model.{name} must be positive',
      'require(value >= 0, f"model.{name} must be positive',
      "tests/test_bad_input.py"),
+    ("scanned blocks in reverse order", "genzoo/layers/transformer.py",
+     "unbox(block.variables[\"params\"]) for block in blocks]",
+     "unbox(block.variables[\"params\"]) for block in reversed(blocks)]",
+     "tests/test_scan_layers.py"),
+    ("scanned blocks never rematerialised", "genzoo/layers/transformer.py",
+     "    if remat != \"none\":  # the same policies", "    if False:  # the same policies",
+     "tests/test_scan_layers.py"),
 ]  # fmt: skip
 MUTANTS += IO_MUTANTS

@@ -139,6 +139,48 @@ def call_block(block: TransformerBlock, remat: str, x_BxLxD, deterministic: bool
     return rematted(block, x_BxLxD, arrays, deterministic)
 
 
+def call_blocks(
+    blocks, remat: str, scan: bool, x_BxLxD, deterministic: bool, caches=None, **arrays
+):
+    """`x` through `blocks` in order (each under `call_block`); returns x and the blocks' new
+    caches (a list, or None without `caches`, one per block).
+
+    With `scan`, identical blocks (all but their names) run as one `lax.scan` over their
+    parameters stacked along a leading layer axis: XLA compiles one block, not N. The
+    parameters keep their per-block layout (`block_0`, `block_1`, ...), so checkpoints,
+    imports, freezing and pruning are unchanged, and the values are the unrolled stack's
+    (dropout masks aside: each layer's key is split from one). Initialisation and decoding
+    with a cache always unroll."""
+    if scan and caches is None and len(blocks) > 1 and not blocks[0].is_initializing():
+        return _scanned(blocks, remat, x_BxLxD, deterministic, arrays), None
+    new_caches = []
+    for i, block in enumerate(blocks):
+        cache = None if caches is None else caches[i]
+        x_BxLxD, new_cache = call_block(block, remat, x_BxLxD, deterministic, cache=cache, **arrays)
+        new_caches.append(new_cache)
+    return x_BxLxD, (None if caches is None else new_caches)
+
+
+def _scanned(blocks, remat: str, x_BxLxD, deterministic: bool, arrays: dict):
+    template = blocks[0].clone(parent=None, name=None)  # unbound: applied to each layer's slice
+    per_layer = [nn.meta.unbox(block.variables["params"]) for block in blocks]
+    params_N = jax.tree.map(lambda *leaves: jnp.stack(leaves), *per_layer)
+    keys_N = None if deterministic else jax.random.split(blocks[0].make_rng("dropout"), len(blocks))
+
+    def layer(x_BxLxD, params_and_key):
+        params, key = params_and_key
+        rngs = None if key is None else {"dropout": key}
+        x_BxLxD, _ = template.apply(
+            {"params": params}, x_BxLxD, deterministic=deterministic, rngs=rngs, **arrays
+        )
+        return x_BxLxD, None
+
+    if remat != "none":  # the same policies as call_block's, applied to the loop's body
+        layer = jax.checkpoint(layer, policy=REMAT_POLICIES[remat], prevent_cse=False)
+    x_BxLxD, _ = jax.lax.scan(layer, x_BxLxD, (params_N, keys_N))
+    return x_BxLxD
+
+
 def stack_macs(num_layers: int, length: int, width: int, mlp_hidden: int) -> int:
     """Multiply-adds of `num_layers` self-attention blocks over `length` tokens: per token and
     layer the weight matmuls (q, k, v, out: 4 D^2; the MLP: 2 D F) and attention's two

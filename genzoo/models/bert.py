@@ -17,7 +17,15 @@ import jax
 import jax.numpy as jnp
 
 from genzoo.evaluation import lm
-from genzoo.layers import Dropout, Embed, LayerNorm, TransformerBlock, call_block, gelu, partitioned
+from genzoo.layers import (
+    Dropout,
+    Embed,
+    LayerNorm,
+    TransformerBlock,
+    call_blocks,
+    gelu,
+    partitioned,
+)
 from genzoo.layers.transformer import stack_macs
 from genzoo.models.base import FromConfig, require, require_transformer_shape
 
@@ -45,6 +53,7 @@ class BertConfig(FromConfig):
     first_word_id: int = 7
     dtype: str = "float32"
     remat: str = "none"  # activation rematerialisation per layer: none, full, dots
+    scan_layers: bool = False  # one lax.scan over the layers: XLA compiles one layer, not N
 
     def validate(self) -> None:
         require_transformer_shape(self, "num_layers", "num_heads", "width", "max_len",
@@ -102,10 +111,8 @@ class Bert(nn.Module):
         positions_BxL = jnp.broadcast_to(jnp.arange(L), (B, L))
         x_BxLxD = self.word(tokens_BxL) + self.position(positions_BxL) + self.segment(segments_BxL)
         x_BxLxD = self.drop(self.embed_ln(x_BxLxD), deterministic=deterministic)
-        for layer in self.layers:
-            x_BxLxD, _ = call_block(
-                layer, self.cfg.remat, x_BxLxD, deterministic, key_valid_BxL=valid_BxL
-            )
+        x_BxLxD, _ = call_blocks(self.layers, self.cfg.remat, self.cfg.scan_layers, x_BxLxD,
+                                 deterministic, key_valid_BxL=valid_BxL)  # fmt: skip
         return x_BxLxD
 
     def mlm_logits(self, h_BxLxD):

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from genzoo import sampling
 from genzoo.evaluation import lm
-from genzoo.layers import Dropout, Embed, LayerNorm, TransformerBlock, call_block, partitioned
+from genzoo.layers import Dropout, Embed, LayerNorm, TransformerBlock, call_blocks, partitioned
 from genzoo.layers.attention import empty_kv
 from genzoo.layers.transformer import stack_macs
 from genzoo.models.base import FromConfig, padded, require, require_transformer_shape
@@ -52,6 +52,7 @@ class DalleConfig(FromConfig):
     caption_dropout: float = 0.1
     dtype: str = "float32"
     remat: str = "none"  # activation rematerialisation per block: none, full, dots
+    scan_layers: bool = False  # one lax.scan over the blocks: XLA compiles one block, not N
 
     def validate(self) -> None:
         require_transformer_shape(self, "vocab_size", "num_layers", "num_heads", "width",
@@ -111,13 +112,10 @@ class DALLE(nn.Module):
                        + self.column(column_L))  # fmt: skip
         x_BxLxD = jnp.where(is_image_L[None, :, None], image_BxLxD, text_BxLxD)
         x_BxLxD = self.drop(x_BxLxD, deterministic=deterministic)
-        new_layers = []
-        for i, block in enumerate(self.blocks):
-            x_BxLxD, layer_cache = call_block(
-                block, c.remat, x_BxLxD, deterministic, cache_index=start,
-                cache=None if cache is None else cache["layers"][i],
-            )  # fmt: skip
-            new_layers.append(layer_cache)
+        x_BxLxD, new_layers = call_blocks(
+            self.blocks, c.remat, c.scan_layers, x_BxLxD, deterministic, cache_index=start,
+            caches=None if cache is None else cache["layers"],
+        )  # fmt: skip
         new_cache = None if cache is None else {**cache, "index": start + L, "layers": new_layers}
         return self.ln_f(x_BxLxD), new_cache
 

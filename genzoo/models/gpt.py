@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from genzoo import sampling
 from genzoo.errors import UserError
 from genzoo.evaluation import lm
-from genzoo.layers import Dropout, Embed, LayerNorm, TransformerBlock, call_block, quant
+from genzoo.layers import Dropout, Embed, LayerNorm, TransformerBlock, call_blocks, quant
 from genzoo.layers.attention import empty_kv
 from genzoo.layers.transformer import stack_macs
 from genzoo.models.base import FromConfig, require_transformer_shape
@@ -38,6 +38,7 @@ class GPTConfig(FromConfig):
     gelu_approximate: bool = False
     dtype: str = "float32"  # compute dtype; parameters stay float32
     remat: str = "none"  # activation rematerialisation per block: none, full, dots
+    scan_layers: bool = False  # one lax.scan over the blocks: XLA compiles one block, not N
     loss_chunk: int = 0  # > 0: the loss's logits for this many positions at a time
 
     def validate(self) -> None:
@@ -83,9 +84,8 @@ class GPT(nn.Module):
         key_valid_BxT = None
         if cache is not None:
             key_valid_BxT = jnp.arange(cache["layers"][0]["self"]["k"].shape[2]) >= pad_B[:, None]
-        new_layers = []
-        for i in range(c.num_layers):
-            block = TransformerBlock(
+        blocks = [
+            TransformerBlock(
                 num_heads=c.num_heads,
                 mlp_hidden=4 * c.width,
                 mode="causal",
@@ -98,16 +98,18 @@ class GPT(nn.Module):
                 dtype=dtype,
                 name=f"block_{i}",
             )
-            x_BxLxD, layer_cache = call_block(
-                block,
-                c.remat,
-                x_BxLxD,
-                deterministic,
-                key_valid_BxL=key_valid_BxT,
-                cache=None if cache is None else cache["layers"][i],
-                cache_index=start,
-            )
-            new_layers.append(layer_cache)
+            for i in range(c.num_layers)
+        ]
+        x_BxLxD, new_layers = call_blocks(
+            blocks,
+            c.remat,
+            c.scan_layers,
+            x_BxLxD,
+            deterministic,
+            caches=None if cache is None else cache["layers"],
+            key_valid_BxL=key_valid_BxT,
+            cache_index=start,
+        )
         x_BxLxD = LayerNorm(c.ln_epsilon, c.use_bias, dtype, name="ln_f")(x_BxLxD)
         if hidden_only:  # for a loss that applies the tied head itself (chunked_token_nll)
             return x_BxLxD, quant.dequantized(wte.table_NxD)

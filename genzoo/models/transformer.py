@@ -24,7 +24,7 @@ from genzoo.layers import (
     Embed,
     LayerNorm,
     TransformerBlock,
-    call_block,
+    call_blocks,
     cross_kv,
     empty_kv,
     sinusoidal_positions,
@@ -49,6 +49,7 @@ class TransformerConfig(FromConfig):
     max_decode_len: int = 128  # the longest translation `sample` produces
     dtype: str = "float32"
     remat: str = "none"  # activation rematerialisation per layer: none, full, dots
+    scan_layers: bool = False  # one lax.scan over each stack: XLA compiles one layer, not N
 
     def validate(self) -> None:
         require_transformer_shape(self, "num_layers", "num_heads", "width", "mlp_hidden",
@@ -106,15 +107,15 @@ class EncoderDecoder(nn.Module):
         p = packing or {}
         table = self.tgt_embed if self.cfg.share_embeddings else self.src_embed
         x_BxSxD = self._embed(table, src_BxS, 0, deterministic, p.get("src_positions"))
-        for layer in self.encoder:
-            x_BxSxD, _ = call_block(
-                layer,
-                self.cfg.remat,
-                x_BxSxD,
-                deterministic,
-                key_valid_BxL=src_valid_BxS,
-                segments_BxL=p.get("src_segments"),
-            )
+        x_BxSxD, _ = call_blocks(
+            self.encoder,
+            self.cfg.remat,
+            self.cfg.scan_layers,
+            x_BxSxD,
+            deterministic,
+            key_valid_BxL=src_valid_BxS,
+            segments_BxL=p.get("src_segments"),
+        )
         return x_BxSxD if self.cfg.post_ln else self.enc_ln(x_BxSxD)
 
     def decode(self, tgt_BxL, memory_BxSxD, src_valid_BxS, cache=None, deterministic=True,
@@ -130,21 +131,19 @@ class EncoderDecoder(nn.Module):
             src_valid_BxS = cache["src_valid"]
         p = packing or {}
         x_BxLxD = self._embed(self.tgt_embed, tgt_BxL, start, deterministic, p.get("tgt_positions"))
-        layers = []
-        for i, layer in enumerate(self.decoder):
-            x_BxLxD, layer_cache = call_block(
-                layer,
-                c.remat,
-                x_BxLxD,
-                deterministic,
-                memory_BxSxD=memory_BxSxD,
-                memory_valid_BxS=src_valid_BxS,
-                segments_BxL=p.get("tgt_segments"),
-                memory_segments_BxS=p.get("src_segments"),
-                cache=None if cache is None else cache["layers"][i],
-                cache_index=start,
-            )
-            layers.append(layer_cache)
+        x_BxLxD, layers = call_blocks(
+            self.decoder,
+            c.remat,
+            c.scan_layers,
+            x_BxLxD,
+            deterministic,
+            caches=None if cache is None else cache["layers"],
+            memory_BxSxD=memory_BxSxD,
+            memory_valid_BxS=src_valid_BxS,
+            segments_BxL=p.get("tgt_segments"),
+            memory_segments_BxS=p.get("src_segments"),
+            cache_index=start,
+        )
         if not c.post_ln:
             x_BxLxD = self.dec_ln(x_BxLxD)
         out = self.tgt_embed if c.share_embeddings else self.out_embed
