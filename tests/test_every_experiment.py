@@ -1,5 +1,5 @@
 """The trainer on every experiment's smoke config: 8 devices match one, resume is bit-identical,
-the loss falls on a fixed batch, and rematerialisation keeps every Transformer's gradients."""
+the loss falls on a fixed batch, and remat and scanned layers keep every Transformer's gradients."""
 
 import jax
 import numpy as np
@@ -83,30 +83,43 @@ def test_loss_decreases_on_a_fixed_batch(name):
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
 
 
-# Every Transformer family takes `model.remat`: each block recomputed in the backward pass,
-# the same loss and gradients (GPT's switches: tests/test_step_memory.py).
-REMAT_FAMILIES = {"bert_mlm_english": 1, "transformer_bible_es_en": 2, "dalle_shapes": 1}
+# Every Transformer family takes `model.remat` (each block recomputed in the backward pass)
+# and `model.scan_layers` (its stacks as loops): the same loss and gradients (GPT's switches:
+# tests/test_step_memory.py, tests/test_scan_layers.py). Experiment: its stacks of blocks.
+STACKS = {"bert_mlm_english": 1, "transformer_bible_es_en": 2, "dalle_shapes": 1}
+# switch: (the reference's overrides, the switch's, the jaxpr's mark, marks per block or stack)
+SWITCHES = {
+    "remat": ((), ("model.remat=full",), "remat2[", "block"),
+    # Dropout off: a scan splits one key over its layers, the unrolled stack keys each block;
+    # two layers: a stack of one runs unrolled. Each loop, and its transpose for the gradients.
+    "scan": (("model.dropout=0.0", "model.num_layers=2"), ("model.scan_layers=true",), "scan[",
+             "stack"),
+}  # fmt: skip
 
 
+@pytest.mark.parametrize("switch", SWITCHES)
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=pytest.mark.slow) if n == "dalle_shapes" else n
-             for n in REMAT_FAMILIES],  # DALL·E's blocks are GPT's: the slow run checks them
+             for n in STACKS],  # DALL·E's blocks are GPT's: the slow run checks them
 )  # fmt: skip
-def test_remat_keeps_every_transformer_familys_loss_and_gradients(name):
+def test_how_a_step_is_computed_keeps_every_transformer_familys_loss_and_gradients(name, switch):
     batch = next(experiment_data(name).train_iterator(2, 0))
-    results, params = [], None
-    for policy in ("none", "full"):
-        cfg = experiment_config(name, f"model.remat={policy}")
+    base, overrides, mark, per = SWITCHES[switch]
+    results, marks, params = [], [], None
+    for extra in ((), overrides):
+        cfg = experiment_config(name, *base, *extra)
         family = models.get(cfg.model.family)
-        if params is None:  # the same for both policies
-            params = unbox(family.init(jax.random.PRNGKey(0), cfg.model))
+        init = unbox(family.init(jax.random.PRNGKey(0), cfg.model))
+        if params is None:  # the same for both ways: initialisation never scans
+            params = init
+        assert jax.tree.structure(init) == jax.tree.structure(params)
         f = jax.jit(lambda p, b, c=cfg.model, fam=family: trainer_lib._loss_and_grads(
             fam, c, p, b, jax.random.PRNGKey(1), 0, experiment_deps(name))[:2])  # fmt: skip
         results.append(f(params, batch))
-        if policy == "full":
-            blocks = cfg.model.num_layers * REMAT_FAMILIES[name]
-            assert str(jax.make_jaxpr(f)(params, batch)).count("remat2[") == blocks
+        marks.append(str(jax.make_jaxpr(f)(params, batch)).count(mark))
+    stacks = STACKS[name]
+    assert marks[1] - marks[0] == (stacks * cfg.model.num_layers if per == "block" else 2 * stacks)
     (loss0, grads0), (loss1, grads1) = results
     np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
     for g0, g1 in zip(jax.tree.leaves(grads0), jax.tree.leaves(grads1), strict=True):
-        np.testing.assert_allclose(g1, g0, atol=1e-7, rtol=1e-5)
+        np.testing.assert_allclose(g1, g0, atol=1e-6, rtol=1e-5)

@@ -1,54 +1,14 @@
-"""`model.scan_layers`: a Transformer's blocks as one `lax.scan` give the unrolled stack's loss
-and gradients, keep its parameter layout, and shard over a mesh like it."""
+"""`model.scan_layers` on GPT: a Transformer's blocks as one `lax.scan` give the unrolled stack's
+loss and gradients, rematerialise, draw dropout, and shard over a mesh like it (every family's
+loss and gradients: tests/test_every_experiment.py)."""
 
 import jax
 import numpy as np
-import pytest
-from conftest import experiment_config, experiment_data, experiment_deps, run_steps, unbox
+from conftest import experiment_config, experiment_data, experiment_deps, run_steps
 
-from genzoo import executables, experiment, models
-from genzoo import train_step as trainer_lib
+from genzoo import executables, experiment
 from genzoo.models import gpt
 from genzoo.trainer import Trainer
-
-# experiment: its stacks of blocks (the translation model's encoder and decoder).
-STACKS = {"gpt_shakespeare_char": 1, "bert_mlm_english": 1, "transformer_bible_es_en": 2,
-          "dalle_shapes": 1}  # fmt: skip
-
-
-def _scans(f, *args) -> int:
-    return str(jax.make_jaxpr(f)(*args)).count("scan[")
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "dalle_shapes" else n
-             for n in STACKS],  # DALL·E's blocks are GPT's: the slow run checks them
-)  # fmt: skip
-def test_scanned_blocks_give_every_transformer_familys_loss_and_gradients(name):
-    batch = next(experiment_data(name).train_iterator(2, 0))
-    results, scans, params = [], [], None
-    # Dropout off: a scan splits one key over its layers, the unrolled stack keys each block.
-    # Two layers: a stack of one runs unrolled (most smoke configs have one).
-    for scan in ("false", "true"):
-        cfg = experiment_config(name, "model.dropout=0.0", "model.num_layers=2",
-                                f"model.scan_layers={scan}")  # fmt: skip
-        family = models.get(cfg.model.family)
-        init = unbox(family.init(jax.random.PRNGKey(0), cfg.model))
-        if params is None:
-            params = init
-        # Initialisation unrolls: the same per-block parameters, whichever way the step runs.
-        assert jax.tree.structure(init) == jax.tree.structure(params)
-        f = jax.jit(lambda p, b, c=cfg.model, fam=family: trainer_lib._loss_and_grads(
-            fam, c, p, b, jax.random.PRNGKey(1), 0, experiment_deps(name))[:2])  # fmt: skip
-        results.append(f(params, batch))
-        scans.append(_scans(f, params, batch))
-    # One loop per stack, whatever its depth, and its transpose for the gradients.
-    assert scans[1] - scans[0] == 2 * STACKS[name]
-    (loss0, grads0), (loss1, grads1) = results
-    np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
-    for g0, g1 in zip(jax.tree.leaves(grads0), jax.tree.leaves(grads1), strict=True):
-        np.testing.assert_allclose(g1, g0, atol=1e-6, rtol=1e-5)
-
 
 CFG = dict(vocab_size=65, block_size=32, num_layers=3, num_heads=2, width=32)
 
@@ -61,7 +21,7 @@ def _gpt_loss(params, tokens_BxL, rng, **extra):
     return jax.nn.log_softmax(logits_BxLxV).mean()
 
 
-def test_scanned_blocks_rematerialise_and_draw_dropout_per_layer():
+def test_scanned_blocks_rematerialise_and_draw_dropout_from_the_key():
     params = gpt.init(jax.random.PRNGKey(0), CFG)
     tokens_BxL = jax.random.randint(jax.random.PRNGKey(1), (2, 32), 0, 65)
     grad = jax.jit(jax.value_and_grad(_gpt_loss), static_argnums=(2,))

@@ -139,19 +139,18 @@ def call_block(block: TransformerBlock, remat: str, x_BxLxD, deterministic: bool
     return rematted(block, x_BxLxD, arrays, deterministic)
 
 
-def call_blocks(
-    blocks, remat: str, scan: bool, x_BxLxD, deterministic: bool, caches=None, **arrays
-):
-    """`x` through `blocks` in order (each under `call_block`); returns x and the blocks' new
-    caches (a list, or None without `caches`, one per block).
+def call_blocks(blocks, cfg, x_BxLxD, deterministic: bool, caches=None, **arrays):
+    """`x` through `blocks` in order (each under `call_block` with policy `cfg.remat`); returns
+    x and the blocks' new caches (a list, or None without `caches`, one per block).
 
-    With `scan`, identical blocks (all but their names) run as one `lax.scan` over their
+    With `cfg.scan_layers`, identical blocks (all but their names) run as one `lax.scan` over their
     parameters stacked along a leading layer axis: XLA compiles one block, not N. The
     parameters keep their per-block layout (`block_0`, `block_1`, ...), so checkpoints,
     imports, freezing and pruning are unchanged, and the values are the unrolled stack's
     (dropout masks aside: each layer's key is split from one). Initialisation and decoding
     with a cache always unroll."""
-    if scan and caches is None and len(blocks) > 1 and not blocks[0].is_initializing():
+    remat = cfg.remat
+    if cfg.scan_layers and caches is None and len(blocks) > 1 and not blocks[0].is_initializing():
         return _scanned(blocks, remat, x_BxLxD, deterministic, arrays), None
     new_caches = []
     for i, block in enumerate(blocks):

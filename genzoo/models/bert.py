@@ -111,8 +111,8 @@ class Bert(nn.Module):
         positions_BxL = jnp.broadcast_to(jnp.arange(L), (B, L))
         x_BxLxD = self.word(tokens_BxL) + self.position(positions_BxL) + self.segment(segments_BxL)
         x_BxLxD = self.drop(self.embed_ln(x_BxLxD), deterministic=deterministic)
-        x_BxLxD, _ = call_blocks(self.layers, self.cfg.remat, self.cfg.scan_layers, x_BxLxD,
-                                 deterministic, key_valid_BxL=valid_BxL)  # fmt: skip
+        x_BxLxD, _ = call_blocks(self.layers, self.cfg, x_BxLxD, deterministic,
+                                 key_valid_BxL=valid_BxL)  # fmt: skip
         return x_BxLxD
 
     def mlm_logits(self, h_BxLxD):

@@ -113,7 +113,7 @@ class DALLE(nn.Module):
         x_BxLxD = jnp.where(is_image_L[None, :, None], image_BxLxD, text_BxLxD)
         x_BxLxD = self.drop(x_BxLxD, deterministic=deterministic)
         x_BxLxD, new_layers = call_blocks(
-            self.blocks, c.remat, c.scan_layers, x_BxLxD, deterministic, cache_index=start,
+            self.blocks, c, x_BxLxD, deterministic, cache_index=start,
             caches=None if cache is None else cache["layers"],
         )  # fmt: skip
         new_cache = None if cache is None else {**cache, "index": start + L, "layers": new_layers}

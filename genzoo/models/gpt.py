@@ -100,16 +100,10 @@ class GPT(nn.Module):
             )
             for i in range(c.num_layers)
         ]
-        x_BxLxD, new_layers = call_blocks(
-            blocks,
-            c.remat,
-            c.scan_layers,
-            x_BxLxD,
-            deterministic,
-            caches=None if cache is None else cache["layers"],
-            key_valid_BxL=key_valid_BxT,
-            cache_index=start,
-        )
+        caches = None if cache is None else cache["layers"]
+        x_BxLxD, new_layers = call_blocks(blocks, c, x_BxLxD, deterministic, caches,
+                                          key_valid_BxL=key_valid_BxT,
+                                          cache_index=start)  # fmt: skip
         x_BxLxD = LayerNorm(c.ln_epsilon, c.use_bias, dtype, name="ln_f")(x_BxLxD)
         if hidden_only:  # for a loss that applies the tied head itself (chunked_token_nll)
             return x_BxLxD, quant.dequantized(wte.table_NxD)

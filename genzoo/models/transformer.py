@@ -107,15 +107,9 @@ class EncoderDecoder(nn.Module):
         p = packing or {}
         table = self.tgt_embed if self.cfg.share_embeddings else self.src_embed
         x_BxSxD = self._embed(table, src_BxS, 0, deterministic, p.get("src_positions"))
-        x_BxSxD, _ = call_blocks(
-            self.encoder,
-            self.cfg.remat,
-            self.cfg.scan_layers,
-            x_BxSxD,
-            deterministic,
-            key_valid_BxL=src_valid_BxS,
-            segments_BxL=p.get("src_segments"),
-        )
+        x_BxSxD, _ = call_blocks(self.encoder, self.cfg, x_BxSxD, deterministic,
+                                 key_valid_BxL=src_valid_BxS,
+                                 segments_BxL=p.get("src_segments"))  # fmt: skip
         return x_BxSxD if self.cfg.post_ln else self.enc_ln(x_BxSxD)
 
     def decode(self, tgt_BxL, memory_BxSxD, src_valid_BxS, cache=None, deterministic=True,
@@ -133,8 +127,7 @@ class EncoderDecoder(nn.Module):
         x_BxLxD = self._embed(self.tgt_embed, tgt_BxL, start, deterministic, p.get("tgt_positions"))
         x_BxLxD, layers = call_blocks(
             self.decoder,
-            c.remat,
-            c.scan_layers,
+            c,
             x_BxLxD,
             deterministic,
             caches=None if cache is None else cache["layers"],
