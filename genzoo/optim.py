@@ -45,6 +45,16 @@ def schedule(o) -> optax.Schedule:
     )
 
 
+def logged_rates(o):
+    """The learning rates a step logs: `lr`, or with `o.groups` each group's (`lr/generator`):
+    one base rate would misreport a two-time-scale GAN."""
+    if not o.get("groups"):
+        base = schedule(o)
+        return lambda step: {"lr": base(step)}
+    per_group = {g: schedule(group_config(o, g)) for g in o.groups}
+    return lambda step: {f"lr/{g}": rate(step) for g, rate in per_group.items()}
+
+
 def decay_mask(params):
     """Decay matrices and embeddings only; biases and norm scales are left alone (as in GPT-2)."""
     return jax.tree.map(lambda p: p.ndim >= 2, params)

@@ -131,7 +131,7 @@ def train_step(
     family,
     model_cfg,
     tx,
-    lr_schedule,
+    learning_rates,
     grad_accum,
     ema_decay,
     rng_impl="threefry",
@@ -183,7 +183,7 @@ def train_step(
     out_metrics = {
         "loss": loss,
         "grad_norm": optax.global_norm(grads),
-        "lr": lr_schedule(state.step),
+        **learning_rates(state.step),
         **aux,
     }
     ema = state.ema

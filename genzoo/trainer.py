@@ -109,7 +109,7 @@ class Trainer(StartUp):
             functools.partial(
                 train_step,
                 **statics,
-                lr_schedule=optim.schedule(cfg.optim),
+                learning_rates=optim.logged_rates(cfg.optim),
                 grad_accum=cfg.train.grad_accum,
                 ema_decay=cfg.train.get("ema_decay", 0.0),
                 rng_impl=cfg.train.get("rng_impl", "threefry"),

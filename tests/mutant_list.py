@@ -308,5 +308,8 @@ MUTANTS = [
     ("scanned blocks never rematerialised", "genzoo/layers/transformer.py",
      "    if remat != \"none\":  # the same policies", "    if False:  # the same policies",
      "tests/test_scan_layers.py"),
+    ("each group logs the base rate", "genzoo/optim.py",
+     "per_group = {g: schedule(group_config(o, g)) for g in o.groups}",
+     "per_group = {g: schedule(o) for g in o.groups}", "tests/test_gan.py"),
 ]  # fmt: skip
 MUTANTS += IO_MUTANTS

@@ -36,7 +36,10 @@ def test_each_player_has_its_own_optimizer(image_data):
     t = Trainer(cfg, devices=jax.devices()[:1])
     state = t.init_state()
     before = jax.device_get(state.params)
-    state, _ = t.step(state, next(image_data.train_iterator(16, 0)))
+    state, m = t.step(state, next(image_data.train_iterator(16, 0)))
+    # Each player's rate is logged, not one base rate that neither of them has.
+    assert "lr" not in m and float(m["lr/generator"]) == 0.0
+    assert float(m["lr/discriminator"]) == pytest.approx(cfg.optim.lr)
     after = jax.device_get(state.params)
     same = lambda a, b: all(
         np.array_equal(x, y) for x, y in zip(*map(jax.tree.leaves, (a, b)), strict=True)

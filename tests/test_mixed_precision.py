@@ -49,7 +49,7 @@ def _steps(family, n, *, scaled=True, batch=None):
                           loss_scale=scaled)  # fmt: skip
     batch = jnp.full((4,), 10.0, jnp.float16) if batch is None else batch
     step = jax.jit(lambda s: ts.train_step(s, batch, None, family=family, model_cfg=None, tx=tx,
-                                           lr_schedule=lambda i: 1.0, grad_accum=1,
+                                           learning_rates=lambda i: {"lr": 1.0}, grad_accum=1,
                                            ema_decay=0.0))  # fmt: skip
     out = []
     for _ in range(n):
@@ -111,7 +111,7 @@ def test_an_overflow_at_scale_one_is_a_failure():
     finite, scales = [], []
     for _ in range(2):
         state, m = ts.train_step(state, None, None, family=_Sqrt, model_cfg=None, tx=tx,
-                                 lr_schedule=lambda i: 1.0, grad_accum=1,
+                                 learning_rates=lambda i: {"lr": 1.0}, grad_accum=1,
                                  ema_decay=0.0)  # fmt: skip
         finite.append(float(m["finite"]))
         scales.append(float(m["loss_scale"]))
@@ -138,7 +138,8 @@ def test_grad_accumulation_scales_each_micro_batch():
                           loss_scale=True)  # fmt: skip
     rows = jnp.ones((2, 4), jnp.float16)
     new, _ = ts.train_step(state, rows, None, family=_Tiny, model_cfg=None, tx=tx,
-                           lr_schedule=lambda i: 1.0, grad_accum=2, ema_decay=0.0)  # fmt: skip
+                           learning_rates=lambda i: {"lr": 1.0}, grad_accum=2,
+                           ema_decay=0.0)  # fmt: skip
     # Two micro-batches of one row each, averaged: one row's slope (without scaling: 0).
     np.testing.assert_allclose(new.params["w"], -_Tiny.SLOPE, rtol=1e-3)
 

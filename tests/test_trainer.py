@@ -104,7 +104,7 @@ def _one_toy_step(family, batch, grad_accum=1):
     state = trainer_lib.init_state(jax.random.PRNGKey(0), family=family, model_cfg=None, tx=tx,
                                    ema=False)  # fmt: skip
     return trainer_lib.train_step(state, batch, None, family=family, model_cfg=None, tx=tx,
-                                  lr_schedule=lambda s: 0.1, grad_accum=grad_accum,
+                                  learning_rates=lambda s: {"lr": 0.1}, grad_accum=grad_accum,
                                   ema_decay=0.0)  # fmt: skip
 
 
