@@ -164,7 +164,8 @@ def _scanned(blocks, remat: str, x_BxLxD, deterministic: bool, arrays: dict):
     template = blocks[0].clone(parent=None, name=None)  # unbound: applied to each layer's slice
     per_layer = [nn.meta.unbox(block.variables["params"]) for block in blocks]
     params_N = jax.tree.map(lambda *leaves: jnp.stack(leaves), *per_layer)
-    keys_N = None if deterministic else jax.random.split(blocks[0].make_rng("dropout"), len(blocks))
+    drops = not deterministic and blocks[0].dropout_rate > 0  # as the unrolled blocks: no key asked
+    keys_N = jax.random.split(blocks[0].make_rng("dropout"), len(blocks)) if drops else None
 
     def layer(x_BxLxD, params_and_key):
         params, key = params_and_key
