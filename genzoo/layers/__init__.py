@@ -4,7 +4,7 @@ from genzoo.layers.attention import Attention, cross_kv, empty_kv
 from genzoo.layers.basic import MLP, Embed, LayerNorm, gelu, partitioned, sinusoidal_positions
 from genzoo.layers.conv import ConvDecoder, ConvEncoder
 from genzoo.layers.dropout import Dropout
-from genzoo.layers.transformer import REMAT_POLICIES, TransformerBlock, call_block, call_blocks
+from genzoo.layers.transformer import REMAT_POLICIES, TransformerBlock, call_blocks
 
 __all__ = [
     "REMAT_POLICIES",
@@ -16,7 +16,6 @@ __all__ = [
     "Embed",
     "LayerNorm",
     "TransformerBlock",
-    "call_block",
     "call_blocks",
     "gelu",
     "cross_kv",
