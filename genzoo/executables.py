@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import pickle
+import platform
 import sys
 import threading
 from collections import OrderedDict
@@ -160,12 +161,29 @@ def _versions() -> dict:
     return found
 
 
+@functools.cache
+def host_cpu() -> str:
+    """The host CPU's model and feature flags (Linux's /proc/cpuinfo; else the platform's
+    name). XLA:CPU compiles for the host's features, and its loader refuses an executable
+    built for features the host lacks: keyed by device kind ("cpu") alone, hosts of two CPU
+    models sharing a cache folder would each find the other's programs and recompile."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    first = text.split("\n\n", 1)[0]
+    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+    wanted = ("vendor_id", "cpu family", "model", "model name", "flags", "Features", "CPU part")
+    return json.dumps({k.strip(): v.strip() for k, v in fields.items() if k.strip() in wanted})
+
+
 def _environment() -> dict:
     devices = [(d.id, d.platform, d.device_kind, d.process_index) for d in jax.devices()]
     return {
         "python": sys.version,
         "versions": _versions(),
         "devices": devices,
+        "host_cpu": host_cpu() if any(d.platform == "cpu" for d in jax.devices()) else "",
         "processes": jax.process_count(),
         "config": {k: repr(v) for k, v in sorted(jax.config.values.items())},
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(_ENV_PREFIXES)},

@@ -171,6 +171,15 @@ class Run:
         kept = getattr(self.data, "tokenizers", None)
         return dict(kept or (data_lib.tokenizers.every_field(one) if one else {}))
 
+    @functools.cached_property
+    def class_names(self) -> list[str]:
+        """A classifier's class names, from the workdir's classes.json where it keeps one, else
+        the data's; [] for data without classes."""
+        tokenizers = data_lib.tokenizers
+        if self.path and (Path(self.path) / tokenizers.CLASSES).is_file():
+            return tokenizers.read_names(Path(self.path) / tokenizers.CLASSES, "class names")
+        return list(getattr(self.data, "class_names", None) or [])
+
     @property
     def params(self):
         """The parameters evaluation and sampling use: the average when the run keeps one."""

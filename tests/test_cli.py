@@ -54,24 +54,28 @@ def test_every_experiment_smoke_trains_and_evaluates(name, tmp_path, capsys):
 
 def _check_kept_tokenizers(path):
     """A moved workdir samples with the tokenizers read from its files alone: they must read
-    text as its data's do. Fixed vocabularies (captions) and bare ids keep no files."""
+    text as its data's do, and a classifier must name its classes. Bare ids keep no files."""
     cfg = workdir.load_config(path)
     data = data_lib.load(cfg.data, path)
     from_data = workdir.Run(cfg, data, None, None, 0).tokenizers  # no path: the data's
     kept = tokenizers.saved(path, cfg.data.get("lowercase", True))
+    names = getattr(data, "class_names", None)
+    if names:  # from classes.json: a Run without data has nowhere else to read them
+        assert workdir.Run(cfg, None, None, None, 0, path).class_names == list(names)
+    if names and cfg.model.family == "bert":
+        assert masked_lm.class_names(workdir.Run(cfg, None, None, None, 0, path)) == list(names)
     if not tokenizers.files_of(from_data):
         assert kept is None
         return
-    probe = "KING HENRY: Thou art, 12 said the Lord."
     assert set(from_data) <= set(kept)
     for field, tokenizer in from_data.items():
+        probe = "KING HENRY: Thou art, 12 said the Lord."
         alphabet = getattr(tokenizer, "vocab", None)  # a test alphabet may lack some
         probe = "".join(ch for ch in probe if ch in alphabet) if alphabet else probe
+        if hasattr(tokenizer, "words"):  # a caption vocabulary: its own words, in reverse
+            probe = " ".join(tokenizer.words[:1:-1])
         assert type(kept[field]) is type(tokenizer)
         assert kept[field].encode(probe) == tokenizer.encode(probe) != []
-    names = getattr(data, "class_names", None)
-    if names and cfg.model.family == "bert":  # a classifier names its classes without data
-        assert masked_lm.class_names(workdir.Run(cfg, None, None, None, 0, path)) == list(names)
 
 
 def test_list_names_every_experiment(capsys):

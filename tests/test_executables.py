@@ -5,6 +5,7 @@ the program is part of the key; what XLA loaded from its own cache is never stor
 import os
 import random
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -128,6 +129,11 @@ def test_key_covers_config_environment_and_source(tmp_path, monkeypatch):
     monkeypatch.setenv(
         "XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_thunk_runtime=true"
     )
+    assert executables.Store(tmp_path, "config A").fingerprint != base
+    monkeypatch.undo()
+    # Another CPU model sharing the folder (XLA:CPU compiles for the host's features).
+    assert '"flags"' in executables.host_cpu() or not Path("/proc/cpuinfo").exists()
+    monkeypatch.setattr(executables, "host_cpu", lambda: '{"model name": "another CPU"}')
     assert executables.Store(tmp_path, "config A").fingerprint != base
     monkeypatch.undo()
     # Code outside the installed packages (an experiment, a user's model) is read as source.

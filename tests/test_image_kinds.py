@@ -49,8 +49,7 @@ def test_the_image_classifier_checks_pixels_and_predicts_in_batches():
 
     cfg = SimpleNamespace(model=SimpleNamespace(family="classifier", image_shape=(28, 28, 1)),
                           eval=SimpleNamespace(split="test"))  # fmt: skip
-    data = SimpleNamespace(meta=lambda split: {"class_names": ["a", "b", "c"]})
-    clf = Classifier(SimpleNamespace(cfg=cfg, data=data, params=None))
+    clf = Classifier(SimpleNamespace(cfg=cfg, class_names=["a", "b", "c"], params=None))
     clf.family = SimpleNamespace(predict=predict)
     pixels = np.random.default_rng(0).integers(0, 256, (5, 28, 28, 1), dtype=np.uint8)
     got = clf.predict(pixels, batch_size=2)

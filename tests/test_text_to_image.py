@@ -120,6 +120,26 @@ def test_generate_keeps_the_best_by_clip_and_sample_writes_a_grid(chain, capsys)
     assert "a large green star: CLIP scores" in capsys.readouterr().out
 
 
+def test_a_moved_chain_draws_and_scores_without_its_data_set(chain, monkeypatch):
+    """DALL·E and its CLIP keep their caption vocabulary (words.json): drawing and scoring
+    read no data set (for DALL·E, one whose images the dVAE would encode)."""
+    os.chdir(chain)
+    captions = ["a small red circle", "a large blue star above a small white cross"]
+    opened = workdir.open_run(Path("runs/dalle_smoke"))
+    assert opened.tokenizers["tokens"].words == opened.data.tokenizer.words
+    here = kinds.load("runs/dalle_smoke").generate(captions, candidates=2, keep=1, seed=5)
+
+    def no_data_set(*args, **kwargs):
+        raise AssertionError("the data set was loaded")
+
+    monkeypatch.setattr(genzoo.data, "load", no_data_set)
+    moved = kinds.load("runs/dalle_smoke").generate(captions, candidates=2, keep=1, seed=5)
+    np.testing.assert_array_equal(moved[0], here[0])
+    np.testing.assert_allclose(moved[1], here[1], rtol=1e-6)
+    clip = kinds.load("runs/clip_shapes_smoke")
+    assert clip.score(here[0][:, 0], captions).shape == (2, 2)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--prompt", "a small red cat"], "outside the caption vocabulary: cat"),
     (["--candidates", "2", "--keep", "3"], "keep <= candidates"),

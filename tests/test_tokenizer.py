@@ -6,6 +6,7 @@ import pytest
 
 from genzoo import cli
 from genzoo.data import tokenizers
+from genzoo.data.captions import EOS, WordTokenizer
 from genzoo.errors import UserError
 
 
@@ -77,3 +78,14 @@ def test_saved_tokenizers_are_read_from_the_workdirs_files_alone(bpe, tmp_path):
     (chars / tokenizers.CHARS).write_text("[1, 2]")
     with pytest.raises(UserError, match="chars.json is corrupt"):
         tokenizers.saved(chars)
+    words = tmp_path / "words"
+    words.mkdir()
+    caption = WordTokenizer(["red", "circle", "a"])
+    for name, payload in caption.artifacts.items():
+        (words / name).write_bytes(payload)
+    kept = tokenizers.saved(words)["tokens"]
+    assert kept.words == caption.words and kept.encode("a red circle") == [2, 4, 3, EOS]
+    for corrupt in ("[]", '"red"', "[1, 2]", "{"):
+        (words / tokenizers.WORDS).write_text(corrupt)
+        with pytest.raises(UserError, match="words.json is corrupt: expected a JSON list"):
+            tokenizers.saved(words)

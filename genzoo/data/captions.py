@@ -20,6 +20,7 @@ import numpy as np
 from genzoo.data import fashion_mnist, shapes
 from genzoo.data.batches import id_batches
 from genzoo.data.images import padded_batches
+from genzoo.data.tokenizers import CLASSES, WORDS, names_file
 from genzoo.errors import UserError
 
 PAD, EOS = 0, 1
@@ -52,6 +53,11 @@ class WordTokenizer:
             if int(i) > EOS:
                 words.append(self.words[int(i)])
         return " ".join(words)
+
+    @property
+    def artifacts(self) -> dict:
+        """words.json: the vocabulary, so the run reads captions without its data set."""
+        return names_file(WORDS, self.words[2:])
 
 
 def pad_captions(ids_list, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -135,8 +141,13 @@ class CaptionedImages:
             self.texts[split] = [p[0] for p in phrasings]
         self.image_shape = tuple(next(iter(self.splits.values()))[0].shape[1:])
 
-    artifacts: dict = {}
     extra_fields: dict = {}
+
+    @property
+    def artifacts(self) -> dict:
+        """The files the run keeps: its caption vocabulary and class names."""
+        classes = names_file(CLASSES, self.class_names) if self.class_names else {}
+        return {**self.tokenizer.artifacts, **classes}
 
     def add_labels(self, name: str, per_split: dict, fields=None) -> None:
         """Adds a per-example array to every split's batches (such as DALL·E's image codes,

@@ -11,6 +11,7 @@ import grain
 import numpy as np
 
 from genzoo.data.batches import id_batches
+from genzoo.data.tokenizers import CLASSES, names_file
 from genzoo.errors import UserError
 
 
@@ -51,7 +52,10 @@ class ImageData:
     def model_fields(self) -> dict:
         return {"image_shape": self.image_shape, "num_classes": len(self.class_names)}
 
-    artifacts: dict = {}
+    @property
+    def artifacts(self) -> dict:
+        """classes.json, so the run names its classes without its data set."""
+        return names_file(CLASSES, self.class_names) if self.class_names else {}
 
     @property
     def example_shapes(self) -> dict:

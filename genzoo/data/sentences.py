@@ -9,7 +9,6 @@ The sentencepiece tokenizer reserves [MASK], [CLS], [SEP] as single pieces (ids 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ from genzoo.data.examples import ExampleData
 from genzoo.errors import UserError
 
 SYMBOLS = ("[MASK]", "[CLS]", "[SEP]")
-CLASSES = "classes.json"  # a classifier's class names, kept in its workdir
 MASK_ID, CLS_ID, SEP_ID = 4, 5, 6  # after PAD, UNK, BOS, EOS: see tokenizers.train_sentence_pieces
 
 # The book of each verse reference, by genre (a common Protestant grouping of the canon).
@@ -128,5 +126,5 @@ def bible_genre(cfg, workdir=None) -> ExampleData:
     data = _data(splits, texts, labels, tokenizer, cfg)
     data.model_fields["num_classes"] = len(GENRES)
     data.class_names = list(GENRES)
-    data.artifacts[CLASSES] = json.dumps(list(GENRES)).encode("utf-8")  # classify without the data
+    data.artifacts.update(tokenizers.names_file(tokenizers.CLASSES, GENRES))  # classify, no data
     return data

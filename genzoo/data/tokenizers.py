@@ -18,6 +18,8 @@ FILENAME = "tokenizer.model"
 SEPARATE = {"src": "tokenizer_src.model", "tgt": "tokenizer_tgt.model"}  # a translation's two
 GPT2_FILES = ("vocab.json", "merges.txt")
 CHARS = "chars.json"  # a character model's alphabet, as one JSON string
+WORDS = "words.json"  # a caption model's closed vocabulary, as a JSON list of words
+CLASSES = "classes.json"  # a classifier's class names, as a JSON list
 
 
 class SentencePieceTokenizer:
@@ -187,24 +189,42 @@ class WordPieceTokenizer:
         return self._tok.token_to_id(piece)
 
 
+def _read_json(path: Path, valid, expected: str):
+    """The JSON value in `path` (a file a run keeps), refused in one line unless `valid(value)`."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        value = None
+    if value is None or not valid(value):
+        raise UserError(f"{path} is corrupt: expected {expected}")
+    return value
+
+
 def read_chars(path: Path) -> str:
     """The alphabet in a run's `chars.json`."""
-    try:
-        alphabet = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        alphabet = None
-    if not isinstance(alphabet, str) or not alphabet:
-        raise UserError(f"{path} is corrupt: expected a JSON string of characters")
-    return alphabet
+    return _read_json(path, lambda v: isinstance(v, str) and v, "a JSON string of characters")
+
+
+def read_names(path: Path, what: str) -> list[str]:
+    """The names in a run's `words.json` or `classes.json` (`what` names them in errors)."""
+    valid = lambda v: isinstance(v, list) and v and all(isinstance(n, str) for n in v)  # noqa: E731
+    return _read_json(path, valid, f"a JSON list of {what}")
+
+
+def names_file(name: str, names) -> dict[str, bytes]:
+    """{name: the JSON list of `names`}: an artifact `read_names` reads back."""
+    return {name: json.dumps(list(names)).encode("utf-8")}
 
 
 def saved(folder, lowercase: bool = True) -> dict | None:
     """A run's tokenizers by field, read from the files its workdir keeps, so a run samples
-    on a machine without its data set: {"src", "tgt"} for a translation's separate pair,
-    else one tokenizer serving "tokens", "src" and "tgt". None where the folder keeps none
-    (a run that predates chars.json, a corpus of bare ids): its data then says.
+    (or reads captions) on a machine without its data set: {"src", "tgt"} for a translation's
+    separate pair, else one tokenizer serving "tokens", "src" and "tgt". None where the folder
+    keeps none (a run that predates chars.json or words.json, a corpus of bare ids): its data
+    then says.
     `lowercase`: a WordPiece vocabulary's casing (`data.lowercase`)."""
-    from genzoo.data.text import CharTokenizer  # text.py holds the char tokenizer
+    from genzoo.data.captions import WordTokenizer  # beside the data that reads them
+    from genzoo.data.text import CharTokenizer
 
     folder = Path(folder)
     has = lambda *names: all((folder / n).is_file() for n in names)  # noqa: E731
@@ -220,6 +240,8 @@ def saved(folder, lowercase: bool = True) -> dict | None:
         one = GPT2Tokenizer({name: read(name) for name in GPT2_FILES})
     elif has(CHARS):
         one = CharTokenizer(read_chars(folder / CHARS))
+    elif has(WORDS):
+        one = WordTokenizer(read_names(folder / WORDS, "caption words"))
     else:
         return None
     return every_field(one)

@@ -18,7 +18,7 @@ class ClassifierFamily(Protocol):
 class Classifier:
     def __init__(self, run):
         self.run, self.family = run, models.get(run.cfg.model.family)
-        self.class_names = run.data.meta(run.cfg.eval.split).get("class_names")
+        self.class_names = run.class_names or None  # without the data set: classes.json
 
     def predict(self, images_BxHxWxC, batch_size: int = 256) -> np.ndarray:
         """Class probabilities [B, classes] of images in [0, 1] (or uint8), `batch_size` at a

@@ -28,7 +28,7 @@ class ContrastiveFamily(Protocol):
 class Contrastive:
     def __init__(self, run):
         self.run, self.family = run, models.get(run.cfg.model.family)
-        self.tokenizer = run.data.tokenizer
+        self.tokenizer = run.tokenizers["tokens"]  # words.json: no data set needed
 
     def encode_images(self, images_BxHxWxC, batch_size: int = 256) -> np.ndarray:
         encode = lambda x: self.family.encode_images(self.run.params, x, self.run.cfg.model)

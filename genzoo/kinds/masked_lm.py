@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from genzoo import kinds, models
-from genzoo.data.sentences import CLASSES
 from genzoo.errors import UserError
 from genzoo.kinds import Kind, register
 from genzoo.kinds.language_model import PROMPT, SAMPLING_OPTIONS
@@ -148,12 +145,5 @@ def class_names(run) -> list[str]:
     k = int(run.cfg.model.get("num_classes", 0) or 0)
     if not k:
         return []
-    saved = Path(run.path) / CLASSES if run.path else None
-    if saved is not None and saved.is_file():  # kept by the run: no data set needed
-        try:
-            names = json.loads(saved.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            raise UserError(f"{saved} is corrupt: expected a JSON list of class names") from None
-    else:
-        names = getattr(run.data, "class_names", None)
-    return list(names) if names and len(names) == k else [str(i) for i in range(k)]
+    names = run.class_names
+    return names if len(names) == k else [str(i) for i in range(k)]

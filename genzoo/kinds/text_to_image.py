@@ -49,7 +49,7 @@ def rerank(scores_CxN: np.ndarray, keep: int) -> np.ndarray:
 class TextToImage:
     def __init__(self, run):
         self.run, self.family = run, models.get(run.cfg.model.family)
-        self.tokenizer = run.data.tokenizer
+        self.tokenizer = run.tokenizers["tokens"]  # words.json: no data set needed
         self.image_tokenizer = kinds.api_of(run.deps["image_tokenizer"])
         self.clip = kinds.api_of(run.deps["clip"])
 
