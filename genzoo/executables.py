@@ -282,7 +282,10 @@ class Store:
 
 
 # Settings only the host loop reads: changing them between launches keeps the programs.
-HOST_ONLY = ("log", "checkpoint", "train.max_seconds")
+# `train.steps` decides the schedules only through `optim.decay_steps` and `optim.prune_end`,
+# which the resolved config spells out (and which stay in the key): a run resumed for longer
+# loads its programs.
+HOST_ONLY = ("log", "checkpoint", "train.max_seconds", "train.steps")
 
 
 def config_context(cfg) -> str:

@@ -289,11 +289,17 @@ class Trainer(StartUp):
             # A fine-tune's starting point on its new data: the "before" of before/after.
             say(self._evaluate_into(writer, state.eval_params(), data, 0)[0])
         window_start, window_steps = time.perf_counter(), 0
-        last_save, saved_step, skipped = time.monotonic(), latest, 0
-        previous = None  # (step, finite flag) checked one step late: no sync per step
+        last_save, saved_step, skipped, overflowed = time.monotonic(), latest, 0, 0
+        # (step, finite flag, loss-scale overflow flag or None) checked one step late: no sync
+        # per step, and every step counts, not only the logged ones.
+        previous = None
 
         def check(pending) -> int:
-            if pending is None or bool(pending[1]):
+            nonlocal overflowed
+            if pending is None:
+                return 0
+            overflowed += pending[2] is not None and bool(pending[2])
+            if bool(pending[1]):
                 return 0
             if skipped + 1 > cfg.train.skip_nonfinite:
                 raise NonFinite(
@@ -313,7 +319,7 @@ class Trainer(StartUp):
                 step += 1
                 window_steps += 1
                 skipped += check(previous)
-                previous = (step, step_metrics["finite"])
+                previous = (step, step_metrics["finite"], step_metrics.get("overflow"))
                 if window_steps == 1 and step == int(latest or 0) + 1:
                     jax.block_until_ready(step_metrics)
                     first = {"perf/first_step_seconds": time.perf_counter() - t_first}
@@ -334,6 +340,8 @@ class Trainer(StartUp):
                     scalars = metrics_lib.host_scalars(step_metrics)
                     row = {f"train/{k}": v for k, v in scalars.items()}
                     row["train/skipped_steps"] = skipped + (scalars["finite"] == 0)
+                    if "overflow" in scalars:  # float16's loss scale halved and the step skipped
+                        row["train/overflow_steps"] = overflowed + (scalars["overflow"] == 1)
                     if window_steps:
                         seconds = (time.perf_counter() - window_start) / window_steps
                         row.update(_throughput(seconds, cfg.train.batch_size, tokens, flops,

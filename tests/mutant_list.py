@@ -191,6 +191,11 @@ MUTANTS = [
     ("loss-scaled gradients not divided by the scale", "genzoo/train_step.py",
      "return jax.tree.map(lambda g: (g / scale).astype(g.dtype), grads)", "return grads",
      "tests/test_mixed_precision.py"),
+    ("only the logged step's overflow is counted", "genzoo/trainer.py",
+     "            overflowed += pending[2] is not None and bool(pending[2])",
+     "            overflowed += 0",
+     "tests/test_mixed_precision.py::"
+     "test_the_log_counts_every_overflowed_step_not_only_the_logged_one"),
     ("a loss-scale overflow stops training", "genzoo/train_step.py",
      "        finite = finite | overflow\n", "", "tests/test_mixed_precision.py"),
     ("the loss scale never grows back", "genzoo/train_step.py",

@@ -49,15 +49,27 @@ def test_second_fit_loads_the_train_step_and_trains_bit_for_bit(tmp_path):
     assert second.step_program.temp_bytes == first.step_program.temp_bytes  # hooks still run
     assert losses_a == losses_b and losses_a
     jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+    # The second run resumed for longer (a new train.steps; the decay stays the first launch's,
+    # as the CLI keeps it): the same programs, loaded.
+    executables.forget()
+    longer = tiny_config("train.steps=5", "eval.every_steps=0", "log.progress=false", lr,
+                         f"optim.decay_steps={cfg.optim.decay_steps}")  # fmt: skip
+    store_5 = executables.Store(tmp_path / "exe", executables.config_context(longer))
+    resumed = Trainer(longer, devices=jax.devices()[:1], executables=store_5)
+    assert int(resumed.fit(tmp_path / "second", text).step) == 5
+    assert set(resumed.step_program.seconds) == {"load"}
     # Another mesh is another program: not loaded for the same config.
     two = Trainer(cfg, devices=jax.devices()[:2], executables=store)
     assert two.step_program.store.fingerprint != second.step_program.store.fingerprint
     # Another config is another key: it compiles (and stores) its own; settings only the host
     # loop reads (logging, checkpoints, the time budget) are not part of it.
     context = executables.config_context
-    assert context(tiny_config("train.steps=4")) != context(tiny_config())
-    for host_only in ("log.every_steps=7", "checkpoint.keep=9", "train.max_seconds=5"):
-        assert context(tiny_config(host_only)) == context(tiny_config())
+    assert context(tiny_config("optim.lr=0.5")) != context(tiny_config())
+    assert context(tiny_config("optim.decay_steps=9")) != context(tiny_config())
+    fixed = "optim.decay_steps=20"  # else resolved from train.steps (a first launch's)
+    for host_only in ("log.every_steps=7", "checkpoint.keep=9", "train.max_seconds=5",
+                      "train.steps=4"):  # fmt: skip
+        assert context(tiny_config(host_only, fixed)) == context(tiny_config(fixed))
 
 
 def test_program_stores_only_what_it_compiled_and_survives_a_corrupt_file(tmp_path):

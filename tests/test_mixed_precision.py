@@ -9,9 +9,10 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from conftest import run_steps
+from conftest import run_steps, tiny_config
 
-from genzoo import cli, workdir
+from genzoo import cli, models, workdir
+from genzoo import metrics as metrics_lib
 from genzoo import train_step as ts
 from genzoo.trainer import Trainer, loss_scaling
 
@@ -178,6 +179,22 @@ def test_float16_gpt_trains_and_resumes_bit_for_bit_with_its_scale(tmp_path, cap
     assert len(scales) == 6 and all(s >= 1 for s in scales)
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_the_log_counts_every_overflowed_step_not_only_the_logged_one(
+    monkeypatch, tmp_path, char_data
+):
+    """Three overflows (steps 1-3) between logs every 4 steps: the row at step 4 counted the
+    logged step's flag alone (0)."""
+    monkeypatch.setitem(models.FAMILIES, "toy_overflow", "toy_overflow")  # tests/toy_overflow.py
+    cfg = tiny_config("model.family=toy_overflow", "train.loss_scale=dynamic", "train.steps=8",
+                      "log.every_steps=4", "eval.every_steps=0", "log.progress=false",
+                      "optim.warmup_steps=0")  # fmt: skip
+    Trainer(cfg, devices=jax.devices()[:1]).fit(tmp_path / "run", char_data)
+    rows = [r for r in metrics_lib.read(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r]
+    logged = [(r["step"], r["train/overflow"], r["train/overflow_steps"], r["train/loss_scale"])
+              for r in rows]  # fmt: skip
+    assert logged == [(4, 0.0, 3, 2.0**12), (8, 0.0, 3, 2.0**12)]
 
 
 def test_runs_without_scaling_keep_the_state_they_had(make_config, char_data):
