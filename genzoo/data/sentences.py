@@ -62,12 +62,8 @@ def _tokenizer(cfg, workdir, sentences):
     """From the workdir, else from `cfg.tokenizer_dir` (the pretrained or imported run: a
     sentencepiece `tokenizer.model` or a WordPiece `vocab.txt`), else trained."""
     for folder in [Path(d) for d in (workdir, cfg.get("tokenizer_dir", "")) if d]:
-        if (folder / tokenizers.WORDPIECE_FILE).is_file():
-            return tokenizers.WordPieceTokenizer(
-                (folder / tokenizers.WORDPIECE_FILE).read_bytes(), cfg.get("lowercase", True)
-            )
-        if (folder / tokenizers.FILENAME).is_file():
-            return tokenizers.SentencePieceTokenizer((folder / tokenizers.FILENAME).read_bytes())
+        if (kept := tokenizers.subword(folder, cfg.get("lowercase", True))) is not None:
+            return kept
     if cfg.get("tokenizer_dir", ""):
         raise UserError(f"no {tokenizers.FILENAME} in data.tokenizer_dir={cfg.tokenizer_dir}")
     return tokenizers.train_sentence_pieces(sentences, cfg.vocab_size, symbols=SYMBOLS)

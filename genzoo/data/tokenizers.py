@@ -216,6 +216,17 @@ def names_file(name: str, names) -> dict[str, bytes]:
     return {name: json.dumps(list(names)).encode("utf-8")}
 
 
+def subword(folder, lowercase: bool = True):
+    """The WordPiece or sentencepiece tokenizer a folder keeps, else None: a BERT's `vocab.txt`
+    before a `tokenizer.model` (the sentence loaders' precedence, which `saved` keeps too)."""
+    folder = Path(folder)
+    if (folder / WORDPIECE_FILE).is_file():
+        return WordPieceTokenizer((folder / WORDPIECE_FILE).read_bytes(), lowercase)
+    if (folder / FILENAME).is_file():
+        return SentencePieceTokenizer((folder / FILENAME).read_bytes())
+    return None
+
+
 def saved(folder, lowercase: bool = True) -> dict | None:
     """A run's tokenizers by field, read from the files its workdir keeps, so a run samples
     (or reads captions) on a machine without its data set: {"src", "tgt"} for a translation's
@@ -231,19 +242,16 @@ def saved(folder, lowercase: bool = True) -> dict | None:
     read = lambda name: (folder / name).read_bytes()  # noqa: E731
     if has(*SEPARATE.values()):
         return {f: SentencePieceTokenizer(read(name)) for f, name in SEPARATE.items()}
-    # The loaders' own precedence: a BERT's vocab.txt before a sentencepiece model.
-    if has(WORDPIECE_FILE):
-        one = WordPieceTokenizer(read(WORDPIECE_FILE), lowercase)
-    elif has(FILENAME):
-        one = SentencePieceTokenizer(read(FILENAME))
-    elif has(*GPT2_FILES):
-        one = GPT2Tokenizer({name: read(name) for name in GPT2_FILES})
-    elif has(CHARS):
-        one = CharTokenizer(read_chars(folder / CHARS))
-    elif has(WORDS):
-        one = WordTokenizer(read_names(folder / WORDS, "caption words"))
-    else:
-        return None
+    one = subword(folder, lowercase)
+    if one is None:
+        if has(*GPT2_FILES):
+            one = GPT2Tokenizer({name: read(name) for name in GPT2_FILES})
+        elif has(CHARS):
+            one = CharTokenizer(read_chars(folder / CHARS))
+        elif has(WORDS):
+            one = WordTokenizer(read_names(folder / WORDS, "caption words"))
+        else:
+            return None
     return every_field(one)
 
 
