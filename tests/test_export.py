@@ -119,10 +119,9 @@ def test_a_fine_tuned_bert_exports_its_labels_and_vocabulary(tmp_path):
     model = ml_collections.ConfigDict(dict(family="bert", vocab_size=40, max_len=16, num_layers=1,
                                            num_heads=2, width=16, mlp_hidden=32, dropout=0.0,
                                            num_classes=2))  # fmt: skip
-    data = types.SimpleNamespace(class_names=["law", "poetry"])
     vocab = {"tokens": tokenizers.WordPieceTokenizer(b"[PAD]\n[UNK]\n")}
-    run = types.SimpleNamespace(cfg=types.SimpleNamespace(model=model), data=data, step=7,
-                                tokenizers=vocab,
+    run = types.SimpleNamespace(cfg=types.SimpleNamespace(model=model), step=7,
+                                class_names=["law", "poetry"], tokenizers=vocab,
                                 params=bert.unboxed_init(jax.random.PRNGKey(0), model),
                                 path=tmp_path / "run")  # fmt: skip
     done = exports.write(run, tmp_path / "hf")
