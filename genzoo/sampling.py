@@ -1,7 +1,8 @@
 """Autoregressive decoding inside `lax.scan`: greedy, temperature, top-k and top-p.
 
 All knobs are traced values, so one compiled decoder serves every setting; only the
-prompt length and the number of new tokens are static.
+prompt length and the number of new tokens are static. Every row draws from its own key
+(`row_keys`), so a row's text does not depend on the rows batched beside it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,20 @@ import jax
 import jax.numpy as jnp
 
 from genzoo.errors import UserError
+
+
+def row_keys(rng, rows: int, first: int = 0):
+    """One key per row: `rng` itself where it already holds `rows` keys, else row b's key is
+    `rng` folded with `first + b` (so a row keeps its key whatever batch it falls in)."""
+    typed = jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
+    if jnp.ndim(rng) > (0 if typed else 1):
+        return rng
+    return jax.vmap(jax.random.fold_in, (None, 0))(rng, first + jnp.arange(rows))
+
+
+def fold_rows(keys_B, data):
+    """Every row's key folded with the same `data` (a step or window number)."""
+    return jax.vmap(jax.random.fold_in, (0, None))(keys_B, data)
 
 
 def filter_logits(logits_BxV, top_k, top_p):
@@ -31,19 +46,21 @@ def filter_logits(logits_BxV, top_k, top_p):
     return jnp.where(logits_BxV < threshold_Bx1, neg_inf, logits_BxV)
 
 
-def next_token(rng, logits_BxV, temperature, top_k, top_p):
-    """One token per row; temperature 0 means greedy. Branches on the traced knobs skip
-    what a setting does not need: the full-vocabulary sort of the filters (k=0 and p=1 keep
-    every token) and the Gumbel noise of sampling (greedy). With GPT-2's 50k vocabulary
-    they cost more than the 124M model's own decode step on a CPU."""
+def next_token(keys_B, logits_BxV, temperature, top_k, top_p):
+    """One token per row, row b drawn with `keys_B[b]` (one key: see `row_keys`); temperature
+    0 means greedy. Branches on the traced knobs skip what a setting does not need: the
+    full-vocabulary sort of the filters (k=0 and p=1 keep every token) and the Gumbel noise
+    of sampling (greedy). With GPT-2's 50k vocabulary they cost more than the 124M model's
+    own decode step on a CPU."""
     logits_BxV = logits_BxV.astype(jnp.float32)
+    keys_B = row_keys(keys_B, logits_BxV.shape[0])
 
     def sample(logits_BxV):
         scaled_BxV = logits_BxV / jnp.maximum(temperature, 1e-6)
         filters = (top_k > 0) | (top_p < 1)
         filtered = lambda x: filter_logits(x, top_k, top_p)
         scaled_BxV = jax.lax.cond(filters, filtered, lambda x: x, scaled_BxV)
-        return jax.random.categorical(rng, scaled_BxV, axis=-1).astype(jnp.int32)
+        return jax.vmap(jax.random.categorical)(keys_B, scaled_BxV).astype(jnp.int32)
 
     greedy = lambda x: jnp.argmax(x, axis=-1).astype(jnp.int32)
     return jax.lax.cond(temperature > 0, sample, greedy, logits_BxV)
@@ -69,7 +86,7 @@ def decode(
     step: Callable,
     cache,
     prompt_BxP,
-    rng,
+    keys_B,
     *,
     max_new_tokens: int,
     temperature,
@@ -81,29 +98,30 @@ def decode(
 ):
     """Runs `step(tokens_BxL, cache) -> (logits_BxLxV, cache)` over the prompt, then token by token.
 
-    Returns the new tokens, [B, max_new_tokens] int32. After a row emits `eos_id` (-1: none)
-    it keeps emitting `eos_id`. `prompt_valid_BxP` marks real (not padding) prompt tokens for
-    the repetition penalty.
+    Returns the new tokens, [B, max_new_tokens] int32; row b's t-th token is drawn with
+    `keys_B[b]` folded with t (`keys_B` one key: see `row_keys`). After a row emits `eos_id`
+    (-1: none) it keeps emitting `eos_id`. `prompt_valid_BxP` marks real (not padding) prompt
+    tokens for the repetition penalty.
     """
     logits_BxPxV, cache = step(prompt_BxP, cache)
     valid_BxP = jnp.ones(prompt_BxP.shape, bool) if prompt_valid_BxP is None else prompt_valid_BxP
     seen_BxV = _mark(jnp.zeros(logits_BxPxV[:, -1].shape, bool), prompt_BxP, valid_BxP)
-    rng, first_rng = jax.random.split(rng)
+    keys_B = row_keys(keys_B, prompt_BxP.shape[0])
     logits_BxV = penalize_repeats(logits_BxPxV[:, -1], seen_BxV, repetition_penalty)
-    token_B = next_token(first_rng, logits_BxV, temperature, top_k, top_p)
+    token_B = next_token(fold_rows(keys_B, 0), logits_BxV, temperature, top_k, top_p)
     done_B = token_B == eos_id
 
-    def body(carry, step_rng):
+    def body(carry, t):
         token_B, cache, seen_BxV, done_B = carry
         logits_Bx1xV, cache = step(token_B[:, None], cache)
         seen_BxV = _mark(seen_BxV, token_B[:, None], jnp.ones((token_B.shape[0], 1), bool))
         logits_BxV = penalize_repeats(logits_Bx1xV[:, -1], seen_BxV, repetition_penalty)
-        new_B = next_token(step_rng, logits_BxV, temperature, top_k, top_p)
+        new_B = next_token(fold_rows(keys_B, t), logits_BxV, temperature, top_k, top_p)
         new_B = jnp.where(done_B, eos_id, new_B)
         return (new_B, cache, seen_BxV, done_B | (new_B == eos_id)), token_B
 
     (last_B, *_), tokens_NxB = jax.lax.scan(
-        body, (token_B, cache, seen_BxV, done_B), jax.random.split(rng, max_new_tokens - 1)
+        body, (token_B, cache, seen_BxV, done_B), jnp.arange(1, max_new_tokens)
     )
     return jnp.concatenate([tokens_NxB.T, last_B[:, None]], axis=1)
 

@@ -316,5 +316,12 @@ MUTANTS = [
     ("each group logs the base rate", "genzoo/optim.py",
      "per_group = {g: schedule(group_config(o, g)) for g in o.groups}",
      "per_group = {g: schedule(o) for g in o.groups}", "tests/test_gan.py"),
+    ("every batch of draws restarts at row 0's key", "genzoo/sampling.py",
+     "(rng, first + jnp.arange(rows))", "(rng, jnp.arange(rows))",
+     "tests/test_image_kinds.py tests/test_generation.py"),
+    ("one key for every row of a batch", "genzoo/sampling.py",
+     "return jax.vmap(jax.random.categorical)(keys_B, scaled_BxV)",
+     "return jax.random.categorical(keys_B[0], scaled_BxV)",
+     "tests/test_generation.py"),
 ]  # fmt: skip
 MUTANTS += IO_MUTANTS

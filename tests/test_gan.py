@@ -67,8 +67,8 @@ def test_a_generator_step_moves_the_generator(image_data):
 def test_samples_are_images_and_seeded(image_data):
     cfg = tiny_config(name="dcgan_fashion_mnist")
     params = nn.unbox(gan.init(jax.random.PRNGKey(0), cfg.model))
-    a = np.asarray(gan.sample(params, jax.random.PRNGKey(1), cfg.model, num=6))
-    b = np.asarray(gan.sample(params, jax.random.PRNGKey(1), cfg.model, num=6))
+    a = np.asarray(gan.sample(params, jax.random.split(jax.random.PRNGKey(1), 6), cfg.model))
+    b = np.asarray(gan.sample(params, jax.random.split(jax.random.PRNGKey(1), 6), cfg.model))
     assert a.shape == (6, 28, 28, 1) and 0 <= a.min() and a.max() <= 1
     np.testing.assert_array_equal(a, b)
 
@@ -105,9 +105,7 @@ def test_batchnorm_statistics_are_model_state_that_sampling_uses(image_data):
     trained = sum(x.size for g in ("generator", "discriminator") for x in jax.tree.leaves(after[g]))
     moments = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim > 0)
     assert moments == 2 * trained  # Adam keeps nothing for the statistics
-    rng = jax.random.PRNGKey(1)
-    a = np.asarray(gan.sample(after, rng, cfg.model, num=4))
-    b = np.asarray(
-        gan.sample({**after, "batch_stats": before["batch_stats"]}, rng, cfg.model, num=4)
-    )
+    keys = jax.random.split(jax.random.PRNGKey(1), 4)
+    a = np.asarray(gan.sample(after, keys, cfg.model))
+    b = np.asarray(gan.sample({**after, "batch_stats": before["batch_stats"]}, keys, cfg.model))
     assert np.abs(a - b).max() > 1e-4  # samples normalise with the running statistics

@@ -238,8 +238,9 @@ def _check_sliding_window(lm):
     three = lm.generate(prompts + ["GLOUCESTER:"], max_new_tokens=40, temperature=0.0,
                         batch_size=2)  # fmt: skip
     assert three == greedy(prompts, 40) + greedy("GLOUCESTER:", 40)
-    again = lambda: lm.generate(["KING:"] * 4, max_new_tokens=8, seed=1, batch_size=2)  # noqa: E731
-    assert again() == again() and len(set(again())) == 4  # no batch repeats another's draws
+    again = lambda n: lm.generate(["KING:"] * 4, max_new_tokens=8, seed=1, batch_size=n)  # noqa: E731
+    assert again(2) == again(2) and len(set(again(2))) == 4  # no batch repeats another's draws
+    assert again(4) == again(2)  # prompt j samples with its own key, whatever its batch
     prompt = "my lord and my king, the duke of york"  # longer than the context: cropped
     assert greedy(prompt, 8) == greedy(prompt[-24:], 8)
     sampled = lm.generate("KING:", max_new_tokens=50, seed=3)
@@ -266,6 +267,10 @@ def test_next_token_skips_only_what_the_knobs_switch_off():
     greedy = sampling.next_token(rng, logits, 0.0, 0, 1.0)
     np.testing.assert_array_equal(greedy, np.argmax(logits, axis=-1))
     sampled = sampling.next_token(rng, logits, 0.7, 0, 1.0)
-    np.testing.assert_array_equal(sampled, jax.random.categorical(rng, logits / 0.7, axis=-1))
+    rows = [jax.random.categorical(jax.random.fold_in(rng, b), logits[b] / 0.7) for b in range(4)]
+    np.testing.assert_array_equal(sampled, rows)  # row b with the key folded with b
+    keys_B = jax.random.split(rng, 4)  # or with the keys it is given, one per row
+    one = sampling.next_token(keys_B[2:3], logits[2:3], 0.7, 0, 1.0)
+    np.testing.assert_array_equal(one, sampling.next_token(keys_B, logits, 0.7, 0, 1.0)[2:3])
     top1 = sampling.next_token(rng, logits, 0.7, 1, 1.0)  # a filter that leaves one token
     np.testing.assert_array_equal(top1, greedy)

@@ -14,12 +14,13 @@ from genzoo.kinds.image_generator import ImageGenerator
 
 def test_an_image_generator_samples_and_reconstructs_in_batches_of_one_shape():
     """A stand-in family records the batch sizes it is given (100,000 samples in one call was
-    a std::bad_alloc abort): one size per call, and a larger `num` extends a smaller one."""
+    a std::bad_alloc abort): one size per call, a larger `num` extends a smaller one, and the
+    images do not move with the batch size (the last batch drew from other keys)."""
     sizes = []
 
-    def sample(params, rng, cfg, *, num):
-        sizes.append(num)
-        return jax.random.uniform(rng, (num, 28, 28, 1))
+    def sample(params, keys_N, cfg):
+        sizes.append(len(keys_N))
+        return jax.vmap(lambda key: jax.random.uniform(key, (28, 28, 1)))(keys_N)
 
     def reconstruct(params, images, cfg):
         sizes.append(len(images))
@@ -32,6 +33,9 @@ def test_an_image_generator_samples_and_reconstructs_in_batches_of_one_shape():
     assert five.shape == (5, 28, 28, 1) and sizes == [2, 2, 2]
     np.testing.assert_array_equal(gen.sample(3, seed=1, batch_size=2), five[:3])
     np.testing.assert_array_equal(gen.sample(2, seed=1, batch_size=256), five[:2])
+    np.testing.assert_array_equal(gen.sample(5, seed=1, batch_size=3), five)
+    np.testing.assert_array_equal(gen.sample(5, seed=1, batch_size=256), five)
+    assert not np.array_equal(gen.sample(5, seed=2, batch_size=2), five)
     assert len({float(x.sum()) for x in five}) == 5  # each image its own randomness
     sizes.clear()
     np.testing.assert_allclose(gen.reconstruct(five, batch_size=2), 1.0 - five)

@@ -22,7 +22,7 @@ def setup(image_data):
 
 def test_sample_and_reconstruct_shapes(setup):
     cfg, params, images = setup
-    samples = np.asarray(vae.sample(params, jax.random.PRNGKey(1), cfg.model, num=5))
+    samples = np.asarray(vae.sample(params, jax.random.split(jax.random.PRNGKey(1), 5), cfg.model))
     assert samples.shape == (5, 28, 28, 1) and 0 <= samples.min() and samples.max() <= 1
     recon = np.asarray(vae.reconstruct(params, images, cfg.model))
     assert recon.shape == images.shape and np.all(np.isfinite(recon))

@@ -146,7 +146,7 @@ class CaptionedImages:
     @property
     def artifacts(self) -> dict:
         """The files the run keeps: its caption vocabulary and class names."""
-        classes = names_file(CLASSES, self.class_names) if self.class_names else {}
+        classes = names_file(CLASSES, self.class_names)
         return {**self.tokenizer.artifacts, **classes}
 
     def add_labels(self, name: str, per_split: dict, fields=None) -> None:

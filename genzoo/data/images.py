@@ -55,7 +55,7 @@ class ImageData:
     @property
     def artifacts(self) -> dict:
         """classes.json, so the run names its classes without its data set."""
-        return names_file(CLASSES, self.class_names) if self.class_names else {}
+        return names_file(CLASSES, self.class_names)
 
     @property
     def example_shapes(self) -> dict:

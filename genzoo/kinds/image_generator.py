@@ -11,12 +11,13 @@ import numpy as np
 from genzoo import models
 from genzoo.errors import UserError
 from genzoo.kinds import Kind, Option, check_sampling, images_for, in_batches, register
+from genzoo.sampling import row_keys
 
 
 @runtime_checkable
 class ImageGeneratorFamily(Protocol):
-    def sample(self, params, rng, cfg, *, num: int):
-        """`num` images [N, H, W, C] in [0, 1]; each image has its own randomness."""
+    def sample(self, params, keys_N, cfg):
+        """Images [N, H, W, C] in [0, 1]: image i drawn from `keys_N[i]` alone."""
 
 
 class ImageGenerator:
@@ -25,15 +26,16 @@ class ImageGenerator:
 
     def sample(self, num: int = 64, seed: int = 0, batch_size: int = 256) -> np.ndarray:
         """`num` images [N, H, W, C] in [0, 1], drawn `batch_size` at a time (100,000 at once
-        was a std::bad_alloc abort): every batch has one size, so one program compiles; the
-        first uses the seed's key, batch i the key folded with i, so a larger `num` extends a
-        smaller one."""
+        was a std::bad_alloc abort): every batch has one size, so one program compiles. Image
+        j's noise comes from its own key, so the images are the same for any `batch_size`
+        (FID and the sample grids do not move with it) and a larger `num` extends a smaller
+        one."""
         check_sampling(dict(num=num, seed=seed, batch_size=batch_size))
         rng, size = jax.random.PRNGKey(seed), min(num, batch_size)
         batches = [
-            np.asarray(self.family.sample(self.run.params, jax.random.fold_in(rng, i) if i else rng,
-                                          self.run.cfg.model, num=size))
-            for i in range(-(-num // size))
+            np.asarray(self.family.sample(self.run.params, row_keys(rng, size, first),
+                                          self.run.cfg.model))
+            for first in range(0, num, size)
         ]  # fmt: skip
         return np.concatenate(batches)[:num]
 

@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 import jax
 import numpy as np
 
-from genzoo import kinds, models
+from genzoo import kinds, models, sampling
 from genzoo.errors import UserError
 from genzoo.kinds import Kind, Option, register
 
@@ -28,10 +28,11 @@ class LanguageModelFamily(Protocol):
         self, params, rng, cfg, *, prompt_BxP, max_new_tokens: int, temperature=1.0, top_k=0,
         top_p=1.0, num_beams=1, repetition_penalty=1.0,
     ):  # fmt: skip
-        """New tokens [B, max_new_tokens] int32 after each prompt row; rows sample
-        independently. Optional keywords, passed only to a sampler that names them:
-        `length_penalty`, `eos_id` (rows stop there; else the text is cut afterwards), and
-        `pad_B` with `RAGGED_PROMPTS`."""
+        """New tokens [B, max_new_tokens] int32 after each prompt row. `rng` is one key for
+        a family called per prompt, one key per row for a `RAGGED_PROMPTS` batch (row b
+        samples with `rng[b]` alone: `sampling.row_keys`). Optional keywords, passed only to a
+        sampler that names them: `length_penalty`, `eos_id` (rows stop there; else the text
+        is cut afterwards), and `pad_B` with `RAGGED_PROMPTS`."""
 
     def token_log_probs(self, params, tokens_BxT, cfg):
         """log p(x_t | x_<t) for t = 1..T-1, [B, T-1] nats."""
@@ -113,29 +114,31 @@ class LanguageModel:
             # (`_finish`) and refuse beams themselves (the HMM said TypeError for both).
             optional = dict(length_penalty=length_penalty, eos_id=eos_id)
             options.update({k: v for k, v in optional.items() if self._takes(k)})
-        chunks = range(0, len(encoded), batch_size)
-        rng = jax.random.PRNGKey(seed)
-        keys = jax.random.split(rng, len(chunks)) if len(chunks) > 1 else [rng]
-        rows = [row for start, key in zip(chunks, keys, strict=True)
-                for row in self._slide(encoded[start : start + batch_size], max_new_tokens, key,
-                                       options, eos_id)]  # fmt: skip
+        # Prompt j draws with the seed's key folded with j, whatever batch it falls in.
+        keys_N = sampling.row_keys(jax.random.PRNGKey(seed), len(encoded))
+        batches = [slice(i, i + batch_size) for i in range(0, len(encoded), batch_size)]
+        rows = [
+            row
+            for b in batches
+            for row in self._slide(encoded[b], max_new_tokens, keys_N[b], options, eos_id)
+        ]
         return [self._finish(row, eos_id, stop) for row in rows]
 
-    def _slide(self, encoded, max_new_tokens, rng, options, eos_id) -> list[np.ndarray]:
+    def _slide(self, encoded, max_new_tokens, keys_B, options, eos_id) -> list[np.ndarray]:
         """New tokens per row. Within the context one call; past it the window slides as in
         nanoGPT, which crops to the last `context` tokens for every new token. Here a window
         keeps the last 3/4 of the context and adds 1/4 new tokens through the KV cache, so
         each token sees at least 3/4 of a context and only two shapes compile (the first
         window, then every later one)."""
         if max(map(len, encoded)) + max_new_tokens <= self.context:
-            return self._continue(encoded, max_new_tokens, rng, options)
+            return self._continue(encoded, max_new_tokens, keys_B, options)
         keep = self.context - _stride(self.context)
         rows = [list(ids[-keep:]) for ids in encoded]  # nanoGPT crops long prompts too
         new = [[] for _ in rows]
         window = 0
         while len(new[0]) < max_new_tokens:
-            step_rng = rng if window == 0 else jax.random.fold_in(rng, window)
-            grown = self._continue(rows, self.context - max(map(len, rows)), step_rng, options)
+            keys = keys_B if window == 0 else sampling.fold_rows(keys_B, window)
+            grown = self._continue(rows, self.context - max(map(len, rows)), keys, options)
             for row, more, tokens in zip(rows, new, grown, strict=True):
                 more.extend(int(t) for t in tokens)
                 row[:] = (row + list(tokens))[-keep:]
@@ -144,8 +147,9 @@ class LanguageModel:
                 break  # every row has ended; `_finish` cuts there
         return [np.asarray(more[:max_new_tokens], np.int32) for more in new]
 
-    def _continue(self, encoded, max_new_tokens, rng, options) -> list[np.ndarray]:
-        """One call of the family's sampler: `max_new_tokens` new tokens after each row."""
+    def _continue(self, encoded, max_new_tokens, keys_B, options) -> list[np.ndarray]:
+        """One call of the family's sampler: `max_new_tokens` new tokens after each row, row b
+        drawn with `keys_B[b]`."""
         options = dict(options, max_new_tokens=max_new_tokens)
         if getattr(self.family, "RAGGED_PROMPTS", False):
             longest = max(len(ids) for ids in encoded)
@@ -154,12 +158,17 @@ class LanguageModel:
             for row, ids in enumerate(encoded):
                 prompt_BxP[row, pad_B[row] :] = ids
             new_BxN = self.family.sample(
-                self.params, rng, self.run.cfg.model, prompt_BxP=prompt_BxP, pad_B=pad_B, **options
+                self.params,
+                keys_B,
+                self.run.cfg.model,
+                prompt_BxP=prompt_BxP,
+                pad_B=pad_B,
+                **options,
             )
             return list(np.asarray(new_BxN))
-        # One call per prompt; each row its own key, so equal prompts give different texts.
+        # One call per prompt, with its row's key.
         return [
-            np.asarray(self.family.sample(self.params, jax.random.fold_in(rng, row),
+            np.asarray(self.family.sample(self.params, keys_B[row],
                                           self.run.cfg.model, prompt_BxP=np.asarray([ids]),
                                           **options))[0]
             for row, ids in enumerate(encoded)

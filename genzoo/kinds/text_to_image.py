@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 import jax
 import numpy as np
 
-from genzoo import kinds, models
+from genzoo import kinds, models, sampling
 from genzoo.errors import UserError
 from genzoo.kinds import Kind, Option, register
 from genzoo.kinds.image_generator import OUT, out_path
@@ -38,7 +38,7 @@ DEFAULT_PROMPTS = (
 class TextToImageFamily(Protocol):
     def generate_codes(self, params, captions_BxT, rng, cfg, *, guidance, temperature, top_k,
                        top_p):  # fmt: skip
-        """Image codes [B, h, w] drawn for padded caption ids [B, T]."""
+        """Image codes [B, h, w] drawn for padded caption ids [B, T], row b with `rng[b]`."""
 
 
 def rerank(scores_CxN: np.ndarray, keep: int) -> np.ndarray:
@@ -75,11 +75,11 @@ class TextToImage:
         ids_CxT = self.encode_captions(captions)
         rows = np.repeat(ids_CxT, candidates, axis=0)  # caption c's candidates are adjacent
         rng, codes = jax.random.PRNGKey(seed), []
-        for i in range(0, len(rows), batch_size):
+        for i in range(0, len(rows), batch_size):  # draw j's key is the seed's folded with j
+            batch = rows[i : i + batch_size]
             codes.append(np.asarray(self.family.generate_codes(
-                self.run.params, rows[i : i + batch_size], jax.random.fold_in(rng, i),
-                self.run.cfg.model, guidance=guidance, temperature=temperature, top_k=top_k,
-                top_p=top_p)))  # fmt: skip
+                self.run.params, batch, sampling.row_keys(rng, len(batch), i), self.run.cfg.model,
+                guidance=guidance, temperature=temperature, top_k=top_k, top_p=top_p)))  # fmt: skip
         images = self.image_tokenizer.decode(np.concatenate(codes))
         texts = [t for t in captions for _ in range(candidates)]
         scores_CxN = self.clip.pair_scores(images, texts).reshape(len(captions), candidates)

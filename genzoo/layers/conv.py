@@ -104,6 +104,12 @@ class ConvDecoder(nn.Module):
         return h.astype(jnp.float32)
 
 
+def prior_noise(keys_N, latent: int):
+    """[N, Z] standard normal latents, row i from `keys_N[i]` alone: an image does not depend
+    on how many are drawn beside it (the sampling batch size)."""
+    return jax.vmap(lambda key: jax.random.normal(key, (latent,)))(keys_N)
+
+
 def encoder_macs(image_shape, widths, features: int) -> int:
     """Multiply-adds of `ConvEncoder` on one image: each 4x4 convolution at its output's
     positions, then the dense layer (MFU's numerator for the image families)."""

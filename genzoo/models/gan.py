@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from genzoo.layers import ConvDecoder, ConvEncoder
-from genzoo.layers.conv import decoder_macs, encoder_macs
+from genzoo.layers.conv import decoder_macs, encoder_macs, prior_noise
 from genzoo.models.base import FromConfig, require, require_conv_decoder
 
 KIND = "image_generator"
@@ -163,13 +163,13 @@ def flops_per_example(cfg, shapes) -> float:
     return float(2 * (3 * g + 7 * d))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "num"))
-def _sample(params, rng, *, cfg, num):
+@functools.partial(jax.jit, static_argnames="cfg")
+def _sample(params, keys_N, *, cfg):
     c = GANConfig.from_cfg(cfg)
-    z_NxZ = jax.random.normal(rng, (num, c.latent))
+    z_NxZ = prior_noise(keys_N, c.latent)
     return _apply(Generator(c), params, params.get(MODEL_STATE), "generator", z_NxZ, False)[0]
 
 
-def sample(params, rng, cfg, *, num: int):
-    """`num` generated images, [N, H, W, C] in [0, 1]."""
-    return _sample(params, rng, cfg=cfg, num=num)
+def sample(params, keys_N, cfg):
+    """One generated image per key, [N, H, W, C] in [0, 1]."""
+    return _sample(params, keys_N, cfg=cfg)

@@ -145,16 +145,18 @@ def context_length(cfg) -> int:
 def _generate(params, prompt_BxP, rng, temperature, top_k, top_p, *, max_new_tokens):
     _, log_A_SxS, log_E_SxV = log_probs(params)
     _, alpha_BxS = forward(params, prompt_BxP)  # p(state at the prompt's end | prompt)
-    rng, first = jax.random.split(rng)
-    state_B = jax.random.categorical(first, alpha_BxS, axis=-1)
+    keys_B = sampling.row_keys(rng, prompt_BxP.shape[0])
+    draw = jax.vmap(jax.random.categorical)
+    state_B = draw(sampling.fold_rows(keys_B, 0), alpha_BxS)
 
-    def step(state_B, key):
-        k_state, k_token = jax.random.split(key)
-        state_B = jax.random.categorical(k_state, log_A_SxS[state_B], axis=-1)
-        token_B = sampling.next_token(k_token, log_E_SxV[state_B], temperature, top_k, top_p)
+    def step(state_B, t):
+        keys_t = sampling.fold_rows(keys_B, t)
+        state_B = draw(sampling.fold_rows(keys_t, 0), log_A_SxS[state_B])
+        token_B = sampling.next_token(sampling.fold_rows(keys_t, 1), log_E_SxV[state_B],
+                                      temperature, top_k, top_p)  # fmt: skip
         return state_B, token_B
 
-    _, tokens_NxB = jax.lax.scan(step, state_B, jax.random.split(rng, max_new_tokens))
+    _, tokens_NxB = jax.lax.scan(step, state_B, jnp.arange(1, max_new_tokens + 1))
     return tokens_NxB.T
 
 
@@ -163,7 +165,8 @@ def sample(
     num_beams=1, repetition_penalty=1.0,
 ):  # fmt: skip
     """Continues each prompt: the hidden state is drawn from its filtered posterior, then the
-    chain runs forward; temperature/top-k/top-p shape each emission."""
+    chain runs forward; temperature/top-k/top-p shape each emission. `rng`: one key, or one
+    per row (`sampling.row_keys`)."""
     if num_beams != 1 or repetition_penalty != 1.0:
         raise UserError("the HMM samples ancestrally: beams and repetition penalty do not apply")
     return _generate(

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from genzoo.layers import ConvDecoder, ConvEncoder
-from genzoo.layers.conv import decoder_macs, encoder_macs
+from genzoo.layers.conv import decoder_macs, encoder_macs, prior_noise
 from genzoo.models.base import FromConfig, require_conv_decoder, require_positive
 
 KIND = "image_generator"
@@ -171,16 +171,16 @@ def flops_per_example(cfg, shapes) -> float:
     return float(6 * (encoder + decoder_macs(c.image_shape, c.widths[::-1], c.latent)))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "num"))
-def _sample(params, rng, *, cfg, num):
+@functools.partial(jax.jit, static_argnames="cfg")
+def _sample(params, keys_N, *, cfg):
     c = VAEConfig.from_cfg(cfg)
-    z_NxZ = jax.random.normal(rng, (num, c.latent))
+    z_NxZ = prior_noise(keys_N, c.latent)
     return jax.nn.sigmoid(VAE(c).apply({"params": params}, z_NxZ, method=VAE.decode))
 
 
-def sample(params, rng, cfg, *, num: int):
-    """Pixel means of `num` images decoded from prior samples, [N, H, W, C] in [0, 1]."""
-    return _sample(params, rng, cfg=cfg, num=num)
+def sample(params, keys_N, cfg):
+    """Pixel means [N, H, W, C] in [0, 1] decoded from one prior sample per key."""
+    return _sample(params, keys_N, cfg=cfg)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
