@@ -52,6 +52,11 @@ log = logging.getLogger(__name__)
 # is ~2 MB; a GPU step of a large model can be hundreds).
 KEEP, KEEP_BYTES = 32, 4 << 30
 _ENV_PREFIXES = ("GENZOO_", "JAX_", "XLA_", "TF_", "CUDA_", "NCCL_", "LIBTPU_", "TPU_")
+# Where files are and how the host starts: no program changes with them (what the data holds
+# reaches the key through the resolved config and the arguments' types).
+_HOST_ONLY_ENV = frozenset({"GENZOO_DATA_DIR", "GENZOO_CACHE_DIR", "GENZOO_WORDNET_DIR",
+                            "GENZOO_EXPERIMENTS_DIR", "GENZOO_EXECUTABLES", "GENZOO_OFFLINE",
+                            "GENZOO_OVERLAP", "GENZOO_MALLOC", "GENZOO_SHAPES_SPLITS"})  # fmt: skip
 # What decides a compiled program among the installed packages (with genzoo's own source).
 _DISTRIBUTIONS = ("jax", "jaxlib", "flax", "optax", "chex", "numpy", "ml_collections",
                   "jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin", "jax-cuda13-pjrt",
@@ -186,7 +191,11 @@ def _environment() -> dict:
         "host_cpu": host_cpu() if any(d.platform == "cpu" for d in jax.devices()) else "",
         "processes": jax.process_count(),
         "config": {k: repr(v) for k, v in sorted(jax.config.values.items())},
-        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(_ENV_PREFIXES)},
+        "env": {
+            k: v
+            for k, v in sorted(os.environ.items())
+            if k.startswith(_ENV_PREFIXES) and k not in _HOST_ONLY_ENV
+        },  # fmt: skip
         "source": _source_digest(),
     }
 

@@ -143,6 +143,14 @@ def test_key_covers_config_environment_and_source(tmp_path, monkeypatch):
     )
     assert executables.Store(tmp_path, "config A").fingerprint != base
     monkeypatch.undo()
+    monkeypatch.setenv("GENZOO_ATTENTION", "xla")  # a switch the traced code reads is keyed
+    assert executables.Store(tmp_path, "config A").fingerprint != base
+    monkeypatch.undo()
+    # Where the data and caches live is not (a moved data set recompiled every program).
+    monkeypatch.setenv("GENZOO_DATA_DIR", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("GENZOO_CACHE_DIR", str(tmp_path / "cache"))
+    assert executables.Store(tmp_path, "config A").fingerprint == base
+    monkeypatch.undo()
     # Another CPU model sharing the folder (XLA:CPU compiles for the host's features).
     assert '"flags"' in executables.host_cpu() or not Path("/proc/cpuinfo").exists()
     monkeypatch.setattr(executables, "host_cpu", lambda: '{"model name": "another CPU"}')
