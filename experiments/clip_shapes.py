@@ -16,7 +16,8 @@ def get_config(variant=None):
     c = base_config()
     c.model = dict(family="clip", vocab_size=-1, max_caption_len=-1, image_shape=(32, 32, 3),
                    patch=4, width=128, num_heads=4, mlp_hidden=512, text_layers=2, image_layers=4,
-                   embed_dim=64, init_temperature=0.07, dropout=0.0, dtype="float32")  # fmt: skip
+                   embed_dim=64, init_temperature=0.07, dropout=0.0, dtype="float32",
+                   remat="none", scan_layers=False)  # fmt: skip
     c.data = dict(name="shapes", max_caption_len=12)
     c.train.update(steps=5000, batch_size=128, seed=0)
     c.optim.update(lr=5e-4, min_lr=5e-5, warmup_steps=200, weight_decay=0.1)

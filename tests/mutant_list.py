@@ -316,6 +316,12 @@ MUTANTS = [
     ("each group logs the base rate", "genzoo/optim.py",
      "per_group = {g: schedule(group_config(o, g)) for g in o.groups}",
      "per_group = {g: schedule(o) for g in o.groups}", "tests/test_gan.py"),
+    ("CLIP's image tower ignores remat and scan_layers", "genzoo/models/clip.py",
+     "call_blocks(self.image_blocks, self.cfg, x_BxNxD, deterministic)",
+     "call_blocks(self.image_blocks, dataclasses.replace(self.cfg, remat=\"none\", "
+     "scan_layers=False), x_BxNxD, deterministic)",
+     "tests/test_every_experiment.py::"
+     "test_how_a_step_is_computed_keeps_every_transformer_familys_loss_and_gradients"),
     ("every batch of draws restarts at row 0's key", "genzoo/sampling.py",
      "(rng, first + jnp.arange(rows))", "(rng, jnp.arange(rows))",
      "tests/test_image_kinds.py tests/test_generation.py"),

@@ -85,15 +85,20 @@ def test_loss_decreases_on_a_fixed_batch(name):
 
 # Every Transformer family takes `model.remat` (each block recomputed in the backward pass)
 # and `model.scan_layers` (its stacks as loops): the same loss and gradients (GPT's switches:
-# tests/test_step_memory.py, tests/test_scan_layers.py). Experiment: its stacks of blocks.
-STACKS = {"bert_mlm_english": 1, "transformer_bible_es_en": 2, "dalle_shapes": 1}
+# tests/test_step_memory.py, tests/test_scan_layers.py). Experiment: the layer count of each
+# of its stacks of blocks.
+STACKS = {
+    "bert_mlm_english": ("num_layers",),
+    "transformer_bible_es_en": ("num_layers",) * 2,
+    "dalle_shapes": ("num_layers",),
+    "clip_shapes": ("text_layers", "image_layers"),
+}
 # switch: (the reference's overrides, the switch's, the jaxpr's mark, marks per block or stack)
 SWITCHES = {
     "remat": ((), ("model.remat=full",), "remat2[", "block"),
-    # Dropout off: a scan splits one key over its layers, the unrolled stack keys each block;
-    # two layers: a stack of one runs unrolled. Each loop, and its transpose for the gradients.
-    "scan": (("model.dropout=0.0", "model.num_layers=2"), ("model.scan_layers=true",), "scan[",
-             "stack"),
+    # Dropout off: a scan splits one key over its layers, the unrolled stack keys each block.
+    # Each loop, and its transpose for the gradients.
+    "scan": (("model.dropout=0.0",), ("model.scan_layers=true",), "scan[", "stack"),
 }  # fmt: skip
 
 
@@ -105,6 +110,9 @@ SWITCHES = {
 def test_how_a_step_is_computed_keeps_every_transformer_familys_loss_and_gradients(name, switch):
     batch = next(experiment_data(name).train_iterator(2, 0))
     base, overrides, mark, per = SWITCHES[switch]
+    fields = STACKS[name]
+    if per == "stack":  # two layers in each: a stack of one runs unrolled
+        base = (*base, *dict.fromkeys(f"model.{f}=2" for f in fields))
     results, marks, params = [], [], None
     for extra in ((), overrides):
         cfg = experiment_config(name, *base, *extra)
@@ -117,8 +125,8 @@ def test_how_a_step_is_computed_keeps_every_transformer_familys_loss_and_gradien
             fam, c, p, b, jax.random.PRNGKey(1), 0, experiment_deps(name))[:2])  # fmt: skip
         results.append(f(params, batch))
         marks.append(str(jax.make_jaxpr(f)(params, batch)).count(mark))
-    stacks = STACKS[name]
-    assert marks[1] - marks[0] == (stacks * cfg.model.num_layers if per == "block" else 2 * stacks)
+    blocks = sum(cfg.model[f] for f in fields)
+    assert marks[1] - marks[0] == (blocks if per == "block" else 2 * len(fields))
     (loss0, grads0), (loss1, grads1) = results
     np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
     for g0, g1 in zip(jax.tree.leaves(grads0), jax.tree.leaves(grads1), strict=True):

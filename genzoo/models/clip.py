@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from genzoo.evaluation import lm
-from genzoo.layers import Embed, LayerNorm, TransformerBlock, partitioned
+from genzoo.layers import Embed, LayerNorm, TransformerBlock, call_blocks, partitioned
 from genzoo.layers.transformer import stack_macs
 from genzoo.models.base import FromConfig, require, require_transformer_shape
 
@@ -42,6 +42,8 @@ class CLIPConfig(FromConfig):
     init_temperature: float = 0.07
     dropout: float = 0.0
     dtype: str = "float32"
+    remat: str = "none"  # activation rematerialisation per block: none, full, dots
+    scan_layers: bool = False  # one lax.scan over each tower: XLA compiles one block, not N
 
     def validate(self) -> None:
         require_transformer_shape(self, "width", "num_heads", "text_layers", "image_layers",
@@ -100,8 +102,8 @@ class CLIP(nn.Module):
         x_BxTxD = self.token(caption_BxT) + self.text_position(
             jnp.broadcast_to(jnp.arange(T), (B, T))
         )
-        for block in self.text_blocks:
-            x_BxTxD, _ = block(x_BxTxD, key_valid_BxL=valid_BxT, deterministic=deterministic)
+        x_BxTxD, _ = call_blocks(self.text_blocks, self.cfg, x_BxTxD, deterministic,
+                                 key_valid_BxL=valid_BxT)  # fmt: skip
         eos_B = jnp.maximum(valid_BxT.sum(-1).astype(jnp.int32) - 1, 0)
         h_BxD = self.text_ln(jnp.take_along_axis(x_BxTxD, eos_B[:, None, None], axis=1)[:, 0])
         return _unit(self.text_proj(h_BxD))
@@ -114,8 +116,7 @@ class CLIP(nn.Module):
         x_BxNxD = jnp.concatenate([cls_Bx1xD, p_BxhxwxD.reshape(B, -1, D)], axis=1)
         N = x_BxNxD.shape[1]
         x_BxNxD = x_BxNxD + self.image_position(jnp.broadcast_to(jnp.arange(N), (B, N)))
-        for block in self.image_blocks:
-            x_BxNxD, _ = block(x_BxNxD, deterministic=deterministic)
+        x_BxNxD, _ = call_blocks(self.image_blocks, self.cfg, x_BxNxD, deterministic)
         return _unit(self.image_proj(self.image_ln(x_BxNxD[:, 0])))
 
     def scale(self):
