@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from genzoo.errors import UserError
+from genzoo.kinds import even_batches
 from genzoo.kinds.classifier import Classifier
 from genzoo.kinds.image_generator import ImageGenerator
 
@@ -39,8 +40,22 @@ def test_an_image_generator_samples_and_reconstructs_in_batches_of_one_shape():
     assert len({float(x.sum()) for x in five}) == 5  # each image its own randomness
     sizes.clear()
     np.testing.assert_allclose(gen.reconstruct(five, batch_size=2), 1.0 - five)
-    assert sizes == [2, 2, 1]
+    assert sizes == [2, 2, 2]  # the last batch padded: one shape, one program
+    sizes.clear()
+    np.testing.assert_array_equal(gen.sample(5, seed=1, batch_size=4), five)
+    assert sizes == [3, 3]  # even batches: not 4 + 4 for 5 images
     assert gen.reconstruct(np.zeros((0, 28, 28, 1))).shape == (0, 28, 28, 1)
+
+
+def test_even_batches_cover_every_row_in_the_fewest_batches_of_one_size():
+    """1,600 DALL·E rows at 512 were 512, 512, 512 and 64: two programs compiled."""
+    assert [len(b) for b in even_batches(1600, 512)] == [400] * 4
+    assert [b.tolist() for b in even_batches(5, 2)] == [[0, 1], [2, 3], [4, 4]]
+    assert [b.tolist() for b in even_batches(1, 256)] == [[0]]
+    for count, size in ((1000, 256), (257, 256), (7, 7), (3, 1)):
+        batches = even_batches(count, size)
+        assert len(batches) == -(-count // size) and len({len(b) for b in batches}) == 1
+        assert len(batches[0]) <= size and sorted(set(np.concatenate(batches))) == [*range(count)]
 
 
 def test_the_image_classifier_checks_pixels_and_predicts_in_batches():
@@ -57,7 +72,7 @@ def test_the_image_classifier_checks_pixels_and_predicts_in_batches():
     clf.family = SimpleNamespace(predict=predict)
     pixels = np.random.default_rng(0).integers(0, 256, (5, 28, 28, 1), dtype=np.uint8)
     got = clf.predict(pixels, batch_size=2)
-    assert sizes == [2, 2, 1] and clf.class_names == ["a", "b", "c"]
+    assert sizes == [2, 2, 2] and clf.class_names == ["a", "b", "c"]
     np.testing.assert_allclose(got, pixels.reshape(5, -1)[:, :3] / 255.0, rtol=1e-6)
     with pytest.raises(UserError, match=r"images must be \[N, 28, 28, 1\]"):
         clf.predict(np.zeros((2, 32, 32, 3)))

@@ -120,22 +120,34 @@ def of_family(family) -> Kind:
     return get(getattr(family, "KIND", ""))
 
 
+def even_batches(count: int, batch_size: int) -> list:
+    """Row indices of the fewest batches of at most `batch_size` rows that cover `count` rows,
+    all of one size, so one program compiles (1,600 rows at 512 were 512, 512, 512 and 64: two
+    programs); the last batch repeats the last row, fewer times than there are batches."""
+    import numpy as np
+
+    batches = -(-count // batch_size)
+    size = -(-count // batches)
+    return [np.minimum(np.arange(b * size, (b + 1) * size), count - 1) for b in range(batches)]
+
+
 def in_batches(fn, rows, batch_size: int):
-    """`fn` over consecutive slices of `rows` (bounded device memory), outputs joined as numpy
-    (leaf by leaf where `fn` returns a pytree: the judge's heads and features); `rows` may be a
-    tuple of arrays with one row each per input, sliced alike and passed as `fn`'s arguments.
-    No rows give no outputs, shaped as `fn` would shape them (traced, not run: a conv stack
-    cannot run on an empty batch)."""
+    """`fn` over `even_batches` of `rows` (bounded device memory, one shape), outputs joined
+    as numpy (leaf by leaf where `fn` returns a pytree: the judge's heads and features); `rows`
+    may be a tuple of arrays with one row each per input, sliced alike and passed as `fn`'s
+    arguments. `fn` must treat rows independently. No rows give no outputs, shaped as `fn`
+    would shape them (traced, not run: a conv stack cannot run on an empty batch)."""
     import jax
     import numpy as np
 
     check_sampling(dict(batch_size=batch_size))
     args = rows if isinstance(rows, tuple) else (rows,)
-    if not len(args[0]):
+    count = len(args[0])
+    if not count:
         out = jax.eval_shape(fn, *[jax.ShapeDtypeStruct((1, *a.shape[1:]), a.dtype) for a in args])
         return jax.tree.map(lambda s: np.zeros((0, *s.shape[1:]), s.dtype), out)
-    parts = [fn(*(a[i : i + batch_size] for a in args)) for i in range(0, len(args[0]), batch_size)]
-    return jax.tree.map(lambda *leaves: np.concatenate([np.asarray(x) for x in leaves]), *parts)
+    parts = [fn(*(a[index] for a in args)) for index in even_batches(count, batch_size)]
+    return jax.tree.map(lambda *x: np.concatenate([np.asarray(y) for y in x])[:count], *parts)
 
 
 def images_for(run, images):

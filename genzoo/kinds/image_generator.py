@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 import jax
 import numpy as np
 
-from genzoo import models
+from genzoo import kinds, models
 from genzoo.errors import UserError
 from genzoo.kinds import Kind, Option, check_sampling, images_for, in_batches, register
 from genzoo.sampling import row_keys
@@ -25,13 +25,12 @@ class ImageGenerator:
         self.run, self.family = run, models.get(run.cfg.model.family)
 
     def sample(self, num: int = 64, seed: int = 0, batch_size: int = 256) -> np.ndarray:
-        """`num` images [N, H, W, C] in [0, 1], drawn `batch_size` at a time (100,000 at once
-        was a std::bad_alloc abort): every batch has one size, so one program compiles. Image
-        j's noise comes from its own key, so the images are the same for any `batch_size`
-        (FID and the sample grids do not move with it) and a larger `num` extends a smaller
-        one."""
+        """`num` images [N, H, W, C] in [0, 1], at most `batch_size` at a time (100,000 at
+        once was a std::bad_alloc abort), in `even_batches`: one program compiles. Image j's
+        noise comes from its own key, so the images are the same for any `batch_size` (FID
+        and the sample grids do not move with it) and a larger `num` extends a smaller one."""
         check_sampling(dict(num=num, seed=seed, batch_size=batch_size))
-        rng, size = jax.random.PRNGKey(seed), min(num, batch_size)
+        rng, size = jax.random.PRNGKey(seed), len(kinds.even_batches(num, batch_size)[0])
         batches = [
             np.asarray(self.family.sample(self.run.params, row_keys(rng, size, first),
                                           self.run.cfg.model))

@@ -75,12 +75,12 @@ class TextToImage:
         ids_CxT = self.encode_captions(captions)
         rows = np.repeat(ids_CxT, candidates, axis=0)  # caption c's candidates are adjacent
         rng, codes = jax.random.PRNGKey(seed), []
-        for i in range(0, len(rows), batch_size):  # draw j's key is the seed's folded with j
-            batch = rows[i : i + batch_size]
+        for index in kinds.even_batches(len(rows), batch_size):  # draw j keyed by the seed and j
+            keys = sampling.row_keys(rng, len(index), int(index[0]))
             codes.append(np.asarray(self.family.generate_codes(
-                self.run.params, batch, sampling.row_keys(rng, len(batch), i), self.run.cfg.model,
-                guidance=guidance, temperature=temperature, top_k=top_k, top_p=top_p)))  # fmt: skip
-        images = self.image_tokenizer.decode(np.concatenate(codes))
+                self.run.params, rows[index], keys, self.run.cfg.model, guidance=guidance,
+                temperature=temperature, top_k=top_k, top_p=top_p)))  # fmt: skip
+        images = self.image_tokenizer.decode(np.concatenate(codes)[: len(rows)])
         texts = [t for t in captions for _ in range(candidates)]
         scores_CxN = self.clip.pair_scores(images, texts).reshape(len(captions), candidates)
         C = len(captions)
