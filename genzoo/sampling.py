@@ -20,6 +20,8 @@ def row_keys(rng, rows: int, first: int = 0):
     `rng` folded with `first + b` (so a row keeps its key whatever batch it falls in)."""
     typed = jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
     if jnp.ndim(rng) > (0 if typed else 1):
+        if len(rng) != rows:  # vmap's own error names neither
+            raise UserError(f"{len(rng)} keys for {rows} rows: give one key, or one per row")
         return rng
     return jax.vmap(jax.random.fold_in, (None, 0))(rng, first + jnp.arange(rows))
 

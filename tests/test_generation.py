@@ -272,5 +272,7 @@ def test_next_token_skips_only_what_the_knobs_switch_off():
     keys_B = jax.random.split(rng, 4)  # or with the keys it is given, one per row
     one = sampling.next_token(keys_B[2:3], logits[2:3], 0.7, 0, 1.0)
     np.testing.assert_array_equal(one, sampling.next_token(keys_B, logits, 0.7, 0, 1.0)[2:3])
+    with pytest.raises(UserError, match="3 keys for 4 rows: give one key, or one per row"):
+        sampling.next_token(keys_B[:3], logits, 0.7, 0, 1.0)
     top1 = sampling.next_token(rng, logits, 0.7, 1, 1.0)  # a filter that leaves one token
     np.testing.assert_array_equal(top1, greedy)

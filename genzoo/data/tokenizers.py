@@ -214,7 +214,7 @@ def read_names(path: Path, what: str) -> list[str]:
 def names_file(name: str, names) -> dict[str, bytes]:
     """{name: the JSON list of `names`}: an artifact `read_names` reads back; no names (a data
     set without classes), no file."""
-    names = list(names or ())
+    names = [] if names is None else list(names)
     return {name: json.dumps(names).encode("utf-8")} if names else {}
 
 
