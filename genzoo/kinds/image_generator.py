@@ -30,11 +30,11 @@ class ImageGenerator:
         noise comes from its own key, so the images are the same for any `batch_size` (FID
         and the sample grids do not move with it) and a larger `num` extends a smaller one."""
         check_sampling(dict(num=num, seed=seed, batch_size=batch_size))
-        rng, size = jax.random.PRNGKey(seed), len(kinds.even_batches(num, batch_size)[0])
+        rng = jax.random.PRNGKey(seed)
         batches = [
-            np.asarray(self.family.sample(self.run.params, row_keys(rng, size, first),
+            np.asarray(self.family.sample(self.run.params, row_keys(rng, len(index), int(index[0])),
                                           self.run.cfg.model))
-            for first in range(0, num, size)
+            for index in kinds.even_batches(num, batch_size)
         ]  # fmt: skip
         return np.concatenate(batches)[:num]
 
