@@ -2,7 +2,10 @@
 # One GPU session's measurements, in one go (../shared/gpu/README.md has the machine recipe).
 # Run from the checkout root on the GPU machine with .whl/ beside it; results land in $OUT
 # (default benchmarks/results/gpu). STEPS picks parts (default all, ~15 minutes on an H200: more
-# than one session's device time, so name them, `flash char` first):
+# than one session's device time, machine start included, so name them):
+#   session - what one 15-minute device session should run, in one call of at most ~580 s:
+#            the two targets still open, `char` (default, scan, second) then `speed` (baby fp32,
+#            baby bf16, GPT-2 bf16; scan rows), each part under its own timeout
 #   flash  - the Pallas flash kernels against the XLA path and cuDNN, attention alone: same
 #            numbers? compile time and fwd+bwd ms per shape, and FLASH_TILES tilings with
 #            dropout; the fastest for the char GPT becomes GENZOO_FLASH_TILES below (~2-3 min)
@@ -21,7 +24,7 @@ if [ "${DRY:-0}" = 1 ]; then
   PY="${PY:-python3}"
   FLASH_SIZE=(--small --rounds 1 --calls 1 --cases char_bf16)
   : "${CHAR_PROBE_STEPS:=8}" "${SPEED_ONLY:=tiny_fp32}" "${MEMORY_ONLY:=tiny_fp32}"
-  : "${INT8_BATCHES:=1}" "${GPU_STEPS:=2}"
+  : "${INT8_BATCHES:=1}" "${GPU_STEPS:=2}" "${SPEED_IMPLS:=torch_eager,genzoo}"
   CHAR_SIZE=(--variant smoke --set model.dropout=0.2 --set model.dtype=bfloat16 --steps 8)
   echo "dry run (toy sizes, no GPU)" > "$OUT/gpu.txt"
   export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -32,6 +35,11 @@ else
   export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.6
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 fi
+case " $STEPS " in *" session "*)  # the budgeted plan above; each default may still be set
+  STEPS="${STEPS/session/char speed}"
+  : "${CHAR_RUNS:=default,scan,second}" "${CHAR_TIMEOUT:=280}" "${CHAR_PROBE_STEPS:=200}"
+  : "${SPEED_TIMEOUT:=270}" "${SPEED_EXTRAS:=scan}";;
+esac
 $PY -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
 quiet() { grep -v "^W\|^I0\|warn"; }
 
@@ -78,7 +86,8 @@ case " $STEPS " in *" memory "*)
 esac
 case " $STEPS " in *" speed "*)
   timeout "${SPEED_TIMEOUT:-330}" $PY benchmarks/gpu_speed.py --steps "${GPU_STEPS:-20}" \
-    --genzoo-extras pallas,scan \
+    --impls "${SPEED_IMPLS:-torch_eager,torch_compile,genzoo}" \
+    --genzoo-extras "${SPEED_EXTRAS:-pallas,scan}" \
     --only "${SPEED_ONLY:-baby_fp32,baby_bf16,gpt2_bf16}" --out "$OUT/gpu_speed.json" 2>&1 \
     | quiet | tee "$OUT/gpu_speed.txt";;
 esac

@@ -136,7 +136,7 @@ def main() -> None:
                 *cells), flush=True)  # fmt: skip
         report["rows"][name] = {"peak_flops": peak, "peak_source": source, "batch": batch,
                                 "shape": shape.__dict__, "bf16": bf16, **results}  # fmt: skip
-    write_report(args.out, report)
+        write_report(args.out, report)  # after every row: a device session's timeout keeps them
 
 
 if __name__ == "__main__":
