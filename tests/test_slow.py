@@ -34,7 +34,8 @@ def test_the_gpu_session_script_runs_dry(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "gpu"
-    env = {**os.environ, "DRY": "1", "PY": sys.executable, "OUT": str(out), "STEPS": "flash session"}
+    env = {**os.environ, "DRY": "1", "PY": sys.executable, "OUT": str(out),
+           "STEPS": "flash session"}  # fmt: skip
     env.pop("XLA_FLAGS", None)  # one device, as on the GPU machine
     done = subprocess.run(["bash", "benchmarks/gpu_run.sh"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
