@@ -211,8 +211,22 @@ def _parse_value(text: str, current):
     return value
 
 
+def _family_fields(cfg: ml_collections.ConfigDict) -> dict:
+    """The model family's settable fields with their defaults ({} when it has none)."""
+    from genzoo import models  # late: the models import jax and flax
+
+    family = cfg.get("model", {}).get("family")
+    if not isinstance(family, str):
+        return {}
+    from genzoo.models.base import config_fields
+
+    return config_fields(models.get(family))
+
+
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides) -> None:
-    """Applies `a.b=value` strings; unknown keys and ill-typed values raise UserError."""
+    """Applies `a.b=value` strings; unknown keys and ill-typed values raise UserError.
+    `model.X` may also name a field of the family's config that the experiment leaves at its
+    default (BERT's `mask_rate`, the VQ tokenizer's `ema_decay`): typed by that default."""
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -223,9 +237,14 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides) -> None:
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
                 raise UserError(f"unknown config key {key!r}")
             node = node[part]
-        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        if not isinstance(node, ml_collections.ConfigDict):
             raise UserError(f"unknown config key {key!r}")
-        current = node[leaf]
+        if leaf in node:
+            current = node[leaf]
+        elif parents == ["model"] and leaf in (fields := _family_fields(cfg)):
+            current = fields[leaf]
+        else:
+            raise UserError(f"unknown config key {key!r}")
         if isinstance(current, ml_collections.ConfigDict):
             raise UserError(f"config key {key!r} is a section; set one of its fields")
         try:

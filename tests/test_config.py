@@ -42,6 +42,29 @@ def test_overrides_are_typed():
             experiment.apply_overrides(cfg(), [bad])
 
 
+def test_a_family_field_the_experiment_leaves_out_is_settable_and_typed():
+    """BERT's experiments name no `mask_rate`, the VQ tokenizer's no `ema_decay`: `--set`
+    takes them all the same, typed by the dataclass default, and they reach the model."""
+    from genzoo.models import base, bert, dvae
+
+    c = experiment.load("bert_mlm_english", "smoke", ["model.mask_rate=0.2"])
+    assert bert.BertConfig.from_cfg(c.model).mask_rate == 0.2
+    # The same command resumes; leaving the setting out would be another model.
+    again = experiment.load("bert_mlm_english", "smoke", ["model.mask_rate=0.2"])
+    assert experiment.resume_conflicts(c, again) == []
+    plain = experiment.load("bert_mlm_english", "smoke")
+    assert experiment.resume_conflicts(c, plain) == ["model.mask_rate"]
+    vq = experiment.load("dvae_shapes", "smoke", ["model.quantizer=vq", "model.ema_decay=0.9"])
+    assert dvae.DVAEConfig.from_cfg(vq.model).ema_decay == 0.9
+    vq = experiment.load("dvae_shapes", "smoke", ["model.restart_below=0"])  # an int: a float
+    assert vq.model.restart_below == 0.0 and isinstance(vq.model.restart_below, float)
+    for bad, match in (("model.mask_rate=often", "bad value"), ("model.mask_rat=0.2", "unknown")):
+        with pytest.raises(UserError, match=match):
+            experiment.load("bert_mlm_english", "smoke", [bad])
+    # A family without a FromConfig dataclass (a user's module) has no hidden fields.
+    assert base.config_fields(pytest) == {}
+
+
 def test_resume_conflicts_ignore_run_length_mesh_and_logging():
     a, b = cfg(), cfg()
     experiment.apply_overrides(

@@ -83,6 +83,18 @@ def test_frechet_distance_hand_values():
     assert sample_quality.frechet_distance(f, 2 * f) == pytest.approx(3.0, rel=0.1)
 
 
+def test_a_missing_classifier_run_names_the_key_that_points_elsewhere(tmp_path):
+    from genzoo import errors, experiment
+
+    with pytest.raises(errors.UserError, match="no classifier run") as caught:
+        sample_quality.score(np.zeros((2, 28, 28, 1)), np.zeros((2, 28, 28, 1)), tmp_path / "no")
+    key = sample_quality.WORKDIR_KEY
+    assert key in str(caught.value)
+    # The key is one `--set` takes: overriding it reaches the evaluator's config.
+    cfg = experiment.load("vae_fashion_mnist", overrides=[f"{key}=elsewhere"])
+    assert cfg.eval.evaluators.sample_quality.classifier_workdir == "elsewhere"
+
+
 def test_classifier_score_bounds():
     uniform = np.full((10, 4), 0.25)
     assert sample_quality.classifier_score(uniform) == pytest.approx(1.0)

@@ -18,6 +18,7 @@ import scipy.linalg
 from genzoo.errors import UserError
 from genzoo.models import classifier
 
+WORKDIR_KEY = "eval.evaluators.sample_quality.classifier_workdir"  # named in the error above
 
 def frechet_distance(f1_NxF: np.ndarray, f2_MxF: np.ndarray) -> float:
     mu1, mu2 = f1_NxF.mean(0), f2_MxF.mean(0)
@@ -51,7 +52,7 @@ def score(images_NxHxWxC: np.ndarray, real_NxHxWxC: np.ndarray, classifier_workd
     if not Path(classifier_workdir).is_dir():
         raise UserError(
             f"no classifier run at {classifier_workdir}: train it with "
-            "`genzoo train classifier_fashion_mnist` or set eval.classifier_workdir"
+            f"`genzoo train classifier_fashion_mnist` or set {WORKDIR_KEY}"
         )
     run = workdir.open_run(Path(classifier_workdir))
     params, cfg = run.params, run.cfg.model

@@ -40,6 +40,18 @@ class FromConfig:
         """Raise UserError for settings no model can have; families extend this."""
 
 
+def config_fields(module) -> dict:
+    """{field: default} of the frozen dataclass config a family module defines (a `FromConfig`
+    subclass of its own), {} for a family without one: every field a user may set on the
+    command line, whether or not the experiment names it."""
+    for value in vars(module).values():
+        own = isinstance(value, type) and value.__module__ == module.__name__
+        if own and issubclass(value, FromConfig) and dataclasses.is_dataclass(value):
+            return {f.name: f.default for f in dataclasses.fields(value)
+                    if f.default is not dataclasses.MISSING}  # fmt: skip
+    return {}
+
+
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise UserError(message)
