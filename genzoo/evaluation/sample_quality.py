@@ -18,7 +18,8 @@ import scipy.linalg
 from genzoo.errors import UserError
 from genzoo.models import classifier
 
-WORKDIR_KEY = "eval.evaluators.sample_quality.classifier_workdir"  # named in the error above
+WORKDIR_KEY = "eval.evaluators.sample_quality.classifier_workdir"  # where `score` looks
+
 
 def frechet_distance(f1_NxF: np.ndarray, f2_MxF: np.ndarray) -> float:
     mu1, mu2 = f1_NxF.mean(0), f2_MxF.mean(0)
