@@ -18,7 +18,7 @@ import scipy.linalg
 from genzoo.errors import UserError
 from genzoo.models import classifier
 
-WORKDIR_KEY = "eval.evaluators.sample_quality.classifier_workdir"  # where `score` looks
+WORKDIR_KEY = "eval.evaluators.sample_quality.classifier_workdir"  # the key its error names
 
 
 def frechet_distance(f1_NxF: np.ndarray, f2_MxF: np.ndarray) -> float:
