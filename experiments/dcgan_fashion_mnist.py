@@ -8,7 +8,7 @@ Expect: an FID-style distance on the in-tree classifier's features (not Inceptio
 so not comparable with published numbers). BatchNorm as published (model state) is the
 default; a two-time-scale update is `--set optim.groups.discriminator.lr=4e-4 --set
 optim.groups.generator.lr=1e-4`. Measured after 5000 steps with BatchNorm: fid 57.8,
-classifier_score 5.89 (real test images: 8.67; the VAE: 81.8 and 5.70; the earlier LayerNorm
+classifier_score 5.89 (real test images: 8.67; the VAE: 80.8 and 5.57; the earlier LayerNorm
 generator, `--set model.norm=layer`: 121.2 and 4.52). Two time-scales (D 4e-4, G 1e-4): fid
 69.9, classifier_score 5.61 after 5000 steps (2026-12-07), worse than equal rates here.
 """
