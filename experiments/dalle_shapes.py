@@ -11,7 +11,7 @@ with the data) and CLIP (runs/clip_shapes: reranking); the `text_to_image` evalu
 judges samples with runs/shapes_judge. Measured (cpu, 1600 steps, 26.7 min on 2 CPU cores):
 0.68 nats per image code; scenes judged right 74% (seen) / 59% (held-out) with guidance 3 and
 reranking of 8 (100 captions a split: ~4.5 points of noise); a re-run (2026-12-06) on 500
-captions a split: 70% / 57% (README).
+captions a split: 70% / 57%; another (2026-12-08, per-draw keys): 65% / 53% (README).
 """  # noqa: E501
 
 from genzoo.experiment import base_config
