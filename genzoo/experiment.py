@@ -214,13 +214,10 @@ def _parse_value(text: str, current):
 def _family_fields(cfg: ml_collections.ConfigDict) -> dict:
     """The model family's settable fields with their defaults ({} when it has none)."""
     from genzoo import models  # late: the models import jax and flax
-
-    family = cfg.get("model", {}).get("family")
-    if not isinstance(family, str):
-        return {}
     from genzoo.models.base import config_fields
 
-    return config_fields(models.get(family))
+    family = cfg.get("model", {}).get("family")
+    return config_fields(models.get(family)) if isinstance(family, str) else {}
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides) -> None:
